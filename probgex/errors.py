@@ -1,0 +1,20 @@
+"""Exceptions raised for bad input, before any JAX code runs.
+
+Every message names the problem and the fix.
+"""
+
+
+class ProbgexError(Exception):
+    """Base class of probgex's input errors."""
+
+
+class DataError(ProbgexError, ValueError):
+    """The counts or the metadata cannot be used as given."""
+
+
+class SpecError(ProbgexError, ValueError):
+    """A model specification is invalid."""
+
+
+class ModelFileError(ProbgexError, ValueError):
+    """A saved model file is missing, truncated, tampered with or of an unknown version."""
