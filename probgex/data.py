@@ -1,0 +1,440 @@
+"""AnnData -> validated :class:`CountData`, checked before any JAX code runs.
+
+Every bad input raises :class:`probgex.errors.DataError` with a message naming the
+problem and the fix.  This module deliberately does not import JAX.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from probgex.errors import DataError
+
+COUNT_LIKELIHOODS = ("poisson", "nb", "zinb")
+EMPTY_MODES = ("warn", "error", "keep")
+_BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
+
+
+class EmptyWarning(UserWarning):
+    """All-zero genes or cells were dropped."""
+
+
+def _fmt(values: Sequence[Any], k: int = 5) -> str:
+    """A short list of values for an error message."""
+    items = [repr(v) for v in list(values)[:k]]
+    more = f", ... ({len(values) - k} more)" if len(values) > k else ""
+    return "[" + ", ".join(items) + more + "]"
+
+
+def _formulaic_message(err: Exception) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+
+
+def _is_numeric(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+def _observed_levels(col: pd.Series) -> list[str]:
+    """Categories of a column as strings: a categorical's own order restricted to the
+    observed values, otherwise the sorted observed values."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        seen = set(col.dropna().unique())
+        return [str(c) for c in col.cat.categories if c in seen]
+    return sorted({str(v) for v in col.dropna().unique()})
+
+
+@dataclass(frozen=True)
+class DesignEncoding:
+    """How obs metadata becomes a design matrix; re-applies identically to new data."""
+
+    formula: str
+    columns: tuple[str, ...]
+    levels: dict[str, list[str]]
+    numeric: tuple[str, ...]
+
+    def variables(self) -> tuple[str, ...]:
+        """All obs columns the formula uses."""
+        return tuple(self.levels) + tuple(self.numeric)
+
+    def _prepare(self, obs: pd.DataFrame) -> pd.DataFrame:
+        """Check obs and return the used columns with categories fixed to the fitted levels."""
+        if not isinstance(obs, pd.DataFrame):
+            raise DataError(f"obs must be a pandas DataFrame, got {type(obs).__name__}")
+        missing = [v for v in self.variables() if v not in obs.columns]
+        if missing:
+            raise DataError(f"obs is missing column(s) {_fmt(missing)} used by the formula "
+                            f"{self.formula!r}; available columns: {_fmt(list(obs.columns), 20)}. "
+                            "Add the column(s) to the metadata or change the formula.")
+        out = {}
+        for v in self.variables():
+            col = obs[v]
+            n_na = int(col.isna().sum())
+            if n_na:
+                raise DataError(f"obs column {v!r} has {n_na} missing (NaN/None) value(s); "
+                                "fill them or drop those rows before building the design.")
+            if v in self.numeric:
+                if not _is_numeric(col):
+                    bad = [x for x in col.unique() if pd.isna(pd.to_numeric(x, errors="coerce"))]
+                    raise DataError(f"obs column {v!r} must be numeric (dtype {col.dtype}), found "
+                                    f"non-numeric values {_fmt(bad)}; convert it with pd.to_numeric.")
+                out[v] = col.to_numpy(dtype=np.float64)
+            else:
+                values = col.astype(str).to_numpy()
+                unseen = sorted(set(values) - set(self.levels[v]))
+                if unseen:
+                    raise DataError(f"obs column {v!r} has unseen categories {_fmt(unseen)}; known "
+                                    f"levels: {_fmt(self.levels[v], 20)}. Predict only for known "
+                                    "levels or refit with them.")
+                out[v] = pd.Categorical(values, categories=self.levels[v])
+        return pd.DataFrame(out, index=pd.RangeIndex(len(obs)))
+
+    def transform(self, obs: pd.DataFrame) -> np.ndarray:
+        """Encode new metadata exactly as at fit time: float32 array (n, P)."""
+        import formulaic
+
+        frame = self._prepare(obs)
+        try:
+            mm = formulaic.model_matrix(self.formula, frame, na_action="raise")
+        except Exception as err:  # formulaic's errors are not ValueErrors
+            raise DataError(f"cannot build design {self.formula!r}: {_formulaic_message(err)}") from err
+        cols = tuple(str(c) for c in mm.columns)
+        if cols != self.columns:
+            raise DataError(f"re-encoding {self.formula!r} gave columns {_fmt(cols, 10)} but the fitted "
+                            f"design has {_fmt(self.columns, 10)}; mark categorical covariates as "
+                            "strings/categoricals in obs rather than numbers.")
+        design = mm.to_numpy(dtype=np.float32)
+        if not np.isfinite(design).all():
+            raise DataError(f"design {self.formula!r} has NaN/inf entries; check the transforms used.")
+        return design
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (str/list only)."""
+        return {"formula": self.formula, "columns": list(self.columns),
+                "levels": {k: list(v) for k, v in self.levels.items()}, "numeric": list(self.numeric)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DesignEncoding:
+        """Inverse of :meth:`to_dict`."""
+        missing = [k for k in ("formula", "columns", "levels", "numeric") if k not in d]
+        if missing:
+            raise DataError(f"design encoding is missing key(s) {missing}; the saved model is incomplete.")
+        return cls(str(d["formula"]), tuple(map(str, d["columns"])),
+                   {str(k): [str(x) for x in v] for k, v in d["levels"].items()},
+                   tuple(map(str, d["numeric"])))
+
+
+def _formula_variables(formula: Any, obs: pd.DataFrame) -> list[str]:
+    """Parse a one-sided formula and return the obs columns it may use (in obs order).
+
+    formulaic's ``required_variables`` misses the arguments of stateful transforms such
+    as ``center(x)``, so identifiers of the formula that name obs columns are added.
+    """
+    import formulaic
+
+    if not isinstance(formula, str):
+        raise DataError(f"formula must be a one-sided formula string like '~ cluster_id + group_id', "
+                        f"got {type(formula).__name__} {formula!r}")
+    try:
+        parsed = formulaic.Formula(formula)
+        required = set(parsed.required_variables)
+    except Exception as err:
+        raise DataError(f"cannot parse formula {formula!r}: {_formulaic_message(err)}") from err
+    if not isinstance(parsed, formulaic.formula.SimpleFormula) or not formula.strip().startswith("~"):
+        raise DataError(f"formula {formula!r} is not a one-sided formula string like '~ cluster_id + "
+                        "group_id'; start it with '~' and drop any left-hand side (counts are the response)")
+    missing = sorted(str(v) for v in required if v not in obs.columns)
+    if missing:
+        raise DataError(f"formula {formula!r} uses column(s) {_fmt(missing)} missing from obs; available "
+                        f"columns: {_fmt(list(obs.columns), 20)}. Add them to adata.obs or fix the formula.")
+    required |= set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", formula))
+    return [c for c in obs.columns if c in required]
+
+
+def encode_design(formula: str, obs: pd.DataFrame) -> tuple[np.ndarray, DesignEncoding]:
+    """Build the design matrix of ``formula`` on ``obs`` and the encoding that reproduces it.
+
+    Non-numeric columns, and numeric ones wrapped in ``C(...)``, become categoricals whose
+    levels are fixed now, so new metadata with fewer levels encode to the same columns.
+    """
+    import formulaic
+
+    used = _formula_variables(formula, obs)
+    as_factor = set(re.findall(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)", formula))
+    levels = {v: _observed_levels(obs[v]) for v in used if v in as_factor or not _is_numeric(obs[v])}
+    probe = DesignEncoding(formula, (), levels, tuple(v for v in used if v not in levels))
+    try:
+        mm = formulaic.model_matrix(formula, probe._prepare(obs), na_action="raise")
+    except Exception as err:
+        raise DataError(f"cannot build design {formula!r}: {_formulaic_message(err)}") from err
+    if mm.model_spec.transform_state:
+        raise DataError(f"formula {formula!r} uses stateful transforms {sorted(mm.model_spec.transform_state)} "
+                        "whose fitted state cannot be saved; standardise the column in obs beforehand.")
+    data_vars = mm.model_spec.variables_by_source.get("data", set())  # drop spurious identifiers
+    encoding = DesignEncoding(formula, tuple(str(c) for c in mm.columns),
+                              {k: v for k, v in levels.items() if k in data_vars},
+                              tuple(v for v in probe.numeric if v in data_vars))
+    design = encoding.transform(obs)
+    if not np.array_equal(design, mm.to_numpy(dtype=np.float32)):
+        raise DataError(f"the design of {formula!r} cannot be reproduced from its saved encoding; "
+                        "simplify the formula (plain columns and interactions).")
+    return design, encoding
+
+
+def _blocks(matrix: np.ndarray | sp.csr_matrix):
+    """Yield the stored values in chunks: sparse ``.data`` slices or dense row chunks."""
+    if sp.issparse(matrix):
+        for i in range(0, matrix.data.size, _BLOCK):
+            yield matrix.data[i:i + _BLOCK]
+    else:
+        step = max(1, _BLOCK // max(1, matrix.shape[1]))
+        for i in range(0, matrix.shape[0], step):
+            yield np.asarray(matrix[i:i + step])
+
+
+def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: str = "X") -> None:
+    """Check that ``matrix`` holds finite, non-negative integers as count likelihoods need."""
+    if likelihood not in COUNT_LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(COUNT_LIKELIHOODS)}")
+    matrix = matrix if sp.issparse(matrix) else np.asarray(matrix)
+    dtype = matrix.dtype
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise DataError(f"counts in {name} have dtype {dtype}; raw counts must be an integer or float "
+                        "array of non-negative integers.")
+    fix = "pass the raw count layer with layer=... (e.g. layer='counts')"
+    n_bad = {"nonfinite": 0, "negative": 0, "fraction": 0}
+    example: dict[str, Any] = {}
+    for block in _blocks(matrix):
+        if np.issubdtype(dtype, np.floating):
+            finite = np.isfinite(block)
+            n_bad["nonfinite"] += int(block.size - np.count_nonzero(finite))
+            frac = finite & (block != np.floor(np.where(finite, block, 0)))
+            k = int(np.count_nonzero(frac))
+            if k:
+                n_bad["fraction"] += k
+                example.setdefault("fraction", block[frac][:3].tolist())
+        if not np.issubdtype(dtype, np.unsignedinteger):
+            neg = block < 0
+            k = int(np.count_nonzero(neg))
+            if k:
+                n_bad["negative"] += k
+                example.setdefault("negative", block[neg][:3].tolist())
+    if n_bad["nonfinite"]:
+        raise DataError(f"counts in {name} contain {n_bad['nonfinite']} NaN or infinite values; raw counts "
+                        f"must be finite non-negative integers: fix or remove them, or {fix}.")
+    if n_bad["negative"]:
+        raise DataError(f"counts in {name} contain {n_bad['negative']} negative values (e.g. "
+                        f"{example['negative']}); raw counts must be non-negative integers; {fix}.")
+    if n_bad["fraction"]:
+        raise DataError(f"counts in {name} contain {n_bad['fraction']} non-integer values (e.g. "
+                        f"{example['fraction']}), as in normalized or log-transformed data; the "
+                        f"{likelihood!r} likelihood needs raw integer counts; {fix}.")
+
+
+def _as_matrix(x: Any, name: str) -> np.ndarray | sp.csr_matrix:
+    """Dense ndarray or canonical CSR matrix (CSC/backed/other sparse converted)."""
+    if x is None:
+        raise DataError(f"{name} is empty (None); store the raw counts there or pass layer=...")
+    if hasattr(x, "to_memory"):  # anndata backed sparse dataset
+        x = x.to_memory()
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)  # no copy when already a csr_matrix
+        if not x.has_canonical_format:
+            x = x.copy()
+            x.sum_duplicates()
+        return x
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise DataError(f"{name} must be 2-D (cells x genes), got shape {x.shape}")
+    return x
+
+
+def _margins(m: np.ndarray | sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums and column sums as float64, without a full float64 copy."""
+    if sp.issparse(m):
+        return (np.asarray(m.sum(axis=1, dtype=np.float64)).ravel(),
+                np.asarray(m.sum(axis=0, dtype=np.float64)).ravel())
+    step = max(1, _BLOCK // max(1, m.shape[1]))
+    rows, cols = [], np.zeros(m.shape[1])
+    for i in range(0, m.shape[0], step):
+        rows.append(m[i:i + step].sum(axis=1, dtype=np.float64))
+        cols += m[i:i + step].sum(axis=0, dtype=np.float64)
+    return np.concatenate(rows) if rows else np.zeros(0), cols
+
+
+def _group_codes(obs: pd.DataFrame, key: str, levels: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """int32 codes of ``obs[key]`` against ``levels`` (observed levels when None)."""
+    if key not in obs.columns:
+        raise DataError(f"group_key {key!r} is not an obs column; available: {_fmt(list(obs.columns), 20)}")
+    col = obs[key]
+    if col.isna().any():
+        raise DataError(f"group column {key!r} has {int(col.isna().sum())} missing value(s); fill or drop them.")
+    levels = _observed_levels(col) if levels is None else [str(x) for x in levels]
+    codes = pd.Categorical(col.astype(str), categories=levels).codes
+    if (codes < 0).any():
+        unseen = sorted(set(col.astype(str)) - set(levels))
+        raise DataError(f"group column {key!r} has unseen levels {_fmt(unseen)}; known: {_fmt(levels, 20)}")
+    return codes.astype(np.int32), levels
+
+
+@dataclass
+class CountData:
+    """Validated counts with their design, ready for the models."""
+
+    counts: np.ndarray | sp.csr_matrix
+    library_size: np.ndarray
+    design: np.ndarray
+    encoding: DesignEncoding
+    obs: pd.DataFrame
+    var_names: pd.Index
+    groups: np.ndarray | None = None
+    group_levels: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        n, g = self.counts.shape
+        sizes = {"design rows": self.design.shape[0], "library_size": len(self.library_size),
+                 "obs rows": len(self.obs)} | ({"groups": len(self.groups)} if self.groups is not None else {})
+        for what, k in sizes.items():
+            if k != n:
+                raise DataError(f"shape mismatch: {what} = {k} but counts have {n} rows; build the "
+                                "design and metadata from the same cells as the counts.")
+        if len(self.var_names) != g:
+            raise DataError(f"shape mismatch: {len(self.var_names)} var_names for {g} genes")
+
+    @property
+    def n_obs(self) -> int:
+        """Number of cells."""
+        return self.counts.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes."""
+        return self.counts.shape[1]
+
+    @property
+    def n_design(self) -> int:
+        """Number of design columns."""
+        return self.design.shape[1]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Dense float32 counts of the rows ``idx``."""
+        block = self.counts[np.asarray(idx)]
+        return (block.toarray() if sp.issparse(block) else block).astype(np.float32, copy=False)
+
+    def subset(self, idx: np.ndarray) -> CountData:
+        """The rows ``idx`` (integer indices or boolean mask) as a new CountData."""
+        idx = np.asarray(idx)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx
+        return replace(self, counts=self.counts[idx], library_size=self.library_size[idx],
+                       design=self.design[idx], obs=self.obs.iloc[idx],
+                       groups=None if self.groups is None else self.groups[idx])
+
+
+def _gene_index(var_names: pd.Index, genes: Sequence[str]) -> np.ndarray:
+    """Column positions of ``genes`` in ``var_names``; every one must be present."""
+    genes = list(genes)
+    if len(set(genes)) != len(genes) or not var_names.is_unique:
+        raise DataError("gene names must be unique; call adata.var_names_make_unique() and pass unique genes")
+    idx = var_names.get_indexer(genes)
+    missing = [g for g, i in zip(genes, idx) if i < 0]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(genes)} required genes not found in adata.var_names, e.g. "
+                        f"{_fmt(missing)}; held-out data must contain every fitted gene.")
+    return idx
+
+
+def _drop_empty(row_sums: np.ndarray, col_sums: np.ndarray, genes_fixed: bool, empty: str,
+                name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of cells and genes to keep, per the ``empty`` option."""
+    keep_rows, keep_cols = row_sums > 0, (col_sums > 0) | genes_fixed
+    n_c, n_g = int((~keep_rows).sum()), int((~keep_cols).sum())
+    if empty == "keep" or not (n_c or n_g):
+        return np.ones(row_sums.size, bool), np.ones(col_sums.size, bool)
+    what = f"{n_g} all-zero genes and {n_c} all-zero cells in {name}"
+    if empty == "error":
+        raise DataError(f"there are {what}; drop them, or pass empty='warn' to drop them automatically "
+                        "(or empty='keep').")
+    warnings.warn(f"dropping {what}", EmptyWarning, stacklevel=3)
+    return keep_rows, keep_cols
+
+
+def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = None,
+                 likelihood: str = "nb", empty: str = "warn", encoding: DesignEncoding | None = None,
+                 genes: Sequence[str] | None = None, group_key: str | None = None,
+                 group_levels: list[str] | None = None) -> CountData:
+    """Validate an AnnData's counts and metadata and build the design.
+
+    With ``encoding`` (a fitted design) the metadata are re-encoded identically; with
+    ``genes`` the counts are aligned to those genes, which are never dropped.  With
+    neither ``formula`` nor ``encoding`` the design is intercept-only (``"~ 1"``).
+    """
+    import anndata
+
+    if not isinstance(adata, anndata.AnnData):
+        raise DataError(f"expected an AnnData object, got {type(adata).__name__}; load one with "
+                        "anndata.read_h5ad(path) or build anndata.AnnData(X=counts, obs=metadata)")
+    if likelihood not in COUNT_LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(COUNT_LIKELIHOODS)}")
+    if empty not in EMPTY_MODES:
+        raise DataError(f"empty={empty!r} is not one of {list(EMPTY_MODES)}")
+    if encoding is not None and formula is not None and formula != encoding.formula:
+        raise DataError(f"formula {formula!r} differs from the encoding's {encoding.formula!r}; pass only one")
+    if layer is not None and layer not in adata.layers:
+        raise DataError(f"layer {layer!r} not found in adata.layers; available layers: "
+                        f"{[k for k in adata.layers.keys() if k is not None]} (use layer=None for adata.X)")
+    name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    m = _as_matrix(adata.X if layer is None else adata.layers[layer], name)
+    var_names = pd.Index(adata.var_names)
+    if genes is not None:
+        idx = _gene_index(var_names, genes)
+        if not np.array_equal(idx, np.arange(m.shape[1])):
+            m, var_names = m[:, idx], var_names[idx]
+    if 0 in m.shape:
+        raise DataError(f"{name} is empty ({m.shape[0]} cells x {m.shape[1]} genes); pass a dataset with counts")
+    validate_counts(m, likelihood, name=name)
+    row_sums, col_sums = _margins(m)
+    keep_rows, keep_cols = _drop_empty(row_sums, col_sums, genes is not None, empty, name)
+    if not keep_rows.all():
+        m = m[keep_rows]
+    if not keep_cols.all():
+        m, var_names = m[:, keep_cols], var_names[keep_cols]
+    if 0 in m.shape:
+        raise DataError(f"nothing is left in {name} after dropping all-zero genes and cells")
+    obs = adata.obs.iloc[np.flatnonzero(keep_rows)].copy()
+    if encoding is None:
+        design, encoding = encode_design(formula if formula is not None else "~ 1", obs)
+    else:
+        design = encoding.transform(obs)
+    groups, levels = _group_codes(obs, group_key, group_levels) if group_key else (None, None)
+    return CountData(m, row_sums[keep_rows], design, encoding, obs, var_names, groups, levels)
+
+
+def read_obs_table(path: str | Path) -> pd.DataFrame:
+    """Cell metadata from a .csv / .tsv (first column = cell names when unnamed) or an .h5ad's obs."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"metadata file {str(path)!r} not found")
+    suffix = path.name.lower().removesuffix(".gz")
+    if suffix.endswith(".h5ad"):
+        import anndata
+
+        adata = anndata.read_h5ad(path, backed="r")
+        obs = adata.obs.copy()
+        adata.file.close()
+        return obs
+    if not suffix.endswith((".csv", ".tsv", ".txt")):
+        raise DataError(f"cannot read metadata from {path.name!r}; use a .csv, .tsv or .h5ad file")
+    obs = pd.read_csv(path, sep="," if suffix.endswith(".csv") else "\t")
+    if len(obs.columns) and (str(obs.columns[0]).startswith("Unnamed: 0") or obs.columns[0] in ("index", "obs_names")):
+        obs = obs.set_index(obs.columns[0]).rename_axis(None)
+    if obs.empty:
+        raise DataError(f"metadata file {path.name!r} has no rows")
+    return obs

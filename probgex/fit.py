@@ -1,0 +1,349 @@
+"""`Model` (a spec you can fit) and `Fit` (a fitted model: predict, evaluate, save)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from probgex.data import CountData, DesignEncoding, from_anndata
+from probgex.errors import DataError, ModelFileError
+from probgex.inference import checkpoint
+from probgex.inference.minibatch import make_batch
+from probgex.inference.predictive import Draws, check_levels, empirical_intervals, pit_coverage
+from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
+from probgex.models.story import Dims, build_story
+from probgex.spec import ModelSpec
+
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+BLOCK = 256  # rows per prediction block: fixed, so prediction compiles once
+
+
+class Model:
+    """A declared model: `Model("~ cell_type + stim", likelihood="nb", latent=Gaussian(dim=10))`."""
+
+    def __init__(self, formula: str, likelihood: str = "nb", latent=None, **spec_options):
+        self.spec = ModelSpec.create(formula, likelihood, latent, **spec_options)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> Model:
+        m = cls.__new__(cls)
+        m.spec = spec
+        return m
+
+    def __repr__(self) -> str:
+        return f"Model({self.spec!r})"
+
+    def fit(self, adata, *, seed: int = 0, holdout: float = 0.1, heldout_obs: Sequence[str] | None = None,
+            max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
+            patience: int = 10, checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
+            progress: bool = True, empty: str = "warn") -> Fit:
+        """Fit by SVI on the raw counts of `adata` (X or the spec's layer) with metadata in `adata.obs`.
+
+        A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
+        early stopping. The same seed gives the same result.
+        """
+        spec = self.spec
+        data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
+                            empty=empty, group_key=spec.dispersion_key)
+        train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
+        log_mean, beta0, lib = _summaries(data, train_idx)
+        intercept = data.encoding.columns.index("Intercept") if "Intercept" in data.encoding.columns else None
+        dims = Dims(n_design=data.n_design, n_genes=data.n_genes,
+                    n_groups=1 if data.group_levels is None else len(data.group_levels),
+                    intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
+                    seed=seed)
+        story = build_story(spec, dims, log_mean, beta0)
+        steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
+        if max_epochs is None:
+            max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else 400
+        if learning_rate is None:
+            learning_rate = 0.02 if spec.story == "glm" else 1e-3
+        config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+                             patience=patience, checkpoint_every=checkpoint_every, progress=progress)
+
+        def make(params, history):
+            return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]))
+
+        save = None
+        if checkpoint_path is not None:
+            def save(params, history):
+                make(params, history).save(checkpoint_path)
+        params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
+        return make(params, history)
+
+
+def _split(data: CountData, holdout: float, heldout_obs, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n = data.n_obs
+    if heldout_obs is not None:
+        mask = data.obs.index.isin(list(heldout_obs))
+        if not mask.any():
+            raise DataError("none of heldout_obs is among the observations (after dropping empty ones); "
+                            "pass obs names of adata")
+    else:
+        if not 0 <= holdout < 1:
+            raise DataError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
+        k = int(round(holdout * n))
+        mask = np.zeros(n, bool)
+        mask[np.random.default_rng(seed).choice(n, k, replace=False)] = True
+    if mask.all():
+        raise DataError("every observation is held out; leave some to fit on")
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
+    """Per-gene log mean normalised count, least-squares start of the GLM coefficients on
+    log((x + 0.5) / l), and the log library sizes of `rows` (one pass over the rows, blockwise)."""
+    lib = data.library_size[rows]
+    P, G = data.n_design, data.n_genes
+    xtx, xty, norm_sum = np.zeros((P, P)), np.zeros((P, G)), np.zeros(G)
+    for start in range(0, len(rows), chunk):
+        r = rows[start : start + chunk]
+        x, l, d = data.rows(r).astype(np.float64), data.library_size[r][:, None], data.design[r].astype(np.float64)
+        xtx += d.T @ d
+        xty += d.T @ np.log((x + 0.5) / l)
+        norm_sum += (x / l).sum(0)
+    beta0 = np.linalg.lstsq(xtx, xty, rcond=None)[0]
+    log_mean = np.log(norm_sum / len(rows) * lib.mean() + 1e-8)
+    return log_mean.astype(np.float32), beta0.astype(np.float32), np.log(lib)
+
+
+class Fit:
+    """A fitted model. Predictions are xarray objects with dims (sample, obs, gene)."""
+
+    def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
+                 log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
+                 heldout_obs: np.ndarray):
+        self.spec, self.encoding, self.dims = spec, encoding, dims
+        self.var_names = pd.Index(var_names, name="gene")
+        self.log_mean = np.asarray(log_mean, np.float32)
+        self.params = jax.tree.map(np.asarray, params)
+        self.history, self.group_levels = history, group_levels
+        self.heldout_obs = np.asarray(heldout_obs, dtype=str)
+
+    def __repr__(self) -> str:
+        return (f"Fit({self.spec.story}, {self.spec.likelihood}, {self.spec.formula!r}, "
+                f"{len(self.var_names)} genes, best epoch {self.history.best_epoch})")
+
+    # ----- the story and its jitted functions
+    @cached_property
+    def story(self):
+        return build_story(self.spec, self.dims, self.log_mean)
+
+    @cached_property
+    def _predictive(self):
+        return jax.jit(self.story.predictive_params, static_argnames=("n", "from_data"))
+
+    @cached_property
+    def _log_marginal(self):
+        return jax.jit(self.story.log_marginal, static_argnames=("n",))
+
+    # ----- data handling
+    def data(self, adata, empty: str = "warn") -> CountData:
+        """Counts of `adata` aligned to the fitted genes and encoded with the fitted design."""
+        return from_anndata(adata, layer=self.spec.layer, likelihood=self.spec.likelihood, empty=empty,
+                            encoding=self.encoding, genes=list(self.var_names),
+                            group_key=self.spec.dispersion_key, group_levels=self.group_levels)
+
+    def _metadata(self, obs: pd.DataFrame, library_size) -> CountData:
+        """A CountData without counts (zero-width) for prediction from metadata alone."""
+        design = self.encoding.transform(obs)
+        groups = None
+        if self.spec.dispersion_key is not None:
+            from probgex.data import _group_codes
+            groups, _ = _group_codes(obs, self.spec.dispersion_key, self.group_levels)
+        lib = np.ones(len(obs))
+        if library_size is not None:
+            lib = np.broadcast_to(np.asarray(library_size, np.float64), (len(obs),)).copy()
+            if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
+                raise DataError("library_size must be positive and finite for every observation")
+        return CountData(counts=np.zeros((len(obs), 0), np.float32), library_size=lib, design=design,
+                         encoding=self.encoding, obs=obs, var_names=pd.Index([]), groups=groups,
+                         group_levels=self.group_levels)
+
+    def _draws(self, data: CountData, n: int, key, *, from_data: bool) -> Iterator[tuple[np.ndarray, Draws]]:
+        for i, start in enumerate(range(0, data.n_obs, BLOCK)):
+            rows = np.arange(start, min(start + BLOCK, data.n_obs))
+            batch = make_batch(data, rows, BLOCK, 1.0, with_counts=from_data)
+            mu, th, gate = self._predictive(self.params, jax.random.fold_in(key, i), batch, n=n,
+                                            from_data=from_data)
+            m = len(rows)
+            cut = (lambda a: None if a is None else np.asarray(a)[:, :m] if a.shape[1] == BLOCK else np.asarray(a))
+            yield rows, Draws(self.spec.likelihood, np.asarray(mu)[:, :m], cut(th), cut(gate))
+
+    # ----- prediction
+    def predict(self, obs, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
+                library_size=None, seed: int = 0) -> xr.Dataset:
+        """Draw count profiles from p(x | c) for new metadata `obs` (a DataFrame or an AnnData's obs).
+
+        Latents come from the conditional prior and parameters from the fitted guide. Library sizes:
+        `library_size` (a number or one per observation) if given; otherwise, for a latent library,
+        the model's prior; otherwise drawn from the log-normal of the training library sizes.
+        Returns `counts` (sample, obs, gene), predictive `mean` and `sd`, and central intervals
+        `lower`/`upper` (level, obs, gene) taken from the predictive samples.
+        """
+        obs = getattr(obs, "obs", obs)
+        if not isinstance(obs, pd.DataFrame):
+            raise DataError(f"obs must be a pandas DataFrame or an AnnData, got {type(obs).__name__}")
+        levels = check_levels(levels)
+        data = self._metadata(obs, library_size)
+        rng = np.random.default_rng(seed)
+        key = jax.random.PRNGKey(seed)
+        draw_lib = library_size is None and self.spec.library == "observed"
+        return self._assemble(data, self._draws(data, n_samples, key, from_data=False), rng, levels,
+                              n_samples, draw_lib)
+
+    def reconstruct(self, adata, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
+                    seed: int = 0) -> xr.Dataset:
+        """The reconstruction predictive of observed cells: latents from the encoder q(z | x, c)."""
+        data = self.data(adata)
+        levels = check_levels(levels)
+        rng = np.random.default_rng(seed)
+        draws = self._draws(data, n_samples, jax.random.PRNGKey(seed), from_data=True)
+        return self._assemble(data, draws, rng, levels, n_samples, False)
+
+    def _assemble(self, data, draws, rng, levels, n_samples, draw_lib) -> xr.Dataset:
+        n, G = data.n_obs, len(self.var_names)
+        counts = np.empty((n_samples, n, G), np.int64)
+        mean, sd = np.empty((n, G)), np.empty((n, G))
+        lower, upper = np.empty((len(levels), n, G)), np.empty((len(levels), n, G))
+        for rows, d in draws:
+            if draw_lib:
+                d = d.scaled(np.exp(rng.normal(self.dims.lib_loc, self.dims.lib_scale,
+                                               (n_samples, len(rows), 1))))
+            counts[:, rows] = d.sample(rng)
+            mean[rows], sd[rows] = d.moments()
+            lower[:, rows], upper[:, rows] = empirical_intervals(counts[:, rows], levels)
+        coords = {"obs": np.asarray(data.obs.index, dtype=str), "gene": np.asarray(self.var_names, dtype=str),
+                  "level": list(levels)}
+        return xr.Dataset(
+            {"counts": (("sample", "obs", "gene"), counts), "mean": (("obs", "gene"), mean),
+             "sd": (("obs", "gene"), sd), "lower": (("level", "obs", "gene"), lower),
+             "upper": (("level", "obs", "gene"), upper)},
+            coords=coords, attrs={"likelihood": self.spec.likelihood, "story": self.spec.story,
+                                  "formula": self.spec.formula})
+
+    # ----- scoring observed data
+    def evaluate(self, adata, *, n_samples: int = 100, levels: Sequence[float] = LEVELS,
+                 seed: int = 0) -> xr.Dataset:
+        """Calibration on observed counts, predicting from their metadata (and library sizes) only.
+
+        Returns the randomized PIT per entry, the PIT coverage of central intervals pooled and by
+        decile of the genes' predicted mean, the tail probabilities per entry, and the log predictive
+        density per observation.
+        """
+        levels = check_levels(levels)
+        data = self.data(adata)
+        rng = np.random.default_rng(seed)
+        key = jax.random.PRNGKey(seed)
+        n, G = data.n_obs, data.n_genes
+        pit, p_low, p_high, mean = (np.empty((n, G)) for _ in range(4))
+        for rows, d in self._draws(data, n_samples, key, from_data=False):
+            y = data.rows(rows).astype(np.float64)
+            pit[rows] = d.randomized_pit(y, rng)
+            p_low[rows], p_high[rows] = d.tail_probabilities(y)
+            mean[rows] = d.moments()[0]
+        decile = _deciles(mean.mean(0))
+        by_decile = np.array([pit_coverage(pit[:, decile == k], levels) for k in range(10)])
+        lpd = self.log_predictive_density(data, n_samples=n_samples, seed=seed)
+        coords = {"obs": np.asarray(data.obs.index, dtype=str), "gene": np.asarray(self.var_names, dtype=str),
+                  "level": list(levels), "decile": np.arange(1, 11)}
+        ds = xr.Dataset(
+            {"pit": (("obs", "gene"), pit), "p_lower": (("obs", "gene"), p_low),
+             "p_upper": (("obs", "gene"), p_high), "predicted_mean": (("obs", "gene"), mean),
+             "coverage": (("level",), pit_coverage(pit, levels)),
+             "coverage_by_decile": (("decile", "level"), by_decile),
+             "gene_decile": (("gene",), decile + 1), "log_predictive_density": lpd.rename(None).variable},
+            coords=coords)
+        ds.attrs["mean_log_predictive_density"] = float(lpd.mean())
+        return ds
+
+    def log_predictive_density(self, adata_or_data, *, n_samples: int = 100, seed: int = 0) -> xr.DataArray:
+        """log p(x_n | c_n) per observation: for the GLM averaged over posterior draws; for the cVAE
+        by importance sampling with the encoder as proposal and the conditional prior."""
+        data = adata_or_data if isinstance(adata_or_data, CountData) else self.data(adata_or_data)
+        key = jax.random.PRNGKey(seed + 1)
+        out = np.empty(data.n_obs)
+        for i, start in enumerate(range(0, data.n_obs, BLOCK)):
+            rows = np.arange(start, min(start + BLOCK, data.n_obs))
+            batch = make_batch(data, rows, BLOCK, 1.0)
+            out[rows] = np.asarray(self._log_marginal(self.params, jax.random.fold_in(key, i), batch,
+                                                      n=n_samples))[: len(rows)]
+        return xr.DataArray(out, dims="obs", coords={"obs": np.asarray(data.obs.index, dtype=str)},
+                            name="log_predictive_density")
+
+    def coefficients(self, levels: Sequence[float] = (0.9,)) -> xr.Dataset:
+        """GLM coefficients: posterior mean, sd and central intervals per (coef, gene)."""
+        if self.spec.story != "glm":
+            raise ValueError("coefficients exist only for the GLM story (latent=None)")
+        from scipy.stats import norm
+        P = self.dims.n_design
+        loc = self.params["gp_loc"][:, :P].T
+        L = self.story.draw_gene_params  # noqa: F841  (the same factor as the guide)
+        from probgex.models.glm import scale_tril
+        tril = np.asarray(scale_tril(self.params["gp_scale_diag"], self.params["gp_scale_offdiag"]))
+        sd = np.sqrt((tril[:, :P, :] ** 2).sum(-1)).T
+        levels = check_levels(levels)
+        z = np.array([norm.ppf((1 + a) / 2) for a in levels])[:, None, None]
+        coords = {"coef": list(self.encoding.columns), "gene": np.asarray(self.var_names, dtype=str),
+                  "level": list(levels)}
+        return xr.Dataset({"mean": (("coef", "gene"), loc), "sd": (("coef", "gene"), sd),
+                           "lower": (("level", "coef", "gene"), loc - z * sd),
+                           "upper": (("level", "coef", "gene"), loc + z * sd)}, coords=coords)
+
+    # ----- files
+    def save(self, path: str | Path) -> Path:
+        """Write the model to one `.npz` file (no pickle); `probgex.load` reads it back exactly."""
+        header = {"spec": self.spec.to_dict(), "encoding": self.encoding.to_dict(),
+                  "dims": self.dims.to_dict(), "group_levels": self.group_levels,
+                  "history": {"train": self.history.train, "heldout": self.history.heldout,
+                              "best_epoch": self.history.best_epoch}}
+        arrays = checkpoint.flatten_params(self.params)
+        arrays["var_names"] = np.asarray(self.var_names, dtype=str)
+        arrays["heldout_obs"] = self.heldout_obs
+        arrays["log_mean"] = self.log_mean
+        return checkpoint.write(path, header, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Fit:
+        header, arrays = checkpoint.read(path)
+        try:
+            spec = ModelSpec.from_dict(header["spec"])
+            encoding = DesignEncoding.from_dict(header["encoding"])
+            dims = Dims(**header["dims"])
+            h = header["history"]
+            history = History(list(h["train"]), list(h["heldout"]), int(h["best_epoch"]))
+            var_names, heldout, log_mean = arrays.pop("var_names"), arrays.pop("heldout_obs"), arrays.pop("log_mean")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"the header of {path} is incomplete or invalid ({e}); refit and save") from e
+        story = build_story(spec, dims, log_mean)
+        template = _param_template(story, spec, dims)
+        params = checkpoint.unflatten_params(template, arrays)
+        return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout)
+
+
+def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
+    """The parameter structure of a story, from one initialisation on a dummy one-row batch."""
+    dummy = CountData(counts=np.ones((1, dims.n_genes), np.float32), library_size=np.full(1, float(dims.n_genes)),
+                      design=np.zeros((1, dims.n_design), np.float32), encoding=None, obs=pd.DataFrame(index=["0"]),
+                      var_names=pd.Index([str(i) for i in range(dims.n_genes)]), groups=None, group_levels=None)
+    svi = make_svi(story, TrainConfig())
+    state = svi.init(jax.random.PRNGKey(0), make_batch(dummy, np.arange(1), 1, 1.0))
+    return svi.get_params(state)
+
+
+def _deciles(values: np.ndarray) -> np.ndarray:
+    """Decile (0-9) of each value by rank."""
+    ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+    return (ranks * 10 // len(values)).astype(int)
+
+
+def load(path: str | Path) -> Fit:
+    """Load a model saved by `Fit.save` (or a checkpoint written during a fit)."""
+    return Fit.load(path)

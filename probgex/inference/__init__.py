@@ -1,0 +1,1 @@
+"""Fitting by SVI, prediction, and model files."""

@@ -1,0 +1,76 @@
+"""Predictive summaries on the host from parameter draws (mu, theta, gate), each (S, n, G).
+
+Counts are sampled with NumPy (Gamma-Poisson), which is ~10x faster than JAX on CPU; PIT and tail
+probabilities use the exact predictive CDF, a mixture over the S parameter draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from probgex.models import likelihoods as lk
+
+
+class Draws:
+    """S draws of the count distribution's parameters for a block of observations."""
+
+    def __init__(self, kind: str, mu: np.ndarray, theta: np.ndarray | None, gate: np.ndarray | None):
+        self.kind = kind
+        self.mu = np.asarray(mu, np.float64)
+        self.theta = None if theta is None else np.broadcast_to(np.asarray(theta, np.float64), self.mu.shape)
+        self.gate = None if gate is None else np.broadcast_to(np.asarray(gate, np.float64), self.mu.shape)
+
+    def scaled(self, factor: np.ndarray) -> "Draws":
+        """Multiply every mean by `factor` (broadcast to (S, n, 1)), e.g. library sizes."""
+        return Draws(self.kind, self.mu * factor, self.theta, self.gate)
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One count per draw: (S, n, G)."""
+        return lk.sample_counts(self.kind, rng, self.mu, self.theta, self.gate)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact predictive mean and sd (law of total variance over the draws): (n, G) each."""
+        pi = 0.0 if self.gate is None else 1.0 / (1.0 + np.exp(-self.gate))
+        m = (1 - pi) * self.mu
+        var_nb = self.mu if self.theta is None else self.mu + self.mu**2 / self.theta
+        second = (1 - pi) * (var_nb + self.mu**2)
+        mean = m.mean(0)
+        return mean, np.sqrt(np.maximum(second.mean(0) - mean**2, 0.0))
+
+    def cdf(self, y: np.ndarray) -> np.ndarray:
+        """Mixture CDF P(X <= y) for counts y (n, G)."""
+        return lk.cdf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
+
+    def pmf(self, y: np.ndarray) -> np.ndarray:
+        return lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
+
+    def randomized_pit(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""
+        below = self.cdf(y - 1)
+        return below + rng.uniform(size=y.shape) * self.pmf(y)
+
+    def tail_probabilities(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(X <= y) and P(X >= y) for each entry."""
+        return self.cdf(y), 1.0 - self.cdf(y - 1)
+
+
+def empirical_intervals(samples: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Central intervals from predictive samples (S, n, G): lower and upper, each (L, n, G)."""
+    q = np.concatenate([[(1 - a) / 2 for a in levels], [(1 + a) / 2 for a in levels]])
+    qs = np.quantile(samples, q, axis=0, method="inverted_cdf")
+    return qs[: len(levels)], qs[len(levels) :]
+
+
+def pit_coverage(u: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Share of PIT values inside the central band of each level (L,): equals the level if calibrated."""
+    u = np.asarray(u)
+    return np.array([np.mean((u >= (1 - a) / 2) & (u <= (1 + a) / 2)) for a in levels])
+
+
+def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    levels = tuple(float(a) for a in levels)
+    if not levels or any(not 0 < a < 1 for a in levels):
+        raise ValueError(f"interval levels must lie strictly between 0 and 1, got {levels}")
+    return levels

@@ -1,0 +1,124 @@
+"""The SVI fit loop: Adam with gradient clipping (optax), minibatches, held-out early stopping,
+explicit seeds, a progress bar and periodic checkpoints.
+
+The loop state is a NamedTuple updated by pure jitted functions (the optax pattern); the step is
+compiled once (fixed batch shapes) and the host reads the losses back once per epoch, not per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.optim import optax_to_numpyro
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from probgex.data import CountData
+from probgex.inference.minibatch import Minibatches
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Options of the fit loop."""
+
+    max_epochs: int = 200
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    clip_norm: float = 10.0
+    patience: int = 10  # epochs without held-out improvement before stopping
+    checkpoint_every: int = 10  # epochs; 0 disables checkpoints
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_epochs", "batch_size", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+
+
+class LoopState(NamedTuple):
+    svi_state: object
+    epoch: int
+    best_loss: float
+    best_params: dict
+    stale: int  # epochs since the best held-out loss
+
+
+class History(NamedTuple):
+    train: list[float]  # negative ELBO per observation, mean over the epoch's steps
+    heldout: list[float]  # the same on the held-out observations (empty without a held-out split)
+    best_epoch: int
+
+
+def make_svi(story, config: TrainConfig) -> SVI:
+    optimizer = optax_to_numpyro(
+        optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.learning_rate))
+    )
+    return SVI(story.model, story.guide, optimizer, loss=Trace_ELBO())
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]fit[/] epoch {task.completed}/{task.total}"), BarColumn(),
+                    TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), disable=not enabled)
+
+
+def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
+            config: TrainConfig, seed: int,
+            on_checkpoint: Callable[[dict, History], None] | None = None) -> tuple[dict, History]:
+    """Fit `story` (an object with NumPyro `model` and `guide` over a Batch) by SVI.
+
+    Returns the parameters with the best held-out loss (the last ones without a held-out split) and
+    the loss history. `on_checkpoint(params, history)` is called every `checkpoint_every` epochs and at
+    the end with the best parameters so far.
+    """
+    rng = np.random.default_rng(seed)
+    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng)
+    heldout = None
+    if len(heldout_idx):
+        heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx))
+    svi = make_svi(story, config)
+    update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
+    svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
+    state = LoopState(svi_state, 0, np.inf, svi.get_params(svi_state), 0)
+    hist = History([], [], 0)
+    n_train = len(train_idx)
+    with _progress(config.progress) as bar:
+        task = bar.add_task("fit", total=config.max_epochs, msg="")
+        for epoch in range(1, config.max_epochs + 1):
+            svi_state, losses = state.svi_state, []
+            for batch in train:
+                svi_state, loss = update(svi_state, batch)
+                losses.append(loss)
+            train_loss = float(jnp.mean(jnp.stack(losses))) / n_train
+            if not np.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"the loss became {train_loss} at epoch {epoch}; lower the learning rate "
+                    "(learning_rate=...) or check the counts; the last checkpoint is unchanged")
+            hist.train.append(train_loss)
+            loss = train_loss
+            if heldout is not None:
+                loss = sum(float(evaluate(svi_state, b)) * b.mask.sum() / n_train for b in heldout)
+                loss = float(loss) / len(heldout_idx)
+                hist.heldout.append(loss)
+            if loss < state.best_loss:
+                state = LoopState(svi_state, epoch, loss, svi.get_params(svi_state), 0)
+                hist = hist._replace(best_epoch=epoch)
+            else:
+                state = state._replace(svi_state=svi_state, epoch=epoch, stale=state.stale + 1)
+            bar.update(task, completed=epoch, msg=f"loss/obs {train_loss:.1f}"
+                       + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
+            if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                on_checkpoint(state.best_params, hist)
+            if heldout is not None and state.stale >= config.patience:
+                break
+    params = state.best_params if heldout is not None else svi.get_params(state.svi_state)
+    if on_checkpoint:
+        on_checkpoint(params, hist)
+    return params, hist

@@ -1,0 +1,135 @@
+"""The conditional VAE story: z_n ~ p(z | c_n) from a prior network, rho = softmax(f(z_n, c_n)),
+mu_ng = l_n rho_ng, x_ng ~ NB / ZINB / Poisson; guide q(z | x, c), an amortized encoder of log1p counts.
+
+Networks are Flax NNX modules registered with `numpyro.contrib.module.nnx_module`; the NB
+concentration (per gene, or per gene and group) is a point estimate, as in scVI. With
+`library = "latent"`, log l_n ~ N(m, s^2) (m, s from the training library sizes) and the encoder
+proposes it too; otherwise l_n is the observed total count.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from flax import nnx
+from numpyro.contrib.module import nnx_module
+
+from probgex.models.batch import Batch
+from probgex.models.distributions import count_distribution, log_mean_exp
+from probgex.models.nets import MLP, concat, gaussian_head
+from probgex.spec import ModelSpec
+
+
+class CVAE:
+    """NumPyro model and guide of the conditional VAE story."""
+
+    def __init__(self, spec: ModelSpec, n_design: int, n_genes: int, n_groups: int, *,
+                 seed: int, lib_loc: float, lib_scale: float):
+        self.spec, self.kind = spec, spec.likelihood
+        self.P, self.G, self.K = n_design, n_genes, n_groups
+        self.dim = spec.latent.dim
+        self.latent_library = spec.library == "latent"
+        self.lib_loc, self.lib_scale = float(lib_loc), float(lib_scale)
+        rngs = nnx.Rngs(seed)
+        enc_heads = (self.dim, self.dim) + ((1, 1) if self.latent_library else ())
+        self.encoder = MLP(self.G + self.P, spec.encoder, enc_heads, rngs=rngs)
+        dec_heads = (self.G,) + ((self.G,) if self.kind == "zinb" else ())
+        self.decoder = MLP(self.dim + self.P, spec.decoder, dec_heads, rngs=rngs)
+        self.prior = MLP(self.P, spec.latent.hidden, (self.dim, self.dim), rngs=rngs)
+
+    # ----- pieces shared by model, guide and prediction
+    def _prior_dist(self, prior_net, design):
+        return dist.Normal(*gaussian_head(*prior_net(design))).to_event(1)
+
+    def _lib_prior(self):
+        return dist.Normal(self.lib_loc, self.lib_scale)
+
+    def _likelihood(self, decoder_net, z, log_lib, design, group, log_theta):
+        outs = decoder_net(concat(z, design))
+        mu = jnp.exp(log_lib[..., None] + jax.nn.log_softmax(outs[0], axis=-1))
+        theta = None if log_theta is None else jnp.exp(log_theta)[group]
+        gate = outs[1] if self.kind == "zinb" else None
+        return mu, theta, gate
+
+    def _log_theta(self):
+        if self.kind == "poisson":
+            return None
+        return numpyro.param("log_theta", jnp.zeros((self.K, self.G)))
+
+    def _encode(self, encoder_net, batch):
+        outs = encoder_net(concat(jnp.log1p(batch.x), batch.design))
+        q_z = dist.Normal(*gaussian_head(outs[0], outs[1])).to_event(1)
+        q_l = None
+        if self.latent_library:
+            q_l = dist.Normal(*gaussian_head(outs[2][..., 0], outs[3][..., 0]))
+        return q_z, q_l
+
+    # ----- NumPyro model and guide
+    def model(self, batch: Batch):
+        prior_net = nnx_module("prior", self.prior)
+        decoder_net = nnx_module("decoder", self.decoder)
+        log_theta = self._log_theta()
+        with numpyro.plate("cells", batch.design.shape[0]), numpyro.handlers.mask(mask=batch.mask), \
+                numpyro.handlers.scale(scale=batch.scale):
+            z = numpyro.sample("z", self._prior_dist(prior_net, batch.design))
+            log_lib = batch.log_lib
+            if self.latent_library:
+                log_lib = numpyro.sample("log_library", self._lib_prior())
+            mu, theta, gate = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta)
+            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate).to_event(1), obs=batch.x)
+
+    def guide(self, batch: Batch):
+        encoder_net = nnx_module("encoder", self.encoder)
+        q_z, q_l = self._encode(encoder_net, batch)
+        with numpyro.plate("cells", batch.design.shape[0]), numpyro.handlers.mask(mask=batch.mask), \
+                numpyro.handlers.scale(scale=batch.scale):
+            numpyro.sample("z", q_z)
+            if self.latent_library:
+                numpyro.sample("log_library", q_l)
+
+    # ----- prediction from fitted parameters (no NumPyro tracing: plain functions of params)
+    def _nets(self, params: dict):
+        nets = {}
+        for name, module in (("encoder", self.encoder), ("decoder", self.decoder), ("prior", self.prior)):
+            graph, state = nnx.split(module)
+            nnx.replace_by_pure_dict(state, params[name + "$params"])
+            nets[name] = nnx.merge(graph, state)
+        return nets
+
+    def predictive_params(self, params: dict, key: jax.Array, batch: Batch, n: int, *,
+                          from_data: bool = False):
+        """n draws of (mu, theta, gate), each (n, B, G): z from the conditional prior p(z | c), or,
+        with `from_data`, from the encoder q(z | x, c) (the reconstruction predictive)."""
+        nets = self._nets(params)
+        kz, kl = jax.random.split(key)
+        if from_data:
+            q_z, q_l = self._encode(nets["encoder"], batch)
+        else:
+            q_z, q_l = self._prior_dist(nets["prior"], batch.design), self._lib_prior()
+        z = q_z.sample(kz, (n,))
+        log_lib = jnp.broadcast_to(batch.log_lib, (n, batch.log_lib.shape[0]))
+        if self.latent_library:
+            log_lib = (q_l.sample(kl, (n,)) if from_data else
+                       q_l.sample(kl, (n, batch.log_lib.shape[0])))
+        log_theta = None if self.kind == "poisson" else params["log_theta"]
+        design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
+        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
+
+    def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
+        """Importance-sampling estimate of log p(x_b | c_b) per row with the encoder as proposal: (B,)."""
+        nets = self._nets(params)
+        kz, kl = jax.random.split(key)
+        q_z, q_l = self._encode(nets["encoder"], batch)
+        z = q_z.sample(kz, (n,))
+        log_w = self._prior_dist(nets["prior"], batch.design).log_prob(z) - q_z.log_prob(z)
+        log_lib = jnp.broadcast_to(batch.log_lib, (n, batch.log_lib.shape[0]))
+        if self.latent_library:
+            log_lib = q_l.sample(kl, (n,))
+            log_w = log_w + self._lib_prior().log_prob(log_lib) - q_l.log_prob(log_lib)
+        log_theta = None if self.kind == "poisson" else params["log_theta"]
+        design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
+        mu, theta, gate = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
+        ll = count_distribution(self.kind, mu, theta, gate).log_prob(batch.x).sum(-1)
+        return log_mean_exp(ll + log_w, axis=0)

@@ -1,0 +1,37 @@
+"""Build the generative story a spec names, from the data summaries a fit records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from probgex.models.cvae import CVAE
+from probgex.models.glm import GLM, GLMInit
+from probgex.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes and data summaries a story needs besides its spec; saved with the model."""
+
+    n_design: int
+    n_genes: int
+    n_groups: int
+    intercept: int | None  # design column of the intercept, if any
+    lib_loc: float  # mean of log library size on the training observations
+    lib_scale: float  # its standard deviation
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np.ndarray | None = None):
+    """The NumPyro model/guide pair of `spec`. `beta_init` only starts the GLM guide."""
+    if spec.story == "glm":
+        beta = np.zeros((dims.n_design, dims.n_genes), np.float32) if beta_init is None else beta_init
+        return GLM(spec, dims.n_design, dims.n_genes, dims.n_groups, dims.intercept,
+                   GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32)))
+    return CVAE(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
+                lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)

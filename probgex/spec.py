@@ -1,0 +1,255 @@
+"""Model specification: what to fit, as validated plain data (no JAX).
+
+A :class:`ModelSpec` is built from Python (``ModelSpec(...)`` or
+``ModelSpec.create(...)``), from a dict or from TOML, and is validated the same
+way on every path.  TOML layout::
+
+    formula = "~ cluster_id + group_id"
+    likelihood = "nb"
+    dispersion = "gene"
+    encoder = [128]
+    decoder = [128]
+    library = "observed"
+    prior_scale = 3.0
+
+    [latent]            # absent table = no latent (GLM story)
+    kind = "gaussian"
+    dim = 10
+    hidden = []
+
+Keys whose value is None (``dispersion_key``, ``layer``, ``latent``) are omitted.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import tomli_w
+
+from probgex.errors import SpecError
+from probgex.latent import Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
+
+__all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
+
+LIKELIHOODS = ("poisson", "nb", "zinb")
+DISPERSIONS = ("gene", "gene-group")
+LIBRARIES = ("observed", "latent")
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def _check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if isinstance(value, str) and value in allowed:
+        return
+    hint = ""
+    if isinstance(value, str):
+        norm = value.strip().lower().replace("_", "-")
+        if norm in allowed:
+            hint = f" (did you mean {norm!r}?)"
+    raise SpecError(f"unknown {field} {value!r}; allowed values: {_choices(allowed)}{hint}")
+
+
+def _toml_lines(d: Mapping[str, Any]) -> str:
+    """Flat key/value TOML; integer lists inline (``[64, 32]``), scalars escaped by tomli_w."""
+    out = []
+    for key, value in d.items():
+        if isinstance(value, list):
+            out.append(f"{key} = [{', '.join(str(int(v)) for v in value)}]\n")
+        else:
+            out.append(tomli_w.dumps({key: value}))
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A validated model specification (GLM story when ``latent`` is None, else conditional VAE)."""
+
+    formula: str  # one-sided, e.g. "~ cluster_id + group_id"
+    likelihood: str = "nb"
+    latent: Gaussian | None = None  # None: the GLM story; Gaussian: the conditional VAE story
+    dispersion: str = "gene"  # "gene" or "gene-group"
+    dispersion_key: str | None = None  # obs column for "gene-group" (required then, forbidden otherwise)
+    encoder: tuple[int, ...] = (128,)  # encoder MLP hidden sizes (cVAE only)
+    decoder: tuple[int, ...] = (128,)  # decoder hidden sizes; () = linear decoder (cVAE only)
+    library: str = "observed"  # "observed" or "latent"
+    layer: str | None = None  # AnnData layer holding raw counts; None = X
+    prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        f = self.formula
+        if not isinstance(f, str):
+            raise SpecError(
+                f"formula must be a string like '~ cluster_id + group_id'; got {f!r}"
+            )
+        if not f.lstrip().startswith("~"):
+            raise SpecError(
+                f"formula must be one-sided and start with '~' (e.g. '~ cluster_id + group_id'); "
+                f"got {f!r}. The counts are the response: drop any left-hand side."
+            )
+        if not f.lstrip()[1:].strip():
+            raise SpecError(
+                f"formula {f!r} has no right-hand side; use '~ 1' for an intercept-only model"
+            )
+
+        _check_choice("likelihood", self.likelihood, LIKELIHOODS)
+
+        if self.latent is not None and not isinstance(self.latent, Gaussian):
+            raise SpecError(
+                f"latent must be None (GLM story) or a Gaussian(...) (cVAE story); got {self.latent!r}. "
+                "Use ModelSpec.create(..., latent=k) to pass a latent dimension as an int."
+            )
+
+        _check_choice("dispersion", self.dispersion, DISPERSIONS)
+        key = self.dispersion_key
+        if self.dispersion == "gene-group":
+            if key is None:
+                raise SpecError(
+                    "dispersion='gene-group' needs dispersion_key, the obs column whose groups get "
+                    "their own dispersion (e.g. dispersion_key='group_id')"
+                )
+            if not isinstance(key, str) or not key:
+                raise SpecError(
+                    f"dispersion_key must be a non-empty obs column name; got {key!r}"
+                )
+        elif key is not None:
+            raise SpecError(
+                f"dispersion_key={key!r} is only used with dispersion='gene-group'; "
+                "either set dispersion='gene-group' or drop dispersion_key"
+            )
+
+        object.__setattr__(self, "encoder", _check_sizes(self.encoder, "encoder", "ModelSpec"))
+        object.__setattr__(self, "decoder", _check_sizes(self.decoder, "decoder", "ModelSpec"))
+
+        _check_choice("library", self.library, LIBRARIES)
+        if self.library == "latent" and self.latent is None:
+            raise SpecError(
+                "library='latent' (a latent library size) needs the cVAE story: "
+                "pass latent=Gaussian(...), or use library='observed' for the GLM"
+            )
+
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer):
+            raise SpecError(
+                f"layer must be None (use X) or the non-empty name of an AnnData layer; got {self.layer!r}"
+            )
+
+        ps = self.prior_scale
+        if (
+            not isinstance(ps, numbers.Real)
+            or isinstance(ps, bool)
+            or not math.isfinite(ps)
+            or ps <= 0
+        ):
+            raise SpecError(
+                f"prior_scale must be a finite number > 0 (sd of the coefficient prior, e.g. 3.0); got {ps!r}"
+            )
+        object.__setattr__(self, "prior_scale", float(ps))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def story(self) -> str:
+        """``"glm"`` when there is no latent, ``"cvae"`` otherwise."""
+        return "glm" if self.latent is None else "cvae"
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def create(
+        cls,
+        formula: str,
+        likelihood: str = "nb",
+        latent: Gaussian | int | Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> ModelSpec:
+        """Python-facing constructor: ``latent`` may be an int k (= ``Gaussian(dim=k)``),
+        a ``Gaussian``, a latent dict, or None."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = [k for k in kw if k not in allowed]
+        if unknown:
+            raise SpecError(_unknown_keys_message("model spec", unknown, allowed))
+        if _is_int(latent):
+            latent = Gaussian(dim=latent)
+        elif isinstance(latent, Mapping):
+            latent = latent_from_dict(latent)
+        return cls(formula=formula, likelihood=likelihood, latent=latent, **kw)
+
+    # ------------------------------------------------------------------ dict
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (lists, not tuples; ``latent`` a dict or None; None values kept)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "latent":
+                value = None if value is None else value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """Inverse of :meth:`to_dict`; missing optional keys take their defaults."""
+        if not isinstance(d, Mapping):
+            raise SpecError(f"a model spec must be a mapping; got {type(d).__name__}")
+        allowed = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in allowed]
+        if unknown:
+            raise SpecError(_unknown_keys_message("model spec", unknown, allowed))
+        if "formula" not in d:
+            raise SpecError(
+                "model spec is missing the required key 'formula' (e.g. formula = \"~ cluster_id\")"
+            )
+        kwargs = dict(d)
+        latent = kwargs.get("latent")
+        if latent is not None and not isinstance(latent, Gaussian):
+            kwargs["latent"] = latent_from_dict(latent)
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ TOML
+    def to_toml(self) -> str:
+        """TOML text; None values are omitted, the latent becomes a ``[latent]`` table."""
+        d = {k: v for k, v in self.to_dict().items() if v is not None}
+        latent = d.pop("latent", None)
+        text = _toml_lines(d)
+        if latent is not None:
+            text += "\n[latent]\n" + _toml_lines(latent)
+        return text
+
+    @classmethod
+    def from_toml(cls, text: str | bytes) -> ModelSpec:
+        """Parse and validate TOML text produced by :meth:`to_toml` (or written by hand)."""
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8")
+        if not isinstance(text, str):
+            raise SpecError(f"from_toml expects TOML text (str); got {type(text).__name__}")
+        try:
+            d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"malformed TOML model spec: {e}") from e
+        return cls.from_dict(d)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_toml` to ``path`` (UTF-8)."""
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(self.to_toml())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ModelSpec:
+        """Read a spec written by :meth:`save` (or any TOML file in the same layout)."""
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(f"model spec file {os.fspath(path)!r} is not UTF-8 text: {e}") from e
+        try:
+            return cls.from_toml(text)
+        except SpecError as e:
+            raise SpecError(f"{os.fspath(path)}: {e}") from e

@@ -1,0 +1,267 @@
+"""Accuracy, sampling and CDF checks of probgex.models.likelihoods against SciPy and exact references."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from scipy.special import gammaln
+
+from probgex.models import likelihoods as lk
+
+EPS64 = np.finfo(np.float64).eps
+XS = [0, 1, 10, 1000, 100_000]
+MUS = [1e-3, 0.5, 10, 1e3, 1e5]
+THETAS = [1e-4, 0.01, 1, 100, 1e6, 1e8]
+GATES = [-5.0, 0.0, 3.0]
+
+
+@contextlib.contextmanager
+def x64():
+    """Float64 JAX inside the block only; the previous setting is restored afterwards."""
+    if hasattr(jax, "enable_x64"):
+        with jax.enable_x64(True):
+            yield
+        return
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+# ----------------------------------------------------------------------------- float64 references
+def nb_scipy(x, mu, theta):
+    return stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+
+
+def nb_scipy_atol(x, mu, theta):
+    """A bound on SciPy's own float64 rounding error: its p = theta/(theta+mu) loses the
+    complement 1-p when theta >> mu (error ~ eps*theta/mu per count) and its gammaln difference
+    cancels when theta is large. Zero-width wherever SciPy is well conditioned."""
+    p = theta / (theta + mu)
+    gl = np.abs(gammaln(x + theta)) + np.abs(gammaln(theta)) + np.abs(gammaln(x + 1))
+    return 4 * EPS64 * (gl + theta * (1 + np.abs(np.log(p))) + x * (1 + theta / mu))
+
+
+def nb_exact(x: int, mu: float, theta: float) -> float:
+    """NB log-pmf from the product form  C(x+theta-1, x) = prod_k (theta+k)/(k+1), summed exactly."""
+    k = np.arange(x, dtype=np.float64)
+    log_coef = math.fsum(np.log1p((theta - 1.0) / (k + 1.0)))
+    return log_coef - theta * math.log1p(mu / theta) - x * math.log1p(theta / mu)
+
+
+def zinb_ref(x, mu, theta, g):
+    log_pi, log_not_pi = -np.logaddexp(0.0, -g), -np.logaddexp(0.0, g)
+    nb = log_not_pi + nb_scipy(x, mu, theta)
+    return np.where(x == 0, np.logaddexp(log_pi, nb), nb)
+
+
+def grid(*axes):
+    return [np.asarray(a, np.float64) for a in np.array(list(itertools.product(*axes))).T]
+
+
+# ----------------------------------------------------------------------------- log-pmf accuracy
+def test_float64_nb_matches_scipy_and_exact_to_1e6_relative():
+    x, mu, th = grid(XS, MUS, THETAS)
+    with x64():
+        got = np.asarray(jax.jit(lk.nb_log_prob)(x, mu, th))
+        assert got.dtype == np.float64
+    exact = np.array([nb_exact(int(a), b, c) for a, b, c in zip(x, mu, th)])
+    np.testing.assert_allclose(got, nb_scipy(x, mu, th), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got, exact, rtol=1e-6, atol=0)
+    # outside the context JAX is float32 again
+    assert lk.nb_log_prob(1.0, 2.0, 3.0).dtype == jnp.float32
+
+
+def test_float64_poisson_and_zinb_match_scipy_to_1e6_relative():
+    x, mu, th, g = grid(XS, MUS, THETAS, GATES)
+    with x64():
+        pois = np.asarray(lk.poisson_log_prob(x, mu))
+        zinb = np.asarray(lk.zinb_log_prob(x, mu, th, g))
+        via_kind = np.asarray(lk.log_prob("zinb", x, mu, th, g))
+    np.testing.assert_allclose(pois, stats.poisson.logpmf(x, mu), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(zinb, zinb_ref(x, mu, th, g), rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(via_kind, zinb)
+
+
+def test_float32_moderate_grid():
+    """The fit runs in float32: 1e-4 relative + 1e-5 absolute on counts up to 1000, incl. theta=1e6."""
+    x, mu, th, g = grid([0, 1, 3, 10, 50, 200, 1000], [0.01, 0.5, 5, 50, 500],
+                        [0.05, 0.5, 5, 9.99, 10, 50, 5e3, 1e6], [-5.0, 0.0, 3.0])
+    f32 = [a.astype(np.float32) for a in (x, mu, th, g)]
+    nb = lk.log_prob("nb", *f32[:3])
+    zinb = lk.log_prob("zinb", *f32)
+    pois = lk.log_prob("poisson", *f32[:2])
+    assert nb.dtype == zinb.dtype == pois.dtype == jnp.float32
+    tol = dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(nb, nb_scipy(x, mu, th), **tol)
+    np.testing.assert_allclose(zinb, zinb_ref(x, mu, th, g), **tol)
+    np.testing.assert_allclose(pois, stats.poisson.logpmf(x, mu), **tol)
+
+
+_nb64 = jax.jit(lk.nb_log_prob)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    x=st.one_of(st.just(0), st.integers(0, 30), st.integers(0, 100_000)),
+    log_mu=st.floats(-6.0, 6.0),
+    log_theta=st.floats(-4.0, 8.0),
+)
+def test_nb_property_vs_scipy_and_exact(x, log_mu, log_theta):
+    mu, th = 10.0**log_mu, 10.0**log_theta
+    with x64():
+        got = float(_nb64(np.float64(x), np.float64(mu), np.float64(th)))
+    exact = nb_exact(x, mu, th)
+    assert abs(got - exact) <= 1e-6 * abs(exact)
+    ref = float(nb_scipy(x, mu, th))
+    assert abs(got - ref) <= 1e-6 * abs(ref) + float(nb_scipy_atol(x, mu, th))
+
+
+# ----------------------------------------------------------------------------- gradients, jit, API
+def test_nb_gradients_match_finite_differences():
+    """gammaln-form log-pmf is smooth in mu and theta, on both sides of the Stirling switch."""
+    with x64():
+        f = jax.jit(lk.nb_log_prob)
+        dmu = jax.jit(jax.grad(lk.nb_log_prob, argnums=1))
+        dth = jax.jit(jax.grad(lk.nb_log_prob, argnums=2))
+        for x, mu, th in itertools.product([0.0, 1.0, 7.0, 300.0], [0.2, 5.0, 800.0],
+                                           [0.03, 1.5, 9.0, 11.0, 400.0, 1e5]):
+            hm, ht = 1e-5 * mu, 1e-5 * th
+            fd_mu = (f(x, mu + hm, th) - f(x, mu - hm, th)) / (2 * hm)
+            fd_th = (f(x, mu, th + ht) - f(x, mu, th - ht)) / (2 * ht)
+            np.testing.assert_allclose(dmu(x, mu, th), fd_mu, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(dth(x, mu, th), fd_th, rtol=1e-6, atol=1e-9)
+        # continuous across the branch switch at theta = 10
+        x = np.array([0.0, 1.0, 10.0, 1000.0, 1e5])
+        lo, hi = lk._STIRLING_MIN * (1 - 1e-12), lk._STIRLING_MIN * (1 + 1e-12)
+        np.testing.assert_allclose(f(x, 7.0, lo), f(x, 7.0, hi), rtol=1e-9)
+        np.testing.assert_allclose(dth(x[1], 7.0, lo), dth(x[1], 7.0, hi), rtol=1e-8)
+
+
+def test_float32_gradients_finite_at_extremes():
+    x, mu, th, g = (jnp.asarray(a, jnp.float32) for a in grid([0, 1, 1e5], [1e-6, 1e6],
+                                                              [1e-4, 9.5, 10, 1e8], [-30, 30]))
+    grads = jax.grad(lambda m, t, gl: lk.zinb_log_prob(x, m, t, gl).sum(), argnums=(0, 1, 2))(mu, th, g)
+    for gr in grads:
+        assert bool(jnp.all(jnp.isfinite(gr)))
+    assert bool(jnp.all(jnp.isfinite(lk.nb_log_prob(x, mu, th))))
+
+
+def test_broadcasting_jit_and_dispatch():
+    x = jnp.arange(6.0).reshape(2, 3, 1)
+    mu = jnp.array([0.5, 4.0, 30.0, 2.0])
+    th, g = jnp.array(2.0), jnp.zeros((3, 1))
+    out = jax.jit(lk.log_prob, static_argnums=0)("zinb", x, mu, th, g)
+    assert out.shape == (2, 3, 4)
+    np.testing.assert_allclose(lk.log_prob("nb", x, mu, th), lk.nb_log_prob(x, mu, th))
+    np.testing.assert_allclose(lk.log_prob("poisson", x, mu), lk.poisson_log_prob(x, mu))
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        lk.log_prob("gaussian", x, mu)
+    with pytest.raises(ValueError, match="theta"):
+        lk.log_prob("nb", x, mu)
+    with pytest.raises(ValueError, match="gate_logits"):
+        lk.sample_counts("zinb", np.random.default_rng(0), 1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- sampling
+N_DRAWS = 200_000
+N_SE = 5.0  # every Monte Carlo check allows 5 standard errors
+
+
+def moments(mu, theta, pi):
+    """Mean, variance and their standard errors (n = N_DRAWS) from the exact NB/ZINB cumulants."""
+    q = 0.0 if theta is None else mu / theta
+    k1, k2 = mu, mu * (1 + q)
+    k3, k4 = k2 * (1 + 2 * q), k2 * (1 + 6 * q + 6 * q * q)
+    raw = np.array([k1, k2 + k1**2, k3 + 3 * k2 * k1 + k1**3,
+                    k4 + 4 * k3 * k1 + 3 * k2**2 + 6 * k2 * k1**2 + k1**4]) * (1 - pi)
+    m1, m2, m3, m4 = raw
+    var = m2 - m1**2
+    c4 = m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4
+    return m1, var, math.sqrt(var / N_DRAWS), math.sqrt((c4 - var**2) / N_DRAWS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "mu", "theta", "gate"),
+    [
+        ("poisson", 3.0, None, None),
+        ("poisson", 1e6, None, None),
+        ("nb", 10.0, 2.0, None),
+        ("nb", 0.5, 0.1, None),
+        ("nb", 1e3, 5.0, None),
+        ("nb", 5.0, 1e8, None),
+        ("nb", 1e6, 1e8, None),
+        ("zinb", 10.0, 2.0, 0.0),
+        ("zinb", 2.0, 0.5, -2.0),
+        ("zinb", 50.0, 1e8, 1.5),
+    ],
+)
+def test_sample_counts_moments(kind, mu, theta, gate):
+    rng = np.random.default_rng(20240611)
+    draws = lk.sample_counts(kind, rng, mu, theta, gate, size=(N_DRAWS,))
+    assert draws.shape == (N_DRAWS,) and draws.dtype == np.int64 and draws.min() >= 0
+    pi = 0.0 if gate is None else float(1 / (1 + np.exp(-gate)))
+    mean, var, se_mean, se_var = moments(mu, theta, pi)
+    assert abs(draws.mean() - mean) <= N_SE * se_mean
+    assert abs(draws.var(ddof=1) - var) <= N_SE * se_var
+    if kind == "zinb":
+        p0 = pi + (1 - pi) * (theta / (theta + mu)) ** theta
+        assert abs((draws == 0).mean() - p0) <= N_SE * math.sqrt(p0 * (1 - p0) / N_DRAWS)
+
+
+def test_sample_counts_extremes_and_broadcasting():
+    rng = np.random.default_rng(7)
+    mu = np.array([1e-6, 1.0, 1e6])[:, None]
+    theta = np.array([1e-4, 1.0, 1e8])
+    draws = lk.sample_counts("zinb", rng, mu, theta, np.zeros((3, 3)))
+    assert draws.shape == (3, 3) and draws.dtype == np.int64 and draws.min() >= 0
+    big = lk.sample_counts("nb", rng, np.full(1000, 1e6), 1e8)
+    assert abs(big.mean() - 1e6) < 5 * math.sqrt(1e6 * 1.01 / 1000)
+    heavy = lk.sample_counts("nb", rng, np.full(1000, 1e6), 1e-4)
+    assert heavy.min() >= 0
+
+
+# ----------------------------------------------------------------------------- pmf / cdf
+CDF_CASES = [
+    ("poisson", 4.0, None, None),
+    ("nb", 4.0, 0.7, None),
+    ("nb", 30.0, 1e8, None),
+    ("nb", 2.0, 1e-4, None),
+    ("zinb", 6.0, 3.0, 0.5),
+    ("zinb", 1e3, 20.0, -3.0),
+]
+
+
+@pytest.mark.parametrize(("kind", "mu", "theta", "gate"), CDF_CASES)
+def test_cdf_is_cumulative_pmf(kind, mu, theta, gate):
+    x = np.arange(-1, 3000)
+    p = lk.pmf(kind, x, mu, theta, gate)
+    c = lk.cdf(kind, x, mu, theta, gate)
+    assert p.dtype == c.dtype == np.float64
+    assert c[0] == 0.0 and p[0] == 0.0
+    np.testing.assert_allclose(c, np.cumsum(p), rtol=1e-10, atol=1e-14)
+    assert np.all(np.diff(c) >= -1e-15) and c[-1] <= 1.0 + 1e-12
+    if not (kind == "nb" and theta < 1e-3):  # theta=1e-4 has a tail far beyond 3000
+        assert abs(p.sum() - 1.0) < 1e-9
+
+
+def test_pmf_matches_jax_log_prob():
+    x, mu, th, g = grid([0, 1, 5, 40], [0.3, 8.0, 200.0], [0.5, 4.0, 1e4], [-1.0, 2.0])
+    with x64():
+        for kind in lk.KINDS:
+            want = np.exp(np.asarray(lk.log_prob(kind, x, mu, th, g)))
+            np.testing.assert_allclose(lk.pmf(kind, x, mu, th, g), want, rtol=1e-8, atol=0)
+    pi = 1 / (1 + np.exp(-g))
+    np.testing.assert_allclose(lk.cdf("zinb", 0, mu, th, g),
+                               pi + (1 - pi) * (th / (th + mu)) ** th, rtol=1e-10)
