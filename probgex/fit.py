@@ -174,8 +174,7 @@ class Fit:
             mu, th, gate = self._predictive(self.params, jax.random.fold_in(key, i), batch, n=n,
                                             from_data=from_data)
             m = len(rows)
-            cut = (lambda a: None if a is None else np.asarray(a)[:, :m] if a.shape[1] == BLOCK else np.asarray(a))
-            yield rows, Draws(self.spec.likelihood, np.asarray(mu)[:, :m], cut(th), cut(gate))
+            yield rows, Draws(self.spec.likelihood, _rows(mu, m), _rows(th, m), _rows(gate, m))
 
     # ----- prediction
     def predict(self, obs, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
@@ -336,6 +335,14 @@ def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
     svi = make_svi(story, TrainConfig())
     state = svi.init(jax.random.PRNGKey(0), make_batch(dummy, np.arange(1), 1, 1.0))
     return svi.get_params(state)
+
+
+def _rows(a, m: int) -> np.ndarray | None:
+    """The first m rows (axis -2) of a (..., BLOCK, G) array; arrays broadcast over rows pass as they are."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return a[..., :m, :] if a.ndim >= 2 and a.shape[-2] == BLOCK else a
 
 
 def _deciles(values: np.ndarray) -> np.ndarray:

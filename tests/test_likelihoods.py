@@ -230,6 +230,9 @@ def test_sample_counts_extremes_and_broadcasting():
     assert abs(big.mean() - 1e6) < 5 * math.sqrt(1e6 * 1.01 / 1000)
     heavy = lk.sample_counts("nb", rng, np.full(1000, 1e6), 1e-4)
     assert heavy.min() >= 0
+    for kind in lk.KINDS:  # scalar parameters give a 0-d int64 array
+        one = lk.sample_counts(kind, rng, 3.0, 2.0, 0.5)
+        assert one.shape == () and one.dtype == np.int64
 
 
 # ----------------------------------------------------------------------------- pmf / cdf

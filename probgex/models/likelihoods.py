@@ -7,8 +7,8 @@ probability ``pi``.
 * JAX log-pmfs (pure, jittable, broadcasting, float32-friendly) for fitting.
 * NumPy/SciPy sampling, pmf and cdf (host side, float64) for predictive checks and PIT.
 
-The NB log-pmf is the gammaln form (about ten times faster than NumPyro's betaln-based
-``NegativeBinomial2.log_prob``). ``gammaln(x + theta) - gammaln(theta)`` cancels catastrophically
+The NB log-pmf is the gammaln form (NumPyro's betaln-based ``NegativeBinomial2.log_prob`` is
+slower: about 2x on a 2-core CPU for value-and-grad, more elsewhere per STACK-NOTES). ``gammaln(x + theta) - gammaln(theta)`` cancels catastrophically
 when theta is large (near-Poisson genes; in float32 already from theta ~ 1e3), so for
 ``theta >= _STIRLING_MIN`` that difference is taken from Stirling's series, which leaves the
 Poisson terms ``x log mu - log x!`` plus small, accurately computed corrections.
@@ -117,9 +117,9 @@ def sample_counts(kind: str, rng: np.random.Generator, mu, theta=None, gate_logi
     else:
         rate = rng.gamma(np.broadcast_to(theta, shape), np.broadcast_to(mu / theta, shape))
         rate = np.minimum(rate, _LAM_MAX)
-    counts = rng.poisson(rate).astype(np.int64)
+    counts = np.asarray(rng.poisson(rate), dtype=np.int64)
     if kind == "zinb":
-        counts[rng.random(shape) < pi] = 0
+        counts = np.where(rng.random(shape) < pi, 0, counts)
     return counts
 
 
