@@ -41,12 +41,14 @@ class Model:
 
     def fit(self, adata, *, seed: int = 0, holdout: float = 0.1, heldout_obs: Sequence[str] | None = None,
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
-            patience: int = 10, checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
+            patience: int | None = None, checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
             progress: bool = True, empty: str = "warn") -> Fit:
         """Fit by SVI on the raw counts of `adata` (X or the spec's layer) with metadata in `adata.obs`.
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
-        early stopping. The same seed gives the same result.
+        early stopping (after `patience` epochs without improvement). The same seed gives the same
+        result. With `checkpoint_path`, the best parameters so far are written there every
+        `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
         """
         spec = self.spec
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
@@ -62,6 +64,8 @@ class Model:
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
             max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else 400
+        if patience is None:  # epochs; at least ~100 steps, so a noisy held-out loss does not stop a small fit early
+            patience = max(10, -(-100 // steps))
         if learning_rate is None:
             learning_rate = 0.02 if spec.story == "glm" else 1e-3
         config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,

@@ -1,0 +1,21 @@
+"""probgex: probabilistic generative models of gene-expression counts from metadata.
+
+    import probgex as pg
+    model = pg.Model("~ cell_type + stim", likelihood="nb", latent=pg.latent.Gaussian(dim=10))
+    fit = model.fit(adata, seed=0)
+    pred = fit.predict(new_obs, n_samples=500)
+    fit.save("model.npz"); fit = pg.load("model.npz")
+"""
+
+from probgex import datasets, latent
+from probgex.data import CountData, DesignEncoding, EmptyWarning, from_anndata
+from probgex.errors import DataError, ModelFileError, ProbgexError, SpecError
+from probgex.fit import Fit, Model, load
+from probgex.spec import ModelSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CountData", "DataError", "DesignEncoding", "EmptyWarning", "Fit", "Model", "ModelFileError",
+    "ModelSpec", "ProbgexError", "SpecError", "datasets", "from_anndata", "latent", "load",
+]
