@@ -81,6 +81,9 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not path.is_file():
         raise ModelFileError(f"no model file at {path}; pass the path that `probgex fit --out` or "
                              "Fit.save wrote")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a readable probgex model file (not an npz archive: truncated, "
+                             "corrupt or another kind of file); save or copy it again")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
