@@ -108,11 +108,12 @@ class CVAE:
             q_z, q_l = self._encode(nets["encoder"], batch)
         else:
             q_z, q_l = self._prior_dist(nets["prior"], batch.design), self._lib_prior()
-        z = q_z.sample(kz, (n,))
-        log_lib = jnp.broadcast_to(batch.log_lib, (n, batch.log_lib.shape[0]))
+        z = _draw(q_z, kz, n)
+        log_lib = jnp.broadcast_to(batch.log_lib[None], (n, batch.log_lib.shape[0]))
         if self.latent_library:
-            log_lib = (q_l.sample(kl, (n,)) if from_data else
-                       q_l.sample(kl, (n, batch.log_lib.shape[0])))
+            q_l = q_l if from_data else dist.Normal(jnp.full_like(batch.log_lib, self.lib_loc),
+                                                    jnp.full_like(batch.log_lib, self.lib_scale))
+            log_lib = _draw(q_l, kl, n)
         log_theta = None if self.kind == "poisson" else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
         return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
@@ -122,14 +123,21 @@ class CVAE:
         nets = self._nets(params)
         kz, kl = jax.random.split(key)
         q_z, q_l = self._encode(nets["encoder"], batch)
-        z = q_z.sample(kz, (n,))
+        z = _draw(q_z, kz, n)
         log_w = self._prior_dist(nets["prior"], batch.design).log_prob(z) - q_z.log_prob(z)
-        log_lib = jnp.broadcast_to(batch.log_lib, (n, batch.log_lib.shape[0]))
+        log_lib = jnp.broadcast_to(batch.log_lib[None], (n, batch.log_lib.shape[0]))
         if self.latent_library:
-            log_lib = q_l.sample(kl, (n,))
+            log_lib = _draw(q_l, kl, n)
             log_w = log_w + self._lib_prior().log_prob(log_lib) - q_l.log_prob(log_lib)
         log_theta = None if self.kind == "poisson" else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
         mu, theta, gate = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
-        ll = count_distribution(self.kind, mu, theta, gate).log_prob(batch.x).sum(-1)
+        ll = count_distribution(self.kind, mu, theta, gate).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll + log_w, axis=0)
+
+
+def _draw(d: dist.Distribution, key: jax.Array, n: int) -> jax.Array:
+    """n reparameterised draws of a (possibly Independent) Normal, broadcasting explicitly: (n, *shape)."""
+    base = d.base_dist if isinstance(d, dist.Independent) else d
+    eps = jax.random.normal(key, (n, *base.loc.shape), base.loc.dtype)
+    return base.loc[None] + base.scale[None] * eps

@@ -106,7 +106,7 @@ class GLM:
         """n draws of every gene's vector from the fitted guide: (n, G, D)."""
         L = scale_tril(params["gp_scale_diag"], params["gp_scale_offdiag"])
         eps = jax.random.normal(key, (n, self.G, self.D))
-        return params["gp_loc"] + jnp.einsum("gij,sgj->sgi", L, eps)
+        return params["gp_loc"][None] + jnp.einsum("gij,sgj->sgi", L, eps)
 
     def predictive_params(self, params: dict, key: jax.Array, batch: Batch, n: int, *,
                           from_data: bool = False):
@@ -122,10 +122,10 @@ class GLM:
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """log p(x_b | c_b) per row, averaging the likelihood over n posterior draws: (B,)."""
         mu, th, gate = self.predictive_params(params, key, batch, n)
-        ll = count_distribution(self.kind, mu, th, gate).log_prob(batch.x).sum(-1)
+        ll = count_distribution(self.kind, mu, th, gate).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll, axis=0)
 
 
 def scale_tril(diag: jax.Array, off: jax.Array) -> jax.Array:
     """Lower-triangular Cholesky factor from a positive diagonal and free below-diagonal entries."""
-    return jnp.tril(off, -1) + diag[..., :, None] * jnp.eye(diag.shape[-1], dtype=diag.dtype)
+    return jnp.tril(off, -1) + diag[:, :, None] * jnp.eye(diag.shape[-1], dtype=diag.dtype)[None]
