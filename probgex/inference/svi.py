@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex.data import CountData
 from probgex.inference.minibatch import Minibatches
+from probgex.models.batch import Batch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,11 +35,15 @@ class TrainConfig:
     patience: int = 10  # epochs without held-out improvement before stopping
     checkpoint_every: int = 10  # epochs; 0 disables checkpoints
     progress: bool = True
+    device_data: str = "auto"  # "auto": keep the training counts on the device when they fit the budget
+    device_budget_bytes: int = 2**30
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.device_data not in ("auto", "always", "never"):
+            raise ValueError(f"device_data must be 'auto', 'always' or 'never', got {self.device_data!r}")
         if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
@@ -64,6 +69,49 @@ def make_svi(story, config: TrainConfig) -> SVI:
     return SVI(story.model, story.guide, optimizer, loss=Trace_ELBO())
 
 
+class DeviceData(NamedTuple):
+    """The training rows held on the device, gathered by index inside the jitted epoch."""
+
+    x: jax.Array
+    log_lib: jax.Array
+    design: jax.Array
+    group: jax.Array
+
+
+def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096) -> DeviceData:
+    x = np.empty((len(rows), data.n_genes), np.float32)
+    for start in range(0, len(rows), chunk):
+        x[start : start + chunk] = data.rows(rows[start : start + chunk])
+    groups = np.zeros(len(rows), np.int32) if data.groups is None else data.groups[rows]
+    return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)))
+
+
+def make_epoch(svi: SVI):
+    """One jitted call per epoch: `lax.scan` of the SVI step over a stack of minibatch index blocks
+    gathered from device-resident data (no per-step host round trip; the state buffers are donated)."""
+
+    def epoch(svi_state, dev: DeviceData, idx, mask, scale):
+        def step(state, inp):
+            i, m, s = inp
+            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s))
+
+        return jax.lax.scan(step, svi_state, (idx, mask, scale))
+
+    return jax.jit(epoch, donate_argnums=(0,))
+
+
+def epoch_blocks(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions in `order` as (steps, B) index blocks, the last padded; masks; per-step ELBO scales."""
+    n = len(order)
+    steps = -(-n // batch_size)
+    idx = np.zeros(steps * batch_size, np.int32)
+    idx[:n] = order
+    mask = np.arange(steps * batch_size) < n
+    real = mask.reshape(steps, batch_size).sum(1)
+    return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size), (n / real).astype(np.float32)
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[bold]fit[/] epoch {task.completed}/{task.total}"), BarColumn(),
                     TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), disable=not enabled)
@@ -86,17 +134,26 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
     svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
-    state = LoopState(svi_state, 0, np.inf, svi.get_params(svi_state), 0)
+    fits = len(train_idx) * data.n_genes * 4 <= config.device_budget_bytes
+    on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
+    if on_device:
+        dev, run_epoch = _to_device(data, np.asarray(train_idx)), make_epoch(svi)
+    state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
     hist = History([], [], 0)
     n_train = len(train_idx)
     with _progress(config.progress) as bar:
         task = bar.add_task("fit", total=config.max_epochs, msg="")
         for epoch in range(1, config.max_epochs + 1):
-            svi_state, losses = state.svi_state, []
-            for batch in train:
-                svi_state, loss = update(svi_state, batch)
-                losses.append(loss)
-            train_loss = float(jnp.mean(jnp.stack(losses))) / n_train
+            if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
+                order = rng.permutation(len(train.index))
+                svi_state, losses = run_epoch(state.svi_state, dev, *epoch_blocks(order, train.batch_size))
+            else:
+                svi_state, losses = state.svi_state, []
+                for batch in train:
+                    svi_state, loss = update(svi_state, batch)
+                    losses.append(loss)
+                losses = jnp.stack(losses)
+            train_loss = float(jnp.mean(losses)) / n_train
             if not np.isfinite(train_loss):
                 raise FloatingPointError(
                     f"the loss became {train_loss} at epoch {epoch}; lower the learning rate "
@@ -108,7 +165,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 loss = float(loss) / len(heldout_idx)
                 hist.heldout.append(loss)
             if loss < state.best_loss:
-                state = LoopState(svi_state, epoch, loss, svi.get_params(svi_state), 0)
+                state = LoopState(svi_state, epoch, loss, jax.device_get(svi.get_params(svi_state)), 0)
                 hist = hist._replace(best_epoch=epoch)
             else:
                 state = state._replace(svi_state=svi_state, epoch=epoch, stale=state.stale + 1)
@@ -122,3 +179,4 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     if on_checkpoint:
         on_checkpoint(params, hist)
     return params, hist
+
