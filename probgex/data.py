@@ -270,7 +270,7 @@ def _margins(m: np.ndarray | sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows) if rows else np.zeros(0), cols
 
 
-def _group_codes(obs: pd.DataFrame, key: str, levels: list[str] | None) -> tuple[np.ndarray, list[str]]:
+def group_codes(obs: pd.DataFrame, key: str, levels: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """int32 codes of ``obs[key]`` against ``levels`` (observed levels when None)."""
     if key not in obs.columns:
         raise DataError(f"group_key {key!r} is not an obs column; available: {_fmt(list(obs.columns), 20)}")
@@ -413,7 +413,7 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
         design, encoding = encode_design(formula if formula is not None else "~ 1", obs)
     else:
         design = encoding.transform(obs)
-    groups, levels = _group_codes(obs, group_key, group_levels) if group_key else (None, None)
+    groups, levels = group_codes(obs, group_key, group_levels) if group_key else (None, None)
     return CountData(m, row_sums[keep_rows], design, encoding, obs, var_names, groups, levels)
 
 

@@ -10,13 +10,15 @@ import jax
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.stats import norm
 
-from probgex.data import CountData, DesignEncoding, from_anndata
+from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
 from probgex.errors import DataError, ModelFileError
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.predictive import Draws, check_levels, empirical_intervals, pit_coverage
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
+from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
 from probgex.spec import ModelSpec
 
@@ -160,8 +162,7 @@ class Fit:
         design = self.encoding.transform(obs)
         groups = None
         if self.spec.dispersion_key is not None:
-            from probgex.data import _group_codes
-            groups, _ = _group_codes(obs, self.spec.dispersion_key, self.group_levels)
+            groups, _ = group_codes(obs, self.spec.dispersion_key, self.group_levels)
         lib = np.ones(len(obs))
         if library_size is not None:
             lib = np.broadcast_to(np.asarray(library_size, np.float64), (len(obs),)).copy()
@@ -285,11 +286,8 @@ class Fit:
         """GLM coefficients: posterior mean, sd and central intervals per (coef, gene)."""
         if self.spec.story != "glm":
             raise ValueError("coefficients exist only for the GLM story (latent=None)")
-        from scipy.stats import norm
         P = self.dims.n_design
         loc = self.params["gp_loc"][:, :P].T
-        L = self.story.draw_gene_params  # noqa: F841  (the same factor as the guide)
-        from probgex.models.glm import scale_tril
         tril = np.asarray(scale_tril(self.params["gp_scale_diag"], self.params["gp_scale_offdiag"]))
         sd = np.sqrt((tril[:, :P, :] ** 2).sum(-1)).T
         levels = check_levels(levels)
