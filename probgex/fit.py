@@ -23,7 +23,14 @@ from probgex.models.story import Dims, build_story
 from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
-BLOCK = 256  # rows per prediction block: fixed, so prediction compiles once
+BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
+BLOCK_ENTRIES = 2**24  # draws x rows x genes held at once on the host in prediction
+
+
+def block_size(n_draws: int, n_genes: int) -> int:
+    """Rows per prediction block: a power of two in [8, BLOCK] keeping draws x rows x genes bounded."""
+    rows = BLOCK_ENTRIES // max(1, n_draws * n_genes)
+    return int(min(BLOCK, max(8, 2 ** int(np.log2(max(rows, 1))))))
 
 
 class Model:
@@ -172,14 +179,18 @@ class Fit:
                          encoding=self.encoding, obs=obs, var_names=pd.Index([]), groups=groups,
                          group_levels=self.group_levels)
 
-    def _draws(self, data: CountData, n: int, key, *, from_data: bool) -> Iterator[tuple[np.ndarray, Draws]]:
-        for i, start in enumerate(range(0, data.n_obs, BLOCK)):
-            rows = np.arange(start, min(start + BLOCK, data.n_obs))
-            batch = make_batch(data, rows, BLOCK, 1.0, with_counts=from_data)
+    def predictive_blocks(self, data: CountData, n: int, key, *, from_data: bool = False
+                          ) -> Iterator[tuple[np.ndarray, Draws]]:
+        """(rows, Draws) over blocks of `data`'s rows: n draws of the count distribution's parameters,
+        latents from the conditional prior (or, with `from_data`, from the encoder)."""
+        size = block_size(n, len(self.var_names))
+        for i, start in enumerate(range(0, data.n_obs, size)):
+            rows = np.arange(start, min(start + size, data.n_obs))
+            batch = make_batch(data, rows, size, 1.0, with_counts=from_data)
             mu, th, gate = self._predictive(self.params, jax.random.fold_in(key, i), batch, n=n,
                                             from_data=from_data)
             m = len(rows)
-            yield rows, Draws(self.spec.likelihood, _rows(mu, m), _rows(th, m), _rows(gate, m))
+            yield rows, Draws(self.spec.likelihood, _rows(mu, m, size), _rows(th, m, size), _rows(gate, m, size))
 
     # ----- prediction
     def predict(self, obs, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
@@ -200,7 +211,7 @@ class Fit:
         rng = np.random.default_rng(seed)
         key = jax.random.PRNGKey(seed)
         draw_lib = library_size is None and self.spec.library == "observed"
-        return self._assemble(data, self._draws(data, n_samples, key, from_data=False), rng, levels,
+        return self._assemble(data, self.predictive_blocks(data, n_samples, key, from_data=False), rng, levels,
                               n_samples, draw_lib)
 
     def reconstruct(self, adata, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
@@ -209,7 +220,7 @@ class Fit:
         data = self.data(adata)
         levels = check_levels(levels)
         rng = np.random.default_rng(seed)
-        draws = self._draws(data, n_samples, jax.random.PRNGKey(seed), from_data=True)
+        draws = self.predictive_blocks(data, n_samples, jax.random.PRNGKey(seed), from_data=True)
         return self._assemble(data, draws, rng, levels, n_samples, False)
 
     def _assemble(self, data, draws, rng, levels, n_samples, draw_lib) -> xr.Dataset:
@@ -248,7 +259,7 @@ class Fit:
         key = jax.random.PRNGKey(seed)
         n, G = data.n_obs, data.n_genes
         pit, p_low, p_high, mean = (np.empty((n, G)) for _ in range(4))
-        for rows, d in self._draws(data, n_samples, key, from_data=False):
+        for rows, d in self.predictive_blocks(data, n_samples, key, from_data=False):
             y = data.rows(rows).astype(np.float64)
             pit[rows] = d.randomized_pit(y, rng)
             p_low[rows], p_high[rows] = d.tail_probabilities(y)
@@ -339,12 +350,12 @@ def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
     return svi.get_params(state)
 
 
-def _rows(a, m: int) -> np.ndarray | None:
-    """The first m rows (axis -2) of a (..., BLOCK, G) array; arrays broadcast over rows pass as they are."""
+def _rows(a, m: int, size: int) -> np.ndarray | None:
+    """The first m rows (axis -2) of a (..., size, G) array; arrays broadcast over rows pass as they are."""
     if a is None:
         return None
     a = np.asarray(a)
-    return a[..., :m, :] if a.ndim >= 2 and a.shape[-2] == BLOCK else a
+    return a[..., :m, :] if a.ndim >= 2 and a.shape[-2] == size else a
 
 
 def _deciles(values: np.ndarray) -> np.ndarray:
