@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -112,24 +111,57 @@ def predict(
 
 
 @app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    data: Annotated[Path, typer.Option(help="held-out AnnData .h5ad with raw counts and metadata")],
+    out: Annotated[Path, typer.Option(help="folder for report.json, report.html and the figures")],
+    n_samples: Annotated[int, typer.Option(help="predictive draws")] = 200,
+    levels: Annotated[str, typer.Option(help="central interval levels")] = "0.5,0.8,0.9,0.95",
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
+    import anndata as ad
+
+    from probgex.diagnostics import check as run_check
+    from probgex.fit import load
+
+    try:
+        fitted = load(model)
+        report = run_check(fitted, ad.read_h5ad(data), n_samples=n_samples, levels=_levels(levels), seed=seed)
+    except ProbgexError as e:
+        raise _fail(e)
+    report.save(out)
+    _print_report(report.summary())
+    console.print(f"wrote {out}/report.html, report.json and figures")
+
+
+def _print_report(summary: dict) -> None:
+    table = Table(title=f"held-out calibration: {summary['n_obs']} obs x {summary['n_genes']} genes")
+    for col in ("nominal", "coverage", "worst decile |dev|", "genes within 3 SE"):
+        table.add_column(col)
+    for a, c in summary["coverage"].items():
+        table.add_row(a, f"{c:.4f}", f"{summary['worst_decile_deviation'][a]:.4f}",
+                      f"{summary['genes_within_3se'][a]:.4f}")
+    out = Console()
+    out.print(table)
+    pu = summary["pit_uniformity"]
+    out.print(f"PIT uniformity: pooled inside 99% band: {pu['pooled']['inside_band']}, "
+              f"genes passing: {pu['fraction_genes_passing']:.3f}")
+    out.print(f"mean log predictive density per observation: {summary['mean_log_predictive_density']:.2f}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the results")] = Path("probgex-demo"),
     max_epochs: Annotated[int | None, typer.Option(help="cap the fit (for a quick look)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """The main job on the embedded yeast dataset: fit an NB GLM `~ strain` on the clean replicates,
-    predict held-out replicates from their metadata, and report the coverage of the central intervals."""
+    predict held-out replicates from their metadata, and end with the calibration report."""
     from probgex.demo import run_demo
 
     summary = run_demo(out, max_epochs=max_epochs, seed=seed)
-    table = Table(title=f"held-out coverage, {summary['n_heldout']} yeast replicates x {summary['n_genes']} genes")
-    table.add_column("nominal")
-    table.add_column("PIT coverage")
-    table.add_column("empirical-interval coverage")
-    for level, cov in summary["coverage"].items():
-        table.add_row(level, f"{cov:.3f}", f"{summary['interval_coverage'][level]:.3f}")
-    Console().print(table)
-    Console().print(f"mean log predictive density per sample: {summary['mean_log_predictive_density']:.1f}")
+    _print_report(summary)
     Console().print(f"results in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 

@@ -74,8 +74,8 @@ def test_demo_runs_end_to_end_and_is_calibrated(tmp_path):
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    summary = json.loads((out / "calibration.json").read_text())
-    assert {p.name for p in out.iterdir()} >= {"model.npz", "predictions.nc", "calibration.json", "coverage.png"}
+    summary = json.loads((out / "report.json").read_text())
+    assert {p.name for p in out.iterdir()} >= {"model.npz", "predictions.nc", "report.json", "report.html", "coverage.png"}
     # 15 held-out replicates x ~7,000 genes: calibrated within a few points at every level
     for level, cov in summary["coverage"].items():
         assert abs(cov - float(level)) < 0.03, summary["coverage"]

@@ -26,6 +26,15 @@ class Draws:
         """Multiply every mean by `factor` (broadcast to (S, n, 1)), e.g. library sizes."""
         return Draws(self.kind, self.mu * factor, self.theta, self.gate)
 
+    def genes(self, idx) -> "Draws":
+        """The draws of the genes `idx` only (last axis)."""
+        pick = lambda a: None if a is None else a[..., idx]  # noqa: E731
+        return Draws(self.kind, self.mu[..., idx], pick(self.theta), pick(self.gate))
+
+    def log_prob(self, y: np.ndarray) -> np.ndarray:
+        """log p(y | draw) per draw and entry: (S, n, G)."""
+        return np.log(lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate))
+
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """One count per draw: (S, n, G)."""
         return lk.sample_counts(self.kind, rng, self.mu, self.theta, self.gate)

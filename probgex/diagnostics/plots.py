@@ -1,0 +1,82 @@
+"""Figures of the calibration report (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from probgex.diagnostics.pit import ecdf_counts, simultaneous_band  # noqa: E402
+
+
+def pit_ecdf(u: np.ndarray, prob: float = 0.99):
+    """ECDF minus the uniform CDF of pooled PIT values, inside its simultaneous band."""
+    u = np.ravel(u)
+    band = simultaneous_band(len(u), 100, prob)
+    c = ecdf_counts(u, band.z) / band.n
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.fill_between(band.z, band.lower / band.n - band.z, band.upper / band.n - band.z, color="C0", alpha=0.2,
+                    label=f"{prob:.0%} simultaneous band")
+    ax.plot(band.z, c - band.z, color="C0", label="PIT ECDF - uniform")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="PIT", ylabel="ECDF difference", title=f"pooled randomized PIT ({band.n:,} entries)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def coverage_curve(levels, pooled):
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1)
+    ax.plot(levels, pooled, "o-")
+    ax.set(xlabel="nominal level", ylabel="held-out coverage", xlim=(0.4, 1), ylim=(0.4, 1),
+           title="central-interval coverage")
+    fig.tight_layout()
+    return fig
+
+
+def coverage_by_decile(levels, by_decile):
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, lv in enumerate(levels):
+        ax.plot(np.arange(1, 11), by_decile[:, i] - lv, "o-", label=f"{lv:.0%}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="decile of predicted mean expression", ylabel="coverage - nominal",
+           title="coverage by expression decile")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def relation(stats, x: str, y: str, title: str):
+    """A per-gene relation (e.g. mean-variance), observed vs one replicated dataset."""
+    (ox, rx), (oy, ry) = stats[x], stats[y]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    tx = np.log10 if x in ("mean", "variance") else (lambda v: v)
+    ty = np.log10 if y in ("mean", "variance") else (lambda v: v)
+    with np.errstate(divide="ignore"):
+        ax.scatter(tx(rx[0]), ty(ry[0]), s=3, alpha=0.4, label="replicated", color="C1")
+        ax.scatter(tx(ox), ty(oy), s=3, alpha=0.4, label="observed", color="C0")
+    ax.set(xlabel=("log10 " if tx is np.log10 else "") + x, ylabel=("log10 " if ty is np.log10 else "") + y,
+           title=title)
+    ax.legend(fontsize=8, markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def rootograms(genes: list[str], observed: list[np.ndarray], expected: list[np.ndarray],
+               edges: list[np.ndarray]):
+    """Hanging rootograms: sqrt(expected frequency) per count bin as a curve, observed bars hanging
+    from it (a bar below zero: more observed than expected)."""
+    k = len(genes)
+    fig, axes = plt.subplots(1, k, figsize=(3 * k, 3), squeeze=False)
+    for ax, g, o, e, b in zip(axes[0], genes, observed, expected, edges, strict=True):
+        so, se = np.sqrt(o), np.sqrt(e)
+        ax.bar(b[:-1], so, width=np.diff(b) * 0.9, bottom=se - so, align="edge", color="C0", alpha=0.6)
+        ax.plot((b[:-1] + b[1:] - 1) / 2, se, "o-", color="C1", ms=2)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(title=g, xlabel="count")
+    axes[0, 0].set_ylabel("sqrt(frequency)")
+    fig.tight_layout()
+    return fig

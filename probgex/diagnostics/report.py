@@ -1,0 +1,165 @@
+"""The calibration report: tables, figures, the worst-calibrated genes, and files (PNG, JSON, HTML)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+
+from probgex.diagnostics import plots
+from probgex.diagnostics.ppc import Summaries
+
+
+@dataclass
+class Report:
+    """What `check` found. `results` holds the per-entry and per-gene arrays (xarray)."""
+
+    fit: object
+    data: object  # the held-out CountData
+    results: xr.Dataset
+    ppc: Summaries
+    ppc_table: dict
+    programs: dict
+    pit_pooled: dict
+    _figures: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def levels(self) -> list[float]:
+        return [float(a) for a in self.results["level"].values]
+
+    def worst_genes(self, k: int = 20) -> list[dict]:
+        """Genes whose interval coverage is furthest from nominal, in binomial standard errors."""
+        cov = self.results["coverage_per_gene"].values
+        lv = np.array(self.levels)[:, None]
+        n = self.results.sizes["obs"]
+        z = np.abs(cov - lv) / np.sqrt(lv * (1 - lv) / n)
+        worst = np.argsort(-z.max(0))[:k]
+        genes = self.results["gene"].values
+        return [{"gene": str(genes[g]), "max_z": float(z[:, g].max()),
+                 "coverage": {str(a): float(cov[i, g]) for i, a in enumerate(self.levels)},
+                 "decile": int(self.results["gene_decile"].values[g])} for g in worst]
+
+    def summary(self) -> dict:
+        r = self.results
+        genes_pass = r["gene_pit_inside_band"].values
+        return {
+            "model": r.attrs["model"],
+            "n_obs": int(r.sizes["obs"]), "n_genes": int(r.sizes["gene"]), "n_samples": int(r.attrs["n_samples"]),
+            "coverage": {str(a): float(c) for a, c in zip(self.levels, r["coverage"].values)},
+            "coverage_by_decile": {str(a): [float(v) for v in r["coverage_by_decile"].values[:, i]]
+                                   for i, a in enumerate(self.levels)},
+            "worst_decile_deviation": {str(a): float(np.nanmax(np.abs(r["coverage_by_decile"].values[:, i] - a)))
+                                       for i, a in enumerate(self.levels)},
+            "genes_within_3se": {str(a): float(v) for a, v in
+                                 zip(self.levels, _within_3se(r["coverage_per_gene"].values, self.levels,
+                                                              r.sizes["obs"]))},
+            "pit_uniformity": {"pooled": self.pit_pooled, "fraction_genes_passing": float(genes_pass.mean()),
+                               "band_prob": 0.99},
+            "mean_log_predictive_density": float(r["log_predictive_density"].mean()),
+            "mean_crps": float(r["crps"].mean()),
+            "mean_interval_score": {str(a): float(v) for a, v in zip(self.levels, r["interval_score"].mean("gene").values)},
+            "summary_statistics": self.ppc_table,
+            "gene_programs": self.programs,
+            "worst_genes": self.worst_genes(10),
+        }
+
+    def figures(self) -> dict:
+        """Figures by name (matplotlib); built once."""
+        if not self._figures:
+            r, stats = self.results, self.ppc.gene_stats()
+            worst = [w["gene"] for w in self.worst_genes(4)]
+            self._figures = {
+                "pit_ecdf": plots.pit_ecdf(r["pit"].values),
+                "coverage": plots.coverage_curve(self.levels, r["coverage"].values),
+                "coverage_by_decile": plots.coverage_by_decile(self.levels, r["coverage_by_decile"].values),
+                "mean_variance": plots.relation(stats, "mean", "variance", "mean-variance"),
+                "mean_zero_fraction": plots.relation(stats, "mean", "zero_fraction", "mean-zero fraction"),
+                "rootograms_worst_genes": plots.rootograms(worst, *self._rootogram_data(worst)),
+            }
+        return self._figures
+
+    def _rootogram_data(self, genes: list[str]):
+        """Observed and expected frequencies of count bins for a few genes (a second predictive pass,
+        on those genes only)."""
+        fit = self.fit
+        idx = np.array([fit.var_names.get_loc(g) for g in genes])
+        data = self.data
+        y = np.concatenate([data.rows(np.arange(s, min(s + 4096, data.n_obs)))[:, idx]
+                            for s in range(0, data.n_obs, 4096)])
+        edges = [np.unique(np.linspace(0, np.quantile(y[:, j], 0.995) + 1, 31).astype(int)) for j in range(len(idx))]
+        expected = [np.zeros(len(e) - 1) for e in edges]
+        for rows, d in fit.predictive_blocks(data, 50, jax.random.PRNGKey(1)):
+            sub = d.genes(idx)
+            for j, e in enumerate(edges):
+                cdf = np.stack([sub.genes([j]).cdf(np.full((len(rows), 1), k - 1.0))[:, 0] for k in e])
+                expected[j] += np.diff(cdf, axis=0).sum(1)
+        observed = [np.histogram(y[:, j], bins=e)[0].astype(float) for j, e in enumerate(edges)]
+        return observed, expected, edges
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the figures (PNG), `report.json` and a self-contained `report.html` to `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = self.summary()
+        (folder / "report.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+        images = {}
+        for name, fig in self.figures().items():
+            fig.savefig(folder / f"{name}.png", dpi=110)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=110)
+            images[name] = base64.b64encode(buf.getvalue()).decode()
+        (folder / "report.html").write_text(_html(summary, images))
+        return folder
+
+
+def _within_3se(per_gene: np.ndarray, levels: list[float], n: int) -> np.ndarray:
+    lv = np.array(levels)[:, None]
+    return (np.abs(per_gene - lv) <= 3 * np.sqrt(lv * (1 - lv) / n)).mean(1)
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(type(v))
+
+
+def _html(summary: dict, images: dict[str, str]) -> str:
+    rows = "".join(f"<tr><td>{a}</td><td>{c:.4f}</td><td>{summary['worst_decile_deviation'][a]:.4f}</td>"
+                   f"<td>{summary['genes_within_3se'][a]:.4f}</td></tr>" for a, c in summary["coverage"].items())
+    worst = "".join(f"<tr><td>{html.escape(w['gene'])}</td><td>{w['decile']}</td><td>{w['max_z']:.1f}</td>"
+                    + "".join(f"<td>{v:.3f}</td>" for v in w["coverage"].values()) + "</tr>"
+                    for w in summary["worst_genes"])
+    stats = "".join(f"<tr><td>{html.escape(k)}</td><td>{v.get('ks', float('nan')):.3f}</td>"
+                    f"<td>{v.get('wasserstein', float('nan')):.4g}</td></tr>"
+                    for k, v in summary["summary_statistics"].items())
+    progs = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{c:.3f}</td>" for c in v["coverage"].values())
+                    + f"<td>{v['uniformity']['inside_band']}</td></tr>" for k, v in summary["gene_programs"].items())
+    imgs = "".join(f"<figure><img src='data:image/png;base64,{b}'><figcaption>{html.escape(n)}</figcaption></figure>"
+                   for n, b in images.items())
+    pu = summary["pit_uniformity"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>probgex calibration report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margin:4px}}img{{max-width:520px}}</style>
+</head><body><h1>probgex calibration report</h1>
+<p>{html.escape(summary['model'])}: {summary['n_obs']} held-out observations x {summary['n_genes']} genes,
+{summary['n_samples']} predictive draws. Mean log predictive density per observation:
+<b>{summary['mean_log_predictive_density']:.2f}</b>; mean CRPS {summary['mean_crps']:.4g}.</p>
+<h2>Coverage of central intervals (randomized PIT)</h2>
+<table><tr><th>nominal</th><th>pooled</th><th>worst decile |dev|</th><th>genes within 3 SE</th></tr>{rows}</table>
+<p>PIT uniformity (99% simultaneous ECDF band): pooled inside band: {pu['pooled']['inside_band']}
+(max excursion {pu['pooled']['max_excursion']:.2f} band half-widths); genes passing: {pu['fraction_genes_passing']:.3f}</p>
+<h2>Worst-calibrated genes</h2><table><tr><th>gene</th><th>decile</th><th>max z</th>
+{''.join(f'<th>{a}</th>' for a in summary['coverage'])}</tr>{worst}</table>
+<h2>Summary statistics, observed vs replicated</h2><table><tr><th>statistic</th><th>KS</th><th>Wasserstein</th></tr>{stats}</table>
+<h2>Joint calibration: PIT of gene-program sums</h2><table><tr><th>program</th>
+{''.join(f'<th>{a}</th>' for a in summary['coverage'])}<th>uniform</th></tr>{progs}</table>
+<h2>Figures</h2>{imgs}</body></html>"""
