@@ -46,6 +46,16 @@ class Report:
                  "coverage": {str(a): float(cov[i, g]) for i, a in enumerate(self.levels)},
                  "decile": int(self.results["gene_decile"].values[g])} for g in worst]
 
+    def worst_observations(self, k: int = 10, level: float = 0.9) -> list[dict]:
+        """Observations whose genes fall outside the central interval most often (outlier samples),
+        with their log predictive density."""
+        u = self.results["pit"].values
+        cov = ((u >= (1 - level) / 2) & (u <= (1 + level) / 2)).mean(1)
+        lpd = self.results["log_predictive_density"].values
+        names = self.results["obs"].values
+        return [{"obs": str(names[i]), f"coverage_{level}": float(cov[i]), "log_predictive_density": float(lpd[i])}
+                for i in np.argsort(cov)[:k]]
+
     def summary(self) -> dict:
         r = self.results
         genes_pass = r["gene_pit_inside_band"].values
@@ -68,6 +78,7 @@ class Report:
             "summary_statistics": self.ppc_table,
             "gene_programs": self.programs,
             "worst_genes": self.worst_genes(10),
+            "worst_observations": self.worst_observations(10),
         }
 
     def figures(self) -> dict:
@@ -159,6 +170,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margi
 (max excursion {pu['pooled']['max_excursion']:.2f} band half-widths); genes passing: {pu['fraction_genes_passing']:.3f}</p>
 <h2>Worst-calibrated genes</h2><table><tr><th>gene</th><th>decile</th><th>max z</th>
 {''.join(f'<th>{a}</th>' for a in summary['coverage'])}</tr>{worst}</table>
+<h2>Observations least covered (at 90%)</h2><table><tr><th>obs</th><th>coverage</th><th>log p(x | c)</th></tr>
+{''.join(f"<tr><td>{html.escape(w['obs'])}</td><td>{w['coverage_0.9']:.3f}</td><td>{w['log_predictive_density']:.1f}</td></tr>" for w in summary['worst_observations'])}</table>
 <h2>Summary statistics, observed vs replicated</h2><table><tr><th>statistic</th><th>KS</th><th>Wasserstein</th></tr>{stats}</table>
 <h2>Joint calibration: PIT of gene-program sums</h2><table><tr><th>program</th>
 {''.join(f'<th>{a}</th>' for a in summary['coverage'])}<th>uniform</th></tr>{progs}</table>
