@@ -261,8 +261,9 @@ class Fit:
         pit, p_low, p_high, mean = (np.empty((n, G)) for _ in range(4))
         for rows, d in self.predictive_blocks(data, n_samples, key, from_data=False):
             y = data.rows(rows).astype(np.float64)
-            pit[rows] = d.randomized_pit(y, rng)
-            p_low[rows], p_high[rows] = d.tail_probabilities(y)
+            parts = d.below_and_at(y)
+            pit[rows] = d.randomized_pit(y, rng, parts)
+            p_low[rows], p_high[rows] = d.tail_probabilities(y, parts)
             mean[rows] = d.moments()[0]
         decile = _deciles(mean.mean(0))
         by_decile = np.array([pit_coverage(pit[:, decile == k], levels) for k in range(10)])

@@ -55,14 +55,19 @@ class Draws:
     def pmf(self, y: np.ndarray) -> np.ndarray:
         return lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
 
-    def randomized_pit(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""
-        below = self.cdf(y - 1)
-        return below + rng.uniform(size=y.shape) * self.pmf(y)
+    def below_and_at(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need."""
+        return self.cdf(y - 1), self.pmf(y)
 
-    def tail_probabilities(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def randomized_pit(self, y: np.ndarray, rng: np.random.Generator, below_and_at=None) -> np.ndarray:
+        """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""
+        below, at = self.below_and_at(y) if below_and_at is None else below_and_at
+        return below + rng.uniform(size=y.shape) * at
+
+    def tail_probabilities(self, y: np.ndarray, below_and_at=None) -> tuple[np.ndarray, np.ndarray]:
         """P(X <= y) and P(X >= y) for each entry."""
-        return self.cdf(y), 1.0 - self.cdf(y - 1)
+        below, at = self.below_and_at(y) if below_and_at is None else below_and_at
+        return below + at, 1.0 - below
 
 
 def empirical_intervals(samples: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions.util import validate_sample
 
-from probgex.models.likelihoods import nb_log_prob
+from probgex.models.likelihoods import nb_log_prob, zinb_log_prob
 
 
 class FastNB2(dist.NegativeBinomial2):
@@ -25,6 +25,18 @@ class FastNB2(dist.NegativeBinomial2):
         return nb_log_prob(value, self.mean_, self.concentration)
 
 
+class FastZINB(dist.ZeroInflatedLogits):
+    """Zero-inflated NB (gate logits) with the fused closed-form log-pmf of `zinb_log_prob`."""
+
+    def __init__(self, mean, concentration, gate_logits, *, validate_args=None):
+        self.mean_, self.concentration_ = mean, concentration
+        super().__init__(FastNB2(mean, concentration), gate_logits=gate_logits, validate_args=validate_args)
+
+    @validate_sample
+    def log_prob(self, value):
+        return zinb_log_prob(value, self.mean_, self.concentration_, self.gate_logits)
+
+
 def count_distribution(kind: str, mu, theta=None, gate_logits=None) -> dist.Distribution:
     """The likelihood of a count entry: 'poisson', 'nb' or 'zinb' (`kind` is static)."""
     if kind == "poisson":
@@ -32,7 +44,7 @@ def count_distribution(kind: str, mu, theta=None, gate_logits=None) -> dist.Dist
     if kind == "nb":
         return FastNB2(mu, theta)
     if kind == "zinb":
-        return dist.ZeroInflatedDistribution(FastNB2(mu, theta), gate_logits=gate_logits)
+        return FastZINB(mu, theta, gate_logits)
     raise ValueError(f"unknown likelihood {kind!r}; use 'poisson', 'nb' or 'zinb'")
 
 
