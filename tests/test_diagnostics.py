@@ -80,6 +80,16 @@ def test_crps_sample_estimate_matches_exact_sum_for_nb():
     assert est == pytest.approx(exact, rel=0.02)
 
 
+@pytest.mark.parametrize("S", [37, 200])
+def test_intervals_from_sorted_samples_equal_numpy_inverted_cdf_quantiles(S):
+    from probgex.inference.predictive import empirical_intervals
+
+    x = np.random.default_rng(S).poisson(5, (S, 30, 40))
+    q = np.quantile(x, [0.25, 0.05, 0.75, 0.95], axis=0, method="inverted_cdf")
+    lo, hi = empirical_intervals(x, (0.5, 0.9))
+    assert np.array_equal(lo, q[:2]) and np.array_equal(hi, q[2:])
+
+
 def test_interval_score_closed_form():
     assert interval_score(np.array(2.0), np.array(6.0), np.array(4.0), 0.9) == 4.0
     assert interval_score(np.array(2.0), np.array(6.0), np.array(8.0), 0.9) == pytest.approx(4 + 2 / 0.1 * 2)

@@ -14,7 +14,7 @@ from probgex.diagnostics import pit as pitmod
 from probgex.diagnostics.ppc import Summaries, gene_programs, most_variable
 from probgex.diagnostics.report import Report
 from probgex.diagnostics.scores import coverage_table, crps_from_samples, inside, interval_score, sample_pit
-from probgex.inference.predictive import check_levels, empirical_intervals
+from probgex.inference.predictive import check_levels, sorted_intervals
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -52,8 +52,9 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
             u[rows] = d.randomized_pit(y, rng)
             mean[rows] = d.moments()[0]
             x = d.sample(rng)
-            crps[rows] = crps_from_samples(x, y)
-            lo, hi = empirical_intervals(x, levels)
+            xs = np.sort(x, axis=0)
+            crps[rows] = crps_from_samples(xs, y, is_sorted=True)
+            lo, hi = sorted_intervals(xs, levels)
             for i, a in enumerate(levels):
                 iscore[i] += interval_score(lo[i], hi[i], y, a).sum(0)
             acc.add(rows, y, x)

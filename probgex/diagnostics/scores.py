@@ -26,10 +26,10 @@ def coverage_table(u: np.ndarray, levels: Sequence[float], gene_decile: np.ndarr
     return {"pooled": pooled, "per_gene": per_gene, "by_decile": by_decile, "genes_within_3se": within}
 
 
-def crps_from_samples(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
+def crps_from_samples(samples: np.ndarray, y: np.ndarray, *, is_sorted: bool = False) -> np.ndarray:
     """Sample estimate of the CRPS (= the ranked probability score for counts) per entry:
     E|X - y| - E|X - X'| / 2, with E|X - X'| from the sorted samples. samples (S, ...), y (...)."""
-    s = np.sort(samples, axis=0).astype(np.float64)
+    s = (samples if is_sorted else np.sort(samples, axis=0)).astype(np.float64)
     S = s.shape[0]
     w = (2 * np.arange(1, S + 1) - S - 1).reshape((S,) + (1,) * (s.ndim - 1))
     spread = 2 * (w * s).sum(0) / S**2
@@ -47,3 +47,4 @@ def sample_pit(samples: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> 
     below = (samples < y[None]).mean(0)
     equal = (samples == y[None]).mean(0)
     return below + rng.uniform(size=np.shape(y)) * equal
+
