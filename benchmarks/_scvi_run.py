@@ -81,13 +81,14 @@ def main() -> None:
 
     class EpochTimer(Callback):
         def __init__(self):
-            self.times, self.t0 = [], None
+            self.times, self.cpu, self.t0, self.c0 = [], [], None, None
 
         def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_train_epoch_end(self, trainer, pl_module):
             self.times.append(time.perf_counter() - self.t0)
+            self.cpu.append(time.process_time() - self.c0)
 
     timer = EpochTimer()
     plan_kwargs = {"lr": 1e-3}
@@ -133,6 +134,8 @@ def main() -> None:
         "first_epoch_seconds": times[0] if times else None,
         "seconds_per_epoch": float(np.mean(times[1:])) if len(times) > 1 else None,
         "seconds_per_epoch_median": float(np.median(times[1:])) if len(times) > 1 else None,
+        "epoch_cpu_seconds": timer.cpu,
+        "cpu_seconds_per_epoch": float(np.mean(timer.cpu[1:])) if len(times) > 1 else None,
         "train_wall_seconds": t_train, "train_cpu_seconds": c_train,
         "heldout": {"recon_nll_per_cell": recon, "elbo_per_cell": elbo, "marginal_ll_per_cell": mll,
                     "mc_samples": a.mc_samples},

@@ -326,7 +326,11 @@ def main(argv=None):
     p.add_argument("--heldout", help=argparse.SUPPRESS)
     p.add_argument("--formula", help=argparse.SUPPRESS)
     p.add_argument("--score", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--table", action="store_true", help="print the table of all saved results and exit")
     a = p.parse_args(argv)
+    if a.table:
+        table_main()
+        return
     if a._child:
         print(json.dumps(probgex_child(a)))
         return
@@ -356,19 +360,31 @@ def main(argv=None):
 
 
 def print_table(rows):
-    print("| dataset | lik | epochs | probgex s/ep | scvi s/ep | scvi/probgex | probgex compile+1st ep s "
-          "| scvi 1st ep s | recon NLL pg / scvi | ELBO pg / scvi | marginal LL pg / scvi |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| dataset | lik | epochs | probgex s/ep | scvi s/ep | scvi/probgex | probgex CPU s/ep | scvi CPU s/ep "
+          "| probgex compile+1st ep s | scvi 1st ep s | recon NLL pg / scvi | ELBO pg / scvi | marginal LL pg / scvi "
+          "| quiet pg / scvi |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         pg, sc = r.get("probgex"), r.get("scvi")
         f = lambda d, k, fmt="{:.2f}": fmt.format(d[k]) if d and d.get(k) is not None else "-"  # noqa: E731
         h = lambda d, k: f"{d['heldout'][k]:.1f}" if d else "-"  # noqa: E731
         ratio = f"{sc['seconds_per_epoch'] / pg['seconds_per_epoch']:.2f}" if pg and sc else "-"
-        print(f"| {r['dataset']} | {r['likelihood']} | {r['epochs']} | {f(pg, 'seconds_per_epoch')} "
-              f"| {f(sc, 'seconds_per_epoch')} | {ratio} | {f(pg, 'compile_and_first_epoch_seconds', '{:.1f}')} "
+        q_pg = all(m["quiet"] for m in pg["machine_state"]) if pg else "-"
+        q_sc = sc["machine_state"]["quiet"] if sc else "-"
+        bk = f" (scvi batch_key={r['scvi_batch_key']})" if r.get("scvi_batch_key") else ""
+        print(f"| {r['dataset']}{bk} | {r['likelihood']} | {r['epochs']} | {f(pg, 'seconds_per_epoch')} "
+              f"| {f(sc, 'seconds_per_epoch')} | {ratio} | {f(pg, 'cpu_seconds_per_epoch')} "
+              f"| {f(sc, 'cpu_seconds_per_epoch')} | {f(pg, 'compile_and_first_epoch_seconds', '{:.1f}')} "
               f"| {f(sc, 'first_epoch_seconds', '{:.1f}')} | {h(pg, 'recon_nll_per_cell')} / {h(sc, 'recon_nll_per_cell')} "
               f"| {h(pg, 'elbo_per_cell')} / {h(sc, 'elbo_per_cell')} "
-              f"| {h(pg, 'marginal_ll_per_cell')} / {h(sc, 'marginal_ll_per_cell')} |")
+              f"| {h(pg, 'marginal_ll_per_cell')} / {h(sc, 'marginal_ll_per_cell')} | {q_pg} / {q_sc} |")
+
+
+def table_main():
+    """`python benchmarks/vs_scvi.py --table`: the table of every results/vs_scvi_*.json."""
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("vs_scvi_*.json"))
+            if not p.stem.endswith("_scvi_raw")]
+    print_table(rows)
 
 
 if __name__ == "__main__":
