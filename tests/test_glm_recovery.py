@@ -166,9 +166,6 @@ def test_poisson_coefficients_recovered_and_covered(poisson):
     assert 0.85 <= covered[1:].mean() <= 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (probgex/inference/svi.py fit_svi): without a held-out split "
-                   "the parameters of the last epoch are returned, but History.best_epoch (and the "
-                   "periodic checkpoints) follow the epoch of the lowest noisy training loss")
 def test_without_holdout_best_epoch_is_the_epoch_of_the_returned_params(poisson):
     fit, _ = poisson
     assert fit.history.heldout == []

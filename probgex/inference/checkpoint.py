@@ -23,8 +23,10 @@ VERSION = 1
 HEADER = "__header__"
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
+def _digest(arrays: dict[str, np.ndarray], header: dict) -> str:
+    """SHA-256 over the header (canonical JSON, without its own digest) and every array."""
     h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(name.encode())
@@ -60,7 +62,8 @@ def write(path: str | Path, header: dict, arrays: dict[str, np.ndarray]) -> Path
     """Atomically write header + arrays to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT, "version": VERSION, **header, "sha256": _digest(arrays)}
+    header = {"format": FORMAT, "version": VERSION, **header}
+    header["sha256"] = _digest(arrays, header)
     blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -101,7 +104,7 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if header.get("version") != VERSION:
         raise ModelFileError(f"{path} has model-file version {header.get('version')!r}; this probgex "
                              f"reads version {VERSION}: refit with this version")
-    if header.get("sha256") != _digest(arrays):
-        raise ModelFileError(f"{path} failed its checksum: the arrays were modified or damaged after "
-                             "saving; do not trust it, save or copy it again")
+    if header.get("sha256") != _digest(arrays, header):
+        raise ModelFileError(f"{path} failed its checksum: the header or the arrays were modified or "
+                             "damaged after saving; do not trust it, save or copy it again")
     return header, arrays

@@ -164,7 +164,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 loss = sum(float(evaluate(svi_state, b)) * b.mask.sum() / n_train for b in heldout)
                 loss = float(loss) / len(heldout_idx)
                 hist.heldout.append(loss)
-            if loss < state.best_loss:
+            # without a held-out split the last epoch's parameters are the result: each epoch is "best"
+            if heldout is None or loss < state.best_loss:
                 state = LoopState(svi_state, epoch, loss, jax.device_get(svi.get_params(svi_state)), 0)
                 hist = hist._replace(best_epoch=epoch)
             else:
@@ -175,7 +176,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 on_checkpoint(state.best_params, hist)
             if heldout is not None and state.stale >= config.patience:
                 break
-    params = state.best_params if heldout is not None else svi.get_params(state.svi_state)
+    params = state.best_params
     if on_checkpoint:
         on_checkpoint(params, hist)
     return params, hist
