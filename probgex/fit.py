@@ -69,7 +69,8 @@ class Model:
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
-        story = build_story(spec, dims, log_mean, beta0)
+        tril = _laplace_tril(data, train_idx, beta0, spec, intercept) if spec.story == "glm" else None
+        story = build_story(spec, dims, log_mean, beta0, tril)
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
             max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else 400
@@ -125,6 +126,27 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
     beta0 = np.linalg.lstsq(xtx, xty, rcond=None)[0]
     log_mean = np.log(norm_sum / len(rows) * lib.mean() + 1e-8)
     return log_mean.astype(np.float32), beta0.astype(np.float32), np.log(lib)
+
+
+def _laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: ModelSpec,
+                  intercept: int | None, alpha: float = 0.1, chunk: int = 1024) -> np.ndarray:
+    """Cholesky factors (G, P, P) of the Laplace covariance of each gene's coefficients at `beta0`:
+    (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for Poisson)."""
+    from probgex.models.glm import INTERCEPT_SD
+
+    a = 0.0 if spec.likelihood == "poisson" else alpha
+    P, G = data.n_design, data.n_genes
+    info = np.zeros((G, P, P))
+    for start in range(0, len(rows), chunk):
+        r = rows[start : start + chunk]
+        d = data.design[r].astype(np.float64)
+        mu = data.library_size[r][:, None] * np.exp(d @ beta0.astype(np.float64))
+        info += np.einsum("bg,bp,bq->gpq", mu / (1 + a * mu), d, d)
+    sd = np.full(P, spec.prior_scale)
+    if intercept is not None:
+        sd[intercept] = INTERCEPT_SD
+    info += np.diag(1 / sd**2)[None]
+    return np.linalg.cholesky(np.linalg.inv(info)).astype(np.float32)
 
 
 class Fit:

@@ -173,9 +173,9 @@ def test_without_holdout_best_epoch_is_the_epoch_of_the_returned_params(poisson)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="default GLM fit stops before the guide scales converge: "
-                   "posterior sds stay near their 0.05 start, 90% intervals cover ~97-98%")
 def test_poisson_default_settings_calibrated():
+    """Default settings (Laplace start of the guide scales, learning-rate cuts on plateaus, early
+    stopping): measured 0.87-0.92 coverage and RMS z 0.93-1.03 over simulation seeds 0-4."""
     adata, beta, _, _ = simulate("poisson", seed=1)
     fit = Model(FORMULA, likelihood="poisson").fit(adata[:N_TRAIN].copy(), seed=0, progress=False)
     _, _, covered, z = _recovery(fit, beta)

@@ -33,6 +33,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     clip_norm: float = 10.0
     patience: int = 10  # epochs without held-out improvement before stopping
+    lr_reductions: int = 2  # times the learning rate is cut on a plateau (patience // 2 stale epochs)
+    lr_factor: float = 0.2  # ... by this factor, before early stopping may end the fit
     checkpoint_every: int = 10  # epochs; 0 disables checkpoints
     progress: bool = True
     device_data: str = "auto"  # "auto": keep the training counts on the device when they fit the budget
@@ -63,10 +65,18 @@ class History(NamedTuple):
 
 
 def make_svi(story, config: TrainConfig) -> SVI:
-    optimizer = optax_to_numpyro(
-        optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.learning_rate))
-    )
+    """SVI with Trace_ELBO and Adam after global-norm clipping; the learning rate lives in the optimizer
+    state (optax.inject_hyperparams), so a plateau can lower it without recompiling."""
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
+    optimizer = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(config.clip_norm), adam))
     return SVI(story.model, story.guide, optimizer, loss=Trace_ELBO())
+
+
+def scale_learning_rate(svi_state, factor: float):
+    """The same SVI state with the learning rate (of `make_svi`'s optimizer) multiplied by `factor`."""
+    step, (params, (clip, adam)) = svi_state.optim_state
+    hyper = dict(adam.hyperparams, learning_rate=adam.hyperparams["learning_rate"] * factor)
+    return svi_state._replace(optim_state=(step, (params, (clip, adam._replace(hyperparams=hyper)))))
 
 
 class DeviceData(NamedTuple):
@@ -140,6 +150,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
         dev, run_epoch = _to_device(data, np.asarray(train_idx)), make_epoch(svi)
     state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
     hist = History([], [], 0)
+    reductions = config.lr_reductions
     n_train = len(train_idx)
     with _progress(config.progress) as bar:
         task = bar.add_task("fit", total=config.max_epochs, msg="")
@@ -174,7 +185,10 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                        + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 on_checkpoint(state.best_params, hist)
-            if heldout is not None and state.stale >= config.patience:
+            if heldout is not None and reductions and state.stale >= max(1, config.patience // 2):
+                reductions -= 1  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
+                state = state._replace(svi_state=scale_learning_rate(state.svi_state, config.lr_factor), stale=0)
+            elif heldout is not None and state.stale >= config.patience:
                 break
     params = state.best_params
     if on_checkpoint:

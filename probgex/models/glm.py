@@ -32,6 +32,7 @@ class GLMInit(NamedTuple):
 
     beta: np.ndarray  # (P, G) least squares of log((x + 0.5) / l) on the design
     log_mean: np.ndarray  # (G,) log mean normalised count
+    beta_tril: np.ndarray | None = None  # (G, P, P) Cholesky of the Laplace covariance of beta at `beta`
 
 
 class GLM:
@@ -95,11 +96,24 @@ class GLM:
         if self.n_gate:
             loc0.append(jnp.full((self.G, 1), -3.0, jnp.float32))
         loc = numpyro.param("gp_loc", jnp.concatenate(loc0, -1))
-        diag = numpyro.param("gp_scale_diag", jnp.full((self.G, self.D), 0.05),
-                             constraint=constraints.positive)
-        off = numpyro.param("gp_scale_offdiag", jnp.zeros((self.G, self.D, self.D)))
+        diag0, off0 = self._scale_init()
+        diag = numpyro.param("gp_scale_diag", diag0, constraint=constraints.positive)
+        off = numpyro.param("gp_scale_offdiag", off0)
         with numpyro.plate("genes", self.G):
             numpyro.sample("gene_params", dist.MultivariateNormal(loc, scale_tril=scale_tril(diag, off)))
+
+    def _scale_init(self) -> tuple[jax.Array, jax.Array]:
+        """Start of the guide's Cholesky factor: the Laplace approximation for the coefficients (when
+        given), 0.3 for log dispersions and 1 for gate logits; starting near the posterior scale
+        matters, because Adam's steps shrink a scale only slowly."""
+        diag = np.concatenate([np.full(self.P, 0.05), np.full(self.n_disp, 0.3), np.full(self.n_gate, 1.0)])
+        diag = np.tile(diag.astype(np.float32), (self.G, 1))
+        off = np.zeros((self.G, self.D, self.D), np.float32)
+        if self.init.beta_tril is not None:
+            L = np.asarray(self.init.beta_tril, np.float32)
+            diag[:, : self.P] = np.diagonal(L, axis1=1, axis2=2)
+            off[:, : self.P, : self.P] = np.tril(L, -1)
+        return jnp.asarray(diag), jnp.asarray(off)
 
     # ----- prediction
     def draw_gene_params(self, params: dict, key: jax.Array, n: int) -> jax.Array:

@@ -27,11 +27,13 @@ class Dims:
         return asdict(self)
 
 
-def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np.ndarray | None = None):
-    """The NumPyro model/guide pair of `spec`. `beta_init` only starts the GLM guide."""
+def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np.ndarray | None = None,
+                beta_tril: np.ndarray | None = None):
+    """The NumPyro model/guide pair of `spec`. `beta_init` and `beta_tril` only start the GLM guide."""
     if spec.story == "glm":
         beta = np.zeros((dims.n_design, dims.n_genes), np.float32) if beta_init is None else beta_init
         return GLM(spec, dims.n_design, dims.n_genes, dims.n_groups, dims.intercept,
-                   GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32)))
+                   GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32),
+                           beta_tril=beta_tril))
     return CVAE(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
                 lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)
