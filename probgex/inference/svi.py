@@ -59,7 +59,10 @@ class LoopState(NamedTuple):
 
 
 class History(NamedTuple):
-    train: list[float]  # negative ELBO per observation, mean over the epoch's steps
+    """Negative ELBO per observation, up to the data constant sum_g log x_ng! (the training objective
+    omits it; scores such as `Fit.log_predictive_density` include it)."""
+
+    train: list[float]  # mean over the epoch's steps
     heldout: list[float]  # the same on the held-out observations (empty without a held-out split)
     best_epoch: int
 

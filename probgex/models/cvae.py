@@ -78,7 +78,7 @@ class CVAE:
             if self.latent_library:
                 log_lib = numpyro.sample("log_library", self._lib_prior())
             mu, theta, gate = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta)
-            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate).to_event(1), obs=batch.x)
+            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False).to_event(1), obs=batch.x)
 
     def guide(self, batch: Batch):
         encoder_net = nnx_module("encoder", self.encoder)

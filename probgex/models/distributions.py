@@ -10,11 +10,13 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions.util import validate_sample
 
-from probgex.models.likelihoods import nb_log_prob, zinb_log_prob
+from probgex.models.likelihoods import nb_log_prob, poisson_log_prob, zinb_log_prob
 
 
 class FastNB2(dist.NegativeBinomial2):
     """NB with mean `mu` and concentration `theta` (Var = mu + mu^2 / theta), gammaln log-pmf."""
+
+    normalized = True
 
     def __init__(self, mean, concentration, *, validate_args=None):
         self.mean_ = mean
@@ -22,11 +24,13 @@ class FastNB2(dist.NegativeBinomial2):
 
     @validate_sample
     def log_prob(self, value):
-        return nb_log_prob(value, self.mean_, self.concentration)
+        return nb_log_prob(value, self.mean_, self.concentration, normalized=self.normalized)
 
 
 class FastZINB(dist.ZeroInflatedLogits):
     """Zero-inflated NB (gate logits) with the fused closed-form log-pmf of `zinb_log_prob`."""
+
+    normalized = True
 
     def __init__(self, mean, concentration, gate_logits, *, validate_args=None):
         self.mean_, self.concentration_ = mean, concentration
@@ -34,17 +38,46 @@ class FastZINB(dist.ZeroInflatedLogits):
 
     @validate_sample
     def log_prob(self, value):
-        return zinb_log_prob(value, self.mean_, self.concentration_, self.gate_logits)
+        return zinb_log_prob(value, self.mean_, self.concentration_, self.gate_logits, normalized=self.normalized)
 
 
-def count_distribution(kind: str, mu, theta=None, gate_logits=None) -> dist.Distribution:
-    """The likelihood of a count entry: 'poisson', 'nb' or 'zinb' (`kind` is static)."""
+class FastPoisson(dist.Poisson):
+    normalized = True
+
+    @validate_sample
+    def log_prob(self, value):
+        return poisson_log_prob(value, self.rate, normalized=self.normalized)
+
+
+# The same densities without -log x!, a constant of the data: the training objective only (its
+# gradient is the same; skipping one lgamma per entry saves ~13% of an NB step).
+class _NB2Unnormalized(FastNB2):
+    normalized = False
+
+
+class _ZINBUnnormalized(FastZINB):
+    normalized = False
+
+
+class _PoissonUnnormalized(FastPoisson):
+    normalized = False
+
+
+_CLASSES = {True: {"poisson": FastPoisson, "nb": FastNB2, "zinb": FastZINB},
+            False: {"poisson": _PoissonUnnormalized, "nb": _NB2Unnormalized, "zinb": _ZINBUnnormalized}}
+
+
+def count_distribution(kind: str, mu, theta=None, gate_logits=None, *, normalized: bool = True
+                       ) -> dist.Distribution:
+    """The likelihood of a count entry: 'poisson', 'nb' or 'zinb' (`kind` is static). With
+    `normalized=False` the log-pmf omits -log x! (for training objectives: same gradients)."""
+    classes = _CLASSES[normalized]
     if kind == "poisson":
-        return dist.Poisson(mu)
+        return classes["poisson"](mu)
     if kind == "nb":
-        return FastNB2(mu, theta)
+        return classes["nb"](mu, theta)
     if kind == "zinb":
-        return FastZINB(mu, theta, gate_logits)
+        return classes["zinb"](mu, theta, gate_logits)
     raise ValueError(f"unknown likelihood {kind!r}; use 'poisson', 'nb' or 'zinb'")
 
 

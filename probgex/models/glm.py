@@ -80,7 +80,7 @@ class GLM:
         beta, theta, gate = self.split(v)
         mu = jnp.exp(batch.log_lib[:, None] + batch.design @ beta)
         th = None if theta is None else theta[batch.group]
-        return count_distribution(self.kind, mu, th, gate).to_event(1)
+        return count_distribution(self.kind, mu, th, gate, normalized=False).to_event(1)
 
     def model(self, batch: Batch):
         with numpyro.plate("genes", self.G):

@@ -50,13 +50,13 @@ def _stirling_tail(z):
 
 
 # ----------------------------------------------------------------------------- JAX log-pmfs
-def poisson_log_prob(x, mu):
+def poisson_log_prob(x, mu, *, normalized: bool = True):
     """Poisson log-pmf ``x log mu - mu - log x!``."""
     x, mu = _as_float(x, mu)
-    return x * jnp.log(mu) - mu - gammaln(x + 1.0)
+    return x * jnp.log(mu) - mu - (gammaln(x + 1.0) if normalized else 0.0)
 
 
-def nb_log_prob(x, mu, theta):
+def nb_log_prob(x, mu, theta, *, normalized: bool = True):
     """NB log-pmf with mean ``mu`` and concentration ``theta`` (gammaln form, stable for all theta).
 
     log p = lgamma(x+theta) - lgamma(theta) - lgamma(x+1)
@@ -64,7 +64,7 @@ def nb_log_prob(x, mu, theta):
     """
     x, mu, theta = _as_float(x, mu, theta)
     log1p_mu_theta = jnp.log1p(mu / theta)
-    common = -gammaln(x + 1.0) - theta * log1p_mu_theta
+    common = -theta * log1p_mu_theta - (gammaln(x + 1.0) if normalized else 0.0)
     # theta < 10: direct gammaln difference; log1p keeps x log(mu/(theta+mu)) accurate for any ratio
     ts = jnp.minimum(theta, _STIRLING_MIN)
     small = gammaln(x + ts) - gammaln(ts) - x * jnp.log1p(ts / mu)
@@ -75,7 +75,7 @@ def nb_log_prob(x, mu, theta):
     return common + jnp.where(theta < _STIRLING_MIN, small, large)
 
 
-def zinb_log_prob(x, mu, theta, gate_logits):
+def zinb_log_prob(x, mu, theta, gate_logits, *, normalized: bool = True):
     """ZINB log-pmf: log(pi 1[x=0] + (1-pi) NB(x; mu, theta)) with ``pi = sigmoid(gate_logits)``.
 
     Written as -softplus(g) + [x = 0 ? logaddexp(g, log NB(0)) : log NB(x)], with log NB(0) =
@@ -85,7 +85,7 @@ def zinb_log_prob(x, mu, theta, gate_logits):
     x, mu, theta, gate_logits = _as_float(x, mu, theta, gate_logits)
     nb_zero = -theta * jnp.log1p(mu / theta)
     return -softplus(gate_logits) + jnp.where(x == 0, jnp.logaddexp(gate_logits, nb_zero),
-                                              nb_log_prob(x, mu, theta))
+                                              nb_log_prob(x, mu, theta, normalized=normalized))
 
 
 def log_prob(kind: str, x, mu, theta=None, gate_logits=None):
