@@ -135,11 +135,14 @@ def test_report_files_and_arviz_export(nb_data, nb_fit, tmp_path):
         assert key in report
     assert report["n_obs"] == test.n_obs and report["n_genes"] == test.n_vars
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
-    assert {p.name for p in tmp_path.glob("*.png")} >= {"pit_ecdf.png", "coverage.png", "rootograms_worst_genes.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"pit_ecdf.png", "coverage.png", "rootograms_worst_genes.png",
+                                                       "summary_statistics.png", "mean_variance.png"}
     dt = dg.to_datatree(f, test, genes=["g0", "g1", "g2"], n_samples=40)
     assert set(dt.children) >= {"posterior", "posterior_predictive", "log_likelihood", "observed_data"}
     assert dt["posterior_predictive"]["x"].dims == ("chain", "draw", "obs", "gene")
     pit = az.loo_pit(dt)["x"].values
     assert pit.shape == (test.n_obs, 3) and np.all((pit >= 0) & (pit <= 1 + 1e-9))
+    one = dt.sel(gene="g0")  # ArviZ's count plots take one-dimensional observations
+    assert az.plot_ppc_pit(one) is not None and az.plot_ppc_rootogram(one) is not None
     with pytest.raises(ValueError, match="genes not in the model"):
         dg.to_datatree(f, test, genes=["nope"])

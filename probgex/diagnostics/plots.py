@@ -80,3 +80,29 @@ def rootograms(genes: list[str], observed: list[np.ndarray], expected: list[np.n
     axes[0, 0].set_ylabel("sqrt(frequency)")
     fig.tight_layout()
     return fig
+
+
+def summary_statistics(stats: dict, obs_stats: dict, corr: tuple[np.ndarray, np.ndarray]):
+    """Observed vs replicated distributions of every summary statistic (per gene: log mean, log
+    variance, zero fraction, CV; per observation: log library size, zero fraction) and the gene-gene
+    correlation matrices of the most variable genes, side by side."""
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6.5))
+    panels = [(k, np.log1p if k in ("mean", "variance") else (lambda v: v), o, r) for k, (o, r) in stats.items()]
+    panels += [(k, np.log1p if k == "library_size" else (lambda v: v), o, r) for k, (o, r) in obs_stats.items()]
+    for ax, (name, t, o, r) in zip(axes.ravel()[:6], panels, strict=True):
+        o, r = t(np.asarray(o, float)), t(np.asarray(r, float).ravel())
+        o, r = o[np.isfinite(o)], r[np.isfinite(r)]
+        bins = np.histogram_bin_edges(np.concatenate([o, r]), 40)
+        ax.hist(r, bins, density=True, alpha=0.5, color="C1", label="replicated")
+        ax.hist(o, bins, density=True, histtype="step", color="C0", lw=1.5, label="observed")
+        ax.set_title(("log1p " if t is np.log1p else "") + name.replace("_", " "), fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    c_obs, c_rep = corr
+    for ax, c, title in ((axes[1, 2], c_obs, "gene-gene correlation, observed"),
+                         (axes[1, 3], c_rep, "replicated")):
+        ax.imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

@@ -93,6 +93,11 @@ class Report:
                 "mean_variance": plots.relation(stats, "mean", "variance", "mean-variance"),
                 "mean_zero_fraction": plots.relation(stats, "mean", "zero_fraction", "mean-zero fraction"),
                 "rootograms_worst_genes": plots.rootograms(worst, *self._rootogram_data(worst)),
+                "summary_statistics": plots.summary_statistics(
+                    {k: v for k, v in stats.items()},
+                    {"library_size": (self.ppc.obs_lib, self.ppc.rep_lib),
+                     "zero_fraction_per_obs": (self.ppc.obs_zf, self.ppc.rep_zf)},
+                    self.ppc.correlations()),
             }
         return self._figures
 
