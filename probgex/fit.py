@@ -194,7 +194,11 @@ class Fit:
             groups, _ = group_codes(obs, self.spec.dispersion_key, self.group_levels)
         lib = np.ones(len(obs))
         if library_size is not None:
-            lib = np.broadcast_to(np.asarray(library_size, np.float64), (len(obs),)).copy()
+            lib = np.asarray(library_size, np.float64).ravel()
+            if lib.size not in (1, len(obs)):
+                raise DataError(f"library_size has {lib.size} values for {len(obs)} observations; pass one "
+                                "number or one per observation")
+            lib = np.broadcast_to(lib, (len(obs),)).copy()
             if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
                 raise DataError("library_size must be positive and finite for every observation")
         return CountData(counts=np.zeros((len(obs), 0), np.float32), library_size=lib, design=design,
@@ -205,6 +209,8 @@ class Fit:
                           ) -> Iterator[tuple[np.ndarray, Draws]]:
         """(rows, Draws) over blocks of `data`'s rows: n draws of the count distribution's parameters,
         latents from the conditional prior (or, with `from_data`, from the encoder)."""
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"the number of predictive draws must be a positive integer, got {n!r}")
         size = block_size(n, len(self.var_names))
         for i, start in enumerate(range(0, data.n_obs, size)):
             rows = np.arange(start, min(start + size, data.n_obs))

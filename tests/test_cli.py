@@ -79,3 +79,14 @@ def test_demo_runs_end_to_end_and_is_calibrated(tmp_path):
     # 15 held-out replicates x ~7,000 genes: calibrated within a few points at every level
     for level, cov in summary["coverage"].items():
         assert abs(cov - float(level)) < 0.03, summary["coverage"]
+
+
+def test_prediction_arguments_are_checked_before_any_jax_work(fitted, yeast_small):
+    fit = pg.load(fitted)
+    obs = yeast_small[1].obs.iloc[:3]
+    with pytest.raises(pg.DataError, match="library_size has 2 values for 3 observations"):
+        fit.predict(obs, n_samples=5, library_size=[1e6, 2e6])
+    with pytest.raises(ValueError, match="positive integer"):
+        fit.predict(obs, n_samples=0)
+    with pytest.raises(pg.DataError, match="library_size must be positive"):
+        fit.predict(obs, n_samples=5, library_size=-1.0)
