@@ -50,12 +50,14 @@ class Model:
 
     def fit(self, adata, *, seed: int = 0, holdout: float = 0.1, heldout_obs: Sequence[str] | None = None,
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
-            patience: int | None = None, checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
+            patience: int | None = None, lr_reductions: int | None = None,
+            checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
             progress: bool = True, empty: str = "warn") -> Fit:
         """Fit by SVI on the raw counts of `adata` (X or the spec's layer) with metadata in `adata.obs`.
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
-        early stopping (after `patience` epochs without improvement). The same seed gives the same
+        early stopping (after `patience` epochs without improvement; before that, the learning rate is
+        cut `lr_reductions` times after patience // 2 stale epochs). The same seed gives the same
         result. With `checkpoint_path`, the best parameters so far are written there every
         `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
         """
@@ -78,8 +80,11 @@ class Model:
             patience = max(10, -(-100 // steps))
         if learning_rate is None:
             learning_rate = 0.02 if spec.story == "glm" else 1e-3
+        if lr_reductions is None:  # the GLM's guide scales need small final steps; the cVAE does not
+            lr_reductions = 2 if spec.story == "glm" else 0
         config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                             patience=patience, checkpoint_every=checkpoint_every, progress=progress)
+                             patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
+                             progress=progress)
 
         def make(params, history):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
