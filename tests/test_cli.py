@@ -90,3 +90,20 @@ def test_prediction_arguments_are_checked_before_any_jax_work(fitted, yeast_smal
         fit.predict(obs, n_samples=0)
     with pytest.raises(pg.DataError, match="library_size must be positive"):
         fit.predict(obs, n_samples=5, library_size=-1.0)
+
+
+def test_fit_from_a_spec_file_and_check_writes_the_report(yeast_small, tmp_path):
+    folder, a = yeast_small
+    spec = pg.ModelSpec.create("~ strain", "nb", dispersion="gene-group", dispersion_key="strain")
+    spec.save(tmp_path / "spec.toml")
+    model = tmp_path / "m.npz"
+    res = runner.invoke(app, ["fit", str(folder / "y.h5ad"), "--spec", str(tmp_path / "spec.toml"),
+                              "--max-epochs", "30", "--out", str(model)])
+    assert res.exit_code == 0, res.output
+    assert pg.load(model).spec == spec
+    res = runner.invoke(app, ["check", str(model), "--data", str(folder / "y.h5ad"), "--n-samples", "30",
+                              "--out", str(tmp_path / "report")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["n_obs"] == a.n_obs and report["n_genes"] == a.n_vars
+    assert set(report["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
