@@ -16,7 +16,7 @@ from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
 from probgex.errors import DataError, ModelFileError
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
-from probgex.inference.predictive import Draws, check_levels, empirical_intervals, pit_coverage
+from probgex.inference.predictive import Draws, check_levels, deciles, empirical_intervals, pit_coverage
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
@@ -298,7 +298,7 @@ class Fit:
             pit[rows] = d.randomized_pit(y, rng, parts)
             p_low[rows], p_high[rows] = d.tail_probabilities(y, parts)
             mean[rows] = d.moments()[0]
-        decile = _deciles(mean.mean(0))
+        decile = deciles(mean.mean(0))
         by_decile = np.array([pit_coverage(pit[:, decile == k], levels) for k in range(10)])
         lpd = self.log_predictive_density(data, n_samples=n_samples, seed=seed)
         coords = {"obs": np.asarray(data.obs.index, dtype=str), "gene": np.asarray(self.var_names, dtype=str),
@@ -390,12 +390,6 @@ def _rows(a, m: int, size: int) -> np.ndarray | None:
         return None
     a = np.asarray(a)
     return a[..., :m, :] if a.ndim >= 2 and a.shape[-2] == size else a
-
-
-def _deciles(values: np.ndarray) -> np.ndarray:
-    """Decile (0-9) of each value by rank."""
-    ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
-    return (ranks * 10 // len(values)).astype(int)
 
 
 def load(path: str | Path) -> Fit:

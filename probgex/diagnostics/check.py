@@ -14,7 +14,7 @@ from probgex.diagnostics import pit as pitmod
 from probgex.diagnostics.ppc import Summaries, gene_programs, most_variable
 from probgex.diagnostics.report import Report
 from probgex.diagnostics.scores import coverage_table, crps_from_samples, inside, interval_score, sample_pit
-from probgex.inference.predictive import check_levels, sorted_intervals
+from probgex.inference.predictive import check_levels, deciles, sorted_intervals
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -60,7 +60,7 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
             acc.add(rows, y, x)
             bar.update(task, advance=len(rows))
     gene_mean = mean.mean(0)
-    decile = (np.argsort(np.argsort(gene_mean, kind="stable"), kind="stable") * 10 // G).astype(int)
+    decile = deciles(gene_mean)
     cov = coverage_table(u, levels, decile)
     lpd = fit.log_predictive_density(data, n_samples=min(n_samples, 100), seed=seed)
     prog_u = sample_pit(acc.rep_prog, acc.obs_prog, rng)

@@ -92,6 +92,12 @@ def pit_coverage(u: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     return np.array([np.mean((u >= (1 - a) / 2) & (u <= (1 + a) / 2)) for a in levels])
 
 
+def deciles(values: np.ndarray) -> np.ndarray:
+    """Decile (0-9) of each value by rank (ties broken by position)."""
+    ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+    return (ranks * 10 // len(values)).astype(int)
+
+
 def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
     levels = tuple(float(a) for a in levels)
     if not levels or any(not 0 < a < 1 for a in levels):
