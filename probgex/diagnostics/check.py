@@ -13,8 +13,8 @@ from rich.progress import Progress
 from probgex.diagnostics import pit as pitmod
 from probgex.diagnostics.ppc import Summaries, gene_programs, most_variable
 from probgex.diagnostics.report import Report
-from probgex.diagnostics.scores import coverage_table, crps_from_samples, inside, interval_score, sample_pit
-from probgex.inference.predictive import check_levels, deciles, sorted_intervals
+from probgex.diagnostics.scores import coverage_table, crps_from_samples, interval_score, sample_pit
+from probgex.inference.predictive import check_levels, deciles, inside, sorted_intervals
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 

@@ -6,10 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def inside(u: np.ndarray, level: float) -> np.ndarray:
-    """Whether randomized-PIT values fall in the central interval of `level` (exact for counts)."""
-    return (u >= (1 - level) / 2) & (u <= (1 + level) / 2)
+from probgex.inference.predictive import inside
 
 
 def coverage_table(u: np.ndarray, levels: Sequence[float], gene_decile: np.ndarray) -> dict:

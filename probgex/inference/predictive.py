@@ -86,10 +86,14 @@ def sorted_intervals(sorted_samples: np.ndarray, levels: Sequence[float]) -> tup
     return np.stack([at((1 - a) / 2) for a in levels]), np.stack([at((1 + a) / 2) for a in levels])
 
 
+def inside(u: np.ndarray, level: float) -> np.ndarray:
+    """Whether randomized-PIT values fall in the central interval of `level` (exact for counts)."""
+    return (u >= (1 - level) / 2) & (u <= (1 + level) / 2)
+
+
 def pit_coverage(u: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """Share of PIT values inside the central band of each level (L,): equals the level if calibrated."""
-    u = np.asarray(u)
-    return np.array([np.mean((u >= (1 - a) / 2) & (u <= (1 + a) / 2)) for a in levels])
+    return np.array([np.mean(inside(np.asarray(u), a)) for a in levels])
 
 
 def deciles(values: np.ndarray) -> np.ndarray:
