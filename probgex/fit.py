@@ -75,7 +75,8 @@ class Model:
         story = build_story(spec, dims, log_mean, beta0, tril)
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
-            max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else 400
+            # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
+            max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else max(400, -(-4000 // steps))
         if patience is None:  # epochs; at least ~100 steps, so a noisy held-out loss does not stop a small fit early
             patience = max(10, -(-100 // steps))
         if learning_rate is None:
