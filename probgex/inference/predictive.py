@@ -19,8 +19,9 @@ class Draws:
     def __init__(self, kind: str, mu: np.ndarray, theta: np.ndarray | None, gate: np.ndarray | None):
         self.kind = kind
         self.mu = np.asarray(mu, np.float64)
-        self.theta = None if theta is None else np.broadcast_to(np.asarray(theta, np.float64), self.mu.shape)
-        self.gate = None if gate is None else np.broadcast_to(np.asarray(gate, np.float64), self.mu.shape)
+        # theta and gate keep their own (broadcastable) shapes: per-gene terms are then computed per gene
+        self.theta = None if theta is None else np.asarray(theta, np.float64)
+        self.gate = None if gate is None else np.asarray(gate, np.float64)
 
     def scaled(self, factor: np.ndarray) -> "Draws":
         """Multiply every mean by `factor` (broadcast to (S, n, 1)), e.g. library sizes."""

@@ -51,7 +51,7 @@ class CVAE:
         # rho floored at e^-30: an underflowed mean of exactly 0 makes log p(x > 0) = -inf and the
         # gradient NaN (seen on bulk counts of 1e7 per sample after a large first step)
         mu = jnp.exp(log_lib[..., None] + jnp.maximum(jax.nn.log_softmax(outs[0], axis=-1), -30.0))
-        theta = None if log_theta is None else jnp.exp(log_theta)[group]
+        theta = None if log_theta is None else jnp.exp(log_theta)[group] if self.K > 1 else jnp.exp(log_theta)
         gate = outs[1] if self.kind == "zinb" else None
         return mu, theta, gate
 

@@ -130,7 +130,7 @@ class GLM:
         """
         beta, theta, gate = self.split(self.draw_gene_params(params, key, n))
         mu = jnp.exp(batch.log_lib[None, :, None] + jnp.einsum("bp,spg->sbg", batch.design, beta))
-        th = None if theta is None else theta[:, batch.group, :]
+        th = None if theta is None else theta[:, batch.group, :] if self.K > 1 else theta  # (n, 1, G): per gene
         return mu, th, None if gate is None else gate[:, None, :]
 
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
