@@ -136,19 +136,27 @@ def _np_stirling_tail(z):
 def _lgamma_ratio(x: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """lgamma(x + t) - lgamma(t) - x log t: directly for t < 10, by Stirling's series above.
 
-    Terms of theta alone are computed at theta's own shape (often one per gene, broadcast later), and
-    a branch that no entry needs is skipped: both matter on (draws x obs x genes) arrays.
+    Each entry is computed by its own branch only (on (draws x obs x genes) arrays computing both and
+    selecting cost about 2.5x).
     """
     small_t = theta < _STIRLING_MIN
-    out = None
-    if np.any(small_t):
-        ts = np.minimum(theta, _STIRLING_MIN)
-        out = special.gammaln(x + ts) - (special.gammaln(ts) + x * np.log(ts))
-    if not np.all(small_t):
-        tl = np.maximum(theta, _STIRLING_MIN)
-        large = (x + tl - 0.5) * np.log1p(x / tl) - x + _np_stirling_tail(x + tl) - _np_stirling_tail(tl)
-        out = large if out is None else np.where(small_t, out, large)
+    if np.all(small_t):
+        return _lgamma_ratio_small(x, theta)
+    if not np.any(small_t):
+        return _lgamma_ratio_large(x, theta)
+    x, theta, small_t = np.broadcast_arrays(x, theta, small_t)
+    out = np.empty(x.shape)
+    out[small_t] = _lgamma_ratio_small(x[small_t], theta[small_t])
+    out[~small_t] = _lgamma_ratio_large(x[~small_t], theta[~small_t])
     return out
+
+
+def _lgamma_ratio_small(x, t):
+    return special.gammaln(x + t) - (special.gammaln(t) + x * np.log(t))
+
+
+def _lgamma_ratio_large(x, t):
+    return (x + t - 0.5) * np.log1p(x / t) - x + _np_stirling_tail(x + t) - _np_stirling_tail(t)
 
 
 def pmf(kind: str, x, mu, theta=None, gate_logits=None) -> np.ndarray:
