@@ -47,13 +47,14 @@ class CVAE:
         return dist.Normal(self.lib_loc, self.lib_scale)
 
     def _likelihood(self, decoder_net, z, log_lib, design, group, log_theta):
+        """(mu, theta, gate, log mu) of the count likelihood."""
         outs = decoder_net(concat(z, design))
         # rho floored at e^-30: an underflowed mean of exactly 0 makes log p(x > 0) = -inf and the
         # gradient NaN (seen on bulk counts of 1e7 per sample after a large first step)
-        mu = jnp.exp(log_lib[..., None] + jnp.maximum(jax.nn.log_softmax(outs[0], axis=-1), -30.0))
+        log_mu = log_lib[..., None] + jnp.maximum(jax.nn.log_softmax(outs[0], axis=-1), -30.0)
         theta = None if log_theta is None else jnp.exp(log_theta)[group] if self.K > 1 else jnp.exp(log_theta)
         gate = outs[1] if self.kind == "zinb" else None
-        return mu, theta, gate
+        return jnp.exp(log_mu), theta, gate, log_mu
 
     def _log_theta(self):
         if self.kind == "poisson":
@@ -79,8 +80,9 @@ class CVAE:
             log_lib = batch.log_lib
             if self.latent_library:
                 log_lib = numpyro.sample("log_library", self._lib_prior())
-            mu, theta, gate = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta)
-            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False).to_event(1), obs=batch.x)
+            mu, theta, gate, log_mu = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta)
+            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False, log_mu=log_mu
+                                                   ).to_event(1), obs=batch.x)
 
     def guide(self, batch: Batch):
         encoder_net = nnx_module("encoder", self.encoder)
@@ -118,7 +120,7 @@ class CVAE:
             log_lib = _draw(q_l, kl, n)
         log_theta = None if self.kind == "poisson" else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
-        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
+        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)[:3]
 
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """Importance-sampling estimate of log p(x_b | c_b) per row with the encoder as proposal: (B,)."""
@@ -133,8 +135,8 @@ class CVAE:
             log_w = log_w + self._lib_prior().log_prob(log_lib) - q_l.log_prob(log_lib)
         log_theta = None if self.kind == "poisson" else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
-        mu, theta, gate = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
-        ll = count_distribution(self.kind, mu, theta, gate).log_prob(batch.x[None]).sum(-1)
+        mu, theta, gate, log_mu = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
+        ll = count_distribution(self.kind, mu, theta, gate, log_mu=log_mu).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll + log_w, axis=0)
 
 

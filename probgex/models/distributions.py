@@ -18,13 +18,13 @@ class FastNB2(dist.NegativeBinomial2):
 
     normalized = True
 
-    def __init__(self, mean, concentration, *, validate_args=None):
-        self.mean_ = mean
+    def __init__(self, mean, concentration, *, log_mean=None, validate_args=None):
+        self.mean_, self.log_mean_ = mean, log_mean
         super().__init__(mean, concentration, validate_args=validate_args)
 
     @validate_sample
     def log_prob(self, value):
-        return nb_log_prob(value, self.mean_, self.concentration, normalized=self.normalized)
+        return nb_log_prob(value, self.mean_, self.concentration, normalized=self.normalized, log_mu=self.log_mean_)
 
 
 class FastZINB(dist.ZeroInflatedLogits):
@@ -32,13 +32,14 @@ class FastZINB(dist.ZeroInflatedLogits):
 
     normalized = True
 
-    def __init__(self, mean, concentration, gate_logits, *, validate_args=None):
-        self.mean_, self.concentration_ = mean, concentration
+    def __init__(self, mean, concentration, gate_logits, *, log_mean=None, validate_args=None):
+        self.mean_, self.concentration_, self.log_mean_ = mean, concentration, log_mean
         super().__init__(FastNB2(mean, concentration), gate_logits=gate_logits, validate_args=validate_args)
 
     @validate_sample
     def log_prob(self, value):
-        return zinb_log_prob(value, self.mean_, self.concentration_, self.gate_logits, normalized=self.normalized)
+        return zinb_log_prob(value, self.mean_, self.concentration_, self.gate_logits,
+                             normalized=self.normalized, log_mu=self.log_mean_)
 
 
 class FastPoisson(dist.Poisson):
@@ -67,17 +68,18 @@ _CLASSES = {True: {"poisson": FastPoisson, "nb": FastNB2, "zinb": FastZINB},
             False: {"poisson": _PoissonUnnormalized, "nb": _NB2Unnormalized, "zinb": _ZINBUnnormalized}}
 
 
-def count_distribution(kind: str, mu, theta=None, gate_logits=None, *, normalized: bool = True
-                       ) -> dist.Distribution:
+def count_distribution(kind: str, mu, theta=None, gate_logits=None, *, normalized: bool = True,
+                       log_mu=None) -> dist.Distribution:
     """The likelihood of a count entry: 'poisson', 'nb' or 'zinb' (`kind` is static). With
-    `normalized=False` the log-pmf omits -log x! (for training objectives: same gradients)."""
+    `normalized=False` the log-pmf omits -log x! (for training objectives: same gradients);
+    `log_mu`, where the caller has it, saves a log per entry in the NB / ZINB log-pmf."""
     classes = _CLASSES[normalized]
     if kind == "poisson":
         return classes["poisson"](mu)
     if kind == "nb":
-        return classes["nb"](mu, theta)
+        return classes["nb"](mu, theta, log_mean=log_mu)
     if kind == "zinb":
-        return classes["zinb"](mu, theta, gate_logits)
+        return classes["zinb"](mu, theta, gate_logits, log_mean=log_mu)
     raise ValueError(f"unknown likelihood {kind!r}; use 'poisson', 'nb' or 'zinb'")
 
 

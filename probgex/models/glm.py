@@ -78,9 +78,9 @@ class GLM:
 
     def likelihood(self, v: jax.Array, batch: Batch) -> dist.Distribution:
         beta, theta, gate = self.split(v)
-        mu = jnp.exp(batch.log_lib[:, None] + batch.design @ beta)
+        log_mu = batch.log_lib[:, None] + batch.design @ beta
         th = None if theta is None else theta[batch.group]
-        return count_distribution(self.kind, mu, th, gate, normalized=False).to_event(1)
+        return count_distribution(self.kind, jnp.exp(log_mu), th, gate, normalized=False, log_mu=log_mu).to_event(1)
 
     def model(self, batch: Batch):
         with numpyro.plate("genes", self.G):
