@@ -201,9 +201,9 @@ def heldout_scores(fit, test, *, draws: int, mc_samples: int, seed: int) -> dict
         log_theta = None if kind == "poisson" else params["log_theta"]
 
         def loglik(z):
-            mu, theta, gate = story._likelihood(nets["decoder"], z, batch.log_lib, batch.design, batch.group,
-                                                log_theta)
-            return count_distribution(kind, mu, theta, gate).log_prob(batch.x).sum(-1)
+            mu, theta, gate, log_mu = story._likelihood(nets["decoder"], z, batch.log_lib, batch.design,
+                                                        batch.group, log_theta)
+            return count_distribution(kind, mu, theta, gate, log_mu=log_mu).log_prob(batch.x).sum(-1)
 
         prior = story._prior_dist(nets["prior"], batch.design)
         eps = jax.random.normal(key, (draws, *base.loc.shape), base.loc.dtype)
