@@ -89,6 +89,7 @@ class DeviceData(NamedTuple):
     log_lib: jax.Array
     design: jax.Array
     group: jax.Array
+    offset: jax.Array | None = None
 
 
 def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096) -> DeviceData:
@@ -96,8 +97,9 @@ def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096) -> DeviceDa
     for start in range(0, len(rows), chunk):
         x[start : start + chunk] = data.rows(rows[start : start + chunk])
     groups = np.zeros(len(rows), np.int32) if data.groups is None else data.groups[rows]
+    offset = None if data.offset is None else jnp.asarray(data.offset[rows].astype(np.float32))
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
-                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)))
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset)
 
 
 def make_epoch(svi: SVI):
@@ -107,7 +109,8 @@ def make_epoch(svi: SVI):
     def epoch(svi_state, dev: DeviceData, idx, mask, scale):
         def step(state, inp):
             i, m, s = inp
-            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s))
+            offset = None if dev.offset is None else dev.offset[i]
+            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s, offset))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 
@@ -147,7 +150,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
     svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
-    fits = len(train_idx) * data.n_genes * 4 <= config.device_budget_bytes
+    per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
+    fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
     if on_device:
         dev, run_epoch = _to_device(data, np.asarray(train_idx)), make_epoch(svi)

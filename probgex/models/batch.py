@@ -20,3 +20,4 @@ class Batch(NamedTuple):
     group: jax.Array  # (B,) int32 dispersion-group code (0 when dispersion is per gene)
     mask: jax.Array  # (B,) bool
     scale: jax.Array  # () float32
+    offset: jax.Array | None = None  # (B, G) float32 log stage-1 mean fraction (residual story only)
