@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import probgex as pg  # noqa: E402
+import probgex as pg
 
 
 def main(argv=None) -> dict:
@@ -66,7 +63,8 @@ def main(argv=None) -> dict:
     x = data.rows(np.arange(data.n_obs))
 
     genes = np.argsort(x.var(0) / (x.mean(0) + 1))[::-1][:6]  # the most variable genes
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    fig = Figure(figsize=(12, 6.5))
+    axes = fig.subplots(2, 3)
     for ax, g in zip(axes.ravel(), genes, strict=False):
         order = np.argsort(point[:, g])
         k = np.arange(len(order))
@@ -83,7 +81,6 @@ def main(argv=None) -> dict:
     fig.tight_layout()
     a.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out / "intervals.png", dpi=110)
-    plt.close(fig)
     summary = report.summary()
     print("coverage", summary["coverage"], "log predictive density", summary["mean_log_predictive_density"])
     return summary

@@ -1,14 +1,12 @@
-"""Figures of the calibration report (matplotlib, Agg backend)."""
+"""Figures of the calibration report: `matplotlib.figure.Figure` objects made without pyplot, so a
+report holds its figures without filling pyplot's global registry (or choosing a backend for the user)."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from probgex.diagnostics.pit import ecdf_counts, simultaneous_band  # noqa: E402
+from probgex.diagnostics.pit import ecdf_counts, simultaneous_band
 
 
 def pit_ecdf(u: np.ndarray, prob: float = 0.99):
@@ -16,7 +14,8 @@ def pit_ecdf(u: np.ndarray, prob: float = 0.99):
     u = np.ravel(u)
     band = simultaneous_band(len(u), 100, prob)
     c = ecdf_counts(u, band.z) / band.n
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.fill_between(band.z, band.lower / band.n - band.z, band.upper / band.n - band.z, color="C0", alpha=0.2,
                     label=f"{prob:.0%} simultaneous band")
     ax.plot(band.z, c - band.z, color="C0", label="PIT ECDF - uniform")
@@ -28,7 +27,8 @@ def pit_ecdf(u: np.ndarray, prob: float = 0.99):
 
 
 def coverage_curve(levels, pooled):
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", lw=1)
     ax.plot(levels, pooled, "o-")
     ax.set(xlabel="nominal level", ylabel="held-out coverage", xlim=(0.4, 1), ylim=(0.4, 1),
@@ -38,7 +38,8 @@ def coverage_curve(levels, pooled):
 
 
 def coverage_by_decile(levels, by_decile):
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for i, lv in enumerate(levels):
         ax.plot(np.arange(1, 11), by_decile[:, i] - lv, "o-", label=f"{lv:.0%}")
     ax.axhline(0, color="grey", lw=0.5)
@@ -52,7 +53,8 @@ def coverage_by_decile(levels, by_decile):
 def relation(stats, x: str, y: str, title: str):
     """A per-gene relation (e.g. mean-variance), observed vs one replicated dataset."""
     (ox, rx), (oy, ry) = stats[x], stats[y]
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     tx = np.log10 if x in ("mean", "variance") else (lambda v: v)
     ty = np.log10 if y in ("mean", "variance") else (lambda v: v)
     with np.errstate(divide="ignore"):
@@ -70,7 +72,8 @@ def rootograms(genes: list[str], observed: list[np.ndarray], expected: list[np.n
     """Hanging rootograms: sqrt(expected frequency) per count bin as a curve, observed bars hanging
     from it (a bar below zero: more observed than expected)."""
     k = len(genes)
-    fig, axes = plt.subplots(1, k, figsize=(3 * k, 3), squeeze=False)
+    fig = Figure(figsize=(3 * k, 3))
+    axes = fig.subplots(1, k, squeeze=False)
     for ax, g, o, e, b in zip(axes[0], genes, observed, expected, edges, strict=True):
         so, se = np.sqrt(o), np.sqrt(e)
         ax.bar(b[:-1], so, width=np.diff(b) * 0.9, bottom=se - so, align="edge", color="C0", alpha=0.6)
@@ -86,7 +89,8 @@ def summary_statistics(stats: dict, obs_stats: dict, corr: tuple[np.ndarray, np.
     """Observed vs replicated distributions of every summary statistic (per gene: log mean, log
     variance, zero fraction, CV; per observation: log library size, zero fraction) and the gene-gene
     correlation matrices of the most variable genes, side by side."""
-    fig, axes = plt.subplots(2, 4, figsize=(14, 6.5))
+    fig = Figure(figsize=(14, 6.5))
+    axes = fig.subplots(2, 4)
     panels = [(k, np.log1p if k in ("mean", "variance") else (lambda v: v), o, r) for k, (o, r) in stats.items()]
     panels += [(k, np.log1p if k == "library_size" else (lambda v: v), o, r) for k, (o, r) in obs_stats.items()]
     for ax, (name, t, o, r) in zip(axes.ravel()[:6], panels, strict=True):
