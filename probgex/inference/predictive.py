@@ -58,8 +58,9 @@ class Draws:
         return lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
 
     def below_and_at(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need."""
-        return self.cdf(y - 1), self.pmf(y)
+        """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need
+        (by the pmf recursion for small counts, see `likelihoods.mixture_below_and_at`)."""
+        return lk.mixture_below_and_at(self.kind, y, self.mu, self.theta, self.gate)
 
     def randomized_pit(self, y: np.ndarray, rng: np.random.Generator, below_and_at=None) -> np.ndarray:
         """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""
