@@ -362,3 +362,60 @@ def test_mixture_below_and_at_broadcasts_draws_over_entries():
     want_below, want_at = _scipy_below_at("nb", y, mu, th, None)
     np.testing.assert_allclose(below, want_below, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(at, want_at, rtol=1e-10, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- inversion sampler
+INVERSE_CASES = [  # small means (inversion, some past max_steps), large means (Gamma-Poisson), ZINB
+    ("poisson", 0.3, None, None), ("poisson", 3.5, None, None), ("poisson", 40.0, None, None),
+    ("nb", 0.05, 0.02, None), ("nb", 2.0, 0.5, None), ("nb", 3.9, 0.02, None), ("nb", 1.0, 1e8, None),
+    ("nb", 30.0, 2.0, None), ("zinb", 2.0, 0.5, -1.0), ("zinb", 20.0, 3.0, 0.5),
+]
+
+
+@pytest.mark.parametrize(("kind", "mu", "theta", "gate"), INVERSE_CASES)
+def test_sample_counts_inverse_matches_the_exact_pmf(kind, mu, theta, gate):
+    """Chi-square goodness of fit of 200,000 draws against the exact pmf (cells with >= 20 expected,
+    the rest pooled), plus the moments as in test_sample_counts_moments."""
+    n = 200_000
+    rng = np.random.default_rng(11)
+    x = lk.sample_counts_inverse(kind, rng, np.full(n, mu), None if theta is None else np.full(n, theta),
+                                 None if gate is None else np.full(n, gate))
+    assert x.shape == (n,) and x.dtype == np.int64 and x.min() >= 0
+    kmax = int(x.max())
+    p = lk.pmf(kind, np.arange(kmax + 1.0), mu, theta, gate)
+    expected = n * p
+    keep = expected >= 20
+    obs = np.r_[np.bincount(x, minlength=kmax + 1)[keep], n - np.bincount(x, minlength=kmax + 1)[keep].sum()]
+    exp = np.r_[expected[keep], n - expected[keep].sum()]
+    if exp[-1] < 20:  # fold a tiny pooled cell into the largest one
+        obs, exp = obs[:-1], exp[:-1]
+        obs[np.argmax(exp)] += n - obs.sum()
+        exp[np.argmax(exp)] += n - exp.sum()
+    assert stats.chisquare(obs, exp).pvalue > 1e-4
+    pi = 0.0 if gate is None else float(1 / (1 + np.exp(-gate)))
+    mean, var, se_mean, se_var = moments(mu, theta, pi)
+    assert abs(x.mean() - mean) <= 5 * se_mean * math.sqrt(N_DRAWS / n)
+
+
+@pytest.mark.parametrize(("kind", "mu", "theta"), [("nb", 3.0, 0.05), ("nb", 1.5, 4.0), ("poisson", 3.9, None)])
+def test_inversion_by_recursion_equals_scipy_inverse_cdf(kind, mu, theta):
+    """The recursion's inversion and scipy's ppf at the same uniforms (max_steps=0 sends every nonzero
+    draw to scipy's ppf) give the same counts."""
+    n = 100_000
+    mus = np.random.default_rng(3).uniform(0.1, mu, n)
+    th = None if theta is None else np.full(n, theta)
+    a = lk.sample_counts_inverse(kind, np.random.default_rng(5), mus, th)
+    b = lk.sample_counts_inverse(kind, np.random.default_rng(5), mus, th, max_steps=0)
+    assert np.mean(a > 0) > 0.1
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sample_counts_inverse_broadcasts_and_uses_given_zero_prob():
+    rng = np.random.default_rng(2)
+    mu = rng.gamma(1.0, 2.0, size=(4, 3, 5))
+    th = rng.gamma(2.0, 1.0, size=(4, 1, 5))
+    x = lk.sample_counts_inverse("nb", np.random.default_rng(0), mu, th)
+    assert x.shape == (4, 3, 5) and x.dtype == np.int64
+    y = lk.sample_counts_inverse("nb", np.random.default_rng(0), mu, th, p0=lk.zero_prob("nb", mu, th))
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(lk.zero_prob("nb", mu, th), stats.nbinom.pmf(0, th, th / (th + mu)), rtol=1e-12)

@@ -7,6 +7,7 @@ probabilities use the exact predictive CDF, a mixture over the S parameter draws
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 
@@ -38,8 +39,13 @@ class Draws:
         return np.log(lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate))
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One count per draw: (S, n, G)."""
-        return lk.sample_counts(self.kind, rng, self.mu, self.theta, self.gate)
+        """One count per draw: (S, n, G) (inversion for small means, Gamma-Poisson for large ones)."""
+        return lk.sample_counts_inverse(self.kind, rng, self.mu, self.theta, self.gate, p0=self.zero_prob)
+
+    @cached_property
+    def zero_prob(self) -> np.ndarray:
+        """P(X = 0) of the Poisson / NB part per draw and entry (S, n, G), shared by PIT and sampling."""
+        return lk.zero_prob(self.kind, self.mu, self.theta)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact predictive mean and sd (law of total variance over the draws): (n, G) each."""
@@ -60,7 +66,7 @@ class Draws:
     def below_and_at(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need
         (by the pmf recursion for small counts, see `likelihoods.mixture_below_and_at`)."""
-        return lk.mixture_below_and_at(self.kind, y, self.mu, self.theta, self.gate)
+        return lk.mixture_below_and_at(self.kind, y, self.mu, self.theta, self.gate, p0=self.zero_prob)
 
     def randomized_pit(self, y: np.ndarray, rng: np.random.Generator, below_and_at=None) -> np.ndarray:
         """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""
