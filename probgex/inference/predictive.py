@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
+from scipy.special import expit
 
 from probgex.models import likelihoods as lk
 
@@ -46,6 +47,11 @@ class Draws:
     def zero_prob(self) -> np.ndarray:
         """P(X = 0) of the Poisson / NB part per draw and entry (S, n, G), shared by PIT and sampling."""
         return lk.zero_prob(self.kind, self.mu, self.theta)
+
+    def mean(self) -> np.ndarray:
+        """Exact predictive mean (n, G): the first of `moments` without the variance's passes."""
+        m = self.mu if self.gate is None else self.mu * expit(-self.gate)
+        return m.mean(0)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact predictive mean and sd (law of total variance over the draws): (n, G) each."""
