@@ -419,3 +419,21 @@ def test_sample_counts_inverse_broadcasts_and_uses_given_zero_prob():
     y = lk.sample_counts_inverse("nb", np.random.default_rng(0), mu, th, p0=lk.zero_prob("nb", mu, th))
     np.testing.assert_array_equal(x, y)
     np.testing.assert_allclose(lk.zero_prob("nb", mu, th), stats.nbinom.pmf(0, th, th / (th + mu)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", lk.KINDS)
+def test_draws_mean_and_sample_agree_with_moments(kind):
+    """Draws.mean is the first of Draws.moments (ZINB: (1 - pi) mu), and Draws.sample (inversion for
+    small means, Gamma-Poisson above) has that mean."""
+    from probgex.inference.predictive import Draws
+
+    rng = np.random.default_rng(4)
+    mu = rng.gamma(1.0, 3.0, size=(40, 3, 4))
+    th = None if kind == "poisson" else rng.gamma(2.0, 1.0, size=(40, 1, 4))
+    g = rng.normal(size=(40, 1, 4)) if kind == "zinb" else None
+    d = Draws(kind, mu, th, g)
+    m, sd = d.moments()
+    np.testing.assert_allclose(d.mean(), m, rtol=1e-12)
+    x = np.stack([d.sample(rng) for _ in range(250)]).astype(np.float64)  # (250, 40, 3, 4)
+    se = sd / np.sqrt(x.shape[0] * x.shape[1])
+    assert np.all(np.abs(x.mean((0, 1)) - m) < 5 * se)
