@@ -4,6 +4,7 @@ import json
 
 import anndata as ad
 import arviz as az
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,3 +147,19 @@ def test_report_files_and_arviz_export(nb_data, nb_fit, tmp_path):
     assert az.plot_ppc_pit(one) is not None and az.plot_ppc_rootogram(one) is not None
     with pytest.raises(ValueError, match="genes not in the model"):
         dg.to_datatree(f, test, genes=["nope"])
+
+
+def test_check_results_do_not_depend_on_the_number_of_threads(nb_data, nb_fit):
+    """Blocks are scored on worker threads with per-block random streams: the same numbers from 1 or 3
+    workers (two blocks of observations here), and the predictive mean is the exact mixture mean."""
+    test = nb_data[1]
+    one = dg.check(nb_fit, test, n_samples=50, progress=False, workers=1)
+    three = dg.check(nb_fit, test, n_samples=50, progress=False, workers=3)
+    for name in ("pit", "predicted_mean", "crps", "interval_score", "program_pit", "coverage_by_decile"):
+        np.testing.assert_array_equal(one.results[name].values, three.results[name].values)
+    np.testing.assert_array_equal(one.ppc.rep_sum, three.ppc.rep_sum)
+    data = nb_fit.data(test)
+    rows, d = next(nb_fit.predictive_blocks(data, 50, jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(one.results["predicted_mean"].values[rows], d.moments()[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="workers"):
+        dg.check(nb_fit, test, n_samples=50, progress=False, workers=0)

@@ -282,3 +282,158 @@ def test_host_pmf_matches_exact_product_formula(theta):
         lp = (math.fsum(math.log1p((i - mu) / (theta + mu)) for i in range(x)) - math.lgamma(x + 1)
               + x * math.log(mu) - theta * math.log1p(mu / theta))
         assert lk.pmf("nb", np.array([float(x)]), mu, theta)[0] == pytest.approx(math.exp(lp), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- mixture P(X < y), P(X = y)
+def _scipy_below_at(kind, y, mu, theta, gate):
+    """Reference from scipy.stats, per draw then averaged over axis 0."""
+    if kind == "poisson":
+        below, at = stats.poisson.cdf(y - 1, mu), stats.poisson.pmf(y, mu)
+    else:
+        p = theta / (theta + mu)
+        below, at = stats.nbinom.cdf(y - 1, theta, p), stats.nbinom.pmf(y, theta, p)
+    if kind == "zinb":
+        pi = 1 / (1 + np.exp(-gate))
+        below, at = np.where(y >= 1, pi + (1 - pi) * below, 0.0), (1 - pi) * at + pi * (y == 0)
+    return below.mean(0), at.mean(0)
+
+
+def _exact_nb_below_at(y, mu, theta):
+    """NB P(X < y), P(X = y) per draw from log p(k) = sum_{i<k} log1p((i - mu) / (theta + mu))
+    - log k! + k log mu - theta log1p(mu / theta) (no cancellation at any theta), summed over k."""
+    below, at = np.empty(mu.shape), np.empty(mu.shape)
+    for s, j in itertools.product(range(mu.shape[0]), range(mu.shape[1])):
+        m, t, k = mu[s, j], theta[s, j], int(y[j])
+        i = np.arange(k + 1, dtype=np.float64)
+        logp = (np.r_[0.0, np.cumsum(np.log1p((i[:-1] - m) / (t + m)))] - gammaln(i + 1) + i * np.log(m)
+                - t * np.log1p(m / t))
+        p = np.exp(logp)
+        below[s, j], at[s, j] = math.fsum(p[:-1]), p[-1]
+    return below, at
+
+
+@pytest.mark.parametrize("kind", lk.KINDS)
+def test_mixture_below_and_at_matches_scipy(kind):
+    """The pmf recursion (counts up to max_steps) and its fallback (larger counts, near-underflow
+    P(X = 0)) against scipy.stats over counts 0..80, the recursion's edge (64, 65) and large counts,
+    means from 1e-3 to 900 and concentrations from 1e-3 to 1e8; a mixture of 3 draws per entry."""
+    rng = np.random.default_rng(0)
+    ys = np.r_[np.arange(0, 81), 64, 65, 200, 900, 3000].astype(np.float64)
+    mus, thetas = [1e-3, 0.5, 3.0, 40.0, 900.0], [1e-3, 0.3, 5.0, 1e3, 1e8]
+    y, mu, th = grid(ys, mus, thetas)
+    # three draws per entry: the grid's parameters scaled by different factors
+    mu_s = mu[None] * np.array([1.0, 0.7, 1.4])[:, None]
+    th_s = th[None] * np.array([1.0, 1.3, 0.8])[:, None]
+    g_s = rng.normal(-1.0, 1.0, size=mu_s.shape)
+    th_k = None if kind == "poisson" else th_s
+    g_k = g_s if kind == "zinb" else None
+    below, at = lk.mixture_below_and_at(kind, y, mu_s, th_k, g_k)
+    want_below, want_at = _scipy_below_at(kind, y, mu_s, th_s, g_s)
+    assert below.dtype == at.dtype == np.float64 and below.shape == y.shape
+    big = th >= 1e6 if kind != "poisson" else np.zeros(len(y), bool)
+    for got, want in ((below, want_below), (at, want_at)):
+        np.testing.assert_allclose(got[~big], want[~big], rtol=1e-10, atol=1e-14)
+    if np.any(big):  # scipy's nbinom loses ~1e-5 relative at theta ~ 1e8: the product formula instead
+        exact_below, exact_at = _exact_nb_below_at(y[big], mu_s[:, big], th_s[:, big])
+        if kind == "zinb":
+            pi = 1 / (1 + np.exp(-g_s[:, big]))
+            yy = y[big]
+            exact_below = np.where(yy >= 1, pi + (1 - pi) * exact_below, 0.0)
+            exact_at = (1 - pi) * exact_at + pi * (yy == 0)
+        np.testing.assert_allclose(below[big], exact_below.mean(0), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(at[big], exact_at.mean(0), rtol=1e-10, atol=1e-14)
+    # the recursion and the special-function path agree to near machine precision
+    old_below = lk.cdf(kind, y[None] - 1, mu_s, th_k, g_k).mean(0)
+    old_at = lk.pmf(kind, y[None], mu_s, th_k, g_k).mean(0)
+    np.testing.assert_allclose(below, old_below, rtol=1e-8 if kind != "poisson" else 1e-11, atol=1e-14)
+    np.testing.assert_allclose(at, old_at, rtol=1e-11, atol=1e-300)
+    no_rec = lk.mixture_below_and_at(kind, y, mu_s, th_k, g_k, max_steps=0)
+    np.testing.assert_allclose(no_rec[0], old_below, rtol=0, atol=0)
+    np.testing.assert_allclose(no_rec[1], old_at[:], rtol=0, atol=0)
+
+
+def test_mixture_below_and_at_broadcasts_draws_over_entries():
+    """Parameters (S, 1, G) broadcast against counts (n, G), as the GLM's per-gene theta does."""
+    rng = np.random.default_rng(1)
+    mu = rng.gamma(1.0, 3.0, size=(5, 4, 6))
+    th = rng.gamma(2.0, 1.0, size=(5, 1, 6))
+    y = rng.poisson(3.0, size=(4, 6)).astype(np.float64)
+    below, at = lk.mixture_below_and_at("nb", y, mu, th)
+    want_below, want_at = _scipy_below_at("nb", y, mu, th, None)
+    np.testing.assert_allclose(below, want_below, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(at, want_at, rtol=1e-10, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- inversion sampler
+INVERSE_CASES = [  # small means (inversion, some past max_steps), large means (Gamma-Poisson), ZINB
+    ("poisson", 0.3, None, None), ("poisson", 3.5, None, None), ("poisson", 40.0, None, None),
+    ("nb", 0.05, 0.02, None), ("nb", 2.0, 0.5, None), ("nb", 3.9, 0.02, None), ("nb", 1.0, 1e8, None),
+    ("nb", 30.0, 2.0, None), ("zinb", 2.0, 0.5, -1.0), ("zinb", 20.0, 3.0, 0.5),
+]
+
+
+@pytest.mark.parametrize(("kind", "mu", "theta", "gate"), INVERSE_CASES)
+def test_sample_counts_inverse_matches_the_exact_pmf(kind, mu, theta, gate):
+    """Chi-square goodness of fit of 200,000 draws against the exact pmf (cells with >= 20 expected,
+    the rest pooled), plus the moments as in test_sample_counts_moments."""
+    n = 200_000
+    rng = np.random.default_rng(11)
+    x = lk.sample_counts_inverse(kind, rng, np.full(n, mu), None if theta is None else np.full(n, theta),
+                                 None if gate is None else np.full(n, gate))
+    assert x.shape == (n,) and x.dtype == np.int64 and x.min() >= 0
+    kmax = int(x.max())
+    p = lk.pmf(kind, np.arange(kmax + 1.0), mu, theta, gate)
+    expected = n * p
+    keep = expected >= 20
+    obs = np.r_[np.bincount(x, minlength=kmax + 1)[keep], n - np.bincount(x, minlength=kmax + 1)[keep].sum()]
+    exp = np.r_[expected[keep], n - expected[keep].sum()]
+    if exp[-1] < 20:  # fold a tiny pooled cell into the largest one
+        obs, exp = obs[:-1], exp[:-1]
+        obs[np.argmax(exp)] += n - obs.sum()
+        exp[np.argmax(exp)] += n - exp.sum()
+    assert stats.chisquare(obs, exp).pvalue > 1e-4
+    pi = 0.0 if gate is None else float(1 / (1 + np.exp(-gate)))
+    mean, var, se_mean, se_var = moments(mu, theta, pi)
+    assert abs(x.mean() - mean) <= 5 * se_mean * math.sqrt(N_DRAWS / n)
+
+
+@pytest.mark.parametrize(("kind", "mu", "theta"), [("nb", 3.0, 0.05), ("nb", 1.5, 4.0), ("poisson", 3.9, None)])
+def test_inversion_by_recursion_equals_scipy_inverse_cdf(kind, mu, theta):
+    """The recursion's inversion and scipy's ppf at the same uniforms (max_steps=0 sends every nonzero
+    draw to scipy's ppf) give the same counts."""
+    n = 100_000
+    mus = np.random.default_rng(3).uniform(0.1, mu, n)
+    th = None if theta is None else np.full(n, theta)
+    a = lk.sample_counts_inverse(kind, np.random.default_rng(5), mus, th)
+    b = lk.sample_counts_inverse(kind, np.random.default_rng(5), mus, th, max_steps=0)
+    assert np.mean(a > 0) > 0.1
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sample_counts_inverse_broadcasts_and_uses_given_zero_prob():
+    rng = np.random.default_rng(2)
+    mu = rng.gamma(1.0, 2.0, size=(4, 3, 5))
+    th = rng.gamma(2.0, 1.0, size=(4, 1, 5))
+    x = lk.sample_counts_inverse("nb", np.random.default_rng(0), mu, th)
+    assert x.shape == (4, 3, 5) and x.dtype == np.int64
+    y = lk.sample_counts_inverse("nb", np.random.default_rng(0), mu, th, p0=lk.zero_prob("nb", mu, th))
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(lk.zero_prob("nb", mu, th), stats.nbinom.pmf(0, th, th / (th + mu)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", lk.KINDS)
+def test_draws_mean_and_sample_agree_with_moments(kind):
+    """Draws.mean is the first of Draws.moments (ZINB: (1 - pi) mu), and Draws.sample (inversion for
+    small means, Gamma-Poisson above) has that mean."""
+    from probgex.inference.predictive import Draws
+
+    rng = np.random.default_rng(4)
+    mu = rng.gamma(1.0, 3.0, size=(40, 3, 4))
+    th = None if kind == "poisson" else rng.gamma(2.0, 1.0, size=(40, 1, 4))
+    g = rng.normal(size=(40, 1, 4)) if kind == "zinb" else None
+    d = Draws(kind, mu, th, g)
+    m, sd = d.moments()
+    np.testing.assert_allclose(d.mean(), m, rtol=1e-12)
+    x = np.stack([d.sample(rng) for _ in range(250)]).astype(np.float64)  # (250, 40, 3, 4)
+    se = sd / np.sqrt(x.shape[0] * x.shape[1])
+    assert np.all(np.abs(x.mean((0, 1)) - m) < 5 * se)

@@ -7,8 +7,10 @@ probabilities use the exact predictive CDF, a mixture over the S parameter draws
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
+from scipy.special import expit
 
 from probgex.models import likelihoods as lk
 
@@ -38,8 +40,18 @@ class Draws:
         return np.log(lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate))
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One count per draw: (S, n, G)."""
-        return lk.sample_counts(self.kind, rng, self.mu, self.theta, self.gate)
+        """One count per draw: (S, n, G) (inversion for small means, Gamma-Poisson for large ones)."""
+        return lk.sample_counts_inverse(self.kind, rng, self.mu, self.theta, self.gate, p0=self.zero_prob)
+
+    @cached_property
+    def zero_prob(self) -> np.ndarray:
+        """P(X = 0) of the Poisson / NB part per draw and entry (S, n, G), shared by PIT and sampling."""
+        return lk.zero_prob(self.kind, self.mu, self.theta)
+
+    def mean(self) -> np.ndarray:
+        """Exact predictive mean (n, G): the first of `moments` without the variance's passes."""
+        m = self.mu if self.gate is None else self.mu * expit(-self.gate)
+        return m.mean(0)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact predictive mean and sd (law of total variance over the draws): (n, G) each."""
@@ -58,8 +70,9 @@ class Draws:
         return lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
 
     def below_and_at(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need."""
-        return self.cdf(y - 1), self.pmf(y)
+        """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need
+        (by the pmf recursion for small counts, see `likelihoods.mixture_below_and_at`)."""
+        return lk.mixture_below_and_at(self.kind, y, self.mu, self.theta, self.gate, p0=self.zero_prob)
 
     def randomized_pit(self, y: np.ndarray, rng: np.random.Generator, below_and_at=None) -> np.ndarray:
         """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""

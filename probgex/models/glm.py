@@ -129,7 +129,10 @@ class GLM:
         The GLM has no per-observation latent, so `from_data` changes nothing: both are p(x | c, data).
         """
         beta, theta, gate = self.split(self.draw_gene_params(params, key, n))
-        mu = jnp.exp(batch.log_lib[None, :, None] + jnp.einsum("bp,spg->sbg", batch.design, beta))
+        # a broadcast product summed over the few design columns: XLA's CPU dot for this einsum
+        # ("bp,spg->sbg") was 2-2.5x slower on 200 draws x 32 rows x 2,000 genes (check_speed)
+        eta = (batch.design[None, :, :, None] * beta[:, None, :, :]).sum(2)
+        mu = jnp.exp(batch.log_lib[None, :, None] + eta)
         th = None if theta is None else theta[:, batch.group, :] if self.K > 1 else theta  # (n, 1, G): per gene
         return mu, th, None if gate is None else gate[:, None, :]
 

@@ -194,3 +194,120 @@ def cdf(kind: str, x, mu, theta=None, gate_logits=None) -> np.ndarray:
         if kind == "zinb":
             out = pi + (1.0 - pi) * out
     return np.where(x >= 0, out, 0.0)
+
+
+_RECURSION_MIN_P0 = 1e-260  # P(X = 0) below which the pmf recursion would start near underflow
+
+
+def zero_prob(kind: str, mu, theta=None) -> np.ndarray:
+    """P(X = 0) of the Poisson / NB part (no zero inflation): exp(-mu) or exp(-theta log1p(mu / theta))."""
+    mu, theta, _ = _host(kind if kind != "zinb" else "nb", mu, theta, None)
+    with np.errstate(under="ignore"):
+        return np.exp(-mu if kind == "poisson" else -theta * np.log1p(mu / theta))
+
+
+def mixture_below_and_at(kind: str, y, mu, theta=None, gate_logits=None, *, max_steps: int = 64,
+                         p0=None) -> tuple[np.ndarray, np.ndarray]:
+    """The mixture over draws (axis 0 of the parameters) of P(X < y) and P(X = y), in float64.
+
+    Parameters broadcast to (S, ...) and counts ``y`` to ``...``. The same values as
+    ``cdf(kind, y - 1, ...).mean(0)`` and ``pmf(kind, y, ...).mean(0)``, computed with far fewer special
+    functions: P(X = 0) = exp(-theta log1p(mu / theta)) (Poisson: exp(-mu)) for every draw and entry,
+    then for counts 1 <= y <= ``max_steps`` the pmf recursion p(k + 1) = p(k) (k + theta) / (k + 1)
+    * mu / (mu + theta) (Poisson: p(k) mu / (k + 1)), summing P(X < y) as it goes (only
+    multiplications; relative error ~ y ulp). Entries with larger counts, or whose P(X = 0) is near
+    underflow for some draw, use the incomplete beta / gamma CDF and the gammaln pmf. ``p0``: P(X = 0)
+    of the Poisson / NB part (`zero_prob`) if the caller has it.
+    """
+    mu, theta, pi = _host(kind, mu, theta, gate_logits)
+    S = mu.shape[0]
+    params = [a for a in (mu, theta, pi) if a is not None]
+    shape = np.broadcast_shapes(np.shape(y), *(a.shape[1:] for a in params))
+    flat = lambda a: None if a is None else np.broadcast_to(a, (S,) + shape).reshape(S, -1)  # noqa: E731
+    yb = np.broadcast_to(np.asarray(y, np.float64), shape).reshape(-1)
+    mu2, th2, pi2 = flat(mu), flat(theta), flat(pi)
+    p0 = flat(zero_prob(kind, mu, theta) if p0 is None else np.asarray(p0, np.float64))
+    rec = (yb >= 1) & (yb <= max_steps) & np.all(p0 >= _RECURSION_MIN_P0, axis=0)
+    below, at = np.zeros(yb.shape), np.zeros(yb.shape)
+    zero = yb == 0
+    if np.any(zero):
+        at0 = p0.mean(0) if pi2 is None else (pi2 + (1.0 - pi2) * p0).mean(0)
+        at[zero] = at0[zero]
+    idx = np.flatnonzero(rec)
+    if len(idx):
+        idx = idx[np.argsort(-yb[idx], kind="stable")]  # descending counts: the entries still summing at
+        ys = yb[idx]                                      # step k are a prefix
+        p, m = p0[:, idx], mu2[:, idx]
+        t = None if th2 is None else th2[:, idx]
+        r = m if t is None else m / (m + t)
+        F = np.zeros_like(p)
+        with np.errstate(under="ignore"):
+            for k in range(int(ys[0])):
+                a = int(np.searchsorted(-ys, -k, side="left"))  # entries with y > k
+                F[:, :a] += p[:, :a]
+                p[:, :a] *= r[:, :a] / (k + 1) if t is None else r[:, :a] * ((k + t[:, :a]) / (k + 1))
+        if pi2 is not None:
+            g = pi2[:, idx]
+            F = g + (1.0 - g) * F
+            p = (1.0 - g) * p
+        below[idx], at[idx] = F.mean(0), p.mean(0)
+    rest = np.flatnonzero(~rec & ~zero)
+    if len(rest):
+        sub = lambda a: None if a is None else a[:, rest]  # noqa: E731
+        g = None if gate_logits is None else flat(np.asarray(gate_logits, np.float64))[:, rest]
+        yr = yb[rest]
+        below[rest] = cdf(kind, yr - 1, sub(mu2), sub(th2), g).mean(0)
+        at[rest] = pmf(kind, yr, sub(mu2), sub(th2), g).mean(0)
+    return below.reshape(shape), at.reshape(shape)
+
+
+def sample_counts_inverse(kind: str, rng: np.random.Generator, mu, theta=None, gate_logits=None, *,
+                          max_mean: float = 4.0, max_steps: int = 64, p0=None) -> np.ndarray:
+    """Draw int64 counts from the same distributions as `sample_counts`, faster on sparse data.
+
+    Entries with mean ``mu <= max_mean`` (most entries of single-cell counts) are drawn by inversion:
+    U ~ U(0, 1), X = min{k : F(k) >= U}, with F summed by the pmf recursion from P(X = 0) (``p0``,
+    `zero_prob`, if the caller has it): X = 0 costs one comparison, X = k costs k multiply-adds. Draws
+    beyond ``max_steps`` take scipy's inverse CDF at the same U (exact, incomplete beta / gamma). Entries
+    with larger means are drawn as Gamma-Poisson (`sample_counts`). ZINB adds the Bernoulli(pi) zero gate.
+    F is a sum of ~k terms, so the inversion is exact up to rounding (~k ulp in U).
+    """
+    mu, theta, pi = _host(kind, mu, theta, gate_logits)
+    nb = kind != "poisson"
+    params = [a for a in (mu, theta if nb else None, pi) if a is not None]
+    shape = np.broadcast_shapes(*(a.shape for a in params))
+    mu = np.broadcast_to(mu, shape).reshape(-1)
+    th = np.broadcast_to(theta, shape).reshape(-1) if nb else None
+    x = np.zeros(mu.shape, np.int64)
+    small = mu <= max_mean
+    big = np.flatnonzero(~small)
+    if len(big):
+        x[big] = sample_counts("nb" if nb else "poisson", rng, mu[big], None if th is None else th[big])
+    u = rng.random(mu.shape)
+    p0 = (zero_prob("nb" if nb else "poisson", mu, th) if p0 is None
+          else np.broadcast_to(np.asarray(p0, np.float64), shape).reshape(-1))
+    c = np.flatnonzero(small & (u >= p0))  # X >= 1
+    v = u[c] - p0[c]  # U - F(k - 1): the draw is k once it falls below 0
+    t = th[c] if nb else None
+    r = mu[c] / (mu[c] + t) if nb else mu[c]
+    p = p0[c] * (r * t if nb else r)  # p(1)
+    with np.errstate(under="ignore"):
+        for k in range(1, max_steps + 1):
+            if not len(c):
+                break
+            v -= p
+            done = v < 0
+            x[c[done]] = k
+            keep = np.flatnonzero(~done)  # take() by one index array: faster than 5 boolean masks
+            c, v, p, r = c.take(keep), v.take(keep), p.take(keep), r.take(keep)
+            t = None if t is None else t.take(keep)
+            p *= r / (k + 1) if t is None else r * ((k + t) / (k + 1))
+    if len(c):  # X > max_steps: the exact inverse CDF at the same U
+        if nb:
+            tail = stats.nbinom.ppf(u[c], t, t / (t + mu[c]))
+        else:
+            tail = stats.poisson.ppf(u[c], mu[c])
+        x[c] = np.maximum(tail, max_steps + 1).astype(np.int64)
+    if kind == "zinb":
+        x = np.where(rng.random(shape).reshape(-1) < np.broadcast_to(pi, shape).reshape(-1), 0, x)
+    return x.reshape(shape)
