@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex.data import CountData
 from probgex.inference.minibatch import Minibatches
-from probgex.models.batch import Batch
+from probgex.models.batch import Batch, HighCounts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +39,7 @@ class TrainConfig:
     progress: bool = True
     device_data: str = "auto"  # "auto": keep the training counts on the device when they fit the budget
     device_budget_bytes: int = 2**30
+    count_split: bool = True  # NB / ZINB cVAE: the lgamma terms of the objective only on entries >= 2
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "patience"):
@@ -89,25 +90,50 @@ class DeviceData(NamedTuple):
     log_lib: jax.Array
     design: jax.Array
     group: jax.Array
+    # the entries >= 2 per row, CSR-like (row r: positions high_ptr[r]:high_ptr[r + 1]), or None
+    high_ptr: jax.Array | None = None
+    high_gene: jax.Array | None = None
+    high_count: jax.Array | None = None
 
 
-def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096) -> DeviceData:
+def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
     x = np.empty((len(rows), data.n_genes), np.float32)
     for start in range(0, len(rows), chunk):
         x[start : start + chunk] = data.rows(rows[start : start + chunk])
     groups = np.zeros(len(rows), np.int32) if data.groups is None else data.groups[rows]
+    extra = ()
+    if high:
+        r, g = np.nonzero(x >= 2)  # row-major: sorted by row
+        ptr = np.searchsorted(r, np.arange(len(rows) + 1)).astype(np.int32)
+        extra = (jnp.asarray(ptr), jnp.asarray(g.astype(np.int32)), jnp.asarray(x[r, g]))
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
-                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)))
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), *extra)
 
 
-def make_epoch(svi: SVI):
+def device_high(dev: DeviceData, idx: jax.Array, mask: jax.Array, size: int) -> HighCounts:
+    """The entries >= 2 of the rows `idx` (masked rows count none) as a `HighCounts` list of `size`."""
+    n = jnp.where(mask, dev.high_ptr[idx + 1] - dev.high_ptr[idx], 0)
+    ends = jnp.cumsum(n)
+    k = jnp.arange(size, dtype=ends.dtype)
+    row = jnp.minimum(jnp.searchsorted(ends, k, side="right"), idx.shape[0] - 1).astype(jnp.int32)
+    valid = k < ends[-1]
+    pos = jnp.where(valid, dev.high_ptr[idx[row]] + k - (ends[row] - n[row]), 0)
+    gene = jnp.where(valid, jnp.take(dev.high_gene, pos, mode="clip"), 0)
+    count = jnp.where(valid, jnp.take(dev.high_count, pos, mode="clip"), 0.0)
+    return HighCounts(row, gene, count)
+
+
+def make_epoch(svi: SVI, high_size: int | None = None):
     """One jitted call per epoch: `lax.scan` of the SVI step over a stack of minibatch index blocks
-    gathered from device-resident data (no per-step host round trip; the state buffers are donated)."""
+    gathered from device-resident data (no per-step host round trip; the state buffers are donated).
+    With `high_size`, each step's batch lists its entries >= 2 (`device_high`, a list of that length:
+    it must bound every block's number of such entries)."""
 
     def epoch(svi_state, dev: DeviceData, idx, mask, scale):
         def step(state, inp):
             i, m, s = inp
-            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s))
+            high = None if high_size is None else device_high(dev, i, m, high_size)
+            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s, high))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 
@@ -140,17 +166,19 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     the end with the best parameters so far.
     """
     rng = np.random.default_rng(seed)
-    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng)
+    split = bool(config.count_split and getattr(story, "count_split", False))
+    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng, high=split)
     heldout = None
     if len(heldout_idx):
-        heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx))
+        heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx),
+                              high=split)
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
     svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
     fits = len(train_idx) * data.n_genes * 4 <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
     if on_device:
-        dev, run_epoch = _to_device(data, np.asarray(train_idx)), make_epoch(svi)
+        dev, run_epoch = _to_device(data, np.asarray(train_idx), high=split), make_epoch(svi, train.high_size)
     state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
     hist = History([], [], 0)
     reductions = config.lr_reductions
