@@ -34,6 +34,15 @@ def high_bound(n_high: np.ndarray, batch_size: int) -> int:
     return max(int(top.sum()), 1)
 
 
+def high_typical(n_high: np.ndarray, batch_size: int) -> int:
+    """A list length that fits nearly every random batch: the mean number of entries >= 2 per batch plus
+    6 standard deviations (rounded up to 256, at most `high_bound`). Callers check each batch against
+    it and use `high_bound` for any that does not fit, so no entry is ever dropped."""
+    n = np.asarray(n_high, np.float64)
+    typical = batch_size * n.mean() + 6.0 * np.sqrt(batch_size) * n.std()
+    return min(int(-(-typical // 256) * 256), high_bound(n, batch_size))
+
+
 def host_high(x: np.ndarray, size: int) -> HighCounts:
     """The entries >= 2 of a dense (B, G) block as a `HighCounts` list of length `size`."""
     r, g = np.nonzero(x >= 2)

@@ -20,7 +20,7 @@ from numpyro.optim import optax_to_numpyro
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex.data import CountData
-from probgex.inference.minibatch import Minibatches
+from probgex.inference.minibatch import Minibatches, high_typical
 from probgex.models.batch import Batch, HighCounts
 
 
@@ -178,7 +178,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     fits = len(train_idx) * data.n_genes * 4 <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
     if on_device:
-        dev, run_epoch = _to_device(data, np.asarray(train_idx), high=split), make_epoch(svi, train.high_size)
+        dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
+        typical = high_typical(train.n_high, train.batch_size) if split else None
     state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
     hist = History([], [], 0)
     reductions = config.lr_reductions
@@ -188,7 +189,14 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
         for epoch in range(1, config.max_epochs + 1):
             if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
                 order = rng.permutation(len(train.index))
-                svi_state, losses = run_epoch(state.svi_state, dev, *epoch_blocks(order, train.batch_size))
+                blocks = epoch_blocks(order, train.batch_size)
+                size = None
+                if split:  # the shorter list unless a batch of this epoch has more entries >= 2 than it holds
+                    need = int(np.where(blocks[1], train.n_high[blocks[0]], 0).sum(1).max())
+                    size = typical if need <= typical else train.high_size
+                if size not in run_epochs:
+                    run_epochs[size] = make_epoch(svi, size)
+                svi_state, losses = run_epochs[size](state.svi_state, dev, *blocks)
             else:
                 svi_state, losses = state.svi_state, []
                 for batch in train:
