@@ -82,7 +82,7 @@ def test_device_list_equals_host_list_and_holds_every_entry(kang):
     real = count > 0
     assert real.sum() == (x >= 2).sum() and np.all(count[real] == x[row[real], gene[real]]) and np.all(count[real] >= 2)
     assert np.all(np.diff(row) >= 0)  # sorted by row (the segment sum relies on it)
-    dev = _to_device(data, np.arange(data.n_obs), high=True)
+    dev = _to_device(data, np.arange(data.n_obs), chunk=500, high=True)  # several chunks
     idx = np.zeros(128, np.int32)
     idx[:100] = rows  # padded rows repeat row 0 as in `epoch_blocks`, masked out
     d = device_high(dev, jnp.asarray(idx), jnp.asarray(np.arange(128) < 100), size)

@@ -17,13 +17,19 @@ from probgex.data import CountData
 from probgex.models.batch import Batch, HighCounts
 
 
+def listed(x: np.ndarray) -> np.ndarray:
+    """The entries whose count term r(x, theta) is not 0: x >= 2 for the (validated) integer counts;
+    written as x not in {0, 1} so that any other value would be listed too and the objective stay exact."""
+    return (x != 0) & (x != 1)
+
+
 def high_per_row(data: CountData, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Number of entries with count >= 2 in each of `rows`: (len(rows),) int64."""
     rows = np.asarray(rows)
     if sp.issparse(data.counts):
         sub = data.counts[rows]
-        return np.diff(np.r_[0, np.cumsum(sub.data >= 2)][sub.indptr]).astype(np.int64)
-    return np.concatenate([(data.rows(rows[s : s + chunk]) >= 2).sum(1) for s in range(0, len(rows), chunk)]
+        return np.diff(np.r_[0, np.cumsum(listed(sub.data))][sub.indptr]).astype(np.int64)
+    return np.concatenate([listed(data.rows(rows[s : s + chunk])).sum(1) for s in range(0, len(rows), chunk)]
                           + [np.zeros(0, np.int64)]).astype(np.int64)
 
 
@@ -45,7 +51,7 @@ def high_typical(n_high: np.ndarray, batch_size: int) -> int:
 
 def host_high(x: np.ndarray, size: int) -> HighCounts:
     """The entries >= 2 of a dense (B, G) block as a `HighCounts` list of length `size`."""
-    r, g = np.nonzero(x >= 2)
+    r, g = np.nonzero(listed(x))
     if len(r) > size:
         raise ValueError(f"{len(r)} entries >= 2 do not fit in a list of {size}")
     pad = size - len(r)

@@ -20,7 +20,7 @@ from numpyro.optim import optax_to_numpyro
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex.data import CountData
-from probgex.inference.minibatch import Minibatches, high_typical
+from probgex.inference.minibatch import Minibatches, high_typical, listed
 from probgex.models.batch import Batch, HighCounts
 
 
@@ -98,14 +98,20 @@ class DeviceData(NamedTuple):
 
 def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
     x = np.empty((len(rows), data.n_genes), np.float32)
+    counts, genes, values = [np.zeros(1, np.int64)], [], []
     for start in range(0, len(rows), chunk):
-        x[start : start + chunk] = data.rows(rows[start : start + chunk])
+        block = x[start : start + chunk] = data.rows(rows[start : start + chunk])
+        if high:  # the entries listed for the count term, per row (row-major order)
+            r, g = np.nonzero(listed(block))
+            counts.append(np.bincount(r, minlength=len(block)))
+            genes.append(g.astype(np.int32))
+            values.append(block[r, g])
     groups = np.zeros(len(rows), np.int32) if data.groups is None else data.groups[rows]
     extra = ()
     if high:
-        r, g = np.nonzero(x >= 2)  # row-major: sorted by row
-        ptr = np.searchsorted(r, np.arange(len(rows) + 1)).astype(np.int32)
-        extra = (jnp.asarray(ptr), jnp.asarray(g.astype(np.int32)), jnp.asarray(x[r, g]))
+        ptr = np.cumsum(np.concatenate(counts)).astype(np.int32)
+        extra = tuple(jnp.asarray(np.concatenate(a)) for a in ([ptr], genes + [np.zeros(0, np.int32)],
+                                                                values + [np.zeros(0, np.float32)]))
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
                       jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), *extra)
 
