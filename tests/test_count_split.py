@@ -90,6 +90,12 @@ def test_device_list_equals_host_list_and_holds_every_entry(kang):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="do not fit"):
         host_high(x, int((x >= 2).sum()) - 1)
+    # data without any entry >= 2 (binary counts): a one-entry list of padding, r = 0
+    zeros = np.zeros(50, np.int64)
+    assert high_bound(zeros, 128) == high_typical(zeros, 128) == 1
+    binary = dev._replace(high_ptr=jnp.zeros_like(dev.high_ptr))
+    empty = device_high(binary, jnp.asarray(idx), jnp.asarray(np.arange(128) < 100), 1)
+    assert [np.asarray(a).tolist() for a in empty] == [[127], [0], [0.0]]
 
 
 # ----------------------------------------------------------------------------- the objective

@@ -46,7 +46,7 @@ def high_typical(n_high: np.ndarray, batch_size: int) -> int:
     it and use `high_bound` for any that does not fit, so no entry is ever dropped."""
     n = np.asarray(n_high, np.float64)
     typical = batch_size * n.mean() + 6.0 * np.sqrt(batch_size) * n.std()
-    return min(int(-(-typical // 256) * 256), high_bound(n, batch_size))
+    return min(max(int(-(-typical // 256) * 256), 256), high_bound(n, batch_size))
 
 
 def host_high(x: np.ndarray, size: int) -> HighCounts:
