@@ -22,6 +22,29 @@ console = Console(stderr=True)
 class Story(str, Enum):
     glm = "glm"
     cvae = "cvae"
+    residual = "residual"
+
+
+def _read_predictions(path: Path, scale: str):
+    """A stage-1 prediction table (obs x genes; index = obs names) from .csv/.tsv or .h5ad (X)."""
+    import pandas as pd
+
+    from probgex.errors import DataError
+    from probgex.mean import External
+
+    if not path.is_file():
+        raise DataError(f"--mean {path}: no such file; pass glm, mlp or a table of predictions (.csv/.tsv/.h5ad)")
+    if path.suffix == ".h5ad":
+        import anndata as ad
+
+        a = ad.read_h5ad(path)
+        x = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+        return External.from_array(x, a.obs_names, a.var_names, scale=scale)
+    if path.suffix not in (".csv", ".tsv"):
+        raise DataError(f"--mean {path}: unknown table format {path.suffix!r}; use .csv, .tsv or .h5ad")
+    table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+    table.index = table.index.astype(str)
+    return External(table, scale=scale)
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -42,7 +65,12 @@ def fit(
     out: Annotated[Path, typer.Option(help="model file to write (.npz)")],
     formula: Annotated[str, typer.Option(help="design over obs, e.g. '~ cell_type + stim'")] = "~ 1",
     likelihood: Annotated[str, typer.Option(help="poisson | nb | zinb")] = "nb",
-    model: Annotated[Story, typer.Option(help="glm (no latent) or cvae (conditional VAE)")] = Story.glm,
+    model: Annotated[Story, typer.Option(
+        help="glm (no latent), cvae (conditional VAE) or residual (variability around a stage-1 mean)")] = Story.glm,
+    mean: Annotated[str, typer.Option(
+        help="residual: the stage-1 mean, glm | mlp | a table of predictions (.csv/.tsv/.h5ad, obs x genes)")] = "glm",
+    mean_scale: Annotated[str, typer.Option(
+        help="units of a prediction table: counts | fraction | log1p_cp10k | log_fraction")] = "counts",
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae")] = 10,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
     spec: Annotated[Path | None, typer.Option(help="model spec TOML; overrides the options above")] = None,
@@ -62,10 +90,15 @@ def fit(
         if spec is not None:
             model_spec = ModelSpec.load(spec)
         else:
-            latent = Gaussian(dim=latent_dim) if model is Story.cvae else None
-            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer)
+            latent = None if model is Story.glm else Gaussian(dim=latent_dim)
+            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer,
+                                          mean=None if model is not Story.residual else
+                                          mean if mean in ("glm", "mlp") else "external")
+        stage1 = None
+        if model_spec.mean == "external":
+            stage1 = _read_predictions(Path(mean), mean_scale)
         adata = ad.read_h5ad(data)
-        fitted = Model.from_spec(model_spec).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,
+        fitted = Model.from_spec(model_spec, stage1).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,
                                                  batch_size=batch_size, checkpoint_path=out)
     except ProbgexError as e:
         raise _fail(e)

@@ -297,9 +297,13 @@ class CountData:
     var_names: pd.Index
     groups: np.ndarray | None = None
     group_levels: list[str] | None = None
+    offset: np.ndarray | None = None  # (n, G) float32 log stage-1 mean fraction (residual story only)
 
     def __post_init__(self) -> None:
         n, g = self.counts.shape
+        if self.offset is not None and self.offset.shape[0] != n:
+            raise DataError(f"shape mismatch: the stage-1 offset has {self.offset.shape[0]} rows but counts "
+                            f"have {n}; predict stage 1 for the same cells as the counts.")
         sizes = {"design rows": self.design.shape[0], "library_size": len(self.library_size),
                  "obs rows": len(self.obs)} | ({"groups": len(self.groups)} if self.groups is not None else {})
         for what, k in sizes.items():
@@ -335,7 +339,8 @@ class CountData:
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
         return replace(self, counts=self.counts[idx], library_size=self.library_size[idx],
                        design=self.design[idx], obs=self.obs.iloc[idx],
-                       groups=None if self.groups is None else self.groups[idx])
+                       groups=None if self.groups is None else self.groups[idx],
+                       offset=None if self.offset is None else self.offset[idx])
 
 
 def _gene_index(var_names: pd.Index, genes: Sequence[str]) -> np.ndarray:

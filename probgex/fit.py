@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import xarray as xr
 from scipy.stats import norm
 
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
-from probgex.errors import DataError, ModelFileError
+from probgex import mean as stage1_means
+from probgex.errors import DataError, ModelFileError, SpecError
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.predictive import Draws, check_levels, deciles, empirical_intervals, pit_coverage
@@ -24,6 +26,7 @@ from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
+STAGE1 = "stage1$"  # prefix of the stage-1 predictor's arrays in a model file
 BLOCK_ENTRIES = 2**24  # draws x rows x genes held at once on the host in prediction
 
 
@@ -34,15 +37,27 @@ def block_size(n_draws: int, n_genes: int) -> int:
 
 
 class Model:
-    """A declared model: `Model("~ cell_type + stim", likelihood="nb", latent=Gaussian(dim=10))`."""
+    """A declared model: `Model("~ cell_type + stim", likelihood="nb", latent=Gaussian(dim=10))`.
 
-    def __init__(self, formula: str, likelihood: str = "nb", latent=None, **spec_options):
-        self.spec = ModelSpec.create(formula, likelihood, latent, **spec_options)
+    `mean` makes it the residual story around a stage-1 point predictor: "glm" or "mlp" (trained on the
+    training observations first), or a predictor of your own: a `pg.mean.External` (a table of
+    predictions keyed by obs name, or a callable), a DataFrame of expected counts (obs x genes), or a
+    `pg.mean.GLMMean` / `pg.mean.MLPMean` already trained.
+    """
+
+    def __init__(self, formula: str, likelihood: str = "nb", latent=None, *, mean=None, **spec_options):
+        self.stage1 = None
+        if mean is not None and not isinstance(mean, str):
+            self.stage1 = _as_predictor(mean)
+            mean = self.stage1.kind
+        self.spec = ModelSpec.create(formula, likelihood, latent, mean=mean, **spec_options)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec) -> Model:
+    def from_spec(cls, spec: ModelSpec, stage1=None) -> Model:
         m = cls.__new__(cls)
-        m.spec = spec
+        m.spec, m.stage1 = spec, None if stage1 is None else _as_predictor(stage1)
+        if m.stage1 is not None and spec.mean != m.stage1.kind:
+            raise SpecError(f"the spec says mean={spec.mean!r} but a {m.stage1.kind!r} predictor was given")
         return m
 
     def __repr__(self) -> str:
@@ -65,6 +80,10 @@ class Model:
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
+        stage1 = None
+        if spec.story == "residual":
+            stage1 = self._stage1(adata, data, train_idx, seed, progress)
+            data = replace(data, offset=stage1.log_fraction(data.obs, data.var_names, data.library_size))
         log_mean, beta0, lib = _summaries(data, train_idx)
         intercept = data.encoding.columns.index("Intercept") if "Intercept" in data.encoding.columns else None
         dims = Dims(n_design=data.n_design, n_genes=data.n_genes,
@@ -89,7 +108,7 @@ class Model:
 
         def make(params, history):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]))
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1)
 
         save = None
         if checkpoint_path is not None:
@@ -97,6 +116,30 @@ class Model:
                 make(params, history).save(checkpoint_path)
         params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
         return make(params, history)
+
+    def _stage1(self, adata, data: CountData, train_idx: np.ndarray, seed: int, progress: bool):
+        """The frozen stage-1 predictor: the one given, or one trained on the training observations only."""
+        if self.stage1 is not None:
+            return self.stage1
+        spec = self.spec
+        if spec.mean == "glm":
+            glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer)
+            train = adata[np.asarray(data.obs.index[train_idx])]
+            return stage1_means.GLMMean.from_fit(Model.from_spec(glm).fit(train, seed=seed, progress=progress))
+        if spec.mean == "mlp":
+            return stage1_means.MLPMean.train(data.subset(train_idx), seed=seed, progress=progress)
+        raise SpecError("mean='external' needs the predictions: Model(..., mean=pg.mean.External(table_or_callable))"
+                        " or a DataFrame of expected counts (observations x genes)")
+
+
+def _as_predictor(mean):
+    """A stage-1 predictor from what a user hands in."""
+    if isinstance(mean, stage1_means.MeanPredictor):
+        return mean
+    if isinstance(mean, pd.DataFrame) or callable(mean):
+        return stage1_means.External(mean, scale="counts")
+    raise SpecError(f"mean must be 'glm', 'mlp', 'external' or a stage-1 predictor (pg.mean.External, GLMMean, "
+                    f"MLPMean, a DataFrame of expected counts, a callable); got {type(mean).__name__}")
 
 
 def _split(data: CountData, holdout: float, heldout_obs, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,8 +203,11 @@ class Fit:
 
     def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
                  log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
-                 heldout_obs: np.ndarray):
+                 heldout_obs: np.ndarray, stage1=None):
         self.spec, self.encoding, self.dims = spec, encoding, dims
+        if (spec.story == "residual") != (stage1 is not None):
+            raise ValueError("a residual-story fit needs its stage-1 predictor, other stories none")
+        self.stage1 = stage1
         self.var_names = pd.Index(var_names, name="gene")
         self.log_mean = np.asarray(log_mean, np.float32)
         self.params = jax.tree.map(np.asarray, params)
@@ -187,10 +233,17 @@ class Fit:
 
     # ----- data handling
     def data(self, adata, empty: str = "warn") -> CountData:
-        """Counts of `adata` aligned to the fitted genes and encoded with the fitted design."""
-        return from_anndata(adata, layer=self.spec.layer, likelihood=self.spec.likelihood, empty=empty,
+        """Counts of `adata` aligned to the fitted genes and encoded with the fitted design (with the
+        stage-1 offset for the residual story)."""
+        data = from_anndata(adata, layer=self.spec.layer, likelihood=self.spec.likelihood, empty=empty,
                             encoding=self.encoding, genes=list(self.var_names),
                             group_key=self.spec.dispersion_key, group_levels=self.group_levels)
+        return self._with_offset(data, data.library_size)
+
+    def _with_offset(self, data: CountData, library_size) -> CountData:
+        if self.stage1 is None:
+            return data
+        return replace(data, offset=self.stage1.log_fraction(data.obs, self.var_names, library_size))
 
     def _metadata(self, obs: pd.DataFrame, library_size) -> CountData:
         """A CountData without counts (zero-width) for prediction from metadata alone."""
@@ -207,9 +260,10 @@ class Fit:
             lib = np.broadcast_to(lib, (len(obs),)).copy()
             if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
                 raise DataError("library_size must be positive and finite for every observation")
-        return CountData(counts=np.zeros((len(obs), 0), np.float32), library_size=lib, design=design,
+        data = CountData(counts=np.zeros((len(obs), 0), np.float32), library_size=lib, design=design,
                          encoding=self.encoding, obs=obs, var_names=pd.Index([]), groups=groups,
                          group_levels=self.group_levels)
+        return self._with_offset(data, None if library_size is None else lib)
 
     def predictive_blocks(self, data: CountData, n: int, key, *, from_data: bool = False
                           ) -> Iterator[tuple[np.ndarray, Draws]]:
@@ -355,11 +409,22 @@ class Fit:
         arrays["var_names"] = np.asarray(self.var_names, dtype=str)
         arrays["heldout_obs"] = self.heldout_obs
         arrays["log_mean"] = self.log_mean
+        if self.stage1 is not None:
+            header["stage1"], stage1_arrays = self.stage1.state()
+            arrays |= {STAGE1 + k: v for k, v in stage1_arrays.items()}
         return checkpoint.write(path, header, arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> Fit:
+    def load(cls, path: str | Path, mean=None) -> Fit:
         header, arrays = checkpoint.read(path)
+        stage1 = None
+        if "stage1" in header:
+            own = {k[len(STAGE1):]: arrays.pop(k) for k in list(arrays) if k.startswith(STAGE1)}
+            try:
+                stage1 = stage1_means.from_state(header["stage1"], own, mean)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelFileError(f"the stage-1 predictor in {path} is incomplete or invalid ({e}); refit "
+                                     "and save") from e
         try:
             spec = ModelSpec.from_dict(header["spec"])
             encoding = DesignEncoding.from_dict(header["encoding"])
@@ -372,14 +437,16 @@ class Fit:
         story = build_story(spec, dims, log_mean)
         template = _param_template(story, spec, dims)
         params = checkpoint.unflatten_params(template, arrays)
-        return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout)
+        return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
+                   stage1)
 
 
 def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
     """The parameter structure of a story, from one initialisation on a dummy one-row batch."""
     dummy = CountData(counts=np.ones((1, dims.n_genes), np.float32), library_size=np.full(1, float(dims.n_genes)),
                       design=np.zeros((1, dims.n_design), np.float32), encoding=None, obs=pd.DataFrame(index=["0"]),
-                      var_names=pd.Index([str(i) for i in range(dims.n_genes)]), groups=None, group_levels=None)
+                      var_names=pd.Index([str(i) for i in range(dims.n_genes)]), groups=None, group_levels=None,
+                      offset=np.zeros((1, dims.n_genes), np.float32) if spec.story == "residual" else None)
     svi = make_svi(story, TrainConfig())
     state = svi.init(jax.random.PRNGKey(0), make_batch(dummy, np.arange(1), 1, 1.0))
     return svi.get_params(state)
@@ -393,6 +460,7 @@ def _rows(a, m: int, size: int) -> np.ndarray | None:
     return a[..., :m, :] if a.ndim >= 2 and a.shape[-2] == size else a
 
 
-def load(path: str | Path) -> Fit:
-    """Load a model saved by `Fit.save` (or a checkpoint written during a fit)."""
-    return Fit.load(path)
+def load(path: str | Path, mean=None) -> Fit:
+    """Load a model saved by `Fit.save` (or a checkpoint written during a fit). `mean`: the stage-1
+    callable of a residual model fitted around one (a model file cannot hold Python code)."""
+    return Fit.load(path, mean)

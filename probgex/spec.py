@@ -11,13 +11,14 @@ way on every path.  TOML layout::
     decoder = [128]
     library = "observed"
     prior_scale = 3.0
+    mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
     [latent]            # absent table = no latent (GLM story)
     kind = "gaussian"
     dim = 10
     hidden = []
 
-Keys whose value is None (``dispersion_key``, ``layer``, ``latent``) are omitted.
+Keys whose value is None (``dispersion_key``, ``layer``, ``latent``, ``mean``) are omitted.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 LIKELIHOODS = ("poisson", "nb", "zinb")
 DISPERSIONS = ("gene", "gene-group")
 LIBRARIES = ("observed", "latent")
+MEANS = ("glm", "mlp", "external")
 
 
 def _choices(values: tuple[str, ...]) -> str:
@@ -82,6 +84,7 @@ class ModelSpec:
     library: str = "observed"  # "observed" or "latent"
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
+    mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -141,6 +144,14 @@ class ModelSpec:
                 f"layer must be None (use X) or the non-empty name of an AnnData layer; got {self.layer!r}"
             )
 
+        if self.mean is not None:
+            _check_choice("mean", self.mean, MEANS)
+            if self.latent is None:
+                raise SpecError(
+                    f"mean={self.mean!r} (the residual story around a stage-1 mean predictor) needs a "
+                    "latent: pass latent=Gaussian(dim=...) (e.g. latent=10)"
+                )
+
         ps = self.prior_scale
         if (
             not isinstance(ps, numbers.Real)
@@ -156,8 +167,10 @@ class ModelSpec:
     # ------------------------------------------------------------------ views
     @property
     def story(self) -> str:
-        """``"glm"`` when there is no latent, ``"cvae"`` otherwise."""
-        return "glm" if self.latent is None else "cvae"
+        """``"glm"`` when there is no latent, ``"residual"`` around a stage-1 ``mean``, else ``"cvae"``."""
+        if self.latent is None:
+            return "glm"
+        return "cvae" if self.mean is None else "residual"
 
     # ------------------------------------------------------------------ constructors
     @classmethod

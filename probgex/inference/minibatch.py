@@ -84,6 +84,8 @@ def make_batch(data: CountData, rows: np.ndarray, size: int, scale: float, *,
         group=jnp.asarray(np.pad(groups.astype(np.int32), (0, pad))),
         mask=jnp.asarray(np.arange(size) < n),
         scale=jnp.asarray(scale, jnp.float32),
+        offset=None if data.offset is None else jnp.asarray(
+            np.pad(data.offset[rows].astype(np.float32), ((0, pad), (0, 0)))),
         high=high,
     )
 

@@ -90,6 +90,7 @@ class DeviceData(NamedTuple):
     log_lib: jax.Array
     design: jax.Array
     group: jax.Array
+    offset: jax.Array | None = None
     # the entries >= 2 per row, CSR-like (row r: positions high_ptr[r]:high_ptr[r + 1]), or None
     high_ptr: jax.Array | None = None
     high_gene: jax.Array | None = None
@@ -107,13 +108,14 @@ def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bo
             genes.append(g.astype(np.int32))
             values.append(block[r, g])
     groups = np.zeros(len(rows), np.int32) if data.groups is None else data.groups[rows]
+    offset = None if data.offset is None else jnp.asarray(data.offset[rows].astype(np.float32))
     extra = ()
     if high:
         ptr = np.cumsum(np.concatenate(counts)).astype(np.int32)
         extra = tuple(jnp.asarray(np.concatenate(a)) for a in ([ptr], genes + [np.zeros(0, np.int32)],
                                                                 values + [np.zeros(0, np.float32)]))
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
-                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), *extra)
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset, *extra)
 
 
 def device_high(dev: DeviceData, idx: jax.Array, mask: jax.Array, size: int) -> HighCounts:
@@ -138,8 +140,10 @@ def make_epoch(svi: SVI, high_size: int | None = None):
     def epoch(svi_state, dev: DeviceData, idx, mask, scale):
         def step(state, inp):
             i, m, s = inp
+            offset = None if dev.offset is None else dev.offset[i]
             high = None if high_size is None else device_high(dev, i, m, high_size)
-            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s, high))
+            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s,
+                                           offset=offset, high=high))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 
@@ -181,7 +185,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
     svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
-    fits = len(train_idx) * data.n_genes * 4 <= config.device_budget_bytes
+    per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
+    fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
     if on_device:
         dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}

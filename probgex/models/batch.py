@@ -30,4 +30,5 @@ class Batch(NamedTuple):
     group: jax.Array  # (B,) int32 dispersion-group code (0 when dispersion is per gene)
     mask: jax.Array  # (B,) bool
     scale: jax.Array  # () float32
+    offset: jax.Array | None = None  # (B, G) float32 log stage-1 mean fraction (residual story only)
     high: HighCounts | None = None  # the entries x >= 2 (training objective's fast path), or None

@@ -49,12 +49,16 @@ class CVAE:
     def _lib_prior(self):
         return dist.Normal(self.lib_loc, self.lib_scale)
 
-    def _likelihood(self, decoder_net, z, log_lib, design, group, log_theta):
-        """(mu, theta, gate, log mu) of the count likelihood."""
-        outs = decoder_net(concat(z, design))
+    def _log_mean(self, out, log_lib, offset):
+        """log mu from the decoder's mean head: log l + log softmax (the offset is the residual story's)."""
         # rho floored at e^-30: an underflowed mean of exactly 0 makes log p(x > 0) = -inf and the
         # gradient NaN (seen on bulk counts of 1e7 per sample after a large first step)
-        log_mu = log_lib[..., None] + jnp.maximum(jax.nn.log_softmax(outs[0], axis=-1), -30.0)
+        return log_lib[..., None] + jnp.maximum(jax.nn.log_softmax(out, axis=-1), -30.0)
+
+    def _likelihood(self, decoder_net, z, log_lib, design, group, log_theta, offset=None):
+        """(mu, theta, gate, log mu) of the count likelihood."""
+        outs = decoder_net(concat(z, design))
+        log_mu = self._log_mean(outs[0], log_lib, offset)
         theta = None if log_theta is None else jnp.exp(log_theta)[group] if self.K > 1 else jnp.exp(log_theta)
         gate = outs[1] if self.kind == "zinb" else None
         return jnp.exp(log_mu), theta, gate, log_mu
@@ -83,7 +87,8 @@ class CVAE:
             log_lib = batch.log_lib
             if self.latent_library:
                 log_lib = numpyro.sample("log_library", self._lib_prior())
-            mu, theta, gate, log_mu = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta)
+            mu, theta, gate, log_mu = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta,
+                                                       batch.offset)
             split = batch.high is not None and self.count_split
             numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False, log_mu=log_mu,
                                                    count_term=not split).to_event(1), obs=batch.x)
@@ -127,7 +132,7 @@ class CVAE:
             log_lib = _draw(q_l, kl, n)
         log_theta = None if self.kind == "poisson" else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
-        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)[:3]
+        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset)[:3]
 
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """Importance-sampling estimate of log p(x_b | c_b) per row with the encoder as proposal: (B,)."""
@@ -142,7 +147,8 @@ class CVAE:
             log_w = log_w + self._lib_prior().log_prob(log_lib) - q_l.log_prob(log_lib)
         log_theta = None if self.kind == "poisson" else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
-        mu, theta, gate, log_mu = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta)
+        mu, theta, gate, log_mu = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta,
+                                                   batch.offset)
         ll = count_distribution(self.kind, mu, theta, gate, log_mu=log_mu).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll + log_w, axis=0)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from probgex.models.cvae import CVAE
 from probgex.models.glm import GLM, GLMInit
+from probgex.models.residual import Residual
 from probgex.spec import ModelSpec
 
 
@@ -35,5 +36,6 @@ def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np
         return GLM(spec, dims.n_design, dims.n_genes, dims.n_groups, dims.intercept,
                    GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32),
                            beta_tril=beta_tril))
-    return CVAE(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
-                lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)
+    cls = Residual if spec.story == "residual" else CVAE
+    return cls(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
+               lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)

@@ -1,0 +1,162 @@
+"""The residual story: stage 2 learns the variability around a frozen stage-1 mean predictor."""
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from residual_sim import simulate
+from typer.testing import CliRunner
+
+import probgex as pg
+from probgex.cli import app
+from probgex.mean import External, GLMMean, MLPMean
+
+SHIFT = 0.5  # the stage-1 predictor over-predicts every mean by e^0.5
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(seed=0)
+
+
+@pytest.fixture(scope="module")
+def shifted_fit(sim):
+    """Residual model around the true mean function, off by a known constant on the log scale."""
+    adata, truth = sim
+    pred = External.from_array(np.exp(truth["log_frac"] + SHIFT), adata.obs_names, adata.var_names,
+                               scale="fraction")
+    return pg.Model("~ g", "nb", latent=2, mean=pred).fit(adata, seed=0, progress=False)
+
+
+def _corrections(fit, adata, n=300):
+    """Draws of h = log mu - log l - stage-1 offset under the conditional prior: (draws, obs, genes)."""
+    data = fit._metadata(adata.obs, np.ones(adata.n_obs))
+    return np.concatenate([np.log(d.mu) - data.offset[rows][None]
+                           for rows, d in fit.predictive_blocks(data, n, jax.random.PRNGKey(1))], axis=1)
+
+
+def test_residual_variance_is_recovered_per_gene(shifted_fit, sim):
+    """Var_z of the stage-2 log correction h per gene against the true w_g^2 (0.04-0.64; the "rest"
+    gene, w = 0, excluded). Measured over seeds 0-1: median ratio 0.93-0.94, correlation > 0.95.
+    Not asserted, because not yet right: the NB concentration comes out at 7-9 where the truth is 20, so
+    the squared CV of the rate, (1 + 1/theta) e^{Var h} - 1, is ~38% too high (median over genes)."""
+    adata, truth = sim
+    h = _corrections(shifted_fit, adata)[..., :-1]
+    w2 = truth["w"][:-1] ** 2
+    ratio = h.var(0).mean(0) / w2
+    assert 0.75 < np.median(ratio) < 1.25
+    assert np.corrcoef(h.var(0).mean(0), w2)[0, 1] > 0.9
+
+
+def test_a_constant_stage1_error_is_corrected_in_the_intercept_only(shifted_fit, sim):
+    """log E[e^h] per gene should be -SHIFT + w^2/2 in both groups: the same constant correction for group A
+    and B (stage 1 already has the group effect right), not a group-dependent one. Measured over seeds
+    0-1: median |A - B| 0.03, median |A - target| 0.02-0.03."""
+    adata, truth = sim
+    log_mean_h = np.log(np.exp(_corrections(shifted_fit, adata)[..., :-1]).mean(0))
+    a = log_mean_h[truth["group"] == 0].mean(0)
+    b = log_mean_h[truth["group"] == 1].mean(0)
+    target = -SHIFT + truth["w"][:-1] ** 2 / 2
+    assert np.median(np.abs(a - target)) < 0.08 and np.median(np.abs(b - target)) < 0.08
+    assert np.median(np.abs(a - b)) < 0.08
+
+
+def test_predictive_mean_beats_the_biased_stage1_and_keeps_its_accuracy(shifted_fit, sim):
+    adata, truth = sim
+    x = adata.X
+    lib = x.sum(1)
+    pred = shifted_fit.predict(adata.obs, n_samples=100, library_size=lib)
+    rmse = lambda m: np.sqrt(np.mean((np.log1p(m) - np.log1p(x)) ** 2))  # noqa: E731
+    stage1 = np.exp(truth["log_frac"] + SHIFT) * lib[:, None]
+    oracle = np.exp(truth["log_frac"] + truth["w"] ** 2 / 2) * lib[:, None]
+    assert rmse(pred["mean"].values) < rmse(stage1)
+    assert rmse(pred["mean"].values) < rmse(oracle) * 1.02
+
+
+def test_stage1_is_frozen(sim):
+    """A GLM stage 1 passed in is used as it is: its coefficients are untouched by the stage-2 fit."""
+    adata, _ = sim
+    glm = GLMMean.from_fit(pg.Model("~ g", "nb").fit(adata, seed=0, progress=False, max_epochs=60))
+    before = glm.beta.copy()
+    fit = pg.Model("~ g", "nb", latent=2, mean=glm).fit(adata, seed=0, progress=False, max_epochs=5)
+    assert fit.stage1 is glm
+    np.testing.assert_array_equal(glm.beta, before)
+    assert not any(k.startswith("stage1") for k in fit.params)
+    offset = fit.data(adata).offset
+    np.testing.assert_allclose(offset, adata.obs["g"].eq("B").to_numpy()[:, None] * before[1] + before[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mean", ["glm", "mlp"])
+def test_trained_stage1_round_trips_through_the_model_file(sim, mean, tmp_path):
+    adata, _ = sim
+    fit = pg.Model("~ g", "nb", latent=2, mean=mean).fit(adata, seed=0, progress=False, max_epochs=5)
+    assert fit.spec.story == "residual" and fit.stage1.kind == mean
+    path = fit.save(tmp_path / "m.npz")
+    again = pg.load(path)
+    a = fit.predict(adata.obs.iloc[:5], n_samples=20, library_size=1e4, seed=3)
+    b = again.predict(adata.obs.iloc[:5], n_samples=20, library_size=1e4, seed=3)
+    np.testing.assert_array_equal(a["counts"].values, b["counts"].values)
+
+
+def test_mlp_stage1_learns_group_means_of_log_normalised_expression(sim):
+    adata, truth = sim
+    data = pg.from_anndata(adata, "~ g")
+    mlp = MLPMean.train(data, seed=0, progress=False, max_epochs=200)
+    pred = mlp.predict_log1p(data.design)
+    y = np.log1p(adata.X / adata.X.sum(1, keepdims=True) * 1e4)
+    for g in (0, 1):  # the least-squares answer is the group mean (fitted on 90% of the rows: 4 SE)
+        rows = truth["group"] == g
+        se = y[rows].std(0) / np.sqrt(rows.sum())
+        assert np.all(np.abs(pred[rows].mean(0) - y[rows].mean(0)) < 4 * se + 0.02)
+    assert min(h for _, h in mlp.history) < mlp.history[0][1]
+
+
+def test_external_predictions_bad_input_is_named(sim):
+    adata, truth = sim
+    table = pd.DataFrame(np.exp(truth["log_frac"]), index=adata.obs_names, columns=adata.var_names)
+    ext = External(table.iloc[:-3], scale="fraction")
+    with pytest.raises(pg.DataError, match="no row for 3 observations"):
+        pg.Model("~ g", "nb", latent=2, mean=ext).fit(adata, progress=False, max_epochs=1)
+    with pytest.raises(pg.DataError, match="no prediction for 2 of the model's genes"):
+        ext = External(table.drop(columns=table.columns[:2]), scale="fraction")
+        pg.Model("~ g", "nb", latent=2, mean=ext).fit(adata, progress=False, max_epochs=1)
+    bad = table.copy()
+    bad.iloc[0, 0] = np.nan
+    with pytest.raises(pg.DataError, match="NaN"):
+        pg.Model("~ g", "nb", latent=2, mean=External(bad, scale="fraction")).fit(adata, progress=False,
+                                                                                  max_epochs=1)
+    with pytest.raises(pg.DataError, match="shape"):
+        ext = External(lambda obs: np.ones((len(obs), 3)), scale="fraction")
+        pg.Model("~ g", "nb", latent=2, mean=ext).fit(adata, progress=False, max_epochs=1)
+    with pytest.raises(pg.SpecError, match="needs the predictions"):
+        pg.Model("~ g", "nb", latent=2, mean="external").fit(adata, progress=False, max_epochs=1)
+    with pytest.raises(pg.SpecError, match="needs a latent"):
+        pg.Model("~ g", "nb", mean="glm")
+
+
+def test_callable_stage1_needs_the_callable_at_load(sim, tmp_path):
+    adata, truth = sim
+    table = pd.DataFrame(np.exp(truth["log_frac"]), index=adata.obs_names, columns=adata.var_names)
+    fn = lambda obs: table.loc[obs.index]  # noqa: E731
+    fit = pg.Model("~ g", "nb", latent=2, mean=External(fn, scale="fraction")).fit(
+        adata, progress=False, max_epochs=2)
+    path = fit.save(tmp_path / "c.npz")
+    with pytest.raises(pg.ModelFileError, match="callable"):
+        pg.load(path)
+    again = pg.load(path, mean=fn)
+    np.testing.assert_array_equal(again.data(adata).offset, fit.data(adata).offset)
+
+
+def test_shell_fits_a_residual_model_around_a_prediction_table(sim, tmp_path):
+    adata, truth = sim
+    adata.write_h5ad(tmp_path / "d.h5ad")
+    table = pd.DataFrame(np.exp(truth["log_frac"]), index=adata.obs_names, columns=adata.var_names)
+    table.to_csv(tmp_path / "pred.csv")
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "d.h5ad"), "--formula", "~ g", "--model", "residual",
+                                   "--mean", str(tmp_path / "pred.csv"), "--mean-scale", "fraction",
+                                   "--max-epochs", "3", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 0, res.output
+    fit = pg.load(tmp_path / "m.npz")
+    assert fit.spec.story == "residual" and fit.stage1.kind == "external"
+    np.testing.assert_allclose(fit.data(adata).offset, truth["log_frac"], atol=1e-5)
