@@ -26,6 +26,7 @@ from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
+THETA_STEP_SCALE = 20.0  # Adam step multiplier of the cVAE / residual log-concentrations: 0.02 at lr 1e-3, the GLM's rate
 STAGE1 = "stage1$"  # prefix of the stage-1 predictor's arrays in a model file
 BLOCK_ENTRIES = 2**24  # draws x rows x genes held at once on the host in prediction
 
@@ -96,15 +97,19 @@ class Model:
         if max_epochs is None:
             # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
             max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else max(400, -(-4000 // steps))
-        if patience is None:  # epochs; at least ~100 steps, so a noisy held-out loss does not stop a small fit early
-            patience = max(10, -(-100 // steps))
+        if patience is None:  # epochs; at least ~100 (GLM) / ~500 (networks) steps, so a noisy held-out loss
+            # does not stop a small fit early (a residual fit on 400 cells stopped after 600 steps with its
+            # group effects half learned at 100)
+            patience = max(10, -(-(100 if spec.story == "glm" else 500) // steps))
         if learning_rate is None:
             learning_rate = 0.02 if spec.story == "glm" else 1e-3
         if lr_reductions is None:  # the GLM's guide scales need small final steps; the cVAE does not
             lr_reductions = 2 if spec.story == "glm" else 0
+        # the cVAE's gene concentrations get 20x the network step (see TrainConfig.param_step_scale)
+        steps_scale = () if spec.story == "glm" else (("log_theta", THETA_STEP_SCALE),)
         config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
                              patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
-                             progress=progress)
+                             progress=progress, param_step_scale=steps_scale)
 
         def make(params, history):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,

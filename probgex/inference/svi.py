@@ -39,6 +39,10 @@ class TrainConfig:
     progress: bool = True
     device_data: str = "auto"  # "auto": keep the training counts on the device when they fit the budget
     device_budget_bytes: int = 2**30
+    # per-parameter multipliers of the Adam step, by NumPyro param name (e.g. {"log_theta": 10.0}): Adam
+    # moves every parameter by about the learning rate per step, too slowly for a log-concentration that
+    # has to travel several units while the networks need small steps
+    param_step_scale: tuple[tuple[str, float], ...] = ()
     count_split: bool = True  # NB / ZINB cVAE: the lgamma terms of the objective only on entries >= 2
 
     def __post_init__(self):
@@ -72,15 +76,27 @@ def make_svi(story, config: TrainConfig) -> SVI:
     """SVI with Trace_ELBO and Adam after global-norm clipping; the learning rate lives in the optimizer
     state (optax.inject_hyperparams), so a plateau can lower it without recompiling."""
     adam = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
-    optimizer = optax_to_numpyro(optax.chain(optax.clip_by_global_norm(config.clip_norm), adam))
+    chain = [optax.clip_by_global_norm(config.clip_norm), adam]
+    if config.param_step_scale:
+        chain.append(_scale_steps(dict(config.param_step_scale)))
+    optimizer = optax_to_numpyro(optax.chain(*chain))
     return SVI(story.model, story.guide, optimizer, loss=Trace_ELBO())
+
+
+def _scale_steps(factors: dict[str, float]) -> optax.GradientTransformation:
+    """Multiply the updates of the named top-level parameters by their factors."""
+
+    def update(updates, state, params=None):
+        return {k: jax.tree.map(lambda u, f=factors.get(k, 1.0): u * f, v) for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def scale_learning_rate(svi_state, factor: float):
     """The same SVI state with the learning rate (of `make_svi`'s optimizer) multiplied by `factor`."""
-    step, (params, (clip, adam)) = svi_state.optim_state
+    step, (params, (clip, adam, *rest)) = svi_state.optim_state
     hyper = dict(adam.hyperparams, learning_rate=adam.hyperparams["learning_rate"] * factor)
-    return svi_state._replace(optim_state=(step, (params, (clip, adam._replace(hyperparams=hyper)))))
+    return svi_state._replace(optim_state=(step, (params, (clip, adam._replace(hyperparams=hyper), *rest))))
 
 
 class DeviceData(NamedTuple):
