@@ -4,12 +4,17 @@ float32 matmul rate in JAX on the same cores, the share of it a step reaches, an
 
 Usage: python benchmarks/roofline.py [--likelihood nb|zinb] [--out benchmarks/results/roofline_nb.json]
 Run on a quiet machine (nothing else using the cores): every number is a wall-clock median.
+
+The step, the scan epoch and the likelihood piece are measured twice, interleaved in one process:
+"dense" (the NB / ZINB lgamma terms on all B x G entries, the objective before the count split) and
+"split" (those terms only over the entries >= 2, the fit's default since the count split).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,9 +29,10 @@ from _common import RESULTS, load, machine  # noqa: E402
 
 import probgex as pg  # noqa: E402
 from probgex.data import from_anndata  # noqa: E402
-from probgex.inference.minibatch import Minibatches, make_batch  # noqa: E402
-from probgex.inference.svi import TrainConfig, _to_device, epoch_blocks, make_epoch, make_svi  # noqa: E402
-from probgex.models.distributions import count_distribution  # noqa: E402
+from probgex.inference.minibatch import Minibatches, high_typical, make_batch  # noqa: E402
+from probgex.inference.svi import (TrainConfig, _to_device, device_high, epoch_blocks, make_epoch,  # noqa: E402
+                                   make_svi)
+from probgex.models.distributions import count_distribution, count_term_sum  # noqa: E402
 from probgex.models.story import Dims, build_story  # noqa: E402
 
 
@@ -38,6 +44,19 @@ def median_time(fn, reps: int = 20) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def _interleaved(fns: dict, reps: int = 20, rounds: int = 3) -> dict:
+    """Medians of each variant's timings, the variants alternating in `rounds` rounds (shared machine)."""
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            jax.block_until_ready(fns[k]())
+            for _ in range(max(1, reps // rounds)):
+                t = time.perf_counter()
+                jax.block_until_ready(fns[k]())
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def flops_of(jitted, *args) -> float:
@@ -69,14 +88,18 @@ def main():
     dims = Dims(data.n_design, data.n_genes, 1, 0, float(lib.mean()), float(lib.std()), 0)
     story = build_story(spec, dims, np.zeros(data.n_genes, np.float32))
     svi = make_svi(story, TrainConfig(learning_rate=1e-3))
-    batches = Minibatches(data, idx, 128, shuffle=True, rng=np.random.default_rng(0))
+    batches = Minibatches(data, idx, 128, shuffle=True, rng=np.random.default_rng(0), high=True)
+    typical = high_typical(batches.n_high, 128)
+    batches.high_size = typical  # the length the fit uses for (nearly) every batch
     batch = next(iter(batches))
+    dense_batch = batch._replace(high=None)
     state = svi.init(jax.random.PRNGKey(0), batch)
     update = jax.jit(svi.update)
-    step_flops = flops_of(update, state, batch)
-    t_step_device_batch = median_time(lambda: update(state, batch))
+    variants = {"dense": dense_batch, "split": batch}
+    step_flops = {k: flops_of(update, state, b) for k, b in variants.items()}
+    t_step_same = _interleaved({k: (lambda b=b: update(state, b)) for k, b in variants.items()})
 
-    # host path: a fresh batch densified from CSR and copied each step
+    # host path: a fresh batch densified from CSR (and its list of entries >= 2) copied each step
     it = iter(batches)
 
     def host_step():
@@ -90,31 +113,45 @@ def main():
 
     t_step_host = median_time(host_step)
     t_batch = median_time(lambda: make_batch(data, np.arange(128), 128, 1.0).x)
+    t_batch_list = median_time(lambda: make_batch(data, np.arange(128), 128, 1.0, high_size=typical).high)
 
     # scan path: one jitted call per epoch over device-resident data
-    dev = _to_device(data, idx)
-    run_epoch = make_epoch(svi)
+    devs = {"dense": _to_device(data, idx), "split": _to_device(data, idx, high=True)}
+    run_epoch = {"dense": make_epoch(svi), "split": make_epoch(svi, typical)}
     blocks = epoch_blocks(np.random.default_rng(0).permutation(len(idx)), 128)
     steps = blocks[0].shape[0]
-    st = [jax.tree.map(jnp.copy, svi.init(jax.random.PRNGKey(0), batch))]  # donated: own buffers
+    st = {k: jax.tree.map(jnp.copy, svi.init(jax.random.PRNGKey(0), batch)) for k in variants}  # donated
 
-    def epoch():
-        st[0], losses = run_epoch(st[0], dev, *blocks)
+    def epoch(k):
+        st[k], losses = run_epoch[k](st[k], devs[k], *blocks)
         return losses
 
-    t_epoch_scan = median_time(epoch, reps=5)
+    t_epoch_scan = _interleaved({k: (lambda k=k: epoch(k)) for k in variants}, reps=5)
+    build_list = jax.jit(lambda i, m: device_high(devs["split"], i, m, typical))
+    i0, m0 = jnp.asarray(blocks[0][0]), jnp.asarray(blocks[1][0])
+    t_list = median_time(lambda: build_list(i0, m0))
 
     # 3. pieces: likelihood value+grad, networks forward+backward, optimizer
     params = svi.get_params(state)
     nets = story._nets(params)
     x = batch.x
-    mu = jnp.exp(batch.log_lib[:, None]) * jax.nn.softmax(nets["decoder"](jnp.concatenate(
-        [jnp.zeros((128, 10)), batch.design], -1))[0], -1)
-    theta = jnp.exp(params.get("log_theta", jnp.zeros((1, data.n_genes))))[0]
-    gate = jnp.zeros_like(mu) if args.likelihood == "zinb" else None
-    lik = jax.jit(jax.value_and_grad(lambda m, t: count_distribution(args.likelihood, m, t, gate).log_prob(x).sum(),
-                                     argnums=(0, 1)))
-    t_lik = median_time(lambda: lik(mu, theta))
+    outs = nets["decoder"](jnp.concatenate([jnp.zeros((128, 10)), batch.design], -1))
+    log_mu = batch.log_lib[:, None] + jax.nn.log_softmax(outs[0], -1)
+    log_theta = params.get("log_theta", jnp.zeros((1, data.n_genes)))
+    gate = outs[1] if args.likelihood == "zinb" else None
+
+    def lik_dense(lm, lt):
+        return count_distribution(args.likelihood, jnp.exp(lm), jnp.exp(lt[0]), gate, normalized=False,
+                                  log_mu=lm).log_prob(x).sum()
+
+    def lik_split(lm, lt):
+        rest = count_distribution(args.likelihood, jnp.exp(lm), jnp.exp(lt[0]), gate, normalized=False,
+                                  log_mu=lm, count_term=False).log_prob(x).sum()
+        return rest + count_term_sum(batch.high, lt, batch.group, 128).sum()
+
+    liks = {"dense": jax.jit(jax.value_and_grad(lik_dense, argnums=(0, 1))),
+            "split": jax.jit(jax.value_and_grad(lik_split, argnums=(0, 1)))}
+    t_lik = _interleaved({k: (lambda f=f: f(log_mu, log_theta)) for k, f in liks.items()})
 
     def net_loss(p):
         enc = story._nets(p)["encoder"]
@@ -130,19 +167,21 @@ def main():
     t_opt = median_time(lambda: upd(params, ostate, params))
 
     res = {
-        "machine": machine(), "likelihood": args.likelihood,
+        "machine": machine(), "load_average": os.getloadavg(), "likelihood": args.likelihood,
         "matmul_4096_f32_seconds": t_mm, "matmul_gflops": peak / 1e9,
-        "step_gflop": step_flops / 1e9,
-        "step_seconds_same_batch": t_step_device_batch,
-        "step_seconds_host_batches": t_step_host,
-        "batch_densify_copy_seconds": t_batch,
-        "epoch_seconds_scan": t_epoch_scan, "steps_per_epoch": steps,
-        "step_seconds_scan": t_epoch_scan / steps,
-        "share_of_matmul_rate_host_path": step_flops / t_step_host / peak,
-        "share_of_matmul_rate_scan_path": step_flops / (t_epoch_scan / steps) / peak,
-        "likelihood_value_grad_seconds": t_lik, "networks_fwd_bwd_seconds": t_nets,
-        "optimizer_update_seconds": t_opt,
+        "high_list_size": typical, "dense_entries": int(x.size),
+        "steps_per_epoch": steps, "step_seconds_host_batches_split": t_step_host,
+        "batch_densify_copy_seconds": t_batch, "batch_densify_copy_and_list_seconds": t_batch_list,
+        "device_list_build_seconds": t_list,
+        "networks_fwd_bwd_seconds": t_nets, "optimizer_update_seconds": t_opt,
     }
+    for k in variants:
+        res |= {f"step_gflop_{k}": step_flops[k] / 1e9, f"step_seconds_same_batch_{k}": t_step_same[k],
+                f"epoch_seconds_scan_{k}": t_epoch_scan[k], f"step_seconds_scan_{k}": t_epoch_scan[k] / steps,
+                f"share_of_matmul_rate_scan_path_{k}": step_flops[k] / (t_epoch_scan[k] / steps) / peak,
+                f"likelihood_value_grad_seconds_{k}": t_lik[k]}
+    res["share_of_matmul_rate_host_path_split"] = step_flops["split"] / t_step_host / peak
+    res["scan_step_ratio_split_over_dense"] = t_epoch_scan["split"] / t_epoch_scan["dense"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     for k, v in res.items():

@@ -11,23 +11,72 @@ from collections.abc import Iterator
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from probgex.data import CountData
-from probgex.models.batch import Batch
+from probgex.models.batch import Batch, HighCounts
+
+
+def listed(x: np.ndarray) -> np.ndarray:
+    """The entries whose count term r(x, theta) is not 0: x >= 2 for the (validated) integer counts;
+    written as x not in {0, 1} so that any other value would be listed too and the objective stay exact."""
+    return (x != 0) & (x != 1)
+
+
+def high_per_row(data: CountData, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Number of entries with count >= 2 in each of `rows`: (len(rows),) int64."""
+    rows = np.asarray(rows)
+    if sp.issparse(data.counts):
+        sub = data.counts[rows]
+        return np.diff(np.r_[0, np.cumsum(listed(sub.data))][sub.indptr]).astype(np.int64)
+    return np.concatenate([listed(data.rows(rows[s : s + chunk])).sum(1) for s in range(0, len(rows), chunk)]
+                          + [np.zeros(0, np.int64)]).astype(np.int64)
+
+
+def high_bound(n_high: np.ndarray, batch_size: int) -> int:
+    """An exact bound on the entries >= 2 of any batch of `batch_size` distinct rows: the sum of the
+    `batch_size` largest per-row numbers (at least 1, so the list is never empty)."""
+    top = np.sort(np.asarray(n_high))[::-1][:batch_size]
+    return max(int(top.sum()), 1)
+
+
+def high_typical(n_high: np.ndarray, batch_size: int) -> int:
+    """A list length that fits nearly every random batch: the mean number of entries >= 2 per batch plus
+    6 standard deviations (rounded up to 256, at most `high_bound`). Callers check each batch against
+    it and use `high_bound` for any that does not fit, so no entry is ever dropped."""
+    n = np.asarray(n_high, np.float64)
+    typical = batch_size * n.mean() + 6.0 * np.sqrt(batch_size) * n.std()
+    return min(max(int(-(-typical // 256) * 256), 256), high_bound(n, batch_size))
+
+
+def host_high(x: np.ndarray, size: int) -> HighCounts:
+    """The entries >= 2 of a dense (B, G) block as a `HighCounts` list of length `size`."""
+    r, g = np.nonzero(listed(x))
+    if len(r) > size:
+        raise ValueError(f"{len(r)} entries >= 2 do not fit in a list of {size}")
+    pad = size - len(r)
+    row = np.concatenate([r, np.full(pad, x.shape[0] - 1)]).astype(np.int32)
+    gene = np.concatenate([g, np.zeros(pad, np.int64)]).astype(np.int32)
+    count = np.concatenate([x[r, g], np.zeros(pad, x.dtype)]).astype(np.float32)
+    return HighCounts(jnp.asarray(row), jnp.asarray(gene), jnp.asarray(count))
 
 
 def make_batch(data: CountData, rows: np.ndarray, size: int, scale: float, *,
-               with_counts: bool = True, log_lib: np.ndarray | None = None) -> Batch:
-    """The rows `rows` of `data` as a Batch of exactly `size` rows (zero-padded, masked)."""
+               with_counts: bool = True, log_lib: np.ndarray | None = None,
+               high_size: int | None = None) -> Batch:
+    """The rows `rows` of `data` as a Batch of exactly `size` rows (zero-padded, masked). With
+    `high_size`, the batch also lists its entries >= 2 (`HighCounts`, that many entries)."""
     n = len(rows)
     pad = size - n
     if pad < 0:
         raise ValueError(f"{n} rows do not fit in a batch of {size}")
     lib = np.log(data.library_size[rows]) if log_lib is None else log_lib
     groups = np.zeros(n, np.int32) if data.groups is None else data.groups[rows]
-    x = None
+    x = high = None
     if with_counts:
-        x = jnp.asarray(np.pad(data.rows(rows), ((0, pad), (0, 0))))
+        dense = np.pad(data.rows(rows), ((0, pad), (0, 0)))
+        x = jnp.asarray(dense)
+        high = None if high_size is None else host_high(dense, high_size)
     return Batch(
         x=x,
         log_lib=jnp.asarray(np.pad(lib.astype(np.float32), (0, pad))),
@@ -37,6 +86,7 @@ def make_batch(data: CountData, rows: np.ndarray, size: int, scale: float, *,
         scale=jnp.asarray(scale, jnp.float32),
         offset=None if data.offset is None else jnp.asarray(
             np.pad(data.offset[rows].astype(np.float32), ((0, pad), (0, 0)))),
+        high=high,
     )
 
 
@@ -45,16 +95,19 @@ class Minibatches:
 
     With `shuffle`, the order is a permutation drawn from `rng` anew each pass. `n_total` is the
     number of observations the minibatch ELBO stands for: each block is scaled by n_total / rows in it.
+    With `high`, each block also lists its entries >= 2, in a list of one fixed length for all blocks.
     """
 
     def __init__(self, data: CountData, index: np.ndarray, batch_size: int, *, shuffle: bool,
-                 rng: np.random.Generator | None = None, n_total: int | None = None):
+                 rng: np.random.Generator | None = None, n_total: int | None = None, high: bool = False):
         if len(index) == 0:
             raise ValueError("no observations to iterate over")
         self.data, self.index = data, np.asarray(index)
         self.batch_size = min(batch_size, len(self.index))
         self.shuffle, self.rng = shuffle, rng
         self.n_total = len(self.index) if n_total is None else n_total
+        self.n_high = high_per_row(data, self.index) if high else None
+        self.high_size = None if self.n_high is None else high_bound(self.n_high, self.batch_size)
 
     def __len__(self) -> int:
         return -(-len(self.index) // self.batch_size)
@@ -63,4 +116,4 @@ class Minibatches:
         order = self.rng.permutation(self.index) if self.shuffle else self.index
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            yield make_batch(self.data, rows, self.batch_size, self.n_total / len(rows))
+            yield make_batch(self.data, rows, self.batch_size, self.n_total / len(rows), high_size=self.high_size)

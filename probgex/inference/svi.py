@@ -20,8 +20,8 @@ from numpyro.optim import optax_to_numpyro
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex.data import CountData
-from probgex.inference.minibatch import Minibatches
-from probgex.models.batch import Batch
+from probgex.inference.minibatch import Minibatches, high_typical, listed
+from probgex.models.batch import Batch, HighCounts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +43,7 @@ class TrainConfig:
     # moves every parameter by about the learning rate per step, too slowly for a log-concentration that
     # has to travel several units while the networks need small steps
     param_step_scale: tuple[tuple[str, float], ...] = ()
+    count_split: bool = True  # NB / ZINB cVAE: the lgamma terms of the objective only on entries >= 2
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "patience"):
@@ -106,27 +107,59 @@ class DeviceData(NamedTuple):
     design: jax.Array
     group: jax.Array
     offset: jax.Array | None = None
+    # the entries >= 2 per row, CSR-like (row r: positions high_ptr[r]:high_ptr[r + 1]), or None
+    high_ptr: jax.Array | None = None
+    high_gene: jax.Array | None = None
+    high_count: jax.Array | None = None
 
 
-def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096) -> DeviceData:
+def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
     x = np.empty((len(rows), data.n_genes), np.float32)
+    counts, genes, values = [np.zeros(1, np.int64)], [], []
     for start in range(0, len(rows), chunk):
-        x[start : start + chunk] = data.rows(rows[start : start + chunk])
+        block = x[start : start + chunk] = data.rows(rows[start : start + chunk])
+        if high:  # the entries listed for the count term, per row (row-major order)
+            r, g = np.nonzero(listed(block))
+            counts.append(np.bincount(r, minlength=len(block)))
+            genes.append(g.astype(np.int32))
+            values.append(block[r, g])
     groups = np.zeros(len(rows), np.int32) if data.groups is None else data.groups[rows]
     offset = None if data.offset is None else jnp.asarray(data.offset[rows].astype(np.float32))
+    extra = ()
+    if high:
+        ptr = np.cumsum(np.concatenate(counts)).astype(np.int32)
+        extra = tuple(jnp.asarray(np.concatenate(a)) for a in ([ptr], genes + [np.zeros(0, np.int32)],
+                                                                values + [np.zeros(0, np.float32)]))
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
-                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset)
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset, *extra)
 
 
-def make_epoch(svi: SVI):
+def device_high(dev: DeviceData, idx: jax.Array, mask: jax.Array, size: int) -> HighCounts:
+    """The entries >= 2 of the rows `idx` (masked rows count none) as a `HighCounts` list of `size`."""
+    n = jnp.where(mask, dev.high_ptr[idx + 1] - dev.high_ptr[idx], 0)
+    ends = jnp.cumsum(n)
+    k = jnp.arange(size, dtype=ends.dtype)
+    row = jnp.minimum(jnp.searchsorted(ends, k, side="right"), idx.shape[0] - 1).astype(jnp.int32)
+    valid = k < ends[-1]
+    pos = jnp.where(valid, dev.high_ptr[idx[row]] + k - (ends[row] - n[row]), 0)
+    gene = jnp.where(valid, jnp.take(dev.high_gene, pos, mode="clip"), 0)
+    count = jnp.where(valid, jnp.take(dev.high_count, pos, mode="clip"), 0.0)
+    return HighCounts(row, gene, count)
+
+
+def make_epoch(svi: SVI, high_size: int | None = None):
     """One jitted call per epoch: `lax.scan` of the SVI step over a stack of minibatch index blocks
-    gathered from device-resident data (no per-step host round trip; the state buffers are donated)."""
+    gathered from device-resident data (no per-step host round trip; the state buffers are donated).
+    With `high_size`, each step's batch lists its entries >= 2 (`device_high`, a list of that length:
+    it must bound every block's number of such entries)."""
 
     def epoch(svi_state, dev: DeviceData, idx, mask, scale):
         def step(state, inp):
             i, m, s = inp
             offset = None if dev.offset is None else dev.offset[i]
-            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s, offset))
+            high = None if high_size is None else device_high(dev, i, m, high_size)
+            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s,
+                                           offset=offset, high=high))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 
@@ -159,10 +192,12 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     the end with the best parameters so far.
     """
     rng = np.random.default_rng(seed)
-    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng)
+    split = bool(config.count_split and getattr(story, "count_split", False))
+    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng, high=split)
     heldout = None
     if len(heldout_idx):
-        heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx))
+        heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx),
+                              high=split)
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
     svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
@@ -170,7 +205,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
     if on_device:
-        dev, run_epoch = _to_device(data, np.asarray(train_idx)), make_epoch(svi)
+        dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
+        typical = high_typical(train.n_high, train.batch_size) if split else None
     state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
     hist = History([], [], 0)
     reductions = config.lr_reductions
@@ -180,7 +216,14 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
         for epoch in range(1, config.max_epochs + 1):
             if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
                 order = rng.permutation(len(train.index))
-                svi_state, losses = run_epoch(state.svi_state, dev, *epoch_blocks(order, train.batch_size))
+                blocks = epoch_blocks(order, train.batch_size)
+                size = None
+                if split:  # the shorter list unless a batch of this epoch has more entries >= 2 than it holds
+                    need = int(np.where(blocks[1], train.n_high[blocks[0]], 0).sum(1).max())
+                    size = typical if need <= typical else train.high_size
+                if size not in run_epochs:
+                    run_epochs[size] = make_epoch(svi, size)
+                svi_state, losses = run_epochs[size](state.svi_state, dev, *blocks)
             else:
                 svi_state, losses = state.svi_state, []
                 for batch in train:

@@ -17,7 +17,7 @@ from flax import nnx
 from numpyro.contrib.module import nnx_module
 
 from probgex.models.batch import Batch
-from probgex.models.distributions import count_distribution, log_mean_exp
+from probgex.models.distributions import count_distribution, count_term_sum, log_mean_exp
 from probgex.models.nets import MLP, concat, gaussian_head
 from probgex.spec import ModelSpec
 
@@ -31,6 +31,9 @@ class CVAE:
         self.P, self.G, self.K = n_design, n_genes, n_groups
         self.dim = spec.latent.dim
         self.latent_library = spec.library == "latent"
+        # the fit may hand batches listing their entries >= 2 (Batch.high): the NB log-pmf's lgamma
+        # terms are then summed over those only (they are exactly 0 at x = 0 and 1)
+        self.count_split = self.kind in ("nb", "zinb")
         self.lib_loc, self.lib_scale = float(lib_loc), float(lib_scale)
         rngs = nnx.Rngs(seed)
         enc_heads = (self.dim, self.dim) + ((1, 1) if self.latent_library else ())
@@ -86,8 +89,12 @@ class CVAE:
                 log_lib = numpyro.sample("log_library", self._lib_prior())
             mu, theta, gate, log_mu = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta,
                                                        batch.offset)
-            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False, log_mu=log_mu
-                                                   ).to_event(1), obs=batch.x)
+            split = batch.high is not None and self.count_split
+            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False, log_mu=log_mu,
+                                                   count_term=not split).to_event(1), obs=batch.x)
+            if split:  # r(x, theta) of the entries >= 2, under the same plate, mask and scale as "x"
+                numpyro.factor("x_count_term", count_term_sum(batch.high, log_theta, batch.group,
+                                                              batch.design.shape[0]))
 
     def guide(self, batch: Batch):
         encoder_net = nnx_module("encoder", self.encoder)

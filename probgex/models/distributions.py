@@ -6,17 +6,19 @@ form on CPU (STACK-NOTES); these subclasses keep NumPyro's sampling and constrai
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions.util import validate_sample
 
-from probgex.models.likelihoods import nb_log_prob, poisson_log_prob, zinb_log_prob
+from probgex.models.likelihoods import nb_count_term, nb_log_prob, poisson_log_prob, zinb_log_prob
 
 
 class FastNB2(dist.NegativeBinomial2):
     """NB with mean `mu` and concentration `theta` (Var = mu + mu^2 / theta), gammaln log-pmf."""
 
     normalized = True
+    count_term = True  # False: without r(x, theta) (added separately over the entries with x >= 2)
 
     def __init__(self, mean, concentration, *, log_mean=None, validate_args=None):
         self.mean_, self.log_mean_ = mean, log_mean
@@ -24,13 +26,15 @@ class FastNB2(dist.NegativeBinomial2):
 
     @validate_sample
     def log_prob(self, value):
-        return nb_log_prob(value, self.mean_, self.concentration, normalized=self.normalized, log_mu=self.log_mean_)
+        return nb_log_prob(value, self.mean_, self.concentration, normalized=self.normalized, log_mu=self.log_mean_,
+                           count_term=self.count_term)
 
 
 class FastZINB(dist.ZeroInflatedLogits):
     """Zero-inflated NB (gate logits) with the fused closed-form log-pmf of `zinb_log_prob`."""
 
     normalized = True
+    count_term = True
 
     def __init__(self, mean, concentration, gate_logits, *, log_mean=None, validate_args=None):
         self.mean_, self.concentration_, self.log_mean_ = mean, concentration, log_mean
@@ -39,7 +43,7 @@ class FastZINB(dist.ZeroInflatedLogits):
     @validate_sample
     def log_prob(self, value):
         return zinb_log_prob(value, self.mean_, self.concentration_, self.gate_logits,
-                             normalized=self.normalized, log_mu=self.log_mean_)
+                             normalized=self.normalized, log_mu=self.log_mean_, count_term=self.count_term)
 
 
 class FastPoisson(dist.Poisson):
@@ -64,16 +68,34 @@ class _PoissonUnnormalized(FastPoisson):
     normalized = False
 
 
+# ... and without r(x, theta) = lgamma(x + theta) - lgamma(theta) - x log theta, which the training
+# objective adds over the entries with x >= 2 only (it is 0 at x = 0 and 1): `count_term_sum`.
+class _NB2MeanTerms(_NB2Unnormalized):
+    count_term = False
+
+
+class _ZINBMeanTerms(_ZINBUnnormalized):
+    count_term = False
+
+
 _CLASSES = {True: {"poisson": FastPoisson, "nb": FastNB2, "zinb": FastZINB},
-            False: {"poisson": _PoissonUnnormalized, "nb": _NB2Unnormalized, "zinb": _ZINBUnnormalized}}
+            False: {"poisson": _PoissonUnnormalized, "nb": _NB2Unnormalized, "zinb": _ZINBUnnormalized},
+            "mean_terms": {"nb": _NB2MeanTerms, "zinb": _ZINBMeanTerms}}
 
 
 def count_distribution(kind: str, mu, theta=None, gate_logits=None, *, normalized: bool = True,
-                       log_mu=None) -> dist.Distribution:
+                       log_mu=None, count_term: bool = True) -> dist.Distribution:
     """The likelihood of a count entry: 'poisson', 'nb' or 'zinb' (`kind` is static). With
     `normalized=False` the log-pmf omits -log x! (for training objectives: same gradients);
-    `log_mu`, where the caller has it, saves a log per entry in the NB / ZINB log-pmf."""
-    classes = _CLASSES[normalized]
+    `log_mu`, where the caller has it, saves a log per entry in the NB / ZINB log-pmf. With
+    `count_term=False` (NB / ZINB, unnormalized only) it also omits r(x, theta): the caller adds
+    `count_term_sum` over the entries with x >= 2."""
+    if not count_term:
+        if normalized or kind not in ("nb", "zinb"):
+            raise ValueError("count_term=False needs normalized=False and kind 'nb' or 'zinb'")
+        classes = _CLASSES["mean_terms"]
+    else:
+        classes = _CLASSES[normalized]
     if kind == "poisson":
         return classes["poisson"](mu)
     if kind == "nb":
@@ -81,6 +103,16 @@ def count_distribution(kind: str, mu, theta=None, gate_logits=None, *, normalize
     if kind == "zinb":
         return classes["zinb"](mu, theta, gate_logits, log_mean=log_mu)
     raise ValueError(f"unknown likelihood {kind!r}; use 'poisson', 'nb' or 'zinb'")
+
+
+def count_term_sum(high, log_theta, group, n_rows: int):
+    """Per row, the sum of r(x, theta) over that row's entries with x >= 2: (n_rows,).
+
+    `high` is a `HighCounts` list (row, gene, count; padding entries have count 0, where r is exactly
+    0 with a zero gradient); theta = exp(log_theta[group[row], gene]) with `log_theta` (K, G)."""
+    log_t = log_theta[group[high.row], high.gene] if log_theta.shape[0] > 1 else log_theta[0, high.gene]
+    r = nb_count_term(high.count, jnp.exp(log_t))
+    return jax.ops.segment_sum(r, high.row, num_segments=n_rows, indices_are_sorted=True)
 
 
 def log_mean_exp(a, axis=0):
