@@ -47,7 +47,7 @@ def _first_means(y, X, sf, lin_mu: bool, max_disp: float):
     """Fitted means used for the dispersion estimates: linear model on normalised counts (one row
     pattern per coefficient) or an NB GLM with DESeq2's rough dispersions."""
     yn = y / sf[:, None]
-    hat = X @ jnp.linalg.solve(X.T @ X, X.T)  # (N, N)
+    hat = X @ nbglm.spd_inv(X.T @ X) @ X.T  # (N, N)
     if lin_mu:
         return jnp.maximum(sf[:, None] * (hat @ yn), nbglm.MIN_MU)
     N, P = X.shape

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import digamma, polygamma
 
+from probgex.power.nbglm import spd_inv, spd_solve
+
 MIN_DISP = 1e-8
 GRID = 41
 BISECT = 22
@@ -45,7 +47,7 @@ def _score(la: jax.Array, y: jax.Array, mu: jax.Array, X: jax.Array, prior: tupl
     s = -r * dl_dr
     W = mu / (1.0 + a[None] * mu)  # Cox-Reid: -1/2 log det X'WX, dW/dla = -a W^2
     A = jnp.einsum("ng,np,nq->gpq", W, X, X)
-    h = jnp.einsum("np,gpq,nq->ng", X, jnp.linalg.inv(A), X)
+    h = jnp.einsum("np,gpq,nq->ng", X, spd_inv(A), X)
     s = s + 0.5 * a * (W**2 * h).sum(0)
     if prior is not None:
         log_trend, var = prior
@@ -56,24 +58,31 @@ def _score(la: jax.Array, y: jax.Array, mu: jax.Array, X: jax.Array, prior: tupl
 def fit_log_alpha(y: jax.Array, mu: jax.Array, X: jax.Array, max_disp: float,
                   prior: tuple | None = None) -> jax.Array:
     """Maximise the Cox-Reid adjusted likelihood (+ prior) over log alpha in [log MIN_DISP,
-    log max_disp] for every gene: (G,)."""
+    log max_disp] for every gene: (G,). One scan: GRID steps scan the grid and keep the last + to -
+    change of the score's sign as the bracket, then BISECT steps halve it (one score body to compile)."""
     lo_b, hi_b = jnp.log(MIN_DISP), jnp.log(max_disp)
     grid = jnp.linspace(lo_b, hi_b, GRID, dtype=mu.dtype)
     G = y.shape[1]
-    pos = jax.lax.map(lambda la: _score(jnp.full((G,), la), y, mu, X, prior) > 0, grid)  # (K, G)
-    cross = pos[:-1] & ~pos[1:]
-    k = GRID - 2 - jnp.argmax(jnp.flip(cross, 0), axis=0)  # last + to - change
-    has = cross.any(0)
-    lo, hi = grid[k], grid[k + 1]
+    f = jnp.zeros((G,), mu.dtype)
+    b = jnp.zeros((G,), bool)
 
-    def bisect(c, _):
-        lo, hi = c
-        mid = 0.5 * (lo + hi)
-        up = _score(mid, y, mu, X, prior) > 0
-        return (jnp.where(up, mid, lo), jnp.where(up, hi, mid)), None
+    def step(c, k):
+        lo, hi, prev, has = c
+        searching = k < GRID
+        la = jnp.where(searching, grid[jnp.minimum(k, GRID - 1)], 0.5 * (lo + hi))
+        up = _score(la, y, mu, X, prior) > 0
+        cross = searching & (k > 0) & prev & ~up
+        lo_s = jnp.where(cross, grid[jnp.maximum(k - 1, 0)], lo)
+        hi_s = jnp.where(cross, la, hi)
+        lo_b_ = jnp.where(up, la, lo)
+        hi_b_ = jnp.where(up, hi, la)
+        lo = jnp.where(searching, lo_s, lo_b_)
+        hi = jnp.where(searching, hi_s, hi_b_)
+        prev = jnp.where(searching, up, prev)
+        return (lo, hi, prev, has | cross), None
 
-    (lo, hi), _ = jax.lax.scan(bisect, (lo, hi), None, length=BISECT)
-    edge = jnp.where(pos[-1], hi_b, lo_b)
+    (lo, hi, last_up, has), _ = jax.lax.scan(step, (f, f, b, b), jnp.arange(GRID + BISECT))
+    edge = jnp.where(last_up, hi_b, lo_b)
     return jnp.where(has, 0.5 * (lo + hi), edge)
 
 
@@ -91,7 +100,7 @@ def fit_trend(disp: jax.Array, base_mean: jax.Array, use: jax.Array, n_outer: in
             m = jnp.maximum(Z @ coef, 1e-8)
             w = jnp.where(mask, 1.0 / m**2, 0.0)
             A = jnp.einsum("g,gi,gj->ij", w, Z, Z) + 1e-12 * jnp.eye(2)
-            return jnp.linalg.solve(A, jnp.einsum("g,gi->i", w * disp, Z)), None
+            return spd_solve(A, jnp.einsum("g,gi->i", w * disp, Z)), None
         return jax.lax.scan(it, coef, None, length=n_inner)[0]
 
     def outer(c, _):

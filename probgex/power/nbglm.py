@@ -31,6 +31,39 @@ def size_factors(y: jax.Array) -> jax.Array:
     return jnp.exp(jnp.where(jnp.any(pos), log_sf, fallback))
 
 
+def _cholesky(A: jax.Array) -> list[list[jax.Array]]:
+    """Cholesky factor of SPD matrices A (..., P, P), unrolled over the small static P: entries L[i][j]
+    as (...,) arrays. Elementwise code compiles in a fraction of the time of XLA's batched LU."""
+    P = A.shape[-1]
+    L = [[None] * P for _ in range(P)]
+    for j in range(P):
+        d = A[..., j, j] - sum(L[j][k] ** 2 for k in range(j))
+        L[j][j] = jnp.sqrt(jnp.maximum(d, 1e-30))
+        for i in range(j + 1, P):
+            L[i][j] = (A[..., i, j] - sum(L[i][k] * L[j][k] for k in range(j))) / L[j][j]
+    return L
+
+
+def spd_solve(A: jax.Array, b: jax.Array) -> jax.Array:
+    """Solve A x = b for SPD A (..., P, P) and b (..., P)."""
+    P = A.shape[-1]
+    L = _cholesky(A)
+    z = [None] * P
+    for i in range(P):
+        z[i] = (b[..., i] - sum(L[i][k] * z[k] for k in range(i))) / L[i][i]
+    x = [None] * P
+    for i in reversed(range(P)):
+        x[i] = (z[i] - sum(L[k][i] * x[k] for k in range(i + 1, P))) / L[i][i]
+    return jnp.stack(x, -1)
+
+
+def spd_inv(A: jax.Array) -> jax.Array:
+    """Inverse of SPD matrices A (..., P, P)."""
+    P = A.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(P, dtype=A.dtype), A.shape)
+    return jnp.stack([spd_solve(A, eye[..., k]) for k in range(P)], -1)
+
+
 def _normal_eq(W: jax.Array, X: jax.Array) -> jax.Array:
     """X' diag(W_g) X + ridge for every gene: (G, P, P)."""
     P = X.shape[1]
@@ -43,14 +76,15 @@ def irls(y: jax.Array, X: jax.Array, sf: jax.Array, alpha: jax.Array, n_iter: in
     fixed: beta (G, P) in natural-log units and the fitted means mu (N, G)."""
     log_sf = jnp.log(sf)[:, None]
     z0 = jnp.log(y / sf[:, None] + 0.1)
-    beta = jnp.linalg.solve(X.T @ X + RIDGE * jnp.eye(X.shape[1], dtype=X.dtype), X.T @ z0).T  # (G, P)
+    XtX = X.T @ X + RIDGE * jnp.eye(X.shape[1], dtype=X.dtype)
+    beta = spd_solve(jnp.broadcast_to(XtX, (z0.shape[1],) + XtX.shape), (X.T @ z0).T)  # (G, P)
 
     def step(beta, _):
         mu = jnp.maximum(jnp.exp(jnp.clip(X @ beta.T + log_sf, -50.0, 50.0)), MIN_MU)
         W = mu / (1.0 + alpha[None] * mu)
         z = jnp.log(mu) - log_sf + (y - mu) / mu
         rhs = jnp.einsum("ng,np->gp", W * z, X)
-        new = jnp.linalg.solve(_normal_eq(W, X), rhs[..., None])[..., 0]
+        new = spd_solve(_normal_eq(W, X), rhs)
         return jnp.clip(new, -BETA_BOUND, BETA_BOUND), None
 
     beta, _ = jax.lax.scan(step, beta, None, length=n_iter)
@@ -60,7 +94,7 @@ def irls(y: jax.Array, X: jax.Array, sf: jax.Array, alpha: jax.Array, n_iter: in
 
 def coef_covariance(X: jax.Array, mu: jax.Array, alpha: jax.Array) -> jax.Array:
     """Wald covariance of the coefficients, (X' W X)^-1 with W = mu / (1 + alpha mu): (G, P, P)."""
-    return jnp.linalg.inv(_normal_eq(mu / (1.0 + alpha[None] * mu), X))
+    return spd_inv(_normal_eq(mu / (1.0 + alpha[None] * mu), X))
 
 
 def loglik_ratio(y: jax.Array, mu1: jax.Array, mu0: jax.Array, alpha: jax.Array) -> jax.Array:
