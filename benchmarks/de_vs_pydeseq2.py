@@ -102,8 +102,11 @@ def main(names: list[str]) -> None:
         rows.append(compare(name))
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "de_vs_pydeseq2.json").write_text(json.dumps(
-        {"machine": machine(), "pydeseq2": pydeseq2.__version__, "rows": rows}, indent=1))
+    path = RESULTS / "de_vs_pydeseq2.json"  # rows of cases not rerun are kept
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = [r for r in old if r["case"] not in {x["case"] for x in rows}] + rows
+    rows.sort(key=lambda r: list(CASES).index(r["case"]))
+    path.write_text(json.dumps({"machine": machine(), "pydeseq2": pydeseq2.__version__, "rows": rows}, indent=1))
     print("| case | samples | genes tested | Spearman p | Spearman LFC | Spearman disp | calls probgex / "
           "pydeseq2 / both | Jaccard | s probgex | s pydeseq2 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
