@@ -83,5 +83,7 @@ def test_errors(glm_fit, cvae_fit):
         curve(cvae_fit, CONTRAST, [3], key=key, progress=False)
     with pytest.raises(SpecError, match="lfc"):
         curve(glm_fit, CONTRAST, [3], key=key, lfc=-1.0, n_draws=2, n_rep=1, progress=False)
+    with pytest.raises(SpecError, match="PRNG key"):
+        curve(glm_fit, CONTRAST, [3], key=None, progress=False)
     with pytest.raises(DataError, match="one per gene"):
         curve(glm_fit, CONTRAST, [3], key=key, lfc=np.ones(5), n_draws=2, n_rep=1, progress=False)

@@ -234,5 +234,7 @@ def test_de_test_bad_options():
         de_test(a, "~ strain", ("strain", "KO"))
     with pytest.raises(SpecError, match="no column"):
         de_test(a, "~ batch", ("strain", "KO", "WT"))
+    with pytest.raises(DataError, match="layer 'counts'"):
+        de_test(a, "~ strain", ("strain", "KO", "WT"), layer="counts")
     with pytest.raises(DataError, match="replicates"):
         de_test(a[[0, 3]].copy(), "~ strain", ("strain", "KO", "WT"))

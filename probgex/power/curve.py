@@ -149,7 +149,9 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
         raise SpecError(f"contrast must be (column, level, reference), got {contrast!r}")
     if not isinstance(n_draws, int) or n_draws < 2:
         raise SpecError(f"n_draws must be an integer >= 2 (posterior draws), got {n_draws!r}")
-    k_draw, k_sim = jax.random.split(key if key is not None else _rng(None))
+    if key is None:
+        raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
+    k_draw, k_sim = jax.random.split(key)
     truth = truth_from_fit(fit, tuple(contrast), n_draws, k_draw)
     depth = float(np.exp(fit.dims.lib_loc)) if depth is None else float(depth)
     depth_sd = float(fit.dims.lib_scale) if depth_sd is None else float(depth_sd)

@@ -189,10 +189,10 @@ def de_test(adata, formula: str, contrast: tuple[str, str, str], *, test: str = 
     obs = adata.obs.copy()
     others = [lv for lv in sorted({str(v) for v in obs[col].dropna().unique()}) if lv != ref]
     obs[col] = pd.Categorical(obs[col].astype(str), categories=[ref, *others])
-    view = anndata.AnnData(X=adata.X if layer is None else adata.layers[layer] if layer in adata.layers else None,
-                           obs=obs, var=pd.DataFrame(index=adata.var_names))
     if layer is not None and layer not in adata.layers:
         raise DataError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
+    view = anndata.AnnData(X=adata.X if layer is None else adata.layers[layer], obs=obs,
+                           var=pd.DataFrame(index=adata.var_names))
     data = from_anndata(view, formula, likelihood="nb", empty="keep")
     name = f"{col}[T.{level}]"
     if name not in data.encoding.columns:
