@@ -7,7 +7,7 @@
     fit.save("model.npz"); fit = pg.load("model.npz")
 """
 
-from probgex import datasets, diagnostics, latent, mean
+from probgex import datasets, diagnostics, latent, mean, power
 from probgex.data import CountData, DesignEncoding, EmptyWarning, from_anndata
 from probgex.errors import DataError, ModelFileError, ProbgexError, SpecError
 from probgex.fit import Fit, Model, load
@@ -18,4 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CountData", "DataError", "DesignEncoding", "EmptyWarning", "Fit", "Model", "ModelFileError",
     "ModelSpec", "ProbgexError", "SpecError", "datasets", "diagnostics", "from_anndata", "latent", "load", "mean",
+    "power",
 ]

@@ -184,6 +184,53 @@ def _print_report(summary: dict) -> None:
 
 
 @app.command()
+def power(
+    model: Annotated[Path, typer.Argument(help="NB GLM model file written by `probgex fit`")],
+    contrast: Annotated[str, typer.Option(help="column:level:reference, e.g. strain:Snf2:WT")],
+    out: Annotated[Path, typer.Option(help="folder for power.json, power.nc and power.png")],
+    n: Annotated[str, typer.Option(help="replicates per group, comma-separated")] = "3,6,12,24",
+    fdr: Annotated[float, typer.Option(help="FDR at which genes are called")] = 0.05,
+    lfc: Annotated[float, typer.Option(help="|log2 fold change| of the DE genes")] = 0.585,
+    de_fraction: Annotated[float, typer.Option(help="share of genes that are DE")] = 0.1,
+    depth: Annotated[float | None, typer.Option(help="library size per sample (default: the fit's)")] = None,
+    n_draws: Annotated[int, typer.Option(help="posterior draws (one set of experiments each)")] = 20,
+    n_rep: Annotated[int, typer.Option(help="experiments per draw")] = 2,
+    target: Annotated[float, typer.Option(help="power for the smallest-n answer")] = 0.8,
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
+    import jax
+
+    from probgex.errors import SpecError
+    from probgex.fit import load
+    from probgex.power import curve
+    from probgex.power.report import write
+
+    try:
+        parts = contrast.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise SpecError(f"--contrast must be column:level:reference (e.g. strain:Snf2:WT), got {contrast!r}")
+        try:
+            grid = [int(t) for t in n.split(",") if t.strip()]
+        except ValueError:
+            raise SpecError(f"--n must be comma-separated integers, got {n!r}") from None
+        fitted = load(model)
+        ds = curve(fitted, tuple(parts), grid, key=jax.random.PRNGKey(seed), fdr=fdr, lfc=lfc,
+                   de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target)
+    except ProbgexError as e:
+        raise _fail(e)
+    s = write(ds, out)
+    table = Table(title=f"power at FDR {fdr}, |log2FC| = {lfc}")
+    for col in ("n per group", "power", "interval", "realized FDR"):
+        table.add_column(col)
+    for r in s["per_n"]:
+        table.add_row(str(r["n_per_group"]), f"{r['power']:.3f}", f"[{r['power_lower']:.3f}, {r['power_upper']:.3f}]",
+                      f"{r['realized_fdr']:.3f}")
+    Console().print(table)
+    console.print(f"smallest n reaching {target:.0%} power: {s['n_at_target']}; wrote {out}/power.json, power.nc, power.png")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the results")] = Path("probgex-demo"),
     max_epochs: Annotated[int | None, typer.Option(help="cap the fit (for a quick look)")] = None,

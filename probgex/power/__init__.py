@@ -1,0 +1,9 @@
+"""Power and sample size: a DESeq2-style NB GLM test vectorized in JAX (`de_test` on real data),
+experiments simulated from a fitted model (`simulate`), and power curves carrying the fit's
+uncertainty (`curve`, `power_grid`, `plot_curve`)."""
+
+from probgex.power.curve import curve, plot_curve, power_grid
+from probgex.power.de import de_test
+from probgex.power.simulate import Truth, truth_from_fit
+
+__all__ = ["Truth", "curve", "de_test", "plot_curve", "power_grid", "truth_from_fit"]

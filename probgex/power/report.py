@@ -1,0 +1,49 @@
+"""Write a power curve to a folder: power.json (per n: power, its interval, realized FDR), power.nc
+(the full xarray.Dataset) and power.png (the figure)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import xarray as xr
+
+from probgex.power.curve import plot_curve
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else (x if math.isfinite(x) else None)
+
+
+def summary(ds: xr.Dataset) -> dict:
+    """JSON-ready summary: settings, per-n estimates and intervals, the smallest n reaching the target
+    (None when the grid never reaches it)."""
+    rows = []
+    for n in ds["n"].values:
+        d = ds.sel(n=n)
+        rows.append({"n_per_group": int(n), "power": _num(d["power_mean"]), "power_lower": _num(d["power_lower"]),
+                     "power_upper": _num(d["power_upper"]), "power_mc_se": _num(d["power_mc_se"]),
+                     "realized_fdr": _num(d["fdp_mean"]), "realized_fdr_lower": _num(d["fdp_lower"]),
+                     "realized_fdr_upper": _num(d["fdp_upper"]),
+                     "power_by_stratum": {str(s): _num(d["power_stratum_mean"].sel(stratum=s))
+                                          for s in ds["stratum"].values}})
+    a = ds.attrs
+    return {"settings": {k: a[k] for k in ("contrast", "formula", "fdr", "lfc", "de_fraction", "depth", "depth_sd",
+                                           "test", "level", "target", "n_genes") if k in a}
+            | {"n_draws": int(ds.sizes["draw"]), "n_rep": int(ds.sizes["rep"])},
+            "per_n": rows,
+            "n_at_target": {"estimate": _num(a["n_at_target"]), "lower": _num(a["n_at_target_lower"]),
+                            "upper": _num(a["n_at_target_upper"])}}
+
+
+def write(ds: xr.Dataset, out: str | Path) -> dict:
+    """Write power.json, power.nc and power.png into the folder `out`; returns the JSON summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = summary(ds)
+    (out / "power.json").write_text(json.dumps(s, indent=1))
+    ds.to_netcdf(out / "power.nc", engine="h5netcdf")
+    plot_curve(ds, out / "power.png")
+    return s

@@ -1,0 +1,37 @@
+"""`probgex power MODEL --contrast ... --n ... --out FOLDER` writes power.json, power.nc and power.png."""
+
+import json
+
+import xarray as xr
+from typer.testing import CliRunner
+
+from probgex.cli import app
+
+runner = CliRunner()
+
+
+def test_power_command_writes_json_netcdf_and_figure(glm_fit, tmp_path):
+    model = glm_fit.save(tmp_path / "glm.npz")
+    out = tmp_path / "power"
+    res = runner.invoke(app, ["power", str(model), "--contrast", "group:b:a", "--n", "3,6", "--fdr", "0.1",
+                              "--lfc", "1", "--de-fraction", "0.25", "--n-draws", "3", "--n-rep", "1",
+                              "--depth", "600", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "power.json").read_text())
+    assert [r["n_per_group"] for r in s["per_n"]] == [3, 6]
+    for r in s["per_n"]:
+        assert 0 <= r["power_lower"] <= r["power"] <= r["power_upper"] <= 1
+        assert 0 <= r["realized_fdr"] <= 1
+    assert s["settings"]["contrast"] == "group:b:a" and s["settings"]["fdr"] == 0.1
+    ds = xr.open_dataset(out / "power.nc", engine="h5netcdf")
+    assert ds.sizes["draw"] == 3 and list(ds["n"].values) == [3, 6]
+    ds.close()
+    assert (out / "power.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_power_command_bad_contrast_is_a_clear_error(glm_fit, tmp_path):
+    model = glm_fit.save(tmp_path / "glm.npz")
+    res = runner.invoke(app, ["power", str(model), "--contrast", "group-b-a", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "column:level:reference" in res.output
+    res = runner.invoke(app, ["power", str(model), "--contrast", "group:zz:a", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "'zz'" in res.output

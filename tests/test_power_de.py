@@ -1,0 +1,240 @@
+"""The vectorized DESeq2-style test (probgex.power.de): pieces against closed forms and scipy, recovery
+of known coefficients and dispersions on simulated NB counts, uniform p-values under the null, power
+and FDR under the alternative, the experiment axis, and the errors of `de_test`."""
+
+import anndata as ad
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize, stats
+from scipy.special import gammaln
+
+from probgex.errors import DataError, SpecError
+from probgex.power import de_test
+from probgex.power import nbglm
+from probgex.power.de import bh_numpy, deseq, deseq_batch
+
+N_PER, G = 5, 2000
+A0, A1 = 0.04, 1.0  # true trend alpha = a0 + a1 / mean, with log-normal scatter sd 0.3 around it
+
+
+def simulate(seed: int, n_per: int = N_PER, n_genes: int = G, de_frac: float = 0.1):
+    """Two groups of n_per samples: counts (N, G), design (N, 2), true size factors, baseline means,
+    log fold changes (natural log) and dispersions."""
+    rng = np.random.default_rng(seed)
+    grp = np.repeat([0.0, 1.0], n_per)
+    X = np.column_stack([np.ones(2 * n_per), grp]).astype(np.float32)
+    m = np.exp(rng.uniform(np.log(2), np.log(5000), n_genes))
+    alpha = (A0 + A1 / m) * np.exp(rng.normal(0, 0.3, n_genes))
+    de = rng.random(n_genes) < de_frac
+    lfc = np.where(de, rng.choice([-1, 1], n_genes) * rng.uniform(0.7, 2.0, n_genes), 0.0)
+    sf = np.exp(rng.normal(0, 0.25, 2 * n_per))
+    sf /= np.exp(np.log(sf).mean())
+    mu = sf[:, None] * m * np.exp(grp[:, None] * lfc)
+    y = rng.poisson(rng.gamma(1 / alpha, mu * alpha)).astype(np.float32)
+    return y, X, sf, m, lfc, alpha
+
+
+@pytest.fixture(scope="module")
+def sim():
+    y, X, sf, m, lfc, alpha = simulate(0)
+    res = deseq(jnp.asarray(y), jnp.asarray(X), coef=1, test="wald")
+    return dict(y=y, X=X, sf=sf, m=m, lfc=lfc, alpha=alpha, res=res)
+
+
+def nb_logpmf(y, mu, alpha):
+    return stats.nbinom.logpmf(y, 1 / alpha, 1 / (1 + alpha * mu))
+
+
+def test_size_factors_exact_on_proportional_counts():
+    rng = np.random.default_rng(1)
+    sf = np.array([0.5, 1.0, 2.0, 4.0])
+    base = rng.integers(5, 1000, 300).astype(np.float32)
+    y = sf[:, None] * base[None]
+    y[0, :10] = 0  # genes with a zero are left out of the median
+    got = np.asarray(nbglm.size_factors(jnp.asarray(y, jnp.float32)))
+    np.testing.assert_allclose(got, sf / np.exp(np.log(sf).mean()), rtol=1e-5)
+
+
+def test_irls_matches_group_means_and_scipy():
+    """Equal size factors and a group design: the NB MLE of each group's mean is its sample mean
+    (closed form). Unequal size factors: the coefficients maximise the NB likelihood (scipy)."""
+    rng = np.random.default_rng(2)
+    X = np.column_stack([np.ones(8), np.repeat([0, 1], 4)]).astype(np.float32)
+    y = rng.negative_binomial(5, 5 / (5 + rng.uniform(3, 300, (1, 40))), (8, 40)).astype(np.float32) + 1
+    alpha = np.full(40, 0.2, np.float32)
+    beta, _ = nbglm.irls(jnp.asarray(y), jnp.asarray(X), jnp.ones(8), jnp.asarray(alpha))
+    np.testing.assert_allclose(beta[:, 0], np.log(y[:4].mean(0)), atol=2e-4)
+    np.testing.assert_allclose(beta[:, 1], np.log(y[4:].mean(0) / y[:4].mean(0)), atol=2e-4)
+    sf = np.exp(rng.normal(0, 0.4, 8)).astype(np.float32)
+    beta, _ = nbglm.irls(jnp.asarray(y), jnp.asarray(X), jnp.asarray(sf), jnp.asarray(alpha))
+    for g in range(5):
+        nll = lambda b: -nb_logpmf(y[:, g], sf * np.exp(X @ b), 0.2).sum()  # noqa: E731
+        ref = optimize.minimize(nll, np.zeros(2) + [np.log(y[:, g].mean()), 0], method="Nelder-Mead",
+                                options=dict(xatol=1e-7, fatol=1e-10, maxiter=5000)).x
+        np.testing.assert_allclose(beta[g], ref, atol=1e-3)
+
+
+def test_wald_variance_closed_form():
+    """Two groups: var(lfc) = 1 / sum_A W + 1 / sum_B W with W = mu / (1 + alpha mu)."""
+    rng = np.random.default_rng(3)
+    X = np.column_stack([np.ones(6), np.repeat([0, 1], 3)]).astype(np.float32)
+    mu = rng.uniform(1, 500, (6, 30)).astype(np.float32)
+    alpha = rng.uniform(0.01, 1, 30).astype(np.float32)
+    cov = np.asarray(nbglm.coef_covariance(jnp.asarray(X), jnp.asarray(mu), jnp.asarray(alpha)))
+    W = mu / (1 + alpha * mu)
+    np.testing.assert_allclose(cov[:, 1, 1], 1 / W[:3].sum(0) + 1 / W[3:].sum(0), rtol=1e-3)
+
+
+def test_loglik_ratio_matches_scipy():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2000, (6, 20)).astype(np.float32)
+    mu1, mu0 = rng.uniform(1, 2000, (2, 6, 20)).astype(np.float32)
+    alpha = rng.uniform(0.01, 2, 20).astype(np.float32)
+    got = np.asarray(nbglm.loglik_ratio(jnp.asarray(y), jnp.asarray(mu1), jnp.asarray(mu0), jnp.asarray(alpha)))
+    ref = (nb_logpmf(y, mu1, alpha) - nb_logpmf(y, mu0, alpha)).sum(0)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-2)
+
+
+def test_benjamini_hochberg_matches_scipy():
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 1, (3, 200)) ** 3
+    p[:, ::17] = np.nan
+    got = np.asarray(nbglm.benjamini_hochberg(jnp.asarray(p, jnp.float32)))
+    for e in range(3):
+        ok = ~np.isnan(p[e])
+        np.testing.assert_allclose(got[e, ok], stats.false_discovery_control(p[e, ok]), rtol=1e-5)
+        assert np.isnan(got[e, ~ok]).all()
+    np.testing.assert_allclose(bh_numpy(p[0])[~np.isnan(p[0])], got[0, ~np.isnan(p[0])], rtol=1e-5)
+
+
+def cr_loglik(y, mu, X, alpha):
+    """Cox-Reid adjusted NB log-likelihood in float64 (the gene-wise objective)."""
+    W = mu / (1 + alpha * mu)
+    return nb_logpmf(y, mu, alpha).sum() - 0.5 * np.linalg.slogdet((X.T * W) @ X)[1]
+
+
+def test_genewise_dispersion_maximises_cox_reid_likelihood(sim):
+    """The gene-wise estimate is the maximiser of the Cox-Reid adjusted likelihood (scipy, float64),
+    with the fitted means DESeq2 uses (linear model on normalised counts)."""
+    y, X, res = sim["y"], sim["X"].astype(np.float64), sim["res"]
+    sf = np.asarray(res.size_factors, np.float64)
+    yn = y / sf[:, None]
+    mu = np.maximum(sf[:, None] * (X @ np.linalg.lstsq(X, yn, rcond=None)[0]), 0.5)
+    gw = np.asarray(res.genewise)
+    checked = 0
+    for g in np.flatnonzero(sim["m"] > 20)[:15]:
+        f = lambda la: -cr_loglik(y[:, g], mu[:, g], X, np.exp(la))  # noqa: E731
+        ref = optimize.minimize_scalar(f, bounds=(np.log(1e-8), np.log(10)), method="bounded",
+                                       options=dict(xatol=1e-8)).x
+        assert abs(np.log(gw[g]) - ref) < 0.01 or f(np.log(gw[g])) <= f(ref) + 1e-6
+        checked += 1
+    assert checked == 15
+
+
+def test_recovers_coefficients_and_dispersions(sim):
+    res, m, lfc, alpha = sim["res"], sim["m"], sim["lfc"], sim["alpha"]
+    high = m > 100
+    # size factors: the truth up to estimation error of the median
+    np.testing.assert_allclose(np.log(res.size_factors), np.log(sim["sf"]), atol=0.05)
+    # coefficients: errors within 3.5 standard errors for all but ~1% of well-expressed genes
+    z = (np.asarray(res.lfc) - lfc) / np.asarray(res.lfc_se)
+    assert np.mean(np.abs(z[high]) > 3.5) < 0.01
+    assert np.median(np.abs(np.asarray(res.lfc) - lfc)[high]) < 0.12
+    # dispersions: median log ratio to the truth near 0; the shrunken ones closer than the gene-wise
+    lr_map = np.log(np.asarray(res.dispersion) / alpha)
+    lr_gw = np.log(np.asarray(res.genewise) / alpha)
+    assert abs(np.median(lr_map[high])) < 0.15
+    assert np.mean(lr_map[high] ** 2) < np.mean(lr_gw[high] ** 2)
+    # trend: a0 within 30% of its true value, and the fitted curve near the truth at mean 10 and 1000
+    a0, a1 = np.asarray(res.trend)
+    assert abs(a0 / A0 - 1) < 0.3
+    for mm in (10.0, 1000.0):
+        assert abs(np.log((a0 + a1 / mm) / (A0 + A1 / mm))) < 0.3
+    assert float(res.prior_var) >= 0.25
+
+
+def test_null_pvalues_uniform_and_power(sim):
+    res, lfc = sim["res"], sim["lfc"]
+    p = np.asarray(res.pvalue)
+    null = (lfc == 0) & ~np.isnan(p)
+    assert stats.kstest(p[null], "uniform").pvalue > 0.001
+    k = int(np.sum(p[null] < 0.05))
+    assert stats.binomtest(k, int(null.sum()), 0.05).pvalue > 0.001
+    called = np.asarray(res.padj) < 0.05
+    assert np.mean(called[lfc != 0]) > 0.6  # |lfc| >= 0.7 nats with 5 vs 5
+    fdp = np.sum(called & (lfc == 0)) / max(1, called.sum())
+    assert fdp < 0.1
+
+
+def test_lrt_agrees_with_wald_and_is_uniform_under_null(sim):
+    y, X, lfc = sim["y"], sim["X"], sim["lfc"]
+    lrt = deseq(jnp.asarray(y), jnp.asarray(X), coef=1, test="lrt")
+    high = sim["m"] > 100
+    wald2 = np.asarray(sim["res"].stat) ** 2
+    assert np.corrcoef(np.asarray(lrt.stat)[high], wald2[high])[0, 1] > 0.98
+    p = np.asarray(lrt.pvalue)
+    null = (lfc == 0) & ~np.isnan(p)
+    assert stats.kstest(p[null], "uniform").pvalue > 0.001
+
+
+def test_batch_over_experiments_equals_one_at_a_time():
+    """The vmapped program is compiled differently (XLA reorders float32 sums); iterative fits carry that
+    rounding to ~1e-3 relative in the statistics (and gene-wise dispersions in the flat Poisson limit,
+    < 1e-6, are arbitrary), so agreement is checked to 2%: mixing up experiments would differ by O(1)."""
+    ys = np.stack([simulate(s, n_per=3, n_genes=300)[0] for s in (10, 11, 12)])
+    X = simulate(10, n_per=3, n_genes=300)[1]
+    batch = deseq_batch(jnp.asarray(ys), X, coef=1)
+    for e in range(3):
+        one = deseq(jnp.asarray(ys[e]), jnp.asarray(X), coef=1)
+        np.testing.assert_allclose(np.asarray(batch.size_factors[e]), np.asarray(one.size_factors), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(batch.dispersion[e]), np.asarray(one.dispersion), rtol=0.02)
+        np.testing.assert_allclose(np.asarray(batch.stat[e]), np.asarray(one.stat), rtol=0.02, atol=0.01)
+        np.testing.assert_allclose(np.asarray(batch.padj[e]), np.asarray(one.padj), rtol=0.02, atol=1e-4)
+
+
+def _adata(y, groups):
+    obs = pd.DataFrame({"strain": groups}, index=[f"s{i}" for i in range(len(groups))])
+    return ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(y.shape[1])]))
+
+
+def test_de_test_table_and_reference_level():
+    y, X, *_ = simulate(20, n_per=3, n_genes=300)
+    a = _adata(y, np.where(X[:, 1] == 1, "KO", "WT"))
+    r = de_test(a, "~ strain", ("strain", "KO", "WT"))
+    assert list(r.columns[:6]) == ["baseMean", "log2FoldChange", "lfcSE", "stat", "pvalue", "padj"]
+    assert r.index.name == "gene" and len(r) == 300
+    flipped = de_test(a, "~ strain", ("strain", "WT", "KO"))  # the reference is the named level
+    np.testing.assert_allclose(flipped.log2FoldChange, -r.log2FoldChange, atol=1e-3)
+    np.testing.assert_allclose(flipped.pvalue, r.pvalue, rtol=1e-2)
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (lambda a: a.X.__setitem__((0, 0), 1.5), DataError, "non-integer"),
+    (lambda a: None, DataError, "'KO2'"),
+    (lambda a: a.obs.rename(columns={"strain": "genotype"}, inplace=True), DataError, "'strain'"),
+])
+def test_de_test_bad_input(change, error, words):
+    y, X, *_ = simulate(21, n_per=3, n_genes=50)
+    a = _adata(y, np.where(X[:, 1] == 1, "KO", "WT"))
+    change(a)
+    level = "KO2" if words == "'KO2'" else "KO"
+    with pytest.raises(error, match=words):
+        de_test(a, "~ strain", ("strain", level, "WT"))
+
+
+def test_de_test_bad_options():
+    y, X, *_ = simulate(22, n_per=3, n_genes=50)
+    a = _adata(y, np.where(X[:, 1] == 1, "KO", "WT"))
+    a.obs["batch"] = ["x", "y"] * 3
+    with pytest.raises(SpecError, match="test="):
+        de_test(a, "~ strain", ("strain", "KO", "WT"), test="t")
+    with pytest.raises(SpecError, match="three strings"):
+        de_test(a, "~ strain", ("strain", "KO"))
+    with pytest.raises(SpecError, match="no column"):
+        de_test(a, "~ batch", ("strain", "KO", "WT"))
+    with pytest.raises(DataError, match="layer 'counts'"):
+        de_test(a, "~ strain", ("strain", "KO", "WT"), layer="counts")
+    with pytest.raises(DataError, match="replicates"):
+        de_test(a[[0, 3]].copy(), "~ strain", ("strain", "KO", "WT"))
