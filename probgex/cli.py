@@ -24,6 +24,12 @@ class Story(str, Enum):
     cvae = "cvae"
 
 
+class Prior(str, Enum):
+    gaussian = "gaussian"
+    diffusion = "diffusion"
+    flow = "flow"
+
+
 def _fail(e: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {e}")
     return typer.Exit(code=2)
@@ -44,6 +50,8 @@ def fit(
     likelihood: Annotated[str, typer.Option(help="poisson | nb | zinb")] = "nb",
     model: Annotated[Story, typer.Option(help="glm (no latent) or cvae (conditional VAE)")] = Story.glm,
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae")] = 10,
+    prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
+                                         "prior trained on the latents after the VAE")] = Prior.gaussian,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
     spec: Annotated[Path | None, typer.Option(help="model spec TOML; overrides the options above")] = None,
     holdout: Annotated[float, typer.Option(help="fraction of observations held out for early stopping")] = 0.1,
@@ -55,14 +63,16 @@ def fit(
     import anndata as ad
 
     from probgex.fit import Model
-    from probgex.latent import Gaussian
+    from probgex.latent import LATENT_KINDS
     from probgex.spec import ModelSpec
 
     try:
         if spec is not None:
             model_spec = ModelSpec.load(spec)
         else:
-            latent = Gaussian(dim=latent_dim) if model is Story.cvae else None
+            if prior is not Prior.gaussian and model is not Story.cvae:
+                raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
+            latent = LATENT_KINDS[prior.value](dim=latent_dim) if model is Story.cvae else None
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer)
         adata = ad.read_h5ad(data)
         fitted = Model.from_spec(model_spec).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,

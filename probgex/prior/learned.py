@@ -120,9 +120,26 @@ class LearnedPrior:
         return jax.tree.map(np.asarray, params), hist
 
 
+def learned_prior_of(latent, n_cond: int, seed: int) -> LearnedPrior | None:
+    """The LearnedPrior a `probgex.latent.Diffusion` / `Flow` spec describes (None for other latents)."""
+    kind = getattr(latent, "kind", None)
+    if kind not in ("diffusion", "flow"):
+        return None
+    sampler = getattr(latent, "sampler", "ode")
+    sde = SDEOptions(solver=latent.sde_solver, n_steps=latent.sde_steps) if kind == "diffusion" else None
+    return LearnedPrior(kind, latent.dim, n_cond, latent.net, seed=seed, cond_dropout=latent.cond_dropout,
+                        guidance=latent.guidance, sampler=sampler,
+                        ode=ODEOptions(rtol=latent.rtol, atol=latent.atol), sde=sde)
+
+
+def train_config_of(latent, progress: bool) -> PriorTrainConfig:
+    return PriorTrainConfig(max_steps=latent.max_steps, batch_size=latent.batch_size,
+                            learning_rate=latent.learning_rate, progress=progress)
+
+
 def fit_learned_prior(prior: LearnedPrior, key: jax.Array, z, c, **kw) -> tuple[dict, PriorHistory]:
     """Functional alias of `LearnedPrior.fit`."""
     return prior.fit(key, z, c, **kw)
 
 
-__all__ = ["LearnedPrior", "fit_learned_prior", "nfe"]
+__all__ = ["LearnedPrior", "fit_learned_prior", "learned_prior_of", "nfe", "train_config_of"]
