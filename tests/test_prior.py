@@ -147,7 +147,7 @@ def test_learned_prior_samples_match_the_2d_mixture(trained_2d, sampler):
 def test_learned_prior_log_density_matches_the_2d_mixture(trained_2d):
     prior, params, _ = trained_2d
     rng = np.random.default_rng(11)
-    cond = rng.integers(0, 2, 150)
+    cond = rng.integers(0, 2, 300)
     z = MIX2.sample(rng, cond)
     c = one_hot(cond, 2)
     truth = MIX2.log_prob(z, cond)
