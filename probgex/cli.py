@@ -47,6 +47,12 @@ def _read_predictions(path: Path, scale: str):
     return External(table, scale=scale)
 
 
+class Prior(str, Enum):
+    gaussian = "gaussian"
+    diffusion = "diffusion"
+    flow = "flow"
+
+
 def _fail(e: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {e}")
     return typer.Exit(code=2)
@@ -72,6 +78,8 @@ def fit(
     mean_scale: Annotated[str, typer.Option(
         help="units of a prediction table: counts | fraction | log1p_cp10k | log_fraction")] = "counts",
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae")] = 10,
+    prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
+                                         "prior trained on the latents after the VAE")] = Prior.gaussian,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
     spec: Annotated[Path | None, typer.Option(help="model spec TOML; overrides the options above")] = None,
     holdout: Annotated[float, typer.Option(help="fraction of observations held out for early stopping")] = 0.1,
@@ -83,14 +91,16 @@ def fit(
     import anndata as ad
 
     from probgex.fit import Model
-    from probgex.latent import Gaussian
+    from probgex.latent import LATENT_KINDS
     from probgex.spec import ModelSpec
 
     try:
         if spec is not None:
             model_spec = ModelSpec.load(spec)
         else:
-            latent = None if model is Story.glm else Gaussian(dim=latent_dim)
+            if prior is not Prior.gaussian and model is not Story.cvae:
+                raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
+            latent = None if model is Story.glm else LATENT_KINDS[prior.value](dim=latent_dim)
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer,
                                           mean=None if model is not Story.residual else
                                           mean if mean in ("glm", "mlp") else "external")

@@ -18,6 +18,7 @@ from probgex import mean as stage1_means
 from probgex.errors import DataError, ModelFileError, SpecError
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
+from probgex.inference.prior_stage import fit_prior_stage
 from probgex.inference.predictive import Draws, check_levels, deciles, empirical_intervals, pit_coverage
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
 from probgex.models.glm import scale_tril
@@ -120,6 +121,10 @@ class Model:
             def save(params, history):
                 make(params, history).save(checkpoint_path)
         params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
+        if getattr(story, "learned", None) is not None:  # latent diffusion / flow: train the prior on z
+            params = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
+            if save is not None:
+                save(params, history)
         return make(params, history)
 
     def _stage1(self, adata, data: CountData, train_idx: np.ndarray, seed: int, progress: bool):
@@ -441,6 +446,8 @@ class Fit:
             raise ModelFileError(f"the header of {path} is incomplete or invalid ({e}); refit and save") from e
         story = build_story(spec, dims, log_mean)
         template = _param_template(story, spec, dims)
+        if hasattr(story, "prior_template") and any(k.startswith("param['learned_prior']") for k in arrays):
+            template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
         params = checkpoint.unflatten_params(template, arrays)
         return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
                    stage1)

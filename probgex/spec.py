@@ -34,7 +34,7 @@ from typing import Any
 import tomli_w
 
 from probgex.errors import SpecError
-from probgex.latent import Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
+from probgex.latent import LATENT_TYPES, Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
 
 __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
@@ -105,9 +105,10 @@ class ModelSpec:
 
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
 
-        if self.latent is not None and not isinstance(self.latent, Gaussian):
+        if self.latent is not None and not isinstance(self.latent, LATENT_TYPES):
             raise SpecError(
-                f"latent must be None (GLM story) or a Gaussian(...) (cVAE story); got {self.latent!r}. "
+                f"latent must be None (GLM story) or a Gaussian(...), Diffusion(...) or Flow(...) (cVAE story); "
+                f"got {self.latent!r}. "
                 "Use ModelSpec.create(..., latent=k) to pass a latent dimension as an int."
             )
 
@@ -221,7 +222,7 @@ class ModelSpec:
             )
         kwargs = dict(d)
         latent = kwargs.get("latent")
-        if latent is not None and not isinstance(latent, Gaussian):
+        if latent is not None and not isinstance(latent, LATENT_TYPES):
             kwargs["latent"] = latent_from_dict(latent)
         return cls(**kwargs)
 

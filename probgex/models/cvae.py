@@ -19,6 +19,7 @@ from numpyro.contrib.module import nnx_module
 from probgex.models.batch import Batch
 from probgex.models.distributions import count_distribution, count_term_sum, log_mean_exp
 from probgex.models.nets import MLP, concat, gaussian_head
+from probgex.prior.learned import learned_prior_of
 from probgex.spec import ModelSpec
 
 
@@ -41,6 +42,31 @@ class CVAE:
         dec_heads = (self.G,) + ((self.G,) if self.kind == "zinb" else ())
         self.decoder = MLP(self.dim + self.P, spec.decoder, dec_heads, rngs=rngs)
         self.prior = MLP(self.P, spec.latent.hidden, (self.dim, self.dim), rngs=rngs)
+        # a learned prior (diffusion / flow) replaces the Gaussian one once params["learned_prior"] exists
+        self.learned = learned_prior_of(spec.latent, self.P, seed)
+
+    def prior_template(self) -> dict:
+        """The learned prior's parameter structure ({} for the Gaussian prior)."""
+        return {} if self.learned is None else {"learned_prior": self.learned.template()}
+
+    def _learned(self, params: dict):
+        return self.learned if self.learned is not None and "learned_prior" in params else None
+
+    def _prior_draw(self, params: dict, nets, key, design, n: int):
+        """n latents per row from the conditional prior: the learned one if trained, else the Gaussian."""
+        learned = self._learned(params)
+        if learned is None:
+            return _draw(self._prior_dist(nets["prior"], design), key, n)
+        c = jnp.broadcast_to(design, (n, *design.shape)).reshape(-1, design.shape[-1])
+        return learned.sample(params["learned_prior"], key, c).reshape(n, design.shape[0], self.dim)
+
+    def _prior_log_prob(self, params: dict, nets, key, design, z):
+        learned = self._learned(params)
+        if learned is None:
+            return self._prior_dist(nets["prior"], design).log_prob(z)
+        c = jnp.broadcast_to(design, z.shape[:-1] + design.shape[-1:]).reshape(-1, design.shape[-1])
+        lp = learned.log_prob(params["learned_prior"], z.reshape(-1, self.dim), c, key=key)
+        return lp.reshape(z.shape[:-1])
 
     # ----- pieces shared by model, guide and prediction
     def _prior_dist(self, prior_net, design):
@@ -122,9 +148,10 @@ class CVAE:
         kz, kl = jax.random.split(key)
         if from_data:
             q_z, q_l = self._encode(nets["encoder"], batch)
+            z = _draw(q_z, kz, n)
         else:
-            q_z, q_l = self._prior_dist(nets["prior"], batch.design), self._lib_prior()
-        z = _draw(q_z, kz, n)
+            q_l = self._lib_prior()
+            z = self._prior_draw(params, nets, kz, batch.design, n)
         log_lib = jnp.broadcast_to(batch.log_lib[None], (n, batch.log_lib.shape[0]))
         if self.latent_library:
             q_l = q_l if from_data else dist.Normal(jnp.full_like(batch.log_lib, self.lib_loc),
@@ -134,13 +161,17 @@ class CVAE:
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
         return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset)[:3]
 
+    def encoder_means(self, params: dict, batch: Batch) -> jax.Array:
+        """Means of q(z | x, c) per row: (B, dim); what a learned prior is trained on."""
+        return self._encode(self._nets(params)["encoder"], batch)[0].base_dist.loc
+
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """Importance-sampling estimate of log p(x_b | c_b) per row with the encoder as proposal: (B,)."""
         nets = self._nets(params)
-        kz, kl = jax.random.split(key)
+        kz, kl, kp = jax.random.split(key, 3)
         q_z, q_l = self._encode(nets["encoder"], batch)
         z = _draw(q_z, kz, n)
-        log_w = self._prior_dist(nets["prior"], batch.design).log_prob(z) - q_z.log_prob(z)
+        log_w = self._prior_log_prob(params, nets, kp, batch.design, z) - q_z.log_prob(z)
         log_lib = jnp.broadcast_to(batch.log_lib[None], (n, batch.log_lib.shape[0]))
         if self.latent_library:
             log_lib = _draw(q_l, kl, n)

@@ -1,0 +1,40 @@
+"""The second stage of fitting a cVAE with a learned latent prior (latent diffusion): encode the
+training (and held-out) cells with the fitted encoder, train the diffusion / flow prior on the encoder
+means given the design rows, and add its parameters to the fitted ones under "learned_prior"."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from probgex.data import CountData
+from probgex.inference.minibatch import make_batch
+from probgex.prior.learned import train_config_of
+
+BLOCK = 512
+
+
+def encoder_means(story, params: dict, data: CountData, rows: np.ndarray) -> np.ndarray:
+    """Encoder means (len(rows), dim) in fixed-size blocks (one compilation)."""
+    means = jax.jit(story.encoder_means)
+    out = np.empty((len(rows), story.dim), np.float32)
+    for start in range(0, len(rows), BLOCK):
+        r = rows[start : start + BLOCK]
+        batch = make_batch(data, r, BLOCK, 1.0)
+        out[start : start + len(r)] = np.asarray(means(params, batch))[: len(r)]
+    return out
+
+
+def fit_prior_stage(story, params: dict, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
+                    seed: int, progress: bool) -> dict:
+    """params with "learned_prior" added: the story's learned prior trained on the encoder means."""
+    prior = story.learned
+    z = encoder_means(story, params, data, np.asarray(train_idx))
+    c = np.asarray(data.design[train_idx], np.float32)
+    kw = {}
+    if len(heldout_idx):
+        kw = dict(z_val=encoder_means(story, params, data, np.asarray(heldout_idx)),
+                  c_val=np.asarray(data.design[heldout_idx], np.float32))
+    prior_params, _ = prior.fit(jax.random.PRNGKey(seed + 7), z, c, config=train_config_of(story.spec.latent, progress),
+                                **kw)
+    return {**params, "learned_prior": prior_params}

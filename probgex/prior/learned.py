@@ -1,0 +1,145 @@
+"""A learned conditional prior p(z | c) as plain functions of a parameter dict, so it can live inside
+the jitted prediction of a fitted model and be saved with the other parameters (no pickle).
+
+Parameters: {"net": the network's weights (pure dict), "loc": (dim,), "scale": (dim,)}. The network
+works on standardised latents (z - loc) / scale, the training latents' mean and sd per dimension;
+log p(z | c) adds the Jacobian -sum log scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from probgex.prior.dynamics import VPSDE, FlowMatching
+from probgex.prior.nets import VectorFieldNet
+from probgex.prior.ode import EXACT_TRACE_MAX_DIM, ODEOptions, nfe, ode_log_prob, ode_sample
+from probgex.prior.sde_sampler import SDEOptions, sde_sample
+from probgex.prior.train import PriorHistory, PriorTrainConfig, train_network
+
+Kind = Literal["diffusion", "flow"]
+
+
+class LearnedPrior:
+    """A diffusion (VP-SDE score model) or flow-matching prior over `dim` latents given `n_cond` covariates.
+
+    sampler: "ode" (probability flow / the flow's ODE) or "sde" (reverse-time SDE, diffusion only).
+    guidance: classifier-free guidance weight w at sampling (0: none); needs cond_dropout > 0 in training.
+    """
+
+    def __init__(self, kind: Kind, dim: int, n_cond: int, hidden: Sequence[int] = (128, 128, 128), *,
+                 seed: int = 0, cond_dropout: float = 0.1, guidance: float = 0.0, sampler: str = "ode",
+                 ode: ODEOptions | None = None, sde: SDEOptions | None = None):
+        if kind not in ("diffusion", "flow"):
+            raise ValueError(f"kind must be 'diffusion' or 'flow', got {kind!r}")
+        if sampler not in ("ode", "sde") or (sampler == "sde" and kind == "flow"):
+            raise ValueError(f"sampler must be 'ode' or (diffusion only) 'sde'; got {sampler!r} for {kind}")
+        self.kind, self.dim, self.n_cond = kind, int(dim), int(n_cond)
+        self.cond_dropout, self.guidance, self.sampler = float(cond_dropout), float(guidance), sampler
+        self.ode, self.sde = ode or ODEOptions(), sde or SDEOptions()
+        self.dynamics = VPSDE() if kind == "diffusion" else FlowMatching()
+        self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=nnx.Rngs(seed))
+        self._graphdef, state = nnx.split(self.net)
+        self._state_template = state
+
+    # ----- parameters
+    def template(self) -> dict:
+        """Parameters of an untrained prior (the structure that save/load fills)."""
+        return {"net": jax.tree.map(np.asarray, nnx.to_pure_dict(self._state_template)),
+                "loc": np.zeros(self.dim, np.float32), "scale": np.ones(self.dim, np.float32)}
+
+    def network(self, params: dict) -> VectorFieldNet:
+        state = jax.tree.map(lambda a: a, self._state_template)
+        nnx.replace_by_pure_dict(state, params["net"])
+        return nnx.merge(self._graphdef, state)
+
+    # ----- sampling and scoring (pure, jittable; `params` from `fit` or a model file)
+    def sample(self, params: dict, key: jax.Array, c: jax.Array, *, sampler: str | None = None,
+               guidance: float | None = None, return_nfe: bool = False):
+        """One latent per row of the design `c` (N, n_cond): (N, dim) [and the number of network evaluations]."""
+        net = self.network(params)
+        sampler = sampler or self.sampler
+        w = self.guidance if guidance is None else float(guidance)
+        c = jnp.asarray(c, jnp.float32)
+        d = self.dynamics
+        if sampler == "sde":
+            if self.kind != "diffusion":
+                raise ValueError("the reverse-SDE sampler exists for the diffusion prior only; use sampler='ode'")
+            u = sde_sample(d, net, key, c, self.dim, self.sde, w)
+            evals = jnp.asarray(self.sde.n_steps * self.sde.evals_per_step + int(self.sde.denoise))
+        elif sampler == "ode":
+            u, evals = ode_sample(d.velocity, net, key, c, self.dim, d.t_noise, d.t_data, self.ode, w,
+                                  return_nfe=True)
+        else:
+            raise ValueError(f"sampler must be 'ode' or 'sde', got {sampler!r}")
+        evals = evals * (2 if w else 1)
+        z = params["loc"] + params["scale"] * u
+        return (z, evals) if return_nfe else z
+
+    def log_prob(self, params: dict, z: jax.Array, c: jax.Array, *, key: jax.Array | None = None,
+                 trace: str = "auto", n_probes: int = 1) -> jax.Array:
+        """log p(z | c) per row (N,) through the ODE: exact trace up to dim 16 ("auto"), else Hutchinson."""
+        if trace == "auto":
+            trace = "exact" if self.dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
+        net = self.network(params)
+        d = self.dynamics
+        u = (jnp.asarray(z, jnp.float32) - params["loc"]) / params["scale"]
+        lp = ode_log_prob(d.velocity, net, u, jnp.asarray(c, jnp.float32), d.t_noise, d.t_data, self.ode,
+                          trace=trace, key=key, n_probes=n_probes)
+        return lp - jnp.sum(jnp.log(params["scale"]))
+
+    # ----- training
+    def fit(self, key: jax.Array, z: np.ndarray, c: np.ndarray, *, z_val: np.ndarray | None = None,
+            c_val: np.ndarray | None = None, holdout: float = 0.1,
+            config: PriorTrainConfig | None = None) -> tuple[dict, PriorHistory]:
+        """Train on latents z (N, dim) with conditions c (N, n_cond); early stopping on (z_val, c_val) or,
+        without them, on a random `holdout` fraction of the rows. Returns (params, history)."""
+        config = config or PriorTrainConfig()
+        z, c = np.asarray(z, np.float32), np.asarray(c, np.float32)
+        if z.ndim != 2 or z.shape[1] != self.dim or c.shape != (z.shape[0], self.n_cond):
+            raise ValueError(f"expected z (N, {self.dim}) and c (N, {self.n_cond}); got {z.shape} and {c.shape}")
+        if not np.all(np.isfinite(z)):
+            raise ValueError("the latents to train the prior on contain NaN or inf")
+        k_split, k_train = jax.random.split(key)
+        if z_val is None:
+            n_val = max(1, int(round(holdout * len(z))))
+            perm = np.asarray(jax.random.permutation(k_split, len(z)))
+            z_val, c_val, z, c = z[perm[:n_val]], c[perm[:n_val]], z[perm[n_val:]], c[perm[n_val:]]
+        loc, scale = z.mean(0), np.maximum(z.std(0), 1e-6)
+        std = lambda a: (np.asarray(a, np.float32) - loc) / scale  # noqa: E731
+        dyn, p_drop = self.dynamics, self.cond_dropout
+        loss = lambda net, k, zb, cb: dyn.loss(net, k, zb, cb, p_drop)  # noqa: E731
+        state, hist = train_network(self.net, loss, k_train, std(z), c, std(z_val), np.asarray(c_val, np.float32),
+                                    config, label=self.kind)
+        params = {"net": nnx.to_pure_dict(state), "loc": loc.astype(np.float32), "scale": scale.astype(np.float32)}
+        return jax.tree.map(np.asarray, params), hist
+
+
+def learned_prior_of(latent, n_cond: int, seed: int) -> LearnedPrior | None:
+    """The LearnedPrior a `probgex.latent.Diffusion` / `Flow` spec describes (None for other latents)."""
+    kind = getattr(latent, "kind", None)
+    if kind not in ("diffusion", "flow"):
+        return None
+    sampler = getattr(latent, "sampler", "ode")
+    sde = SDEOptions(solver=latent.sde_solver, n_steps=latent.sde_steps) if kind == "diffusion" else None
+    return LearnedPrior(kind, latent.dim, n_cond, latent.net, seed=seed, cond_dropout=latent.cond_dropout,
+                        guidance=latent.guidance, sampler=sampler,
+                        ode=ODEOptions(rtol=latent.rtol, atol=latent.atol), sde=sde)
+
+
+def train_config_of(latent, progress: bool) -> PriorTrainConfig:
+    return PriorTrainConfig(max_steps=latent.max_steps, batch_size=latent.batch_size,
+                            learning_rate=latent.learning_rate, progress=progress)
+
+
+def fit_learned_prior(prior: LearnedPrior, key: jax.Array, z, c, **kw) -> tuple[dict, PriorHistory]:
+    """Functional alias of `LearnedPrior.fit`."""
+    return prior.fit(key, z, c, **kw)
+
+
+__all__ = ["LearnedPrior", "fit_learned_prior", "learned_prior_of", "nfe", "train_config_of"]
