@@ -83,3 +83,16 @@ def write(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}", file=sys.stderr)
+
+
+def median_time(fn, reps: int = 20) -> float:
+    """Median wall time of `fn()` (a JAX computation, waited for) over `reps` calls after a warm-up call."""
+    import jax
+
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))

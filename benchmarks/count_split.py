@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, load, machine  # noqa: E402
+from _common import RESULTS, load, machine, median_time  # noqa: E402
 
 import probgex as pg  # noqa: E402
 from probgex.data import from_anndata  # noqa: E402
@@ -31,16 +31,6 @@ from probgex.inference.minibatch import high_bound, high_per_row, high_typical, 
 from probgex.inference.svi import TrainConfig, _to_device, epoch_blocks, make_epoch, make_svi  # noqa: E402
 from probgex.models.distributions import count_distribution, count_term_sum  # noqa: E402
 from probgex.models.story import Dims, build_story  # noqa: E402
-
-
-def median_time(fn, reps: int = 20) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def main():

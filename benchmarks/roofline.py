@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, load, machine  # noqa: E402
+from _common import RESULTS, load, machine, median_time  # noqa: E402
 
 import probgex as pg  # noqa: E402
 from probgex.data import from_anndata  # noqa: E402
@@ -34,16 +34,6 @@ from probgex.inference.svi import (TrainConfig, _to_device, device_high, epoch_b
                                    make_svi)
 from probgex.models.distributions import count_distribution, count_term_sum  # noqa: E402
 from probgex.models.story import Dims, build_story  # noqa: E402
-
-
-def median_time(fn, reps: int = 20) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def _interleaved(fns: dict, reps: int = 20, rounds: int = 3) -> dict:

@@ -75,18 +75,7 @@ class Gaussian:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Gaussian:
         """Inverse of :meth:`to_dict`; ``kind`` may be omitted but must be "gaussian" if given."""
-        if not isinstance(d, Mapping):
-            raise SpecError(f"a Gaussian latent must be given as a mapping; got {d!r}")
-        allowed = ["kind"] + [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in allowed]
-        if unknown:
-            raise SpecError(_unknown_keys_message("latent", unknown, allowed))
-        kind = d.get("kind", cls.kind)
-        if kind != cls.kind:
-            raise SpecError(
-                f"latent kind {kind!r} does not match Gaussian; use kind = {cls.kind!r}"
-            )
-        return cls(**{k: v for k, v in d.items() if k != "kind"})
+        return _from_mapping(cls, d)
 
 
 def _check_number(owner: str, field: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
@@ -153,16 +142,7 @@ class _Learned:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
-        if not isinstance(d, Mapping):
-            raise SpecError(f"a {cls.__name__} latent must be given as a mapping; got {d!r}")
-        allowed = ["kind"] + [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in allowed]
-        if unknown:
-            raise SpecError(_unknown_keys_message("latent", unknown, allowed))
-        kind = d.get("kind", cls.kind)
-        if kind != cls.kind:
-            raise SpecError(f"latent kind {kind!r} does not match {cls.__name__}; use kind = {cls.kind!r}")
-        return cls(**{k: v for k, v in d.items() if k != "kind"})
+        return _from_mapping(cls, d)
 
 
 @dataclass(frozen=True)
@@ -225,3 +205,17 @@ def latent_from_dict(d: Mapping[str, Any]) -> Gaussian | Diffusion | Flow:
             + ", ".join(repr(k) for k in LATENT_KINDS)
         )
     return LATENT_KINDS[kind].from_dict(d)
+
+
+def _from_mapping(cls, d: Mapping[str, Any]):
+    """A latent dataclass from its dict form; ``kind`` may be omitted but must match if given."""
+    if not isinstance(d, Mapping):
+        raise SpecError(f"a {cls.__name__} latent must be given as a mapping; got {d!r}")
+    allowed = ["kind"] + [f.name for f in fields(cls)]
+    unknown = [k for k in d if k not in allowed]
+    if unknown:
+        raise SpecError(_unknown_keys_message("latent", unknown, allowed))
+    kind = d.get("kind", cls.kind)
+    if kind != cls.kind:
+        raise SpecError(f"latent kind {kind!r} does not match {cls.__name__}; use kind = {cls.kind!r}")
+    return cls(**{k: v for k, v in d.items() if k != "kind"})
