@@ -96,3 +96,14 @@ def median_time(fn, reps: int = 20) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def check_speed_split(n_genes: int = 2000, n_test: int = 1000, seed: int = 0):
+    """kang_ctrl5 on its n_genes genes with the most counts; (train, test) with n_test random test cells
+    (the setup of check_block_costs.py and top_decile_shape.py)."""
+    a = load("kang_ctrl5")
+    totals = np.asarray(a.X.sum(0)).ravel()
+    a = a[:, np.sort(np.argsort(-totals, kind="stable")[:n_genes])].copy()
+    test = np.zeros(a.n_obs, bool)
+    test[np.random.default_rng(seed).permutation(a.n_obs)[:n_test]] = True
+    return a[~test].copy(), a[test].copy()

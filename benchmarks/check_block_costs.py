@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, load, machine, write  # noqa: E402
+from _common import RESULTS, check_speed_split, machine, write  # noqa: E402
 
 
 def main():
@@ -35,14 +35,9 @@ def main():
     from probgex.inference.predictive import Draws
     from probgex.models import likelihoods as lk
 
-    a = load("kang_ctrl5")
-    totals = np.asarray(a.X.sum(0)).ravel()
-    a = a[:, np.sort(np.argsort(-totals, kind="stable")[:2000])].copy()
-    perm = np.random.default_rng(0).permutation(a.n_obs)
-    test_mask = np.zeros(a.n_obs, bool)
-    test_mask[perm[:1000]] = True
-    fit = Model("~ cluster_id", likelihood="nb").fit(a[~test_mask].copy(), seed=0, progress=False)
-    data = fit.data(a[test_mask].copy())
+    train, test = check_speed_split()
+    fit = Model("~ cluster_id", likelihood="nb").fit(train, seed=0, progress=False)
+    data = fit.data(test)
     rows, d = next(fit.predictive_blocks(data, 200, jax.random.PRNGKey(0)))
     y = data.rows(rows).astype(np.float64)
     rng = np.random.default_rng(0)

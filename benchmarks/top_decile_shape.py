@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, load, write  # noqa: E402
+from _common import RESULTS, check_speed_split, write  # noqa: E402
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -32,14 +32,9 @@ def main():
     from probgex.fit import Model
     from probgex.inference.predictive import Draws, deciles, inside
 
-    a = load("kang_ctrl5")
-    totals = np.asarray(a.X.sum(0)).ravel()
-    a = a[:, np.sort(np.argsort(-totals, kind="stable")[:2000])].copy()
-    perm = np.random.default_rng(0).permutation(a.n_obs)
-    test_mask = np.zeros(a.n_obs, bool)
-    test_mask[perm[:1000]] = True
-    fit = Model("~ cluster_id", likelihood="nb").fit(a[~test_mask].copy(), seed=0, progress=False)
-    data = fit.data(a[test_mask].copy())
+    train, test = check_speed_split()
+    fit = Model("~ cluster_id", likelihood="nb").fit(train, seed=0, progress=False)
+    data = fit.data(test)
     Y = data.rows(np.arange(data.n_obs)).astype(np.float64)
     lib = data.library_size
     share = Y.sum(0) / lib.sum()
