@@ -161,6 +161,9 @@ def check(
     n_samples: Annotated[int, typer.Option(help="predictive draws")] = 200,
     levels: Annotated[str, typer.Option(help="central interval levels")] = "0.5,0.8,0.9,0.95",
     seed: Annotated[int, typer.Option()] = 0,
+    reference: Annotated[Path | None, typer.Option(
+        help="training AnnData .h5ad on which to choose the gene programs of the joint-calibration check "
+             "(default: the held-out data, which biases program coverage low)")] = None,
 ):
     """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
     import anndata as ad
@@ -170,7 +173,9 @@ def check(
 
     try:
         fitted = load(model)
-        report = run_check(fitted, ad.read_h5ad(data), n_samples=n_samples, levels=_levels(levels), seed=seed)
+        ref = None if reference is None else ad.read_h5ad(reference)
+        report = run_check(fitted, ad.read_h5ad(data), n_samples=n_samples, levels=_levels(levels), seed=seed,
+                           reference=ref)
     except ProbgexError as e:
         raise _fail(e)
     report.save(out)
