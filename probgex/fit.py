@@ -14,6 +14,7 @@ import xarray as xr
 from scipy.stats import norm
 
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
+from probgex import library
 from probgex import mean as stage1_means
 from probgex.errors import DataError, ModelFileError, SpecError
 from probgex.inference import checkpoint
@@ -82,6 +83,10 @@ class Model:
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
+        library_ref = None
+        if spec.library == "size_factors":  # median-of-ratios library sizes against the training samples
+            library_ref = library.reference(data, train_idx)
+            data = replace(data, library_size=library.sizes(data, library_ref))
         stage1 = None
         if spec.story == "residual":
             stage1 = self._stage1(adata, data, train_idx, seed, progress)
@@ -114,7 +119,7 @@ class Model:
 
         def make(params, history):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1)
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, library_ref)
 
         save = None
         if checkpoint_path is not None:
@@ -213,8 +218,11 @@ class Fit:
 
     def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
                  log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
-                 heldout_obs: np.ndarray, stage1=None):
+                 heldout_obs: np.ndarray, stage1=None, library_ref: np.ndarray | None = None):
         self.spec, self.encoding, self.dims = spec, encoding, dims
+        if (spec.library == "size_factors") != (library_ref is not None):
+            raise ValueError("a size-factor fit needs its reference (library_ref), other fits none")
+        self.library_ref = None if library_ref is None else np.asarray(library_ref, np.float64)
         if (spec.story == "residual") != (stage1 is not None):
             raise ValueError("a residual-story fit needs its stage-1 predictor, other stories none")
         self.stage1 = stage1
@@ -248,6 +256,8 @@ class Fit:
         data = from_anndata(adata, layer=self.spec.layer, likelihood=self.spec.likelihood, empty=empty,
                             encoding=self.encoding, genes=list(self.var_names),
                             group_key=self.spec.dispersion_key, group_levels=self.group_levels)
+        if self.library_ref is not None:
+            data = replace(data, library_size=library.sizes(data, self.library_ref))
         return self._with_offset(data, data.library_size)
 
     def _with_offset(self, data: CountData, library_size) -> CountData:
@@ -308,7 +318,7 @@ class Fit:
         data = self._metadata(obs, library_size)
         rng = np.random.default_rng(seed)
         key = jax.random.PRNGKey(seed)
-        draw_lib = library_size is None and self.spec.library == "observed"
+        draw_lib = library_size is None and self.spec.library != "latent"
         return self._assemble(data, self.predictive_blocks(data, n_samples, key, from_data=False), rng, levels,
                               n_samples, draw_lib)
 
@@ -419,6 +429,8 @@ class Fit:
         arrays["var_names"] = np.asarray(self.var_names, dtype=str)
         arrays["heldout_obs"] = self.heldout_obs
         arrays["log_mean"] = self.log_mean
+        if self.library_ref is not None:
+            arrays["library_ref"] = self.library_ref
         if self.stage1 is not None:
             header["stage1"], stage1_arrays = self.stage1.state()
             arrays |= {STAGE1 + k: v for k, v in stage1_arrays.items()}
@@ -442,6 +454,9 @@ class Fit:
             h = header["history"]
             history = History(list(h["train"]), list(h["heldout"]), int(h["best_epoch"]))
             var_names, heldout, log_mean = arrays.pop("var_names"), arrays.pop("heldout_obs"), arrays.pop("log_mean")
+            library_ref = arrays.pop("library_ref", None)
+            if (spec.library == "size_factors") != (library_ref is not None):
+                raise ValueError("the size-factor reference 'library_ref' is missing or unexpected")
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"the header of {path} is incomplete or invalid ({e}); refit and save") from e
         story = build_story(spec, dims, log_mean)
@@ -450,7 +465,7 @@ class Fit:
             template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
         params = checkpoint.unflatten_params(template, arrays)
         return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
-                   stage1)
+                   stage1, library_ref)
 
 
 def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:

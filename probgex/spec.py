@@ -40,7 +40,7 @@ __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
 LIKELIHOODS = ("poisson", "nb", "zinb")
 DISPERSIONS = ("gene", "gene-group")
-LIBRARIES = ("observed", "latent")
+LIBRARIES = ("observed", "latent", "size_factors")
 MEANS = ("glm", "mlp", "external")
 
 
@@ -81,7 +81,7 @@ class ModelSpec:
     dispersion_key: str | None = None  # obs column for "gene-group" (required then, forbidden otherwise)
     encoder: tuple[int, ...] = (128,)  # encoder MLP hidden sizes (cVAE only)
     decoder: tuple[int, ...] = (128,)  # decoder hidden sizes; () = linear decoder (cVAE only)
-    library: str = "observed"  # "observed" or "latent"
+    library: str = "observed"  # "observed" (total counts), "latent", or "size_factors" (median of ratios, bulk)
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
