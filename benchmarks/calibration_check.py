@@ -23,6 +23,7 @@ Rows (select with --rows):
                              `~ cluster_id + group_id` (dim 10, (128,), max_epochs 100 for the cVAE).
   ctrl5_residual / muscat_residual   the residual story around the GLM's prediction (stage 1 the GLM NB
                              fitted on the same training cells, stage 2 as the cVAE).
+  yeast_glm_sf / gtex_glm_sf the GLM with median-of-ratios library sizes (library="size_factors").
   ctrl5_diffusion            the cVAE with a learned diffusion prior (VP-SDE score model, 6,000 steps;
                              probability-flow ODE sampling).
 
@@ -93,6 +94,8 @@ ROWS = {
     "muscat_cvae": ("kang_muscat", "kang_muscat_heldout.txt", "~ cluster_id + group_id", "cvae", CVAE_SC),
     "ctrl5_residual": ("kang_ctrl5", "kang_ctrl5_heldout.txt", "~ cluster_id + sample_id", "residual", CVAE_SC),
     "muscat_residual": ("kang_muscat", "kang_muscat_heldout.txt", "~ cluster_id + group_id", "residual", CVAE_SC),
+    "yeast_glm_sf": ("schurch_yeast", "yeast", "~ strain", "glm_sf", None),
+    "gtex_glm_sf": ("gtex_brain", "gtex", "~ class + sex + age", "glm_sf", None),
     "ctrl5_diffusion": ("kang_ctrl5", "kang_ctrl5_heldout.txt", "~ cluster_id + sample_id", "diffusion", CVAE_SC),
 }
 DIFFUSION_STEPS = 6000  # prior optimizer steps, as in benchmarks/sampling.py
@@ -138,8 +141,8 @@ def run_row(name: str, seed: int, patience: int | None, n_samples: int) -> dict:
     dataset, split, formula, story, opts = ROWS[name]
     train, test = split_for(dataset, split)
     kw = {}
-    if story == "glm":
-        model = Model(formula, likelihood="nb")
+    if story in ("glm", "glm_sf"):
+        model = Model(formula, likelihood="nb", library="size_factors" if story == "glm_sf" else "observed")
     else:
         latent = (Diffusion(dim=opts["dim"], max_steps=DIFFUSION_STEPS) if story == "diffusion"
                   else Gaussian(dim=opts["dim"]))
