@@ -77,7 +77,8 @@ def fit(
         help="residual: the stage-1 mean, glm | mlp | a table of predictions (.csv/.tsv/.h5ad, obs x genes)")] = "glm",
     mean_scale: Annotated[str, typer.Option(
         help="units of a prediction table: counts | fraction | log1p_cp10k | log_fraction")] = "counts",
-    latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae")] = 10,
+    latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae / residual model; 0 with "
+                                            "--model residual: a GLM around stage 1 (bulk data)")] = 10,
     prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
                                          "prior trained on the latents after the VAE")] = Prior.gaussian,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
@@ -100,7 +101,8 @@ def fit(
         else:
             if prior is not Prior.gaussian and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
-            latent = None if model is Story.glm else LATENT_KINDS[prior.value](dim=latent_dim)
+            no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
+            latent = None if no_latent else LATENT_KINDS[prior.value](dim=latent_dim)
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer,
                                           mean=None if model is not Story.residual else
                                           mean if mean in ("glm", "mlp") else "external")

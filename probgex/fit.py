@@ -88,7 +88,7 @@ class Model:
             library_ref = library.reference(data, train_idx)
             data = replace(data, library_size=library.sizes(data, library_ref))
         stage1 = None
-        if spec.story == "residual":
+        if spec.mean is not None:
             stage1 = self._stage1(adata, data, train_idx, seed, progress)
             data = replace(data, offset=stage1.log_fraction(data.obs, data.var_names, data.library_size))
         log_mean, beta0, lib = _summaries(data, train_idx)
@@ -97,22 +97,23 @@ class Model:
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
-        tril = _laplace_tril(data, train_idx, beta0, spec, intercept) if spec.story == "glm" else None
+        glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
+        tril = _laplace_tril(data, train_idx, beta0, spec, intercept) if glm else None
         story = build_story(spec, dims, log_mean, beta0, tril)
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
             # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
-            max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else max(400, -(-4000 // steps))
+            max_epochs = max(100, -(-3000 // steps)) if glm else max(400, -(-4000 // steps))
         if patience is None:  # epochs; at least ~100 (GLM) / ~500 (networks) steps, so a noisy held-out loss
             # does not stop a small fit early (a residual fit on 400 cells stopped after 600 steps with its
             # group effects half learned at 100)
-            patience = max(10, -(-(100 if spec.story == "glm" else 500) // steps))
+            patience = max(10, -(-(100 if glm else 500) // steps))
         if learning_rate is None:
-            learning_rate = 0.02 if spec.story == "glm" else 1e-3
+            learning_rate = 0.02 if glm else 1e-3
         if lr_reductions is None:  # the GLM's guide scales need small final steps; the cVAE does not
-            lr_reductions = 2 if spec.story == "glm" else 0
+            lr_reductions = 2 if glm else 0
         # the cVAE's gene concentrations get 20x the network step (see TrainConfig.param_step_scale)
-        steps_scale = () if spec.story == "glm" else (("log_theta", THETA_STEP_SCALE),)
+        steps_scale = () if glm else (("log_theta", THETA_STEP_SCALE),)
         config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
                              patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
                              progress=progress, param_step_scale=steps_scale)
@@ -138,7 +139,8 @@ class Model:
             return self.stage1
         spec = self.spec
         if spec.mean == "glm":
-            glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer)
+            glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer,
+                            library="observed" if spec.library == "latent" else spec.library)
             train = adata[np.asarray(data.obs.index[train_idx])]
             return stage1_means.GLMMean.from_fit(Model.from_spec(glm).fit(train, seed=seed, progress=progress))
         if spec.mean == "mlp":
@@ -184,8 +186,9 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
     for start in range(0, len(rows), chunk):
         r = rows[start : start + chunk]
         x, l, d = data.rows(r).astype(np.float64), data.library_size[r][:, None], data.design[r].astype(np.float64)
+        off = 0.0 if data.offset is None else data.offset[r].astype(np.float64)
         xtx += d.T @ d
-        xty += d.T @ np.log((x + 0.5) / l)
+        xty += d.T @ (np.log((x + 0.5) / l) - off)
         norm_sum += (x / l).sum(0)
     beta0 = np.linalg.lstsq(xtx, xty, rcond=None)[0]
     log_mean = np.log(norm_sum / len(rows) * lib.mean() + 1e-8)
@@ -204,7 +207,8 @@ def _laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: Mo
     for start in range(0, len(rows), chunk):
         r = rows[start : start + chunk]
         d = data.design[r].astype(np.float64)
-        mu = data.library_size[r][:, None] * np.exp(d @ beta0.astype(np.float64))
+        off = 0.0 if data.offset is None else data.offset[r].astype(np.float64)
+        mu = data.library_size[r][:, None] * np.exp(d @ beta0.astype(np.float64) + off)
         info += np.einsum("bg,bp,bq->gpq", mu / (1 + a * mu), d, d)
     sd = np.full(P, spec.prior_scale)
     if intercept is not None:
@@ -223,7 +227,7 @@ class Fit:
         if (spec.library == "size_factors") != (library_ref is not None):
             raise ValueError("a size-factor fit needs its reference (library_ref), other fits none")
         self.library_ref = None if library_ref is None else np.asarray(library_ref, np.float64)
-        if (spec.story == "residual") != (stage1 is not None):
+        if (spec.mean is not None) != (stage1 is not None):
             raise ValueError("a residual-story fit needs its stage-1 predictor, other stories none")
         self.stage1 = stage1
         self.var_names = pd.Index(var_names, name="gene")
@@ -404,7 +408,7 @@ class Fit:
 
     def coefficients(self, levels: Sequence[float] = (0.9,)) -> xr.Dataset:
         """GLM coefficients: posterior mean, sd and central intervals per (coef, gene)."""
-        if self.spec.story != "glm":
+        if self.spec.latent is not None:
             raise ValueError("coefficients exist only for the GLM story (latent=None)")
         P = self.dims.n_design
         loc = self.params["gp_loc"][:, :P].T
@@ -473,7 +477,7 @@ def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
     dummy = CountData(counts=np.ones((1, dims.n_genes), np.float32), library_size=np.full(1, float(dims.n_genes)),
                       design=np.zeros((1, dims.n_design), np.float32), encoding=None, obs=pd.DataFrame(index=["0"]),
                       var_names=pd.Index([str(i) for i in range(dims.n_genes)]), groups=None, group_levels=None,
-                      offset=np.zeros((1, dims.n_genes), np.float32) if spec.story == "residual" else None)
+                      offset=np.zeros((1, dims.n_genes), np.float32) if spec.mean is not None else None)
     svi = make_svi(story, TrainConfig())
     state = svi.init(jax.random.PRNGKey(0), make_batch(dummy, np.arange(1), 1, 1.0))
     return svi.get_params(state)

@@ -147,11 +147,6 @@ class ModelSpec:
 
         if self.mean is not None:
             _check_choice("mean", self.mean, MEANS)
-            if self.latent is None:
-                raise SpecError(
-                    f"mean={self.mean!r} (the residual story around a stage-1 mean predictor) needs a "
-                    "latent: pass latent=Gaussian(dim=...) (e.g. latent=10)"
-                )
 
         ps = self.prior_scale
         if (
@@ -168,9 +163,10 @@ class ModelSpec:
     # ------------------------------------------------------------------ views
     @property
     def story(self) -> str:
-        """``"glm"`` when there is no latent, ``"residual"`` around a stage-1 ``mean``, else ``"cvae"``."""
+        """``"glm"`` when there is no latent, ``"cvae"`` with one; around a stage-1 ``mean``,
+        ``"residual"`` with a latent and ``"residual_glm"`` without (a GLM with stage 1 as offset)."""
         if self.latent is None:
-            return "glm"
+            return "glm" if self.mean is None else "residual_glm"
         return "cvae" if self.mean is None else "residual"
 
     # ------------------------------------------------------------------ constructors
