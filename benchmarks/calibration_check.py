@@ -199,8 +199,10 @@ def table(rows: list[dict]) -> str:
             f"| {r['worst_decile_deviation_max']:.3f} | {r['genes_within_3se_90']:.3f} "
             f"| {r['pit_pooled_inside_band']} ({r['pit_pooled_max_excursion']:.2f}, {r['pit_pooled_ks']:.4f}) "
             f"| {r['fraction_genes_passing']:.3f} | {r['lpd']:.1f} | {r['crps']:.4g} "
-            f"| {f(r['program_correlated_cov90'], '.3f')} | {f(r['program_random_cov90_mean'], '.3f')} "
+            f"| {f(r['program_correlated_cov90'], '.3f')}{'' if r.get('programs_chosen_on') else ' (h)'} "
+            f"| {f(r['program_random_cov90_mean'], '.3f')} "
             f"| {r['program_correlated_inside_band']} | {r['fit_seconds']:.0f} | {r['check_seconds']:.0f} |")
+    lines.append("\n(h): a row from before 2026-11-25 17:30 UTC, its programs chosen on the held-out cells (biased low).")
     return "\n".join(lines)
 
 
