@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -15,7 +16,7 @@ from scipy.stats import norm
 
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
 from probgex import mean as stage1_means
-from probgex.errors import DataError, ModelFileError, SpecError
+from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, SpecError
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
@@ -23,6 +24,7 @@ from probgex.inference.predictive import Draws, check_levels, deciles, empirical
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
+from probgex.prior.train import PriorHistory
 from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -77,6 +79,10 @@ class Model:
         cut `lr_reductions` times after patience // 2 stale epochs). The same seed gives the same
         result. With `checkpoint_path`, the best parameters so far are written there every
         `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
+        With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
+        parameters; the prior stage then trains the prior and writes the complete model. A checkpoint of
+        the VAE stage loads as the VAE with its Gaussian prior (`Fit.learned_prior_status` is
+        "not trained", with an IncompleteFitWarning); `Fit.train_prior(adata)` completes it.
         """
         spec = self.spec
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
@@ -112,20 +118,25 @@ class Model:
                              patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
                              progress=progress, param_step_scale=steps_scale)
 
-        def make(params, history):
+        def make(params, history, prior_history=None):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1)
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, prior_history)
 
         save = None
         if checkpoint_path is not None:
             def save(params, history):
                 make(params, history).save(checkpoint_path)
+        # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params
         params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
-        if getattr(story, "learned", None) is not None:  # latent diffusion / flow: train the prior on z
-            params = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
-            if save is not None:
-                save(params, history)
-        return make(params, history)
+        if getattr(story, "learned", None) is None:
+            return make(params, history)
+        # latent diffusion / flow: train the prior on the encoder means; an interruption here leaves the
+        # VAE-stage checkpoint, which loads as the VAE with its Gaussian prior
+        params, prior_history = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
+        fitted = make(params, history, prior_history)
+        if checkpoint_path is not None:
+            fitted.save(checkpoint_path)
+        return fitted
 
     def _stage1(self, adata, data: CountData, train_idx: np.ndarray, seed: int, progress: bool):
         """The frozen stage-1 predictor: the one given, or one trained on the training observations only."""
@@ -213,7 +224,7 @@ class Fit:
 
     def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
                  log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
-                 heldout_obs: np.ndarray, stage1=None):
+                 heldout_obs: np.ndarray, stage1=None, prior_history: PriorHistory | None = None):
         self.spec, self.encoding, self.dims = spec, encoding, dims
         if (spec.story == "residual") != (stage1 is not None):
             raise ValueError("a residual-story fit needs its stage-1 predictor, other stories none")
@@ -223,10 +234,48 @@ class Fit:
         self.params = jax.tree.map(np.asarray, params)
         self.history, self.group_levels = history, group_levels
         self.heldout_obs = np.asarray(heldout_obs, dtype=str)
+        self.prior_history = prior_history  # the learned prior's training history (None if not trained)
 
     def __repr__(self) -> str:
+        status = self.learned_prior_status
+        prior = "" if status == "none" else f", {self.spec.latent.kind} prior {status}"
         return (f"Fit({self.spec.story}, {self.spec.likelihood}, {self.spec.formula!r}, "
-                f"{len(self.var_names)} genes, best epoch {self.history.best_epoch})")
+                f"{len(self.var_names)} genes, best epoch {self.history.best_epoch}{prior})")
+
+    @property
+    def learned_prior_status(self) -> str:
+        """"none" (the spec's latent prior is Gaussian, or no latent), "trained", or "not trained": a
+        checkpoint of the VAE stage of a fit with a learned prior, which predicts with the VAE-stage
+        Gaussian prior until `train_prior` is run."""
+        if getattr(self.spec.latent, "kind", None) not in ("diffusion", "flow"):
+            return "none"
+        return "trained" if "learned_prior" in self.params else "not trained"
+
+    def train_prior(self, adata, *, progress: bool = True, empty: str = "warn",
+                    checkpoint_path: str | Path | None = None) -> Fit:
+        """The prior stage of a fit with a learned latent prior, on the VAE-stage parameters of this fit:
+        completes a VAE-stage checkpoint (a fit interrupted during the prior stage). `adata` must be the
+        data the model was fitted on; with the fit's seed and split the result equals the uninterrupted
+        fit's. A trained prior is retrained the same way. Returns a new Fit (written to `checkpoint_path`)."""
+        if self.learned_prior_status == "none":
+            raise SpecError("train_prior needs a cVAE with a learned latent prior (latent=pg.latent.Diffusion(...) "
+                            f"or Flow(...)); this model's latent is {self.spec.latent!r}")
+        data = self.data(adata, empty=empty)
+        held = data.obs.index.isin(self.heldout_obs)
+        if int(held.sum()) != len(self.heldout_obs):
+            raise DataError(f"{len(self.heldout_obs) - int(held.sum())} of the fit's {len(self.heldout_obs)} held-out "
+                            "observations are not in adata: pass the AnnData the model was fitted on")
+        if held.all():
+            raise DataError("every observation of adata is one of the fit's held-out ones: pass the AnnData the "
+                            "model was fitted on")
+        vae = {k: v for k, v in self.params.items() if k != "learned_prior"}
+        params, hist = fit_prior_stage(self.story, vae, data, np.flatnonzero(~held), np.flatnonzero(held),
+                                       self.dims.seed, progress)
+        fitted = Fit(self.spec, self.encoding, self.var_names, self.dims, self.log_mean, params, self.history,
+                     self.group_levels, self.heldout_obs, self.stage1, hist)
+        if checkpoint_path is not None:
+            fitted.save(checkpoint_path)
+        return fitted
 
     # ----- the story and its jitted functions
     @cached_property
@@ -415,6 +464,10 @@ class Fit:
                   "dims": self.dims.to_dict(), "group_levels": self.group_levels,
                   "history": {"train": self.history.train, "heldout": self.history.heldout,
                               "best_epoch": self.history.best_epoch}}
+        if self.prior_history is not None:
+            h = self.prior_history
+            header["prior_history"] = {"train": [float(v) for v in h.train],
+                                       "heldout": [float(v) for v in h.heldout], "best_step": int(h.best_step)}
         arrays = checkpoint.flatten_params(self.params)
         arrays["var_names"] = np.asarray(self.var_names, dtype=str)
         arrays["heldout_obs"] = self.heldout_obs
@@ -441,6 +494,9 @@ class Fit:
             dims = Dims(**header["dims"])
             h = header["history"]
             history = History(list(h["train"]), list(h["heldout"]), int(h["best_epoch"]))
+            ph = header.get("prior_history")
+            prior_history = None if ph is None else PriorHistory(list(ph["train"]), list(ph["heldout"]),
+                                                                 int(ph["best_step"]))
             var_names, heldout, log_mean = arrays.pop("var_names"), arrays.pop("heldout_obs"), arrays.pop("log_mean")
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"the header of {path} is incomplete or invalid ({e}); refit and save") from e
@@ -449,8 +505,13 @@ class Fit:
         if hasattr(story, "prior_template") and any(k.startswith("param['learned_prior']") for k in arrays):
             template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
         params = checkpoint.unflatten_params(template, arrays)
-        return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
-                   stage1)
+        fit = cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
+                  stage1, prior_history)
+        if fit.learned_prior_status == "not trained":
+            warnings.warn(f"{path} is a checkpoint of the VAE stage: its {spec.latent.kind} prior is not trained "
+                          "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
+                          "the training data to complete it", IncompleteFitWarning, stacklevel=3)
+        return fit
 
 
 def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:

@@ -111,3 +111,57 @@ def test_shell_fit_with_a_learned_prior_spec(tmp_path, small_adata):
                               str(tmp_path / "m.toml"), "--max-epochs", "2"])
     assert res.exit_code == 0, res.output
     assert "learned_prior" in pg.load(tmp_path / "m.npz").params
+
+
+# ----------------------------------------------------------------------------- checkpoints of the two stages
+def test_interrupted_prior_stage_leaves_a_valid_vae_checkpoint(learned_fit, small_adata, tmp_path, monkeypatch):
+    """Ctrl-C while the prior trains (after the VAE stage): the checkpoint is the VAE stage's, loads (saying
+    the prior is not trained), predicts from the VAE-stage Gaussian prior, and `train_prior` completes it to
+    the same model as the uninterrupted fit (`learned_fit`: same options and seed)."""
+    from probgex.prior.learned import LearnedPrior
+
+    path = tmp_path / "ckpt.npz"
+    model = pg.Model(learned_fit.spec.formula, likelihood="nb", latent=learned_fit.spec.latent, encoder=(16,),
+                     decoder=(16,))
+    assert model.spec == learned_fit.spec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LearnedPrior, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(small_adata, seed=0, max_epochs=8, progress=False, checkpoint_path=path, checkpoint_every=3)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+    with pytest.warns(pg.IncompleteFitWarning, match="not trained yet"):
+        vae = pg.load(path)
+    assert vae.learned_prior_status == "not trained" and "prior not trained" in repr(vae)
+    assert "learned_prior" not in vae.params and vae.prior_history is None
+    # the VAE stage is complete: its best parameters, the same as the uninterrupted fit's
+    assert vae.history == learned_fit.history
+    for k, v in vae.params.items():
+        jax.tree.map(np.testing.assert_array_equal, v, learned_fit.params[k])
+    pred = vae.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)
+    assert pred["counts"].shape == (10, 6, small_adata.n_vars) and np.isfinite(pred["mean"]).all()
+    assert np.isfinite(vae.log_predictive_density(small_adata[:8], n_samples=4)).all()
+    # the Gaussian prior's predictions differ from the learned prior's (the status is not cosmetic)
+    assert not np.array_equal(pred["counts"].values,
+                              learned_fit.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)["counts"].values)
+
+    done = vae.train_prior(small_adata, progress=False, checkpoint_path=path)
+    assert done.learned_prior_status == "trained" and done.prior_history is not None
+    jax.tree.map(np.testing.assert_array_equal, done.params["learned_prior"], learned_fit.params["learned_prior"])
+    back = pg.load(path)  # no warning: the file now holds the trained prior (warnings are errors in tests)
+    assert back.learned_prior_status == "trained" and back.prior_history == done.prior_history
+    np.testing.assert_array_equal(back.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)["counts"].values,
+                                  learned_fit.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)["counts"].values)
+
+
+def test_train_prior_checks_its_inputs(learned_fit, cvae_fit, small_adata):
+    with pytest.raises(pg.SpecError, match="learned latent prior"):
+        cvae_fit.train_prior(small_adata, progress=False)
+    held = np.isin(small_adata.obs_names, learned_fit.heldout_obs)
+    with pytest.raises(pg.DataError, match="held-out observations are not in adata"):
+        learned_fit.train_prior(small_adata[~held], progress=False)
+    with pytest.raises(pg.DataError, match="every observation"):
+        learned_fit.train_prior(small_adata[held], progress=False)
