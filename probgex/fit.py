@@ -489,7 +489,7 @@ class Fit:
                 raise ModelFileError(f"the stage-1 predictor in {path} is incomplete or invalid ({e}); refit "
                                      "and save") from e
         try:
-            spec = ModelSpec.from_dict(header["spec"])
+            spec = ModelSpec.from_dict(_with_file_defaults(header["spec"]))
             encoding = DesignEncoding.from_dict(header["encoding"])
             dims = Dims(**header["dims"])
             h = header["history"]
@@ -512,6 +512,15 @@ class Fit:
                           "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
                           "the training data to complete it", IncompleteFitWarning, stacklevel=3)
         return fit
+
+
+def _with_file_defaults(spec: dict) -> dict:
+    """A saved spec with the values its file was written under where a later option's default differs:
+    a diffusion prior saved before `parametrization` existed predicts the noise ("eps")."""
+    latent = spec.get("latent") if isinstance(spec, dict) else None
+    if isinstance(latent, dict) and latent.get("kind") == "diffusion" and "parametrization" not in latent:
+        return {**spec, "latent": {**latent, "parametrization": "eps"}}
+    return spec
 
 
 def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:

@@ -22,6 +22,7 @@ def energy_distance(x, y):
 
 @pytest.mark.parametrize("latent", [pg.latent.Diffusion(dim=3, net=(16,), sampler="sde", sde_solver="heun",
                                                         sde_steps=50, guidance=0.5),
+                                    pg.latent.Diffusion(dim=2, parametrization="eps"),
                                     pg.latent.Flow(dim=4, net=(32, 32), rtol=1e-3, cond_dropout=0.0)])
 def test_learned_latent_toml_round_trip(latent, tmp_path):
     spec = ModelSpec.create("~ group", "zinb", latent, encoder=(8,))
@@ -39,6 +40,8 @@ def test_learned_latent_toml_round_trip(latent, tmp_path):
     (dict(kind="flow", guidance=1.0, cond_dropout=0.0), "cond_dropout"),
     (dict(kind="diffusion", learning_rate=0), "learning_rate"),
     (dict(kind="diffusion", max_steps=0), "max_steps"),
+    (dict(kind="diffusion", parametrization="x0"), "parametrization"),
+    (dict(kind="flow", parametrization="v"), "unknown key"),
     (dict(kind="diffusion", cond_dropout=1.0), "cond_dropout"),
 ])
 def test_learned_latent_rejects_bad_options(bad, match):
@@ -165,3 +168,19 @@ def test_train_prior_checks_its_inputs(learned_fit, cvae_fit, small_adata):
         learned_fit.train_prior(small_adata[~held], progress=False)
     with pytest.raises(pg.DataError, match="every observation"):
         learned_fit.train_prior(small_adata[held], progress=False)
+
+
+def test_a_diffusion_model_file_from_before_the_parametrization_option_reads_as_eps(learned_fit, tmp_path):
+    """Files written before `parametrization` existed hold a noise-predicting network: they must load as
+    "eps", not with the new default "v" (which would silently change what the network means)."""
+    from probgex.inference import checkpoint
+
+    if learned_fit.spec.latent.kind != "diffusion":
+        pytest.skip("the option is the diffusion prior's")
+    assert learned_fit.spec.latent.parametrization == "v"
+    header, arrays = checkpoint.read(learned_fit.save(tmp_path / "new.npz"))
+    header = {k: v for k, v in header.items() if k not in ("format", "version", "sha256")}
+    del header["spec"]["latent"]["parametrization"]
+    old = pg.load(checkpoint.write(tmp_path / "old.npz", header, arrays))
+    assert old.spec.latent.parametrization == "eps" and old.story.learned.dynamics.parametrization == "eps"
+    assert pg.load(tmp_path / "new.npz").story.learned.dynamics.parametrization == "v"
