@@ -82,7 +82,9 @@ class Model:
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
         parameters; the prior stage then trains the prior and writes the complete model. A checkpoint of
         the VAE stage loads as the VAE with its Gaussian prior (`Fit.learned_prior_status` is
-        "not trained", with an IncompleteFitWarning); `Fit.train_prior(adata)` completes it.
+        "not trained", with an IncompleteFitWarning); `Fit.train_prior(adata)` completes it. A periodic
+        checkpoint (written before the SVI loop finished) records that (`Fit.finished` False) and warns
+        when loaded.
         """
         spec = self.spec
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
@@ -118,14 +120,15 @@ class Model:
                              patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
                              progress=progress, param_step_scale=steps_scale)
 
-        def make(params, history, prior_history=None):
+        def make(params, history, prior_history=None, finished=True):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, prior_history)
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, prior_history,
+                       finished=finished)
 
         save = None
         if checkpoint_path is not None:
-            def save(params, history):
-                make(params, history).save(checkpoint_path)
+            def save(params, history, finished):
+                make(params, history, finished=finished).save(checkpoint_path)
         # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params
         params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
         if getattr(story, "learned", None) is None:
@@ -224,7 +227,8 @@ class Fit:
 
     def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
                  log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
-                 heldout_obs: np.ndarray, stage1=None, prior_history: PriorHistory | None = None):
+                 heldout_obs: np.ndarray, stage1=None, prior_history: PriorHistory | None = None, *,
+                 finished: bool | None = True):
         self.spec, self.encoding, self.dims = spec, encoding, dims
         if (spec.story == "residual") != (stage1 is not None):
             raise ValueError("a residual-story fit needs its stage-1 predictor, other stories none")
@@ -235,10 +239,15 @@ class Fit:
         self.history, self.group_levels = history, group_levels
         self.heldout_obs = np.asarray(heldout_obs, dtype=str)
         self.prior_history = prior_history  # the learned prior's training history (None if not trained)
+        # whether the SVI loop ran to its end (early stop or max_epochs): False for a periodic checkpoint
+        # written while fitting, None when unknown (a file from before this was recorded)
+        self.finished = finished
 
     def __repr__(self) -> str:
         status = self.learned_prior_status
         prior = "" if status == "none" else f", {self.spec.latent.kind} prior {status}"
+        if self.finished is False:
+            prior += f", checkpoint of an unfinished fit (epoch {len(self.history.train)})"
         return (f"Fit({self.spec.story}, {self.spec.likelihood}, {self.spec.formula!r}, "
                 f"{len(self.var_names)} genes, best epoch {self.history.best_epoch}{prior})")
 
@@ -260,6 +269,10 @@ class Fit:
         if self.learned_prior_status == "none":
             raise SpecError("train_prior needs a cVAE with a learned latent prior (latent=pg.latent.Diffusion(...) "
                             f"or Flow(...)); this model's latent is {self.spec.latent!r}")
+        if self.finished is False:
+            raise ModelFileError(f"this is a checkpoint written at epoch {len(self.history.train)} of the VAE stage, "
+                                 "before it finished: the prior is trained on the finished VAE only; refit "
+                                 "(Model.fit) to complete the VAE stage")
         data = self.data(adata, empty=empty)
         held = data.obs.index.isin(self.heldout_obs)
         if int(held.sum()) != len(self.heldout_obs):
@@ -272,7 +285,7 @@ class Fit:
         params, hist = fit_prior_stage(self.story, vae, data, np.flatnonzero(~held), np.flatnonzero(held),
                                        self.dims.seed, progress)
         fitted = Fit(self.spec, self.encoding, self.var_names, self.dims, self.log_mean, params, self.history,
-                     self.group_levels, self.heldout_obs, self.stage1, hist)
+                     self.group_levels, self.heldout_obs, self.stage1, hist, finished=self.finished)
         if checkpoint_path is not None:
             fitted.save(checkpoint_path)
         return fitted
@@ -464,6 +477,8 @@ class Fit:
                   "dims": self.dims.to_dict(), "group_levels": self.group_levels,
                   "history": {"train": self.history.train, "heldout": self.history.heldout,
                               "best_epoch": self.history.best_epoch}}
+        if self.finished is not None:
+            header["finished"] = bool(self.finished)
         if self.prior_history is not None:
             h = self.prior_history
             header["prior_history"] = {"train": [float(v) for v in h.train],
@@ -506,8 +521,12 @@ class Fit:
             template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
         params = checkpoint.unflatten_params(template, arrays)
         fit = cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
-                  stage1, prior_history)
-        if fit.learned_prior_status == "not trained":
+                  stage1, prior_history, finished=header.get("finished"))
+        if fit.finished is False:
+            warnings.warn(f"{path} is a checkpoint written at epoch {len(history.train)}, before the fit finished: "
+                          "it is valid (the best parameters up to then) but not the finished fit",
+                          IncompleteFitWarning, stacklevel=3)
+        elif fit.learned_prior_status == "not trained":
             warnings.warn(f"{path} is a checkpoint of the VAE stage: its {spec.latent.kind} prior is not trained "
                           "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
                           "the training data to complete it", IncompleteFitWarning, stacklevel=3)

@@ -139,6 +139,7 @@ def test_interrupted_prior_stage_leaves_a_valid_vae_checkpoint(learned_fit, smal
     with pytest.warns(pg.IncompleteFitWarning, match="not trained yet"):
         vae = pg.load(path)
     assert vae.learned_prior_status == "not trained" and "prior not trained" in repr(vae)
+    assert vae.finished is True  # the VAE stage itself ran to its end
     assert "learned_prior" not in vae.params and vae.prior_history is None
     # the VAE stage is complete: its best parameters, the same as the uninterrupted fit's
     assert vae.history == learned_fit.history
@@ -184,3 +185,30 @@ def test_a_diffusion_model_file_from_before_the_parametrization_option_reads_as_
     old = pg.load(checkpoint.write(tmp_path / "old.npz", header, arrays))
     assert old.spec.latent.parametrization == "eps" and old.story.learned.dynamics.parametrization == "eps"
     assert pg.load(tmp_path / "new.npz").story.learned.dynamics.parametrization == "v"
+
+
+def test_checkpoint_from_the_middle_of_the_vae_stage(small_adata, tmp_path, monkeypatch):
+    """Ctrl-C in the VAE stage after a periodic checkpoint: that checkpoint loads (saying it is unfinished
+    and the prior untrained) and predicts; train_prior refuses it (the prior is trained on a finished VAE)."""
+    path = tmp_path / "ckpt.npz"
+    real_save = pg.Fit.save
+
+    def interrupted_save(self, where):
+        if len(self.history.train) == 4:
+            raise KeyboardInterrupt
+        return real_save(self, where)
+
+    monkeypatch.setattr(pg.Fit, "save", interrupted_save)
+    model = pg.Model("~ group", likelihood="nb", latent=pg.latent.Flow(dim=2, net=(8,), max_steps=50), encoder=(8,),
+                     decoder=(8,))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(small_adata, seed=0, max_epochs=20, progress=False, checkpoint_path=path, checkpoint_every=2)
+    monkeypatch.undo()
+    with pytest.warns(pg.IncompleteFitWarning, match="before the fit finished"):
+        ckpt = pg.load(path)
+    assert ckpt.finished is False and ckpt.learned_prior_status == "not trained" and len(ckpt.history.train) == 2
+    assert "unfinished fit (epoch 2)" in repr(ckpt)
+    pred = ckpt.predict(small_adata.obs.iloc[:5], n_samples=8, seed=0)
+    assert np.isfinite(pred["mean"]).all()
+    with pytest.raises(pg.ModelFileError, match="before it finished"):
+        ckpt.train_prior(small_adata, progress=False)
