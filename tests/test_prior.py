@@ -199,9 +199,12 @@ def test_learned_prior_log_density_matches_the_2d_mixture(trained_2d):
 @pytest.mark.parametrize("kind", ["diffusion", "flow"])
 def test_learned_prior_on_a_16d_mixture(kind):
     """Both priors with their default training and ODE options. The diffusion prior passes with the
-    v-parametrization (its default); with noise prediction ("eps") the correlation was 0.896 (exact trace):
-    the network's Jacobian noise near t = 1, amplified by beta / (2 sigma) in the divergence, dominated the
-    error (measured by swapping the learned noise predictor for the exact one on parts of [t_data, 1])."""
+    v-parametrization (its default): measured (Nov 2026, 2 CPU cores) correlation 0.948, mean error -0.49,
+    median |error| 0.66 nat (exact trace; 0.939 with Hutchinson, 16 probes); a second seed 0.949. With noise
+    prediction ("eps") the correlation was 0.896 (0.914 with a second seed): the network's Jacobian noise
+    near t = 1, amplified by beta / (2 sigma) in the divergence, dominated the error (measured by swapping
+    the learned noise predictor for the exact one of the mixture on parts of [t_data, 1]: with the learned
+    one on t > 0.6 only, the error sd was 0.61 nat with "eps" and 0.12 with "v")."""
     mix = Mixture(dim=16, n_cond=3, n_comp=3, sd=0.6, seed=5)
     rng = np.random.default_rng(0)
     cond = rng.integers(0, 3, 6000)
