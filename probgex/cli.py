@@ -77,7 +77,8 @@ def fit(
         help="residual: the stage-1 mean, glm | mlp | a table of predictions (.csv/.tsv/.h5ad, obs x genes)")] = "glm",
     mean_scale: Annotated[str, typer.Option(
         help="units of a prediction table: counts | fraction | log1p_cp10k | log_fraction")] = "counts",
-    latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae")] = 10,
+    latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae / residual model; 0 with "
+                                            "--model residual: a GLM around stage 1 (bulk data)")] = 10,
     prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
                                          "prior trained on the latents after the VAE")] = Prior.gaussian,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
@@ -100,7 +101,8 @@ def fit(
         else:
             if prior is not Prior.gaussian and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
-            latent = None if model is Story.glm else LATENT_KINDS[prior.value](dim=latent_dim)
+            no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
+            latent = None if no_latent else LATENT_KINDS[prior.value](dim=latent_dim)
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer,
                                           mean=None if model is not Story.residual else
                                           mean if mean in ("glm", "mlp") else "external")
@@ -161,6 +163,9 @@ def check(
     n_samples: Annotated[int, typer.Option(help="predictive draws")] = 200,
     levels: Annotated[str, typer.Option(help="central interval levels")] = "0.5,0.8,0.9,0.95",
     seed: Annotated[int, typer.Option()] = 0,
+    reference: Annotated[Path | None, typer.Option(
+        help="training AnnData .h5ad on which to choose the gene programs of the joint-calibration check "
+             "(default: the held-out data, which biases program coverage low)")] = None,
 ):
     """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
     import anndata as ad
@@ -170,7 +175,9 @@ def check(
 
     try:
         fitted = load(model)
-        report = run_check(fitted, ad.read_h5ad(data), n_samples=n_samples, levels=_levels(levels), seed=seed)
+        ref = None if reference is None else ad.read_h5ad(reference)
+        report = run_check(fitted, ad.read_h5ad(data), n_samples=n_samples, levels=_levels(levels), seed=seed,
+                           reference=ref)
     except ProbgexError as e:
         raise _fail(e)
     report.save(out)

@@ -32,6 +32,6 @@ def run_demo(out: Path, *, max_epochs: int | None = None, seed: int = 0, progres
     lib = np.asarray(test.X.sum(1)).ravel()
     fit.predict(test.obs, n_samples=200, library_size=lib, seed=seed).to_netcdf(out / "predictions.nc",
                                                                              engine="h5netcdf")
-    report = check(fit, test, n_samples=200, seed=seed, progress=progress)
+    report = check(fit, test, n_samples=200, seed=seed, progress=progress, reference=train)
     report.save(out)
     return report.summary()

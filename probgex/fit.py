@@ -15,6 +15,7 @@ import xarray as xr
 from scipy.stats import norm
 
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
+from probgex import library
 from probgex import mean as stage1_means
 from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, SpecError
 from probgex.inference import checkpoint
@@ -90,8 +91,12 @@ class Model:
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
+        library_ref = None
+        if spec.library == "size_factors":  # median-of-ratios library sizes against the training samples
+            library_ref = library.reference(data, train_idx)
+            data = replace(data, library_size=library.sizes(data, library_ref))
         stage1 = None
-        if spec.story == "residual":
+        if spec.mean is not None:
             stage1 = self._stage1(adata, data, train_idx, seed, progress)
             data = replace(data, offset=stage1.log_fraction(data.obs, data.var_names, data.library_size))
         log_mean, beta0, lib = _summaries(data, train_idx)
@@ -100,30 +105,31 @@ class Model:
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
-        tril = _laplace_tril(data, train_idx, beta0, spec, intercept) if spec.story == "glm" else None
+        glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
+        tril = _laplace_tril(data, train_idx, beta0, spec, intercept) if glm else None
         story = build_story(spec, dims, log_mean, beta0, tril)
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
             # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
-            max_epochs = max(100, -(-3000 // steps)) if spec.story == "glm" else max(400, -(-4000 // steps))
+            max_epochs = max(100, -(-3000 // steps)) if glm else max(400, -(-4000 // steps))
         if patience is None:  # epochs; at least ~100 (GLM) / ~500 (networks) steps, so a noisy held-out loss
             # does not stop a small fit early (a residual fit on 400 cells stopped after 600 steps with its
             # group effects half learned at 100)
-            patience = max(10, -(-(100 if spec.story == "glm" else 500) // steps))
+            patience = max(10, -(-(100 if glm else 500) // steps))
         if learning_rate is None:
-            learning_rate = 0.02 if spec.story == "glm" else 1e-3
+            learning_rate = 0.02 if glm else 1e-3
         if lr_reductions is None:  # the GLM's guide scales need small final steps; the cVAE does not
-            lr_reductions = 2 if spec.story == "glm" else 0
+            lr_reductions = 2 if glm else 0
         # the cVAE's gene concentrations get 20x the network step (see TrainConfig.param_step_scale)
-        steps_scale = () if spec.story == "glm" else (("log_theta", THETA_STEP_SCALE),)
+        steps_scale = () if glm else (("log_theta", THETA_STEP_SCALE),)
         config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
                              patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
                              progress=progress, param_step_scale=steps_scale)
 
         def make(params, history, prior_history=None, finished=True):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, prior_history,
-                       finished=finished)
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, library_ref,
+                       prior_history, finished=finished)
 
         save = None
         if checkpoint_path is not None:
@@ -147,7 +153,8 @@ class Model:
             return self.stage1
         spec = self.spec
         if spec.mean == "glm":
-            glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer)
+            glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer,
+                            library="observed" if spec.library == "latent" else spec.library)
             train = adata[np.asarray(data.obs.index[train_idx])]
             return stage1_means.GLMMean.from_fit(Model.from_spec(glm).fit(train, seed=seed, progress=progress))
         if spec.mean == "mlp":
@@ -193,8 +200,9 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
     for start in range(0, len(rows), chunk):
         r = rows[start : start + chunk]
         x, l, d = data.rows(r).astype(np.float64), data.library_size[r][:, None], data.design[r].astype(np.float64)
+        off = 0.0 if data.offset is None else data.offset[r].astype(np.float64)
         xtx += d.T @ d
-        xty += d.T @ np.log((x + 0.5) / l)
+        xty += d.T @ (np.log((x + 0.5) / l) - off)
         norm_sum += (x / l).sum(0)
     beta0 = np.linalg.lstsq(xtx, xty, rcond=None)[0]
     log_mean = np.log(norm_sum / len(rows) * lib.mean() + 1e-8)
@@ -213,7 +221,8 @@ def _laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: Mo
     for start in range(0, len(rows), chunk):
         r = rows[start : start + chunk]
         d = data.design[r].astype(np.float64)
-        mu = data.library_size[r][:, None] * np.exp(d @ beta0.astype(np.float64))
+        off = 0.0 if data.offset is None else data.offset[r].astype(np.float64)
+        mu = data.library_size[r][:, None] * np.exp(d @ beta0.astype(np.float64) + off)
         info += np.einsum("bg,bp,bq->gpq", mu / (1 + a * mu), d, d)
     sd = np.full(P, spec.prior_scale)
     if intercept is not None:
@@ -227,10 +236,13 @@ class Fit:
 
     def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
                  log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
-                 heldout_obs: np.ndarray, stage1=None, prior_history: PriorHistory | None = None, *,
-                 finished: bool | None = True):
+                 heldout_obs: np.ndarray, stage1=None, library_ref: np.ndarray | None = None,
+                 prior_history: PriorHistory | None = None, *, finished: bool | None = True):
         self.spec, self.encoding, self.dims = spec, encoding, dims
-        if (spec.story == "residual") != (stage1 is not None):
+        if (spec.library == "size_factors") != (library_ref is not None):
+            raise ValueError("a size-factor fit needs its reference (library_ref), other fits none")
+        self.library_ref = None if library_ref is None else np.asarray(library_ref, np.float64)
+        if (spec.mean is not None) != (stage1 is not None):
             raise ValueError("a residual-story fit needs its stage-1 predictor, other stories none")
         self.stage1 = stage1
         self.var_names = pd.Index(var_names, name="gene")
@@ -285,7 +297,8 @@ class Fit:
         params, hist = fit_prior_stage(self.story, vae, data, np.flatnonzero(~held), np.flatnonzero(held),
                                        self.dims.seed, progress)
         fitted = Fit(self.spec, self.encoding, self.var_names, self.dims, self.log_mean, params, self.history,
-                     self.group_levels, self.heldout_obs, self.stage1, hist, finished=self.finished)
+                     self.group_levels, self.heldout_obs, self.stage1, self.library_ref, hist,
+                     finished=self.finished)
         if checkpoint_path is not None:
             fitted.save(checkpoint_path)
         return fitted
@@ -310,6 +323,8 @@ class Fit:
         data = from_anndata(adata, layer=self.spec.layer, likelihood=self.spec.likelihood, empty=empty,
                             encoding=self.encoding, genes=list(self.var_names),
                             group_key=self.spec.dispersion_key, group_levels=self.group_levels)
+        if self.library_ref is not None:
+            data = replace(data, library_size=library.sizes(data, self.library_ref))
         return self._with_offset(data, data.library_size)
 
     def _with_offset(self, data: CountData, library_size) -> CountData:
@@ -370,7 +385,7 @@ class Fit:
         data = self._metadata(obs, library_size)
         rng = np.random.default_rng(seed)
         key = jax.random.PRNGKey(seed)
-        draw_lib = library_size is None and self.spec.library == "observed"
+        draw_lib = library_size is None and self.spec.library != "latent"
         return self._assemble(data, self.predictive_blocks(data, n_samples, key, from_data=False), rng, levels,
                               n_samples, draw_lib)
 
@@ -456,7 +471,7 @@ class Fit:
 
     def coefficients(self, levels: Sequence[float] = (0.9,)) -> xr.Dataset:
         """GLM coefficients: posterior mean, sd and central intervals per (coef, gene)."""
-        if self.spec.story != "glm":
+        if self.spec.latent is not None:
             raise ValueError("coefficients exist only for the GLM story (latent=None)")
         P = self.dims.n_design
         loc = self.params["gp_loc"][:, :P].T
@@ -487,6 +502,8 @@ class Fit:
         arrays["var_names"] = np.asarray(self.var_names, dtype=str)
         arrays["heldout_obs"] = self.heldout_obs
         arrays["log_mean"] = self.log_mean
+        if self.library_ref is not None:
+            arrays["library_ref"] = self.library_ref
         if self.stage1 is not None:
             header["stage1"], stage1_arrays = self.stage1.state()
             arrays |= {STAGE1 + k: v for k, v in stage1_arrays.items()}
@@ -513,6 +530,9 @@ class Fit:
             prior_history = None if ph is None else PriorHistory(list(ph["train"]), list(ph["heldout"]),
                                                                  int(ph["best_step"]))
             var_names, heldout, log_mean = arrays.pop("var_names"), arrays.pop("heldout_obs"), arrays.pop("log_mean")
+            library_ref = arrays.pop("library_ref", None)
+            if (spec.library == "size_factors") != (library_ref is not None):
+                raise ValueError("the size-factor reference 'library_ref' is missing or unexpected")
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"the header of {path} is incomplete or invalid ({e}); refit and save") from e
         story = build_story(spec, dims, log_mean)
@@ -521,7 +541,7 @@ class Fit:
             template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
         params = checkpoint.unflatten_params(template, arrays)
         fit = cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
-                  stage1, prior_history, finished=header.get("finished"))
+                  stage1, library_ref, prior_history, finished=header.get("finished"))
         if fit.finished is False:
             warnings.warn(f"{path} is a checkpoint written at epoch {len(history.train)}, before the fit finished: "
                           "it is valid (the best parameters up to then) but not the finished fit",
@@ -547,7 +567,7 @@ def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
     dummy = CountData(counts=np.ones((1, dims.n_genes), np.float32), library_size=np.full(1, float(dims.n_genes)),
                       design=np.zeros((1, dims.n_design), np.float32), encoding=None, obs=pd.DataFrame(index=["0"]),
                       var_names=pd.Index([str(i) for i in range(dims.n_genes)]), groups=None, group_levels=None,
-                      offset=np.zeros((1, dims.n_genes), np.float32) if spec.story == "residual" else None)
+                      offset=np.zeros((1, dims.n_genes), np.float32) if spec.mean is not None else None)
     svi = make_svi(story, TrainConfig())
     state = svi.init(jax.random.PRNGKey(0), make_batch(dummy, np.arange(1), 1, 1.0))
     return svi.get_params(state)

@@ -40,7 +40,7 @@ __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
 LIKELIHOODS = ("poisson", "nb", "zinb")
 DISPERSIONS = ("gene", "gene-group")
-LIBRARIES = ("observed", "latent")
+LIBRARIES = ("observed", "latent", "size_factors")
 MEANS = ("glm", "mlp", "external")
 
 
@@ -81,7 +81,7 @@ class ModelSpec:
     dispersion_key: str | None = None  # obs column for "gene-group" (required then, forbidden otherwise)
     encoder: tuple[int, ...] = (128,)  # encoder MLP hidden sizes (cVAE only)
     decoder: tuple[int, ...] = (128,)  # decoder hidden sizes; () = linear decoder (cVAE only)
-    library: str = "observed"  # "observed" or "latent"
+    library: str = "observed"  # "observed" (total counts), "latent", or "size_factors" (median of ratios, bulk)
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
@@ -147,11 +147,6 @@ class ModelSpec:
 
         if self.mean is not None:
             _check_choice("mean", self.mean, MEANS)
-            if self.latent is None:
-                raise SpecError(
-                    f"mean={self.mean!r} (the residual story around a stage-1 mean predictor) needs a "
-                    "latent: pass latent=Gaussian(dim=...) (e.g. latent=10)"
-                )
 
         ps = self.prior_scale
         if (
@@ -168,9 +163,10 @@ class ModelSpec:
     # ------------------------------------------------------------------ views
     @property
     def story(self) -> str:
-        """``"glm"`` when there is no latent, ``"residual"`` around a stage-1 ``mean``, else ``"cvae"``."""
+        """``"glm"`` when there is no latent, ``"cvae"`` with one; around a stage-1 ``mean``,
+        ``"residual"`` with a latent and ``"residual_glm"`` without (a GLM with stage 1 as offset)."""
         if self.latent is None:
-            return "glm"
+            return "glm" if self.mean is None else "residual_glm"
         return "cvae" if self.mean is None else "residual"
 
     # ------------------------------------------------------------------ constructors

@@ -102,7 +102,7 @@ def test_fit_from_a_spec_file_and_check_writes_the_report(yeast_small, tmp_path)
     assert res.exit_code == 0, res.output
     assert pg.load(model).spec == spec
     res = runner.invoke(app, ["check", str(model), "--data", str(folder / "y.h5ad"), "--n-samples", "30",
-                              "--out", str(tmp_path / "report")])
+                              "--reference", str(folder / "y.h5ad"), "--out", str(tmp_path / "report")])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["n_obs"] == a.n_obs and report["n_genes"] == a.n_vars

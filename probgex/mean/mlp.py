@@ -1,7 +1,10 @@
 """Stage 1 as a point predictor trained the way expression foundation models are: a Flax MLP from the
-design row to log1p(counts per 10k) of every gene, by squared error (optax Adam, minibatches, early
-stopping on held-out rows). Its expected fraction is taken as expm1(prediction) / 1e4 -- biased low by
-Jensen's inequality, as any log-scale predictor is; correcting such biases is stage 2's job."""
+design row to log1p(counts per S) of every gene, by squared error (optax Adam, minibatches, early
+stopping on held-out rows). S is 1e4 (counts per 10k, the single-cell convention) or the median training
+library size when that is larger (bulk: at 1e7 reads a gene with a few reads has log1p(cp10k) ~ 1e-3, below
+what a squared-error fit resolves, so its predictions would hit 0 and the expected fraction the floor).
+Its expected fraction is taken as expm1(prediction) / S -- biased low by Jensen's inequality, as any
+log-scale predictor is; correcting such biases is stage 2's job."""
 
 from __future__ import annotations
 
@@ -20,19 +23,20 @@ from probgex.mean.base import CP, MeanPredictor, gene_positions, to_log_fraction
 from probgex.models.nets import MLP
 
 
-def log1p_cp10k(data: CountData, rows: np.ndarray) -> np.ndarray:
-    """The MLP's target: log1p(x / library size * 1e4) of `rows`, float32."""
-    return np.log1p(data.rows(rows) / data.library_size[rows, None] * CP).astype(np.float32)
+def log1p_normalized(data: CountData, rows: np.ndarray, scale: float = CP) -> np.ndarray:
+    """The MLP's target: log1p(x / library size * scale) of `rows`, float32."""
+    return np.log1p(data.rows(rows) / data.library_size[rows, None] * scale).astype(np.float32)
 
 
 class MLPMean(MeanPredictor):
-    """A Flax MLP point predictor of log1p(counts per 10k) from the design."""
+    """A Flax MLP point predictor of log1p(counts per `scale`) from the design."""
 
     kind = "mlp"
 
     def __init__(self, encoding: DesignEncoding, var_names: Sequence[str], hidden: Sequence[int] = (128,),
-                 params: dict | None = None, *, seed: int = 0):
+                 params: dict | None = None, *, seed: int = 0, scale: float = CP):
         self.encoding, self.hidden = encoding, tuple(int(h) for h in hidden)
+        self.scale = float(scale)
         self.var_names = pd.Index(np.asarray(var_names, dtype=str))
         net = MLP(len(encoding.columns), self.hidden, (len(self.var_names),), rngs=nnx.Rngs(seed))
         self._graph, state = nnx.split(net)
@@ -42,13 +46,13 @@ class MLPMean(MeanPredictor):
         self.history: list[tuple[float, float]] = []  # (train MSE, held-out MSE) per epoch
 
     def predict_log1p(self, design: np.ndarray) -> np.ndarray:
-        """The point prediction of log1p(counts per 10k), (n, G)."""
+        """The point prediction of log1p(counts per `scale`), (n, G)."""
         return np.asarray(_apply(self._graph, self.params, jnp.asarray(design, jnp.float32)))
 
     def log_fraction(self, obs: pd.DataFrame, genes: Sequence[str], library_size=None) -> np.ndarray:
         pred = self.predict_log1p(self.encoding.transform(obs))
-        return to_log_fraction(pred[:, gene_positions(self.var_names, genes, "stage-1 MLP")],
-                               "log1p_cp10k", None, "stage-1 MLP")
+        pred = pred[:, gene_positions(self.var_names, genes, "stage-1 MLP")]
+        return to_log_fraction(np.expm1(np.maximum(pred, 0.0)) / self.scale, "fraction", None, "stage-1 MLP")
 
     @classmethod
     def train(cls, data: CountData, *, hidden: Sequence[int] = (128,), seed: int = 0, holdout: float = 0.1,
@@ -60,12 +64,13 @@ class MLPMean(MeanPredictor):
         """
         from probgex.inference.svi import _progress
 
-        model = cls(data.encoding, data.var_names, hidden, seed=seed)
+        model = cls(data.encoding, data.var_names, hidden, seed=seed,
+                    scale=max(CP, float(np.median(data.library_size))))
         rng = np.random.default_rng(seed)
         order = rng.permutation(data.n_obs)
         k = int(round(holdout * data.n_obs)) if data.n_obs > 10 else 0
         held, train = order[:k], order[k:]
-        y = jnp.asarray(log1p_cp10k(data, np.arange(data.n_obs)))
+        y = jnp.asarray(log1p_normalized(data, np.arange(data.n_obs), model.scale))
         d = jnp.asarray(data.design, jnp.float32)
         opt = optax.adam(learning_rate)
         graph = model._graph
@@ -112,13 +117,15 @@ class MLPMean(MeanPredictor):
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         arrays = checkpoint.flatten_params(self.params)
         arrays["var_names"] = np.asarray(self.var_names, dtype=str)
-        return {"kind": self.kind, "encoding": self.encoding.to_dict(), "hidden": list(self.hidden)}, arrays
+        return {"kind": self.kind, "encoding": self.encoding.to_dict(), "hidden": list(self.hidden),
+                "scale": self.scale}, arrays
 
     @classmethod
     def from_state(cls, header: dict, arrays: dict[str, np.ndarray]) -> MLPMean:
         arrays = dict(arrays)
         var_names = arrays.pop("var_names")
-        return cls(DesignEncoding.from_dict(header["encoding"]), var_names, header["hidden"], arrays)
+        return cls(DesignEncoding.from_dict(header["encoding"]), var_names, header["hidden"], arrays,
+                   scale=float(header.get("scale", CP)))
 
 
 def _flat(params: dict) -> bool:
