@@ -9,14 +9,15 @@
 
 from probgex import datasets, diagnostics, latent, mean, power
 from probgex.data import CountData, DesignEncoding, EmptyWarning, from_anndata
-from probgex.errors import DataError, ModelFileError, ProbgexError, SpecError
+from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, ProbgexError, SpecError
 from probgex.fit import Fit, Model, load
 from probgex.spec import ModelSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CountData", "DataError", "DesignEncoding", "EmptyWarning", "Fit", "Model", "ModelFileError",
+    "CountData", "DataError", "DesignEncoding", "EmptyWarning", "Fit", "IncompleteFitWarning", "Model",
+    "ModelFileError",
     "ModelSpec", "ProbgexError", "SpecError", "datasets", "diagnostics", "from_anndata", "latent", "load", "mean",
     "power",
 ]

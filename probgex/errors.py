@@ -18,3 +18,8 @@ class SpecError(ProbgexError, ValueError):
 
 class ModelFileError(ProbgexError, ValueError):
     """A saved model file is missing, truncated, tampered with or of an unknown version."""
+
+
+class IncompleteFitWarning(UserWarning):
+    """A model file holds a fit stopped before its last stage (a VAE-stage checkpoint of a cVAE with a
+    learned prior): it is valid, but predicts with the VAE-stage Gaussian prior."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -16,7 +17,7 @@ from scipy.stats import norm
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
 from probgex import library
 from probgex import mean as stage1_means
-from probgex.errors import DataError, ModelFileError, SpecError
+from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, SpecError
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
@@ -24,6 +25,7 @@ from probgex.inference.predictive import Draws, check_levels, deciles, empirical
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
+from probgex.prior.train import PriorHistory
 from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -78,6 +80,12 @@ class Model:
         cut `lr_reductions` times after patience // 2 stale epochs). The same seed gives the same
         result. With `checkpoint_path`, the best parameters so far are written there every
         `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
+        With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
+        parameters; the prior stage then trains the prior and writes the complete model. A checkpoint of
+        the VAE stage loads as the VAE with its Gaussian prior (`Fit.learned_prior_status` is
+        "not trained", with an IncompleteFitWarning); `Fit.train_prior(adata)` completes it. A periodic
+        checkpoint (written before the SVI loop finished) records that (`Fit.finished` False) and warns
+        when loaded.
         """
         spec = self.spec
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
@@ -118,20 +126,26 @@ class Model:
                              patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
                              progress=progress, param_step_scale=steps_scale)
 
-        def make(params, history):
+        def make(params, history, prior_history=None, finished=True):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, library_ref)
+                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, library_ref,
+                       prior_history, finished=finished)
 
         save = None
         if checkpoint_path is not None:
-            def save(params, history):
-                make(params, history).save(checkpoint_path)
+            def save(params, history, finished):
+                make(params, history, finished=finished).save(checkpoint_path)
+        # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params
         params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
-        if getattr(story, "learned", None) is not None:  # latent diffusion / flow: train the prior on z
-            params = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
-            if save is not None:
-                save(params, history)
-        return make(params, history)
+        if getattr(story, "learned", None) is None:
+            return make(params, history)
+        # latent diffusion / flow: train the prior on the encoder means; an interruption here leaves the
+        # VAE-stage checkpoint, which loads as the VAE with its Gaussian prior
+        params, prior_history = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
+        fitted = make(params, history, prior_history)
+        if checkpoint_path is not None:
+            fitted.save(checkpoint_path)
+        return fitted
 
     def _stage1(self, adata, data: CountData, train_idx: np.ndarray, seed: int, progress: bool):
         """The frozen stage-1 predictor: the one given, or one trained on the training observations only."""
@@ -222,7 +236,8 @@ class Fit:
 
     def __init__(self, spec: ModelSpec, encoding: DesignEncoding, var_names, dims: Dims,
                  log_mean: np.ndarray, params: dict, history: History, group_levels: list[str] | None,
-                 heldout_obs: np.ndarray, stage1=None, library_ref: np.ndarray | None = None):
+                 heldout_obs: np.ndarray, stage1=None, library_ref: np.ndarray | None = None,
+                 prior_history: PriorHistory | None = None, *, finished: bool | None = True):
         self.spec, self.encoding, self.dims = spec, encoding, dims
         if (spec.library == "size_factors") != (library_ref is not None):
             raise ValueError("a size-factor fit needs its reference (library_ref), other fits none")
@@ -235,10 +250,58 @@ class Fit:
         self.params = jax.tree.map(np.asarray, params)
         self.history, self.group_levels = history, group_levels
         self.heldout_obs = np.asarray(heldout_obs, dtype=str)
+        self.prior_history = prior_history  # the learned prior's training history (None if not trained)
+        # whether the SVI loop ran to its end (early stop or max_epochs): False for a periodic checkpoint
+        # written while fitting, None when unknown (a file from before this was recorded)
+        self.finished = finished
 
     def __repr__(self) -> str:
+        status = self.learned_prior_status
+        prior = "" if status == "none" else f", {self.spec.latent.kind} prior {status}"
+        if self.finished is False:
+            prior += f", checkpoint of an unfinished fit (epoch {len(self.history.train)})"
         return (f"Fit({self.spec.story}, {self.spec.likelihood}, {self.spec.formula!r}, "
-                f"{len(self.var_names)} genes, best epoch {self.history.best_epoch})")
+                f"{len(self.var_names)} genes, best epoch {self.history.best_epoch}{prior})")
+
+    @property
+    def learned_prior_status(self) -> str:
+        """"none" (the spec's latent prior is Gaussian, or no latent), "trained", or "not trained": a
+        checkpoint of the VAE stage of a fit with a learned prior, which predicts with the VAE-stage
+        Gaussian prior until `train_prior` is run."""
+        if getattr(self.spec.latent, "kind", None) not in ("diffusion", "flow"):
+            return "none"
+        return "trained" if "learned_prior" in self.params else "not trained"
+
+    def train_prior(self, adata, *, progress: bool = True, empty: str = "warn",
+                    checkpoint_path: str | Path | None = None) -> Fit:
+        """The prior stage of a fit with a learned latent prior, on the VAE-stage parameters of this fit:
+        completes a VAE-stage checkpoint (a fit interrupted during the prior stage). `adata` must be the
+        data the model was fitted on; with the fit's seed and split the result equals the uninterrupted
+        fit's. A trained prior is retrained the same way. Returns a new Fit (written to `checkpoint_path`)."""
+        if self.learned_prior_status == "none":
+            raise SpecError("train_prior needs a cVAE with a learned latent prior (latent=pg.latent.Diffusion(...) "
+                            f"or Flow(...)); this model's latent is {self.spec.latent!r}")
+        if self.finished is False:
+            raise ModelFileError(f"this is a checkpoint written at epoch {len(self.history.train)} of the VAE stage, "
+                                 "before it finished: the prior is trained on the finished VAE only; refit "
+                                 "(Model.fit) to complete the VAE stage")
+        data = self.data(adata, empty=empty)
+        held = data.obs.index.isin(self.heldout_obs)
+        if int(held.sum()) != len(self.heldout_obs):
+            raise DataError(f"{len(self.heldout_obs) - int(held.sum())} of the fit's {len(self.heldout_obs)} held-out "
+                            "observations are not in adata: pass the AnnData the model was fitted on")
+        if held.all():
+            raise DataError("every observation of adata is one of the fit's held-out ones: pass the AnnData the "
+                            "model was fitted on")
+        vae = {k: v for k, v in self.params.items() if k != "learned_prior"}
+        params, hist = fit_prior_stage(self.story, vae, data, np.flatnonzero(~held), np.flatnonzero(held),
+                                       self.dims.seed, progress)
+        fitted = Fit(self.spec, self.encoding, self.var_names, self.dims, self.log_mean, params, self.history,
+                     self.group_levels, self.heldout_obs, self.stage1, self.library_ref, hist,
+                     finished=self.finished)
+        if checkpoint_path is not None:
+            fitted.save(checkpoint_path)
+        return fitted
 
     # ----- the story and its jitted functions
     @cached_property
@@ -429,6 +492,12 @@ class Fit:
                   "dims": self.dims.to_dict(), "group_levels": self.group_levels,
                   "history": {"train": self.history.train, "heldout": self.history.heldout,
                               "best_epoch": self.history.best_epoch}}
+        if self.finished is not None:
+            header["finished"] = bool(self.finished)
+        if self.prior_history is not None:
+            h = self.prior_history
+            header["prior_history"] = {"train": [float(v) for v in h.train],
+                                       "heldout": [float(v) for v in h.heldout], "best_step": int(h.best_step)}
         arrays = checkpoint.flatten_params(self.params)
         arrays["var_names"] = np.asarray(self.var_names, dtype=str)
         arrays["heldout_obs"] = self.heldout_obs
@@ -452,11 +521,14 @@ class Fit:
                 raise ModelFileError(f"the stage-1 predictor in {path} is incomplete or invalid ({e}); refit "
                                      "and save") from e
         try:
-            spec = ModelSpec.from_dict(header["spec"])
+            spec = ModelSpec.from_dict(_with_file_defaults(header["spec"]))
             encoding = DesignEncoding.from_dict(header["encoding"])
             dims = Dims(**header["dims"])
             h = header["history"]
             history = History(list(h["train"]), list(h["heldout"]), int(h["best_epoch"]))
+            ph = header.get("prior_history")
+            prior_history = None if ph is None else PriorHistory(list(ph["train"]), list(ph["heldout"]),
+                                                                 int(ph["best_step"]))
             var_names, heldout, log_mean = arrays.pop("var_names"), arrays.pop("heldout_obs"), arrays.pop("log_mean")
             library_ref = arrays.pop("library_ref", None)
             if (spec.library == "size_factors") != (library_ref is not None):
@@ -468,8 +540,26 @@ class Fit:
         if hasattr(story, "prior_template") and any(k.startswith("param['learned_prior']") for k in arrays):
             template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
         params = checkpoint.unflatten_params(template, arrays)
-        return cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
-                   stage1, library_ref)
+        fit = cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
+                  stage1, library_ref, prior_history, finished=header.get("finished"))
+        if fit.finished is False:
+            warnings.warn(f"{path} is a checkpoint written at epoch {len(history.train)}, before the fit finished: "
+                          "it is valid (the best parameters up to then) but not the finished fit",
+                          IncompleteFitWarning, stacklevel=3)
+        elif fit.learned_prior_status == "not trained":
+            warnings.warn(f"{path} is a checkpoint of the VAE stage: its {spec.latent.kind} prior is not trained "
+                          "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
+                          "the training data to complete it", IncompleteFitWarning, stacklevel=3)
+        return fit
+
+
+def _with_file_defaults(spec: dict) -> dict:
+    """A saved spec with the values its file was written under where a later option's default differs:
+    a diffusion prior saved before `parametrization` existed predicts the noise ("eps")."""
+    latent = spec.get("latent") if isinstance(spec, dict) else None
+    if isinstance(latent, dict) and latent.get("kind") == "diffusion" and "parametrization" not in latent:
+        return {**spec, "latent": {**latent, "parametrization": "eps"}}
+    return spec
 
 
 def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:

@@ -156,6 +156,7 @@ class Flow(_Learned):
 
 SAMPLERS = ("ode", "sde")
 SDE_SOLVERS = ("euler", "heun")
+PARAMETRIZATIONS = ("v", "eps")  # as probgex.prior.dynamics.PARAMETRIZATIONS (not imported: no JAX here)
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,15 @@ class Diffusion(_Learned):
 
     `sampler = "ode"` draws by the probability-flow ODE (adaptive, `rtol`/`atol`); `"sde"` by the
     reverse-time SDE with `sde_solver` ("euler" or "heun") in `sde_steps` steps. log p(z | c) always
-    goes through the ODE.
+    goes through the ODE. `parametrization`: what the network predicts, "v" (v-prediction: the noise
+    predictor is sigma_t z_t + alpha_t v_hat; the default, more accurate log p through the ODE) or "eps"
+    (the noise itself; model files written before the option existed are read as "eps").
     """
 
     sampler: str = "ode"
     sde_solver: str = "euler"
     sde_steps: int = 500
+    parametrization: str = "v"
     kind: ClassVar[str] = "diffusion"
 
     def __post_init__(self) -> None:
@@ -180,6 +184,9 @@ class Diffusion(_Learned):
         if self.sde_solver not in SDE_SOLVERS:
             raise SpecError(f"Diffusion.sde_solver must be one of {SDE_SOLVERS}; got {self.sde_solver!r}")
         object.__setattr__(self, "sde_steps", _check_count("Diffusion", "sde_steps", self.sde_steps))
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise SpecError(f"Diffusion.parametrization must be one of {PARAMETRIZATIONS}; got "
+                            f"{self.parametrization!r}")
 
 
 LATENT_KINDS: dict[str, type] = {Gaussian.kind: Gaussian, Diffusion.kind: Diffusion, Flow.kind: Flow}

@@ -22,6 +22,7 @@ def energy_distance(x, y):
 
 @pytest.mark.parametrize("latent", [pg.latent.Diffusion(dim=3, net=(16,), sampler="sde", sde_solver="heun",
                                                         sde_steps=50, guidance=0.5),
+                                    pg.latent.Diffusion(dim=2, parametrization="eps"),
                                     pg.latent.Flow(dim=4, net=(32, 32), rtol=1e-3, cond_dropout=0.0)])
 def test_learned_latent_toml_round_trip(latent, tmp_path):
     spec = ModelSpec.create("~ group", "zinb", latent, encoder=(8,))
@@ -39,6 +40,8 @@ def test_learned_latent_toml_round_trip(latent, tmp_path):
     (dict(kind="flow", guidance=1.0, cond_dropout=0.0), "cond_dropout"),
     (dict(kind="diffusion", learning_rate=0), "learning_rate"),
     (dict(kind="diffusion", max_steps=0), "max_steps"),
+    (dict(kind="diffusion", parametrization="x0"), "parametrization"),
+    (dict(kind="flow", parametrization="v"), "unknown key"),
     (dict(kind="diffusion", cond_dropout=1.0), "cond_dropout"),
 ])
 def test_learned_latent_rejects_bad_options(bad, match):
@@ -111,3 +114,101 @@ def test_shell_fit_with_a_learned_prior_spec(tmp_path, small_adata):
                               str(tmp_path / "m.toml"), "--max-epochs", "2"])
     assert res.exit_code == 0, res.output
     assert "learned_prior" in pg.load(tmp_path / "m.npz").params
+
+
+# ----------------------------------------------------------------------------- checkpoints of the two stages
+def test_interrupted_prior_stage_leaves_a_valid_vae_checkpoint(learned_fit, small_adata, tmp_path, monkeypatch):
+    """Ctrl-C while the prior trains (after the VAE stage): the checkpoint is the VAE stage's, loads (saying
+    the prior is not trained), predicts from the VAE-stage Gaussian prior, and `train_prior` completes it to
+    the same model as the uninterrupted fit (`learned_fit`: same options and seed)."""
+    from probgex.prior.learned import LearnedPrior
+
+    path = tmp_path / "ckpt.npz"
+    model = pg.Model(learned_fit.spec.formula, likelihood="nb", latent=learned_fit.spec.latent, encoder=(16,),
+                     decoder=(16,))
+    assert model.spec == learned_fit.spec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LearnedPrior, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(small_adata, seed=0, max_epochs=8, progress=False, checkpoint_path=path, checkpoint_every=3)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+    with pytest.warns(pg.IncompleteFitWarning, match="not trained yet"):
+        vae = pg.load(path)
+    assert vae.learned_prior_status == "not trained" and "prior not trained" in repr(vae)
+    assert vae.finished is True  # the VAE stage itself ran to its end
+    assert "learned_prior" not in vae.params and vae.prior_history is None
+    # the VAE stage is complete: its best parameters, the same as the uninterrupted fit's
+    assert vae.history == learned_fit.history
+    for k, v in vae.params.items():
+        jax.tree.map(np.testing.assert_array_equal, v, learned_fit.params[k])
+    pred = vae.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)
+    assert pred["counts"].shape == (10, 6, small_adata.n_vars) and np.isfinite(pred["mean"]).all()
+    assert np.isfinite(vae.log_predictive_density(small_adata[:8], n_samples=4)).all()
+    # the Gaussian prior's predictions differ from the learned prior's (the status is not cosmetic)
+    assert not np.array_equal(pred["counts"].values,
+                              learned_fit.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)["counts"].values)
+
+    done = vae.train_prior(small_adata, progress=False, checkpoint_path=path)
+    assert done.learned_prior_status == "trained" and done.prior_history is not None
+    jax.tree.map(np.testing.assert_array_equal, done.params["learned_prior"], learned_fit.params["learned_prior"])
+    back = pg.load(path)  # no warning: the file now holds the trained prior (warnings are errors in tests)
+    assert back.learned_prior_status == "trained" and back.prior_history == done.prior_history
+    np.testing.assert_array_equal(back.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)["counts"].values,
+                                  learned_fit.predict(small_adata.obs.iloc[:6], n_samples=10, seed=1)["counts"].values)
+
+
+def test_train_prior_checks_its_inputs(learned_fit, cvae_fit, small_adata):
+    with pytest.raises(pg.SpecError, match="learned latent prior"):
+        cvae_fit.train_prior(small_adata, progress=False)
+    held = np.isin(small_adata.obs_names, learned_fit.heldout_obs)
+    with pytest.raises(pg.DataError, match="held-out observations are not in adata"):
+        learned_fit.train_prior(small_adata[~held], progress=False)
+    with pytest.raises(pg.DataError, match="every observation"):
+        learned_fit.train_prior(small_adata[held], progress=False)
+
+
+def test_a_diffusion_model_file_from_before_the_parametrization_option_reads_as_eps(learned_fit, tmp_path):
+    """Files written before `parametrization` existed hold a noise-predicting network: they must load as
+    "eps", not with the new default "v" (which would silently change what the network means)."""
+    from probgex.inference import checkpoint
+
+    if learned_fit.spec.latent.kind != "diffusion":
+        pytest.skip("the option is the diffusion prior's")
+    assert learned_fit.spec.latent.parametrization == "v"
+    header, arrays = checkpoint.read(learned_fit.save(tmp_path / "new.npz"))
+    header = {k: v for k, v in header.items() if k not in ("format", "version", "sha256")}
+    del header["spec"]["latent"]["parametrization"]
+    old = pg.load(checkpoint.write(tmp_path / "old.npz", header, arrays))
+    assert old.spec.latent.parametrization == "eps" and old.story.learned.dynamics.parametrization == "eps"
+    assert pg.load(tmp_path / "new.npz").story.learned.dynamics.parametrization == "v"
+
+
+def test_checkpoint_from_the_middle_of_the_vae_stage(small_adata, tmp_path, monkeypatch):
+    """Ctrl-C in the VAE stage after a periodic checkpoint: that checkpoint loads (saying it is unfinished
+    and the prior untrained) and predicts; train_prior refuses it (the prior is trained on a finished VAE)."""
+    path = tmp_path / "ckpt.npz"
+    real_save = pg.Fit.save
+
+    def interrupted_save(self, where):
+        if len(self.history.train) == 4:
+            raise KeyboardInterrupt
+        return real_save(self, where)
+
+    monkeypatch.setattr(pg.Fit, "save", interrupted_save)
+    model = pg.Model("~ group", likelihood="nb", latent=pg.latent.Flow(dim=2, net=(8,), max_steps=50), encoder=(8,),
+                     decoder=(8,))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(small_adata, seed=0, max_epochs=20, progress=False, checkpoint_path=path, checkpoint_every=2)
+    monkeypatch.undo()
+    with pytest.warns(pg.IncompleteFitWarning, match="before the fit finished"):
+        ckpt = pg.load(path)
+    assert ckpt.finished is False and ckpt.learned_prior_status == "not trained" and len(ckpt.history.train) == 2
+    assert "unfinished fit (epoch 2)" in repr(ckpt)
+    pred = ckpt.predict(small_adata.obs.iloc[:5], n_samples=8, seed=0)
+    assert np.isfinite(pred["mean"]).all()
+    with pytest.raises(pg.ModelFileError, match="before it finished"):
+        ckpt.train_prior(small_adata, progress=False)

@@ -1,6 +1,9 @@
 """The second stage of fitting a cVAE with a learned latent prior (latent diffusion): encode the
 training (and held-out) cells with the fitted encoder, train the diffusion / flow prior on the encoder
-means given the design rows, and add its parameters to the fitted ones under "learned_prior"."""
+means given the design rows, and add its parameters to the fitted ones under "learned_prior".
+
+The stage is a pure function of the VAE-stage parameters, the data and the seed: a fit interrupted
+during it leaves a VAE-stage checkpoint from which `Fit.train_prior` reruns it to the same result."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import numpy as np
 from probgex.data import CountData
 from probgex.inference.minibatch import make_batch
 from probgex.prior.learned import train_config_of
+from probgex.prior.train import PriorHistory
 
 BLOCK = 512
 
@@ -26,8 +30,9 @@ def encoder_means(story, params: dict, data: CountData, rows: np.ndarray) -> np.
 
 
 def fit_prior_stage(story, params: dict, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
-                    seed: int, progress: bool) -> dict:
-    """params with "learned_prior" added: the story's learned prior trained on the encoder means."""
+                    seed: int, progress: bool) -> tuple[dict, PriorHistory]:
+    """(params with "learned_prior" added, the prior's training history): the story's learned prior
+    trained on the encoder means."""
     prior = story.learned
     z = encoder_means(story, params, data, np.asarray(train_idx))
     c = np.asarray(data.design[train_idx], np.float32)
@@ -35,6 +40,6 @@ def fit_prior_stage(story, params: dict, data: CountData, train_idx: np.ndarray,
     if len(heldout_idx):
         kw = dict(z_val=encoder_means(story, params, data, np.asarray(heldout_idx)),
                   c_val=np.asarray(data.design[heldout_idx], np.float32))
-    prior_params, _ = prior.fit(jax.random.PRNGKey(seed + 7), z, c, config=train_config_of(story.spec.latent, progress),
+    prior_params, hist = prior.fit(jax.random.PRNGKey(seed + 7), z, c, config=train_config_of(story.spec.latent, progress),
                                 **kw)
-    return {**params, "learned_prior": prior_params}
+    return {**params, "learned_prior": prior_params}, hist

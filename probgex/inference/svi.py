@@ -184,12 +184,12 @@ def _progress(enabled: bool) -> Progress:
 
 def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
             config: TrainConfig, seed: int,
-            on_checkpoint: Callable[[dict, History], None] | None = None) -> tuple[dict, History]:
+            on_checkpoint: Callable[[dict, History, bool], None] | None = None) -> tuple[dict, History]:
     """Fit `story` (an object with NumPyro `model` and `guide` over a Batch) by SVI.
 
     Returns the parameters with the best held-out loss (the last ones without a held-out split) and
-    the loss history. `on_checkpoint(params, history)` is called every `checkpoint_every` epochs and at
-    the end with the best parameters so far.
+    the loss history. `on_checkpoint(params, history, finished)` is called every `checkpoint_every` epochs
+    (finished=False) and at the end (finished=True) with the best parameters so far.
     """
     rng = np.random.default_rng(seed)
     split = bool(config.count_split and getattr(story, "count_split", False))
@@ -250,7 +250,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             bar.update(task, completed=epoch, msg=f"loss/obs {train_loss:.1f}"
                        + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                on_checkpoint(state.best_params, hist)
+                on_checkpoint(state.best_params, hist, False)
             if heldout is not None and reductions and state.stale >= max(1, config.patience // 2):
                 reductions -= 1  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
                 state = state._replace(svi_state=scale_learning_rate(state.svi_state, config.lr_factor), stale=0)
@@ -258,6 +258,6 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 break
     params = state.best_params
     if on_checkpoint:
-        on_checkpoint(params, hist)
+        on_checkpoint(params, hist, True)
     return params, hist
 

@@ -30,11 +30,12 @@ class LearnedPrior:
 
     sampler: "ode" (probability flow / the flow's ODE) or "sde" (reverse-time SDE, diffusion only).
     guidance: classifier-free guidance weight w at sampling (0: none); needs cond_dropout > 0 in training.
+    parametrization (diffusion): "v" (v-prediction, the default) or "eps" (noise prediction); see dynamics.
     """
 
     def __init__(self, kind: Kind, dim: int, n_cond: int, hidden: Sequence[int] = (128, 128, 128), *,
                  seed: int = 0, cond_dropout: float = 0.1, guidance: float = 0.0, sampler: str = "ode",
-                 ode: ODEOptions | None = None, sde: SDEOptions | None = None):
+                 ode: ODEOptions | None = None, sde: SDEOptions | None = None, parametrization: str = "v"):
         if kind not in ("diffusion", "flow"):
             raise ValueError(f"kind must be 'diffusion' or 'flow', got {kind!r}")
         if sampler not in ("ode", "sde") or (sampler == "sde" and kind == "flow"):
@@ -42,7 +43,7 @@ class LearnedPrior:
         self.kind, self.dim, self.n_cond = kind, int(dim), int(n_cond)
         self.cond_dropout, self.guidance, self.sampler = float(cond_dropout), float(guidance), sampler
         self.ode, self.sde = ode or ODEOptions(), sde or SDEOptions()
-        self.dynamics = VPSDE() if kind == "diffusion" else FlowMatching()
+        self.dynamics = VPSDE(parametrization=parametrization) if kind == "diffusion" else FlowMatching()
         self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=nnx.Rngs(seed))
         self._graphdef, state = nnx.split(self.net)
         self._state_template = state
@@ -129,7 +130,8 @@ def learned_prior_of(latent, n_cond: int, seed: int) -> LearnedPrior | None:
     sde = SDEOptions(solver=latent.sde_solver, n_steps=latent.sde_steps) if kind == "diffusion" else None
     return LearnedPrior(kind, latent.dim, n_cond, latent.net, seed=seed, cond_dropout=latent.cond_dropout,
                         guidance=latent.guidance, sampler=sampler,
-                        ode=ODEOptions(rtol=latent.rtol, atol=latent.atol), sde=sde)
+                        ode=ODEOptions(rtol=latent.rtol, atol=latent.atol), sde=sde,
+                        parametrization=getattr(latent, "parametrization", "v"))
 
 
 def train_config_of(latent, progress: bool) -> PriorTrainConfig:

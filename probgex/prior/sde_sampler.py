@@ -53,5 +53,5 @@ def sde_sample(sde: VPSDE, net: VectorFieldNet, key: jax.Array, c: jax.Array, di
     z = sol.ys[-1].reshape(n, dim)
     if options.denoise:
         a, s = sde.alpha_sigma(jnp.asarray(t0))
-        z = (z - s * guided(net, z, jnp.asarray(t0), c, guidance)) / a
+        z = (z - s * guided(sde.noise_predictor(net), z, jnp.asarray(t0), c, guidance)) / a
     return z
