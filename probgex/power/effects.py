@@ -5,7 +5,9 @@ estimates are mostly the noisiest: taking the estimates as the truth inflates th
 predicted power). As ashr (Stephens 2017) does, the true effects are given a prior shared by all genes,
 a scale mixture of centred normals g(b) = sum_k pi_k N(0, sigma_k^2) on a fixed grid of sigma_k (sigma_0
 = 0: a point mass at no change), whose weights pi are fitted by maximum likelihood (EM) on the estimates
-b_hat_g ~ N(b_g, s_g^2). Each gene's posterior is then a mixture of normals, with component k chosen
+b_hat_g ~ N(b_g, s_g^2), with ashr's default "null-biased" penalty (a Dirichlet(10, 1, ..., 1) prior on pi:
+components of tiny sigma are indistinguishable from the point mass, and the penalty gives their weight to
+it rather than spreading it over them). Each gene's posterior is then a mixture of normals, with component k chosen
 with probability proportional to pi_k N(b_hat_g; 0, sigma_k^2 + s_g^2), mean b_hat_g sigma_k^2 /
 (sigma_k^2 + s_g^2) and variance sigma_k^2 s_g^2 / (sigma_k^2 + s_g^2).
 
@@ -36,9 +38,10 @@ def _component_loglik(b_hat, s, grid):
     return -0.5 * (np.log(2 * np.pi * var) + b_hat[:, None] ** 2 / var)
 
 
-def fit_normal_mixture(b_hat, s, grid=None, *, n_iter: int = 500, tol: float = 1e-8):
-    """Weights pi (K,) of the prior sum_k pi_k N(0, grid_k^2) by EM on b_hat ~ N(b, s^2); returns
-    (pi, grid)."""
+def fit_normal_mixture(b_hat, s, grid=None, *, null_weight: float = 10.0, n_iter: int = 500,
+                       tol: float = 1e-8):
+    """Weights pi (K,) of the prior sum_k pi_k N(0, grid_k^2) by penalized EM (MAP under a Dirichlet
+    with `null_weight` on the first component, 1 on the others) on b_hat ~ N(b, s^2); returns (pi, grid)."""
     b_hat, s = np.asarray(b_hat, np.float64), np.asarray(s, np.float64)
     if b_hat.shape != s.shape or b_hat.ndim != 1 or b_hat.size == 0:
         raise DataError("b_hat and s must be one value per gene, of the same length")
@@ -46,13 +49,16 @@ def fit_normal_mixture(b_hat, s, grid=None, *, n_iter: int = 500, tol: float = 1
         raise DataError("effect estimates must be finite with positive standard errors; drop untested genes")
     grid = sigma_grid(b_hat, s) if grid is None else np.asarray(grid, np.float64)
     ll = _component_loglik(b_hat, s, grid)
+    extra = np.zeros(grid.size)
+    extra[0] = null_weight - 1.0
     pi = np.full(grid.size, 1.0 / grid.size)
     prev = -np.inf
     for _ in range(n_iter):
-        lw = ll + np.log(np.maximum(pi, 1e-300))[None]
+        log_pi = np.log(np.maximum(pi, 1e-300))
+        lw = ll + log_pi[None]
         norm = logsumexp(lw, axis=1, keepdims=True)
-        pi = np.exp(lw - norm).mean(0)
-        cur = float(norm.sum())
+        pi = (np.exp(lw - norm).sum(0) + extra) / (b_hat.size + extra.sum())
+        cur = float(norm.sum()) + float(extra @ log_pi)
         if cur - prev < tol * abs(cur):
             break
         prev = cur
