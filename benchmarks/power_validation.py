@@ -17,7 +17,8 @@ pilot, every simulated experiment from its own posterior draw of base rates, dis
 changes, the latter shrunk by an empirical-Bayes normal-mixture prior across genes (ashr-style,
 `probgex.power.effects`); `posterior` the same without shrinkage; `fixed` the pilot's DESeq2-style point
 estimates (means, dispersions, MLE log2 fold changes) taken as the truth, powsimR-style (`Truth.fixed`:
-the interval is Monte Carlo error only). Per n and method: the mean prediction over pilots, the mean
+the interval is Monte Carlo error only); `oracle` (run once, not per pilot) the same plug-in from every
+clean sample, i.e. the simulation model's error when its parameters are as good as the data allow. Per n and method: the mean prediction over pilots, the mean
 interval, |mean prediction - realized|, the mean per-pilot absolute error and the share of pilots whose
 interval covers the realized recall. Results: benchmarks/results/power_validation_<dataset>.json,
 rewritten after every pilot.
@@ -161,7 +162,25 @@ def main() -> None:
     real = realized(Y, ref_idx, lev_idx, truth, big, ns, args.subsamples, np.random.default_rng(args.seed))
     real = {str(n): v for n, v in real.items()}
     rng = np.random.default_rng(args.seed + 1)
-    pilots = []
+    pilots, oracle = [], None
+
+    def save(rows):
+        out_path.write_text(json.dumps({
+            "dataset": args.dataset, "command": " ".join(sys.argv), "args": vars(args), "fdr": FDR,
+            "min_abs_lfc": MIN_LFC, "reference_n": ref_n, "pilot_n": pilot_n, "ns": ns,
+            "truth": {"n_de": int(truth.sum()), "n_de_lfc1": int((truth & big).sum()), "genes": int(adata.n_vars),
+                      "n_ref": int(len(ref_idx)), "n_level": int(len(lev_idx))},
+            "realized": real, "oracle": oracle, "pilots": pilots, "rows": rows, "seconds": time.time() - t0,
+            "machine": machine()}, indent=1, default=float))
+
+    if "oracle" in methods:
+        log_lib = np.log(np.asarray(adata.X.sum(1), np.float64).ravel())
+        oracle = predict(fixed_truth(adata, factor, level, ref, args.fixed_draws), ns, jax.random.PRNGKey(999),
+                         float(np.exp(log_lib.mean())), float(log_lib.std()), ref_n)
+        oracle = {str(k): v for k, v in oracle.items()}
+        print("oracle: " + " ".join(f"{oracle[str(n)]['mean']:.3f} ({oracle[str(n)]['lfc1_mean']:.3f})" for n in ns))
+        save([])
+        methods = [m for m in methods if m != "oracle"]
     for p in range(args.pilots):
         idx = np.concatenate([rng.choice(ref_idx, pilot_n, replace=False), rng.choice(lev_idx, pilot_n, replace=False)])
         pilot = adata[idx].copy()
@@ -191,14 +210,8 @@ def main() -> None:
               + " ".join(f"{real[str(n)]['recall']:.2f}" for n in ns), flush=True)
         rows = summarize([{m: {str(k): v for k, v in r[m].items()} for m in methods if m in r} for r in pilots],
                          real, ns, methods)
-        out_path.write_text(json.dumps({
-            "dataset": args.dataset, "command": " ".join(sys.argv), "args": vars(args), "fdr": FDR,
-            "min_abs_lfc": MIN_LFC, "reference_n": ref_n, "pilot_n": pilot_n, "ns": ns,
-            "truth": {"n_de": int(truth.sum()), "n_de_lfc1": int((truth & big).sum()), "genes": int(adata.n_vars),
-                      "n_ref": int(len(ref_idx)), "n_level": int(len(lev_idx))},
-            "realized": real, "pilots": pilots, "rows": rows, "seconds": time.time() - t0,
-            "machine": machine()}, indent=1, default=float))
-    for r in rows:
+        save(rows)
+    for r in rows if args.pilots else []:
         print(f"{r['method']:9s} n={r['n']:2d} {r['truth']:4s} predicted {r['predicted']:.3f} "
               f"[{r['lower']:.3f}, {r['upper']:.3f}] realized {r['realized']:.3f} error {r['abs_error']:.3f} "
               f"coverage {r['coverage']:.2f}")
