@@ -239,6 +239,10 @@ def plot_curve(ds: xr.Dataset, path):
     ax.plot(ns, ds["power_mean"], "o-", color="C0", label="power (all DE genes)")
     for j, s in enumerate(np.asarray(ds["stratum"])):
         ax.plot(ns, ds["power_stratum_mean"].isel(stratum=j), ":", color=f"C{j + 2}", label=f"counts {s}")
+    if "power_lfc_mean" in ds:
+        for j, m in enumerate(np.asarray(ds["min_abs_lfc"])):
+            ax.plot(ns, ds["power_lfc_mean"].isel(min_abs_lfc=j), "^-", color="C0", alpha=0.5,
+                    label=f"power, DE genes with |log2FC| > {m:g}")
     ax.plot(ns, ds["fdp_mean"], "s--", color="C1", label="realized FDR")
     ax.axhline(ds.attrs["target"], color="grey", lw=0.8, ls="--")
     ax.axhline(ds.attrs["fdr"], color="C1", lw=0.6, ls=":")
@@ -248,7 +252,7 @@ def plot_curve(ds: xr.Dataset, path):
     ax.set_xlabel("replicates per group")
     ax.set_ylabel("power / FDR")
     eff = ds.attrs["lfc"]
-    eff = "fold changes of the truth" if isinstance(eff, str) else f"|log2FC| = {eff:g}"
+    eff = "per-gene log2FC of the truth" if isinstance(eff, str) else f"|log2FC| = {eff:g}"
     ax.set_title(f"{ds.attrs.get('contrast', '')}  {eff}, FDR {ds.attrs['fdr']:g}")
     ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
     fig.tight_layout()
