@@ -21,7 +21,7 @@ the interval is Monte Carlo error only); `oracle` (run once, not per pilot) the 
 clean sample, i.e. the simulation model's error when its parameters are as good as the data allow. Per n and method: the mean prediction over pilots, the mean
 interval, |mean prediction - realized|, the mean per-pilot absolute error and the share of pilots whose
 interval covers the realized recall. Results: benchmarks/results/power_validation_<dataset>.json,
-rewritten after every pilot.
+rewritten after every pilot; `power_validation.py --table <json>` prints the README's table from it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from probgex.power.curve import _test_chunk, power_grid  # noqa: E402
 from probgex.power.simulate import Truth, truth_from_fit  # noqa: E402
 
 FDR, MIN_LFC, CHUNK = 0.05, 1.0, 8
+LFC1 = "\\|log2FC\\| > 1"  # a table cell (pipes escaped)
 DATASETS = {  # loader, factor, (level, reference), defaults: pilot n, grid, reference n
     "yeast": (lambda: _clean_yeast(), "strain", ("Snf2", "WT"), 3, (3, 6, 12, 20), 43),
     "bottomly": (lambda: load("bottomly"), "strain", ("DBA/2J", "C57BL/6J"), 3, (3, 5, 8), 10),
@@ -127,7 +128,31 @@ def summarize(pilots, real, ns, methods) -> list[dict]:
     return rows
 
 
+def table(path: Path) -> str:
+    """The README's markdown table from a results JSON (no recomputation)."""
+    d = json.loads(path.read_text())
+    real = d["realized"]
+    lines = ["| method | n | truth set | pilots | predicted (mean over pilots) | sd over pilots | mean 90% interval | "
+             "realized | abs. error | mean abs. error per pilot | coverage |", "|" + "---|" * 11]
+    for r in d["rows"]:
+        lines.append(f"| {r['method']} | {r['n']} | {'all' if r['truth'] == 'all' else LFC1} | {r['pilots']} | "
+                     f"{r['predicted']:.3f} | {r['predicted_sd_over_pilots']:.3f} | [{r['lower']:.3f}, {r['upper']:.3f}] | "
+                     f"{r['realized']:.3f} | {r['abs_error']:.3f} | {r['mean_abs_error_per_pilot']:.3f} | "
+                     f"{r['coverage']:.2f} |")
+    if d.get("oracle"):
+        for n in d["ns"]:
+            o = d["oracle"][str(n)]
+            for tag, pre, rk in (("all", "", "recall"), (LFC1, "lfc1_", "recall_lfc1")):
+                rv = real[str(n)][rk]
+                lines.append(f"| oracle | {n} | {tag} | - | {o[pre + 'mean']:.3f} | - | [{o[pre + 'lower']:.3f}, "
+                             f"{o[pre + 'upper']:.3f}] | {rv:.3f} | {abs(o[pre + 'mean'] - rv):.3f} | - | - |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(Path(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="yeast", choices=list(DATASETS))
     ap.add_argument("--pilots", type=int, default=10)
