@@ -126,3 +126,15 @@ def test_errors(glm_fit):
         curve(glm_fit, CONTRAST, [3], key=key, effects="shrunk", progress=False)
     with pytest.raises(DataError, match="positive standard errors"):
         fit_normal_mixture(np.zeros(3), np.array([0.1, 0.0, 0.2]))
+
+
+def test_nested_experiments_are_subsamples_of_the_reference():
+    """With n = reference_n a nested experiment is the reference experiment itself (samples permuted
+    within groups): it calls exactly the reference's genes, so power is 1 and the FDP 0."""
+    truth, _ = _truth(n_draws=3)
+    ds = power_grid(truth, [4, 6], key=jax.random.PRNGKey(7), reference_n=6, nested=True, fdr=0.05, depth=2000.0,
+                    n_rep=2, progress=False)
+    assert np.allclose(ds["power"].sel(n=6), 1.0) and np.allclose(ds["fdp"].sel(n=6), 0.0)
+    assert float(ds["power_mean"].sel(n=4)) < 1.0
+    with pytest.raises(SpecError, match="nested"):
+        power_grid(truth, [8], key=jax.random.PRNGKey(7), reference_n=6, nested=True, progress=False)

@@ -56,6 +56,13 @@ def _test_chunk(y: list[np.ndarray], n: int, chunk: int, test: str):
     return np.asarray(res.padj)[:k], np.asarray(res.lfc, np.float64)[:k] / np.log(2.0)
 
 
+def _nested(y_ref, truth: Truth, s: int, n: int, reference_n: int, depth: float, rng):
+    """n per group drawn without replacement from a reference experiment (reference group first)."""
+    idx = np.concatenate([rng.choice(reference_n, n, replace=False),
+                          reference_n + rng.choice(reference_n, n, replace=False)])
+    return y_ref[idx], truth.lfc[s], depth * np.exp(truth.log_rate[s])
+
+
 def _check_reference(truth: Truth, reference_n, min_abs_lfc) -> tuple[int | None, np.ndarray]:
     if reference_n is not None:
         if truth.lfc is None:
@@ -75,7 +82,7 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
                de_fraction: float = 0.1, depth: float = 1e7, depth_sd: float = 0.2, n_rep: int = 2,
                target: float = 0.8, level: float = 0.9, test: str = "wald", strata=STRATA,
                chunk: int = 8, progress: bool = True, reference_n: int | None = None,
-               min_abs_lfc: Sequence[float] = ()) -> xr.Dataset:
+               min_abs_lfc: Sequence[float] = (), nested: bool = False) -> xr.Dataset:
     """Power, FDP and power by expression stratum for every n, from `truth`'s draws (see module doc).
 
     The DE genes of an experiment are those with a true fold change (nonzero log2FC), or, with
@@ -83,7 +90,10 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     simulated from the same draw, as a real study's "truth" is called on its many replicates (needs a
     truth whose fold changes are fixed per draw, `Truth.lfc`). `min_abs_lfc`: power also among the DE
     genes whose |log2FC| exceeds each value (the reference experiment's estimate, else the true one),
-    as `power_lfc` (n, min_abs_lfc, draw, rep)."""
+    as `power_lfc` (n, min_abs_lfc, draw, rep). `nested`: each experiment is n samples per group drawn
+    without replacement from its draw's reference experiment instead of a fresh one, mirroring a
+    subsampling validation where the small experiments share samples with the one that called the
+    truth (which inflates their recall when n is a large part of reference_n)."""
     from rich.progress import Progress
 
     ns = _check_grid(n_per_group)
@@ -94,6 +104,9 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     if not depth > 0 or depth_sd < 0:
         raise SpecError(f"depth must be positive and depth_sd non-negative, got {depth}, {depth_sd}")
     reference_n, thr = _check_reference(truth, reference_n, min_abs_lfc)
+    if nested and (reference_n is None or reference_n < max(ns)):
+        raise SpecError(f"nested experiments are drawn from the reference experiment: reference_n "
+                        f"({reference_n}) must be at least the largest n ({max(ns)})")
     rng = _rng(key)
     S, R, G = truth.n_draws, n_rep, truth.log_rate.shape[1]
     edges = np.concatenate([[0.0], np.asarray(strata, float), [np.inf]])
@@ -110,11 +123,14 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("power: simulate + test", total=len(ns) * len(jobs) + (S if reference_n else 0))
         ref_de = ref_mag = None
+        ref_y = {}
         if reference_n is not None:  # each draw's DE set, called on its reference experiment
             ref_de, ref_mag = np.zeros((S, G), bool), np.zeros((S, G))
             for start in range(0, S, chunk):
                 part = list(range(start, min(S, start + chunk)))
                 y = [simulate_counts(truth, s, reference_n, **sim)[0] for s in part]
+                if nested:
+                    ref_y.update(zip(part, y))
                 padj, est = _test_chunk(y, reference_n, chunk, test)
                 ref_de[part] = np.nan_to_num(padj, nan=1.0) < fdr
                 ref_mag[part] = np.abs(np.nan_to_num(est))
@@ -123,7 +139,8 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
         for i, n in enumerate(ns):
             for start in range(0, len(jobs), chunk):
                 part = jobs[start:start + chunk]
-                sims = [simulate_counts(truth, s, n, **sim) for s, _ in part]
+                sims = [_nested(ref_y[s], truth, s, n, reference_n, depth, rng) if nested else
+                        simulate_counts(truth, s, n, **sim) for s, _ in part]
                 padj, _ = _test_chunk([c for c, _, _ in sims], n, chunk, test)
                 for (s, r), (_, l2fc, expected), q in zip(part, sims, padj):
                     call = np.nan_to_num(q, nan=1.0) < fdr
@@ -159,7 +176,8 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     return summarize(xr.Dataset(data, coords=coords, attrs={
         "fdr": fdr, "lfc": effect, "de_fraction": de_fraction if truth.lfc is None else float("nan"),
         "depth": float(depth), "depth_sd": float(depth_sd), "test": test, "level": level, "target": target,
-        "n_genes": G, "reference_n": -1 if reference_n is None else reference_n}), level, target)
+        "n_genes": G, "reference_n": -1 if reference_n is None else reference_n, "nested": int(nested)}),
+        level, target)
 
 
 def summarize(ds: xr.Dataset, level: float, target: float) -> xr.Dataset:
