@@ -22,8 +22,8 @@ changes, the latter shrunk by an empirical-Bayes normal-mixture prior across gen
 estimates (means, dispersions, MLE log2 fold changes) taken as the truth, powsimR-style (`Truth.fixed`:
 the interval is Monte Carlo error only); `oracle` (run once, not per pilot) the same plug-in from every
 clean sample, i.e. the simulation model's error when its parameters are as good as the data allow.
-Per n and method: the mean prediction over pilots, the mean interval, |mean prediction - realized|, the mean per-pilot absolute error and the share of pilots whose
-interval covers the realized recall. Results: benchmarks/results/power_validation_<dataset>.json,
+Per n and method: the mean prediction over pilots, the mean interval, |mean prediction - realized|,
+the mean per-pilot absolute error and the share of pilots whose interval covers the realized recall. Results: benchmarks/results/power_validation_<dataset>.json,
 rewritten after every pilot; `power_validation.py --table <json>` prints the README's table from it.
 """
 
