@@ -18,7 +18,7 @@ part of the data); without it, a fresh experiment (what a user planning a new st
 Methods (all with the pilot's library sizes): `shrunk` a probgex GLM (`~ <factor>`, NB) fitted on the
 pilot, every simulated experiment from its own posterior draw of base rates, dispersions and log2 fold
 changes, the latter shrunk by an empirical-Bayes normal-mixture prior across genes (ashr-style,
-`probgex.power.effects`); `posterior` the same without shrinkage; `fixed` the pilot's DESeq2-style point
+`probgex.power.effects`); `shrunk_nonull` the same without ashr's null-biased penalty; `posterior` the same without shrinkage; `fixed` the pilot's DESeq2-style point
 estimates (means, dispersions, MLE log2 fold changes) taken as the truth, powsimR-style (`Truth.fixed`:
 the interval is Monte Carlo error only); `oracle` (run once, not per pilot) the same plug-in from every
 clean sample, i.e. the simulation model's error when its parameters are as good as the data allow.
@@ -221,14 +221,16 @@ def main() -> None:
         key = jax.random.PRNGKey(1000 + p)
         k_fit, k_sim = jax.random.split(key)
         tp = time.time()
-        if {"shrunk", "posterior"} & set(methods):
+        if {"shrunk", "posterior", "shrunk_nonull"} & set(methods):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit = pg.Model(f"~ {factor}", likelihood="nb").fit(pilot, seed=p, holdout=0.0,
                                                                    max_epochs=args.max_epochs)
-            for m in ("shrunk", "posterior"):
+            for m in ("shrunk", "posterior", "shrunk_nonull"):
                 if m in methods:
-                    tr = truth_from_fit(fit, (factor, level, ref), args.draws, k_fit, effects=m)
+                    tr = truth_from_fit(fit, (factor, level, ref), args.draws, k_fit,
+                                        effects="shrunk" if m == "shrunk_nonull" else m,
+                                        null_weight=1.0 if m == "shrunk_nonull" else 10.0)
                     rec[m] = predict(tr, ns, k_sim, depth, depth_sd, ref_n, args.nested)
         if "fixed" in methods:
             rec["fixed"] = predict(fixed_truth(pilot, factor, level, ref, args.fixed_draws), ns, k_sim, depth,

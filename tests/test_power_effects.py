@@ -126,6 +126,8 @@ def test_errors(glm_fit):
         curve(glm_fit, CONTRAST, [3], key=key, effects="shrunk", progress=False)
     with pytest.raises(DataError, match="positive standard errors"):
         fit_normal_mixture(np.zeros(3), np.array([0.1, 0.0, 0.2]))
+    with pytest.raises(DataError, match="null_weight"):
+        fit_normal_mixture(np.zeros(3), np.full(3, 0.1), null_weight=0.5)
 
 
 def test_nested_experiments_are_subsamples_of_the_reference():

@@ -47,6 +47,8 @@ def fit_normal_mixture(b_hat, s, grid=None, *, null_weight: float = 10.0, n_iter
         raise DataError("b_hat and s must be one value per gene, of the same length")
     if not (np.all(np.isfinite(b_hat)) and np.all(np.isfinite(s)) and np.all(s > 0)):
         raise DataError("effect estimates must be finite with positive standard errors; drop untested genes")
+    if not null_weight >= 1:
+        raise DataError(f"null_weight must be >= 1 (1: no penalty), got {null_weight!r}")
     grid = sigma_grid(b_hat, s) if grid is None else np.asarray(grid, np.float64)
     ll = _component_loglik(b_hat, s, grid)
     extra = np.zeros(grid.size)

@@ -90,11 +90,12 @@ EFFECTS = (None, "posterior", "shrunk")
 
 
 def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.Array, *,
-                   effects: str | None = None) -> Truth:
+                   effects: str | None = None, null_weight: float = 10.0) -> Truth:
     """n_draws joint posterior draws of a fitted GLM's reference-group rates and dispersions; with
     `effects`, also of the contrast's log2 fold changes: "posterior" the GLM's own posterior draws,
     "shrunk" the same draws mapped to the posterior under an empirical-Bayes normal-mixture prior fitted
-    across genes (`effects.shrink_draws`; the unshrunk posterior's mean and sd from 512 extra draws)."""
+    across genes (`effects.shrink_draws`; the unshrunk posterior's mean and sd from 512 extra draws;
+    `null_weight`: the mixture's Dirichlet penalty on its point mass at 0, 10 as ashr, 1 for none)."""
     if effects not in EFFECTS:
         raise SpecError(f"effects must be one of {list(EFFECTS)}, got {effects!r}")
     if getattr(fit, "spec", None) is None or fit.spec.story != "glm":
@@ -118,7 +119,7 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.A
         more, _, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_moments, 512))
         l2 = np.einsum("p,spg->sg", level_row - ref_row, np.asarray(more, np.float64)) / np.log(2.0)
         b_hat, s = l2.mean(0), l2.std(0)
-        pi, grid = fit_normal_mixture(b_hat, s)
+        pi, grid = fit_normal_mixture(b_hat, s, null_weight=null_weight)
         lfc = shrink_draws(lfc, b_hat, s, pi, grid, _host_rng(k_mix))
     return Truth(log_rate, alpha, np.asarray(fit.var_names, dtype=str), lfc)
 
