@@ -21,3 +21,16 @@ def test_residual_around_predictor_runs(tmp_path):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["n_genes"] == 40 and set(report["coverage"]) >= {"0.5", "0.8", "0.9", "0.95"}
     assert 0 <= summary["coverage"]["0.9"] <= 1
+
+
+def test_power_yeast_pilot_runs(tmp_path):
+    summary = _load("power_yeast_pilot").main(
+        ["--n", "3,6", "--genes", "300", "--draws", "3", "--reference-n", "10", "--max-epochs", "50",
+         "--out", str(tmp_path)])
+    assert (tmp_path / "power.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "power.json").read_text())
+    assert [r["n_per_group"] for r in saved["per_n"]] == [3, 6] and len(saved["pilot"]) == 6
+    for r in summary["per_n"]:
+        assert 0 <= r["power_lower"] <= r["power"] <= r["power_upper"] <= 1
+        assert 0 <= r["power_by_min_abs_lfc"]["1"]["mean"] <= 1
+    assert saved["settings"]["reference_n"] == 10

@@ -1,5 +1,6 @@
 """Power and sample size: a DESeq2-style NB GLM test vectorized in JAX (`de_test` on real data),
-experiments simulated from a fitted model (`simulate`), and power curves carrying the fit's
+experiments simulated from a fitted model (`simulate`; per-gene fold changes from the fit's posterior,
+optionally shrunk across genes by empirical Bayes: `effects`), and power curves carrying the fit's
 uncertainty (`curve`, `power_grid`, `plot_curve`)."""
 
 from probgex.power.curve import curve, plot_curve, power_grid

@@ -21,7 +21,7 @@ import xarray as xr
 
 from probgex.errors import SpecError
 from probgex.power.de import deseq_batch
-from probgex.power.simulate import Truth, simulate_counts, truth_from_fit
+from probgex.power.simulate import Truth, _host_rng, simulate_counts, truth_from_fit
 
 STRATA = (10.0, 100.0, 1000.0)  # edges of expected counts per sample (reference group, at `depth`)
 
@@ -30,8 +30,7 @@ def _rng(key) -> np.random.Generator:
     """A NumPy generator seeded from a JAX PRNG key (host-side sampling stays reproducible)."""
     if key is None:
         raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return np.random.default_rng([int(x) for x in np.asarray(data).ravel()])
+    return _host_rng(key)
 
 
 def _check_grid(n_per_group) -> list[int]:
@@ -45,11 +44,56 @@ def _check_grid(n_per_group) -> list[int]:
     return sorted({int(n) for n in raw})
 
 
+def _test_chunk(y: list[np.ndarray], n: int, chunk: int, test: str):
+    """padj and log2 fold change estimates (E, G) of experiments with n per group, padded to a fixed
+    batch of `chunk` (one compilation per n)."""
+    X = np.column_stack([np.ones(2 * n), np.repeat([0.0, 1.0], n)]).astype(np.float32)
+    k = len(y)
+    y = np.stack(y)
+    if k < chunk:
+        y = np.concatenate([y, np.repeat(y[-1:], chunk - k, 0)])
+    res = deseq_batch(jnp.asarray(y), X, coef=1, test=test)
+    return np.asarray(res.padj)[:k], np.asarray(res.lfc, np.float64)[:k] / np.log(2.0)
+
+
+def _nested(y_ref, truth: Truth, s: int, n: int, reference_n: int, depth: float, rng):
+    """n per group drawn without replacement from a reference experiment (reference group first)."""
+    idx = np.concatenate([rng.choice(reference_n, n, replace=False),
+                          reference_n + rng.choice(reference_n, n, replace=False)])
+    return y_ref[idx], truth.lfc[s], depth * np.exp(truth.log_rate[s])
+
+
+def _check_reference(truth: Truth, reference_n, min_abs_lfc) -> tuple[int | None, np.ndarray]:
+    if reference_n is not None:
+        if truth.lfc is None:
+            raise SpecError("reference_n calls each draw's DE genes on a reference experiment, which needs "
+                            "fold changes fixed per draw: a Truth with lfc (truth_from_fit(..., effects=...) "
+                            "or Truth.fixed(..., lfc=...))")
+        if isinstance(reference_n, bool) or not isinstance(reference_n, int | np.integer) or reference_n < 2:
+            raise SpecError(f"reference_n must be an integer >= 2 (replicates per group), got {reference_n!r}")
+        reference_n = int(reference_n)
+    thr = np.atleast_1d(np.asarray(min_abs_lfc, dtype=float))
+    if thr.ndim != 1 or not np.all(np.isfinite(thr)) or np.any(thr < 0):
+        raise SpecError(f"min_abs_lfc must be non-negative log2 fold changes, got {min_abs_lfc!r}")
+    return reference_n, thr
+
+
 def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.05, lfc=0.585,
                de_fraction: float = 0.1, depth: float = 1e7, depth_sd: float = 0.2, n_rep: int = 2,
                target: float = 0.8, level: float = 0.9, test: str = "wald", strata=STRATA,
-               chunk: int = 8, progress: bool = True) -> xr.Dataset:
-    """Power, FDP and power by expression stratum for every n, from `truth`'s draws (see module doc)."""
+               chunk: int = 8, progress: bool = True, reference_n: int | None = None,
+               min_abs_lfc: Sequence[float] = (), nested: bool = False) -> xr.Dataset:
+    """Power, FDP and power by expression stratum for every n, from `truth`'s draws (see module doc).
+
+    The DE genes of an experiment are those with a true fold change (nonzero log2FC), or, with
+    `reference_n`, the genes called at padj < fdr in one reference experiment of `reference_n` per group
+    simulated from the same draw, as a real study's "truth" is called on its many replicates (needs a
+    truth whose fold changes are fixed per draw, `Truth.lfc`). `min_abs_lfc`: power also among the DE
+    genes whose |log2FC| exceeds each value (the reference experiment's estimate, else the true one),
+    as `power_lfc` (n, min_abs_lfc, draw, rep). `nested`: each experiment is n samples per group drawn
+    without replacement from its draw's reference experiment instead of a fresh one, mirroring a
+    subsampling validation where the small experiments share samples with the one that called the
+    truth (which inflates their recall when n is a large part of reference_n)."""
     from rich.progress import Progress
 
     ns = _check_grid(n_per_group)
@@ -59,6 +103,10 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
         raise SpecError("n_rep and the number of draws must be at least 1")
     if not depth > 0 or depth_sd < 0:
         raise SpecError(f"depth must be positive and depth_sd non-negative, got {depth}, {depth_sd}")
+    reference_n, thr = _check_reference(truth, reference_n, min_abs_lfc)
+    if nested and (reference_n is None or reference_n < max(ns)):
+        raise SpecError(f"nested experiments are drawn from the reference experiment: reference_n "
+                        f"({reference_n}) must be at least the largest n ({max(ns)})")
     rng = _rng(key)
     S, R, G = truth.n_draws, n_rep, truth.log_rate.shape[1]
     edges = np.concatenate([[0.0], np.asarray(strata, float), [np.inf]])
@@ -68,25 +116,43 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     called_n = np.zeros((len(ns), S, R), int)
     p_str = np.full((len(ns), K, S, R), np.nan)
     n_str = np.zeros((len(ns), K, S, R), int)
+    p_lfc = np.full((len(ns), thr.size, S, R), np.nan)
+    n_ref = np.zeros(S, int)
     jobs = [(s, r) for s in range(S) for r in range(R)]
+    sim = dict(depth=depth, depth_sd=depth_sd, lfc=lfc, de_fraction=de_fraction, rng=rng)
     with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("power: simulate + test", total=len(ns) * len(jobs))
+        task = bar.add_task("power: simulate + test", total=len(ns) * len(jobs) + (S if reference_n else 0))
+        ref_de = ref_mag = None
+        ref_y = {}
+        if reference_n is not None:  # each draw's DE set, called on its reference experiment
+            ref_de, ref_mag = np.zeros((S, G), bool), np.zeros((S, G))
+            for start in range(0, S, chunk):
+                part = list(range(start, min(S, start + chunk)))
+                y = [simulate_counts(truth, s, reference_n, **sim)[0] for s in part]
+                if nested:
+                    ref_y.update(zip(part, y))
+                padj, est = _test_chunk(y, reference_n, chunk, test)
+                ref_de[part] = np.nan_to_num(padj, nan=1.0) < fdr
+                ref_mag[part] = np.abs(np.nan_to_num(est))
+                bar.advance(task, len(part))
+            n_ref = ref_de.sum(1)
         for i, n in enumerate(ns):
-            X = np.column_stack([np.ones(2 * n), np.repeat([0.0, 1.0], n)]).astype(np.float32)
             for start in range(0, len(jobs), chunk):
                 part = jobs[start:start + chunk]
-                sims = [simulate_counts(truth, s, n, depth=depth, depth_sd=depth_sd, lfc=lfc,
-                                        de_fraction=de_fraction, rng=rng) for s, _ in part]
-                y = np.stack([c for c, _, _ in sims])
-                if len(part) < chunk:  # pad to a fixed batch: one compilation per n
-                    y = np.concatenate([y, np.repeat(y[-1:], chunk - len(part), 0)])
-                padj = np.asarray(deseq_batch(jnp.asarray(y), X, coef=1, test=test).padj)[: len(part)]
+                sims = [_nested(ref_y[s], truth, s, n, reference_n, depth, rng) if nested else
+                        simulate_counts(truth, s, n, **sim) for s, _ in part]
+                padj, _ = _test_chunk([c for c, _, _ in sims], n, chunk, test)
                 for (s, r), (_, l2fc, expected), q in zip(part, sims, padj):
                     call = np.nan_to_num(q, nan=1.0) < fdr
-                    de = l2fc != 0
+                    de = ref_de[s] if ref_de is not None else l2fc != 0
+                    mag = ref_mag[s] if ref_mag is not None else np.abs(l2fc)
                     power[i, s, r] = call[de].mean() if de.any() else np.nan
                     called_n[i, s, r] = call.sum()
                     fdp[i, s, r] = (call & ~de).sum() / max(1, call.sum())
+                    for t, m in enumerate(thr):
+                        sel = de & (mag > m)
+                        if sel.any():
+                            p_lfc[i, t, s, r] = call[sel].mean()
                     k = np.digitize(expected, edges[1:-1])
                     for j in range(K):
                         sel = de & (k == j)
@@ -94,16 +160,24 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
                         if sel.any():
                             p_str[i, j, s, r] = call[sel].mean()
                 bar.advance(task, len(part))
-    return summarize(xr.Dataset(
-        {"power": (("n", "draw", "rep"), power), "fdp": (("n", "draw", "rep"), fdp),
-         "n_called": (("n", "draw", "rep"), called_n),
-         "power_stratum": (("n", "stratum", "draw", "rep"), p_str),
-         "n_de_stratum": (("n", "stratum", "draw", "rep"), n_str)},
-        coords={"n": ns, "stratum": [f"[{edges[j]:g}, {edges[j + 1]:g})" for j in range(K)],
-                "draw": np.arange(S), "rep": np.arange(R)},
-        attrs={"fdr": fdr, "lfc": float(np.mean(np.abs(lfc))) if np.ndim(lfc) else float(lfc),
-               "de_fraction": de_fraction, "depth": float(depth), "depth_sd": float(depth_sd),
-               "test": test, "level": level, "target": target, "n_genes": G}), level, target)
+    data = {"power": (("n", "draw", "rep"), power), "fdp": (("n", "draw", "rep"), fdp),
+            "n_called": (("n", "draw", "rep"), called_n),
+            "power_stratum": (("n", "stratum", "draw", "rep"), p_str),
+            "n_de_stratum": (("n", "stratum", "draw", "rep"), n_str)}
+    coords = {"n": ns, "stratum": [f"[{edges[j]:g}, {edges[j + 1]:g})" for j in range(K)],
+              "draw": np.arange(S), "rep": np.arange(R)}
+    if thr.size:
+        data["power_lfc"] = (("n", "min_abs_lfc", "draw", "rep"), p_lfc)
+        coords["min_abs_lfc"] = thr
+    if reference_n is not None:
+        data["n_de_reference"] = ("draw", n_ref)
+    effect = ("truth" if truth.lfc is not None else
+              float(np.mean(np.abs(lfc))) if np.ndim(lfc) else float(lfc))
+    return summarize(xr.Dataset(data, coords=coords, attrs={
+        "fdr": fdr, "lfc": effect, "de_fraction": de_fraction if truth.lfc is None else float("nan"),
+        "depth": float(depth), "depth_sd": float(depth_sd), "test": test, "level": level, "target": target,
+        "n_genes": G, "reference_n": -1 if reference_n is None else reference_n, "nested": int(nested)}),
+        level, target)
 
 
 def summarize(ds: xr.Dataset, level: float, target: float) -> xr.Dataset:
@@ -117,7 +191,7 @@ def summarize(ds: xr.Dataset, level: float, target: float) -> xr.Dataset:
 def _summarize(ds: xr.Dataset, level: float, target: float) -> xr.Dataset:
     lo, hi = (1 - level) / 2, (1 + level) / 2
     out = ds.copy()
-    for name in ("power", "fdp", "power_stratum"):
+    for name in [v for v in ("power", "fdp", "power_stratum", "power_lfc") if v in ds]:
         per_draw = ds[name].mean("rep", skipna=True)
         out[f"{name}_mean"] = ds[name].mean(("draw", "rep"), skipna=True)
         out[f"{name}_lower"] = per_draw.quantile(lo, "draw", skipna=True).drop_vars("quantile")
@@ -139,11 +213,15 @@ def _summarize(ds: xr.Dataset, level: float, target: float) -> xr.Dataset:
 def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 6, 12), *, key,
           fdr: float = 0.05, lfc=0.585, de_fraction: float = 0.1, depth: float | None = None,
           depth_sd: float | None = None, n_draws: int = 20, n_rep: int = 2, target: float = 0.8,
-          level: float = 0.9, test: str = "wald", progress: bool = True) -> xr.Dataset:
+          level: float = 0.9, test: str = "wald", progress: bool = True, effects: str | None = None,
+          reference_n: int | None = None, min_abs_lfc: Sequence[float] = ()) -> xr.Dataset:
     """Power curve of a two-group experiment `contrast` = (column, level, reference) from a fitted NB
     GLM: each simulated experiment takes its own posterior draw of the genes' reference-group means and
     dispersions; a `de_fraction` of the genes change by `lfc` (log2, random sign; or a list, one per
-    gene); libraries are log-normal around `depth` (default: the fit's typical library size).
+    gene), or, with `effects` ("posterior" or "shrunk", see `truth_from_fit`), every gene by its own
+    posterior draw of the contrast's log2 fold change, the DE genes of a draw then being those called on
+    a reference experiment of `reference_n` per group (see `power_grid`); libraries are log-normal
+    around `depth` (default: the fit's typical library size).
     Returns an xarray.Dataset (see `power_grid`); `plot_curve` draws it."""
     if not (isinstance(contrast, tuple | list) and len(contrast) == 3):
         raise SpecError(f"contrast must be (column, level, reference), got {contrast!r}")
@@ -152,11 +230,15 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
     if key is None:
         raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
     k_draw, k_sim = jax.random.split(key)
-    truth = truth_from_fit(fit, tuple(contrast), n_draws, k_draw)
+    if effects is not None and reference_n is None:
+        raise SpecError("with effects from the fit every gene has some fold change: pass reference_n, the "
+                        "replicates per group of the reference experiment that calls each draw's DE genes")
+    truth = truth_from_fit(fit, tuple(contrast), n_draws, k_draw, effects=effects)
     depth = float(np.exp(fit.dims.lib_loc)) if depth is None else float(depth)
     depth_sd = float(fit.dims.lib_scale) if depth_sd is None else float(depth_sd)
     ds = power_grid(truth, n_per_group, key=k_sim, fdr=fdr, lfc=lfc, de_fraction=de_fraction, depth=depth,
-                    depth_sd=depth_sd, n_rep=n_rep, target=target, level=level, test=test, progress=progress)
+                    depth_sd=depth_sd, n_rep=n_rep, target=target, level=level, test=test, progress=progress,
+                    reference_n=reference_n, min_abs_lfc=min_abs_lfc)
     ds.attrs.update(contrast=":".join(contrast), formula=fit.encoding.formula)
     return ds
 
@@ -175,6 +257,10 @@ def plot_curve(ds: xr.Dataset, path):
     ax.plot(ns, ds["power_mean"], "o-", color="C0", label="power (all DE genes)")
     for j, s in enumerate(np.asarray(ds["stratum"])):
         ax.plot(ns, ds["power_stratum_mean"].isel(stratum=j), ":", color=f"C{j + 2}", label=f"counts {s}")
+    if "power_lfc_mean" in ds:
+        for j, m in enumerate(np.asarray(ds["min_abs_lfc"])):
+            ax.plot(ns, ds["power_lfc_mean"].isel(min_abs_lfc=j), "^-", color="C0", alpha=0.5,
+                    label=f"power, DE genes with |log2FC| > {m:g}")
     ax.plot(ns, ds["fdp_mean"], "s--", color="C1", label="realized FDR")
     ax.axhline(ds.attrs["target"], color="grey", lw=0.8, ls="--")
     ax.axhline(ds.attrs["fdr"], color="C1", lw=0.6, ls=":")
@@ -183,7 +269,9 @@ def plot_curve(ds: xr.Dataset, path):
     ax.set_ylim(0, 1)
     ax.set_xlabel("replicates per group")
     ax.set_ylabel("power / FDR")
-    ax.set_title(f"{ds.attrs.get('contrast', '')}  |log2FC| = {ds.attrs['lfc']:g}, FDR {ds.attrs['fdr']:g}")
+    eff = ds.attrs["lfc"]
+    eff = "per-gene log2FC of the truth" if isinstance(eff, str) else f"|log2FC| = {eff:g}"
+    ax.set_title(f"{ds.attrs.get('contrast', '')}  {eff}, FDR {ds.attrs['fdr']:g}")
     ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

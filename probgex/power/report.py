@@ -29,9 +29,13 @@ def summary(ds: xr.Dataset) -> dict:
                      "realized_fdr_upper": _num(d["fdp_upper"]),
                      "power_by_stratum": {str(s): _num(d["power_stratum_mean"].sel(stratum=s))
                                           for s in ds["stratum"].values}})
+        if "power_lfc_mean" in ds:
+            rows[-1]["power_by_min_abs_lfc"] = {
+                f"{m:g}": {k: _num(d[f"power_lfc_{k}"].sel(min_abs_lfc=m)) for k in ("mean", "lower", "upper")}
+                for m in ds["min_abs_lfc"].values}
     a = ds.attrs
     return {"settings": {k: a[k] for k in ("contrast", "formula", "fdr", "lfc", "de_fraction", "depth", "depth_sd",
-                                           "test", "level", "target", "n_genes") if k in a}
+                                           "test", "level", "target", "n_genes", "reference_n") if k in a}
             | {"n_draws": int(ds.sizes["draw"]), "n_rep": int(ds.sizes["rep"])},
             "per_n": rows,
             "n_at_target": {"estimate": _num(a["n_at_target"]), "lower": _num(a["n_at_target_lower"]),

@@ -6,9 +6,14 @@ joint posterior draw of the fit's coefficients and dispersions, so experiments s
 draws carry the fit's uncertainty; `Truth.fixed` repeats one known parameter set (the "pilot estimates
 as truth" view of powsimR-style tools, and the known truth of the tests).
 
+A truth may also carry its own log2 fold changes per draw (`Truth.lfc`, (S, G)): from the fit's
+posterior of the contrast (`truth_from_fit(..., effects="posterior")`), optionally shrunk across genes by
+empirical Bayes (`effects="shrunk"`, see `effects.py`), or a fixed vector (`Truth.fixed(..., lfc=...)`).
+
 `simulate_counts` draws one experiment per (draw, replicate): library sizes log-normal around `depth`,
-a random set of DE genes with log2 fold changes `lfc` (a magnitude with random signs, or a user list),
-NB counts sampled on the host (Gamma-Poisson in NumPy, ~10x JAX's speed on CPU).
+the truth's own fold changes or else a random set of DE genes with log2 fold changes `lfc` (a magnitude
+with random signs, or a user list), NB counts sampled on the host (Gamma-Poisson in NumPy, ~10x JAX's
+speed on CPU).
 """
 
 from __future__ import annotations
@@ -25,21 +30,37 @@ from probgex.errors import DataError, SpecError
 @dataclass(frozen=True)
 class Truth:
     """Parameters of the reference group: log_rate (S, G) log mean per unit library, alpha (S, G)
-    NB dispersions (variance mu + alpha mu^2)."""
+    NB dispersions (variance mu + alpha mu^2); optionally lfc (S, G), the tested group's log2 fold
+    changes per draw (None: `power_grid`'s `lfc` and `de_fraction` set them per experiment)."""
 
     log_rate: np.ndarray
     alpha: np.ndarray
     genes: np.ndarray
+    lfc: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.lfc is not None:
+            lfc = np.asarray(self.lfc, np.float64)
+            if lfc.shape != self.log_rate.shape or not np.all(np.isfinite(lfc)):
+                raise DataError(f"Truth.lfc must be finite log2 fold changes of shape {self.log_rate.shape} "
+                                f"(draws, genes), got shape {lfc.shape}")
+            object.__setattr__(self, "lfc", lfc)
 
     @classmethod
-    def fixed(cls, mean_fraction, alpha, n_draws: int = 1, genes=None) -> Truth:
-        """One parameter set repeated: mean_fraction (G,) the expected share of a library per gene."""
+    def fixed(cls, mean_fraction, alpha, n_draws: int = 1, genes=None, lfc=None) -> Truth:
+        """One parameter set repeated: mean_fraction (G,) the expected share of a library per gene;
+        lfc (G,) optional log2 fold changes of the tested group."""
         rate = np.asarray(mean_fraction, np.float64)
         alpha = np.broadcast_to(np.asarray(alpha, np.float64), rate.shape)
         if rate.ndim != 1 or np.any(rate <= 0) or np.any(alpha <= 0):
             raise DataError("mean_fraction and alpha must be positive, one value per gene")
         genes = np.asarray(genes if genes is not None else [f"g{j}" for j in range(rate.size)], dtype=str)
-        return cls(np.tile(np.log(rate), (n_draws, 1)), np.tile(alpha, (n_draws, 1)), genes)
+        if lfc is not None:
+            lfc = np.asarray(lfc, np.float64)
+            if lfc.shape != rate.shape:
+                raise DataError(f"lfc needs one log2 fold change per gene ({rate.size}), got shape {lfc.shape}")
+            lfc = np.tile(lfc, (n_draws, 1))
+        return cls(np.tile(np.log(rate), (n_draws, 1)), np.tile(alpha, (n_draws, 1)), genes, lfc)
 
     @property
     def n_draws(self) -> int:
@@ -65,20 +86,47 @@ def reference_row(fit, contrast: tuple[str, str, str]) -> tuple[np.ndarray, np.n
     return rows[ref], rows[level]
 
 
-def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.Array) -> Truth:
-    """n_draws joint posterior draws of a fitted GLM's reference-group rates and dispersions."""
+EFFECTS = (None, "posterior", "shrunk")
+
+
+def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.Array, *,
+                   effects: str | None = None, null_weight: float = 10.0) -> Truth:
+    """n_draws joint posterior draws of a fitted GLM's reference-group rates and dispersions; with
+    `effects`, also of the contrast's log2 fold changes: "posterior" the GLM's own posterior draws,
+    "shrunk" the same draws mapped to the posterior under an empirical-Bayes normal-mixture prior fitted
+    across genes (`effects.shrink_draws`; the unshrunk posterior's mean and sd from 512 extra draws;
+    `null_weight`: the mixture's Dirichlet penalty on its point mass at 0, 10 as ashr, 1 for none)."""
+    if effects not in EFFECTS:
+        raise SpecError(f"effects must be one of {list(EFFECTS)}, got {effects!r}")
     if getattr(fit, "spec", None) is None or fit.spec.story != "glm":
         raise SpecError("power curves need a fitted GLM (pg.Model(formula, likelihood='nb') without a "
                         "latent); refit without `latent`")
     if fit.spec.likelihood != "nb":
         raise SpecError(f"power curves simulate NB counts; the model has likelihood "
                         f"{fit.spec.likelihood!r}: refit with likelihood='nb'")
-    ref_row, _ = reference_row(fit, contrast)
-    v = fit.story.draw_gene_params(fit.params, key, n_draws)
-    beta, theta, _ = fit.story.split(v)  # (S, P, G), (S, K, G)
-    log_rate = np.einsum("p,spg->sg", ref_row, np.asarray(beta, np.float64))
+    ref_row, level_row = reference_row(fit, contrast)
+    k_draw, k_moments, k_mix = jax.random.split(key, 3)
+    beta, theta, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_draw, n_draws))  # (S, P, G), (S, K, G)
+    beta = np.asarray(beta, np.float64)
+    log_rate = np.einsum("p,spg->sg", ref_row, beta)
     alpha = 1.0 / np.asarray(theta, np.float64)[:, 0, :]  # first dispersion group
-    return Truth(log_rate, alpha, np.asarray(fit.var_names, dtype=str))
+    lfc = None
+    if effects is not None:
+        lfc = np.einsum("p,spg->sg", level_row - ref_row, beta) / np.log(2.0)
+    if effects == "shrunk":
+        from probgex.power.effects import fit_normal_mixture, shrink_draws
+
+        more, _, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_moments, 512))
+        l2 = np.einsum("p,spg->sg", level_row - ref_row, np.asarray(more, np.float64)) / np.log(2.0)
+        b_hat, s = l2.mean(0), l2.std(0)
+        pi, grid = fit_normal_mixture(b_hat, s, null_weight=null_weight)
+        lfc = shrink_draws(lfc, b_hat, s, pi, grid, _host_rng(k_mix))
+    return Truth(log_rate, alpha, np.asarray(fit.var_names, dtype=str), lfc)
+
+
+def _host_rng(key: jax.Array) -> np.random.Generator:
+    data = jax.random.key_data(key) if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.random.default_rng([int(x) for x in np.asarray(data).ravel()])
 
 
 def effect_sizes(lfc, n_genes: int, de_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -105,7 +153,7 @@ def simulate_counts(truth: Truth, draw: int, n_per_group: int, *, depth: float, 
     """One experiment from draw `draw`: counts (2n, G) (reference group first), true log2 fold changes
     (G,) and the expected counts per gene in the reference group at `depth` (G,)."""
     G = truth.log_rate.shape[1]
-    l2fc = effect_sizes(lfc, G, de_fraction, rng)
+    l2fc = truth.lfc[draw] if truth.lfc is not None else effect_sizes(lfc, G, de_fraction, rng)
     grp = np.repeat([0.0, 1.0], n_per_group)
     lib = depth * np.exp(rng.normal(0.0, depth_sd, 2 * n_per_group))
     log_mu = np.log(lib)[:, None] + truth.log_rate[draw][None] + grp[:, None] * l2fc[None] * np.log(2.0)
