@@ -19,7 +19,8 @@ def heldout_replicates(adata) -> list[str]:
 
 def run_demo(out: Path, *, max_epochs: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Fit an NB GLM `~ strain` on the clean yeast replicates, predict the held-out replicates from
-    their metadata and library sizes, and write the model, predictions and the calibration report."""
+    their metadata and library sizes, and write the model, predictions and the calibration report;
+    then a power curve from a 3-vs-3 pilot of the training replicates (`power/`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     adata = schurch_yeast()
@@ -34,4 +35,32 @@ def run_demo(out: Path, *, max_epochs: int | None = None, seed: int = 0, progres
                                                                              engine="h5netcdf")
     report = check(fit, test, n_samples=200, seed=seed, progress=progress, reference=train)
     report.save(out)
+    power_from_pilot(train, out / "power", seed=seed, progress=progress)
     return report.summary()
+
+
+def power_from_pilot(train, out: Path, *, seed: int = 0, progress: bool = True, n_per_group=(3, 6, 12),
+                     genes: int = 2000, draws: int = 10, reference_n: int = 20) -> dict:
+    """How many replicates? A power curve (Snf2 vs WT, FDR 0.05) from a 3-vs-3 pilot drawn from the
+    training replicates, on the `genes` most expressed genes: the pilot's NB GLM gives every simulated
+    experiment its own posterior draw of base rates, dispersions and (shrunk) fold changes; a gene is
+    truly DE in a draw when called on a simulated `reference_n`-per-group experiment. Writes power.json,
+    power.nc and power.png to `out` (examples/power_yeast_pilot.py is the longer version)."""
+    import jax
+
+    from probgex.power import curve
+    from probgex.power.report import write
+
+    total = np.asarray(train.X.sum(0)).ravel()
+    top = train[:, np.sort(np.argsort(total)[::-1][:genes])]
+    rng = np.random.default_rng(seed)
+    strain = top.obs["strain"].astype(str).to_numpy()
+    pick = np.concatenate([rng.choice(np.flatnonzero(strain == s), 3, replace=False) for s in ("WT", "Snf2")])
+    pilot = top[pick].copy()
+    # holdout=0: a 6-sample pilot needs every sample in the fit (a fixed epoch budget instead)
+    fit = Model("~ strain", likelihood="nb").fit(pilot, seed=seed, holdout=0.0, max_epochs=1500, empty="keep",
+                                                 progress=progress)
+    ds = curve(fit, ("strain", "Snf2", "WT"), n_per_group, key=jax.random.PRNGKey(seed), n_draws=draws, n_rep=1,
+               effects="shrunk", reference_n=reference_n, min_abs_lfc=(1.0,), progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    return write(ds, out)

@@ -79,6 +79,11 @@ def test_demo_runs_end_to_end_and_is_calibrated(tmp_path):
     # 15 held-out replicates x ~7,000 genes: calibrated within a few points at every level
     for level, cov in summary["coverage"].items():
         assert abs(cov - float(level)) < 0.03, summary["coverage"]
+    power = json.loads((out / "power" / "power.json").read_text())
+    assert (out / "power" / "power.png").exists()
+    est = [r["power"] for r in power["per_n"]]
+    assert [r["n_per_group"] for r in power["per_n"]] == [3, 6, 12]
+    assert all(0 < p < 1 for p in est) and est[0] < est[-1]  # more replicates, more power
 
 
 def test_prediction_arguments_are_checked_before_any_jax_work(fitted, yeast_small):
