@@ -102,16 +102,6 @@ def _distance(a: np.ndarray, b: np.ndarray) -> dict:
     return {"ks": float(ks_2samp(a, b).statistic), "wasserstein": float(wasserstein_distance(a, b))}
 
 
-def most_variable(y_blocks, n_genes: int, k: int) -> np.ndarray:
-    """The k genes with the largest variance of log1p counts, from an iterable of (b, G) blocks."""
-    s, sq, n = np.zeros(n_genes), np.zeros(n_genes), 0
-    for y in y_blocks:
-        ly = np.log1p(y)
-        s, sq, n = s + ly.sum(0), sq + (ly**2).sum(0), n + len(y)
-    var = sq / n - (s / n) ** 2
-    return np.sort(np.argsort(-var)[:k])
-
-
 def gene_programs(top: np.ndarray, corr: np.ndarray, n_genes: int, size: int, n_random: int,
                   rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Gene sets for joint calibration: the `size` top genes most correlated with each other (greedy
