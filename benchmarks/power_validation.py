@@ -22,6 +22,10 @@ changes, the latter shrunk by an empirical-Bayes normal-mixture prior across gen
 estimates (means, dispersions, MLE log2 fold changes) taken as the truth, powsimR-style (`Truth.fixed`:
 the interval is Monte Carlo error only); `oracle` (run once, not per pilot) the same plug-in from every
 clean sample, i.e. the simulation model's error when its parameters are as good as the data allow.
+A method with the suffix `+level` (e.g. `posterior+level`, `fixed+level`) is the same with the pilot's
+replicate-level uncertainty added (`probgex.power.replicates`: every draw's dispersions moved together
+by the jackknife uncertainty of the pilot's dispersion level; `curve(..., pilot=)` does this);
+`+level_undamped` the same with the plain stratified jackknife (no correction for the damping).
 Per n and method: the mean prediction over pilots, the mean interval, |mean prediction - realized|,
 the mean per-pilot absolute error and the share of pilots whose interval covers the realized recall. Results: benchmarks/results/power_validation_<dataset>.json,
 rewritten after every pilot; `power_validation.py --table <json>` prints the README's table from it.
@@ -34,6 +38,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -44,7 +49,8 @@ from _common import RESULTS, load, machine  # noqa: E402
 
 import probgex as pg  # noqa: E402
 from probgex.power.curve import _test_chunk, power_grid  # noqa: E402
-from probgex.power.simulate import Truth, truth_from_fit  # noqa: E402
+from probgex.power.replicates import dispersion_level, with_level_uncertainty  # noqa: E402
+from probgex.power.simulate import Truth, _host_rng, truth_from_fit  # noqa: E402
 
 FDR, MIN_LFC, CHUNK = 0.05, 1.0, 8
 LFC1 = "\\|log2FC\\| > 1"  # a table cell (pipes escaped)
@@ -172,7 +178,7 @@ def main() -> None:
                     help="simulated experiments are subsamples of the reference experiment, as the real ones are")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    loader, factor, (level, ref), pilot_n, ns, ref_n = DATASETS[args.dataset]
+    loader, factor, (level_name, ref), pilot_n, ns, ref_n = DATASETS[args.dataset]
     pilot_n = args.pilot_n or pilot_n
     ns = [int(t) for t in args.ns.split(",")] if args.ns else list(ns)
     ref_n = args.reference_n or ref_n
@@ -182,11 +188,11 @@ def main() -> None:
     adata = loader()
     adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
     t0 = time.time()
-    res = pg.power.de_test(adata, f"~ {factor}", (factor, level, ref))
+    res = pg.power.de_test(adata, f"~ {factor}", (factor, level_name, ref))
     truth = (res["padj"] < FDR).to_numpy()
     big = (res["log2FoldChange"].abs() > MIN_LFC).to_numpy()
-    ref_idx, lev_idx = groups(adata, factor, level, ref)
-    print(f"{args.dataset}: {adata.n_obs} samples ({len(ref_idx)} {ref}, {len(lev_idx)} {level}), {adata.n_vars} genes; "
+    ref_idx, lev_idx = groups(adata, factor, level_name, ref)
+    print(f"{args.dataset}: {adata.n_obs} samples ({len(ref_idx)} {ref}, {len(lev_idx)} {level_name}), {adata.n_vars} genes; "
           f"truth {truth.sum()} DE, {(truth & big).sum()} with |log2FC| > {MIN_LFC}", flush=True)
     Y = np.asarray(adata.X, np.float32)
     real = realized(Y, ref_idx, lev_idx, truth, big, ns, args.subsamples, np.random.default_rng(args.seed))
@@ -205,7 +211,7 @@ def main() -> None:
 
     if "oracle" in methods:
         log_lib = np.log(np.asarray(adata.X.sum(1), np.float64).ravel())
-        oracle = predict(fixed_truth(adata, factor, level, ref, args.fixed_draws), ns, jax.random.PRNGKey(999),
+        oracle = predict(fixed_truth(adata, factor, level_name, ref, args.fixed_draws), ns, jax.random.PRNGKey(999),
                          float(np.exp(log_lib.mean())), float(log_lib.std()), ref_n, args.nested)
         oracle = {str(k): v for k, v in oracle.items()}
         print("oracle: " + " ".join(f"{oracle[str(n)]['mean']:.3f} ({oracle[str(n)]['lfc1_mean']:.3f})" for n in ns))
@@ -221,20 +227,33 @@ def main() -> None:
         key = jax.random.PRNGKey(1000 + p)
         k_fit, k_sim = jax.random.split(key)
         tp = time.time()
-        if {"shrunk", "posterior", "shrunk_nonull"} & set(methods):
+        level = None
+        if any("+level" in m for m in methods):
+            level = dispersion_level(pilot, f"~ {factor}", (factor, level_name, ref))
+            rec["dispersion_level"] = {"log_level": level.log_level, "se": level.se, "df": level.df,
+                                       "se_undamped": level.se_undamped}
+        base = {m.split("+")[0] for m in methods}
+        truths = {}
+        if {"shrunk", "posterior", "shrunk_nonull"} & base:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit = pg.Model(f"~ {factor}", likelihood="nb").fit(pilot, seed=p, holdout=0.0,
                                                                    max_epochs=args.max_epochs)
             for m in ("shrunk", "posterior", "shrunk_nonull"):
-                if m in methods:
-                    tr = truth_from_fit(fit, (factor, level, ref), args.draws, k_fit,
-                                        effects="shrunk" if m == "shrunk_nonull" else m,
-                                        null_weight=1.0 if m == "shrunk_nonull" else 10.0)
-                    rec[m] = predict(tr, ns, k_sim, depth, depth_sd, ref_n, args.nested)
-        if "fixed" in methods:
-            rec["fixed"] = predict(fixed_truth(pilot, factor, level, ref, args.fixed_draws), ns, k_sim, depth,
-                                   depth_sd, ref_n, args.nested)
+                if m in base:
+                    truths[m] = truth_from_fit(fit, (factor, level_name, ref), args.draws, k_fit,
+                                               effects="shrunk" if m == "shrunk_nonull" else m,
+                                               null_weight=1.0 if m == "shrunk_nonull" else 10.0)
+        if "fixed" in base:
+            truths["fixed"] = fixed_truth(pilot, factor, level_name, ref, args.fixed_draws)
+        for m in methods:
+            tr = truths[m.split("+")[0]]
+            if m.endswith("+level"):
+                tr = with_level_uncertainty(tr, level, _host_rng(jax.random.fold_in(key, 7)))
+            elif m.endswith("+level_undamped"):
+                tr = with_level_uncertainty(tr, replace(level, se=level.se_undamped),
+                                            _host_rng(jax.random.fold_in(key, 7)))
+            rec[m] = predict(tr, ns, k_sim, depth, depth_sd, ref_n, args.nested)
         rec["seconds"] = time.time() - tp
         pilots.append(rec)
         line = "  ".join(f"{m}: " + " ".join(f"{rec[m][n]['mean']:.2f}" for n in ns) for m in methods if m in rec)

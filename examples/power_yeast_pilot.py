@@ -6,6 +6,8 @@ posterior draw of each gene's base rate, dispersion and Snf2-vs-WT log2 fold cha
 shrunk across genes by empirical Bayes (`effects="shrunk"`: a 3-vs-3 pilot's raw fold changes are noisy
 and inflated). A gene counts as truly DE in a draw when it is called on a large reference experiment
 simulated from that draw (`reference_n` per group), the way a real study's "truth" would be called.
+`pilot=pilot` adds what the posterior cannot know: which replicates the pilot happened to draw (all
+dispersions of a draw move together by the jackknife uncertainty of the pilot's dispersion level).
 Output: a table of predicted power per n (all DE genes, and those with |log2FC| > 1) with its interval,
 and the figure power.png. benchmarks/power_validation.py measures how well this predicts real recall.
 
@@ -52,7 +54,7 @@ def main(argv=None) -> dict:
     # holdout=0: with 6 samples every one is needed for the fit (no early stopping; a fixed epoch budget)
     fit = pg.Model("~ strain", likelihood="nb").fit(pilot, seed=a.seed, holdout=0.0, max_epochs=a.max_epochs)
     ds = pg.power.curve(fit, ("strain", "Snf2", "WT"), ns, key=jax.random.PRNGKey(a.seed), n_draws=a.draws,
-                        n_rep=1, effects="shrunk", reference_n=a.reference_n, min_abs_lfc=(1.0,))
+                        n_rep=1, effects="shrunk", reference_n=a.reference_n, min_abs_lfc=(1.0,), pilot=pilot)
     a.out.mkdir(parents=True, exist_ok=True)
     summary = write(ds, a.out)
     (a.out / "power.json").write_text(json.dumps(summary | {"pilot": pilot.obs_names.tolist()}, indent=1))

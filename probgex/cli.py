@@ -213,9 +213,20 @@ def power(
     n_draws: Annotated[int, typer.Option(help="posterior draws (one set of experiments each)")] = 20,
     n_rep: Annotated[int, typer.Option(help="experiments per draw")] = 2,
     target: Annotated[float, typer.Option(help="power for the smallest-n answer")] = 0.8,
+    pilot: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+        help="the .h5ad the model was fitted on: adds the uncertainty of which replicates it drew "
+             "(jackknife of its dispersion level) to the interval")] = None,
+    effects: Annotated[str | None, typer.Option(
+        help="'posterior' or 'shrunk': every gene changes by its own posterior log2FC draw instead of "
+             "--lfc/--de-fraction (needs --reference-n)")] = None,
+    reference_n: Annotated[int | None, typer.Option(
+        help="with --effects: replicates per group of the simulated reference experiment that calls the DE genes")] = None,
+    min_abs_lfc: Annotated[str, typer.Option(help="also report power among DE genes with |log2FC| above these, comma-separated")] = "",
+    nested: Annotated[bool, typer.Option(help="experiments are subsamples of the reference experiment")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
+    import anndata as ad
     import jax
 
     from probgex.errors import SpecError
@@ -231,9 +242,16 @@ def power(
             grid = [int(t) for t in n.split(",") if t.strip()]
         except ValueError:
             raise SpecError(f"--n must be comma-separated integers, got {n!r}") from None
+        try:
+            thresholds = [float(t) for t in min_abs_lfc.split(",") if t.strip()]
+        except ValueError:
+            raise SpecError(f"--min-abs-lfc must be comma-separated numbers, got {min_abs_lfc!r}") from None
         fitted = load(model)
+        pilot_data = None if pilot is None else ad.read_h5ad(pilot)
         ds = curve(fitted, tuple(parts), grid, key=jax.random.PRNGKey(seed), fdr=fdr, lfc=lfc,
-                   de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target)
+                   de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target,
+                   effects=effects, reference_n=reference_n, min_abs_lfc=thresholds, pilot=pilot_data,
+                   nested=nested)
     except ProbgexError as e:
         raise _fail(e)
     s = write(ds, out)

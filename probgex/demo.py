@@ -44,7 +44,8 @@ def power_from_pilot(train, out: Path, *, seed: int = 0, progress: bool = True, 
     """How many replicates? A power curve (Snf2 vs WT, FDR 0.05) from a 3-vs-3 pilot drawn from the
     training replicates, on the `genes` most expressed genes: the pilot's NB GLM gives every simulated
     experiment its own posterior draw of base rates, dispersions and (shrunk) fold changes; a gene is
-    truly DE in a draw when called on a simulated `reference_n`-per-group experiment. Writes power.json,
+    truly DE in a draw when called on a simulated `reference_n`-per-group experiment; the interval also
+    carries the uncertainty of the pilot's dispersion level (which replicates it drew). Writes power.json,
     power.nc and power.png to `out` (examples/power_yeast_pilot.py is the longer version)."""
     import jax
 
@@ -61,6 +62,6 @@ def power_from_pilot(train, out: Path, *, seed: int = 0, progress: bool = True, 
     fit = Model("~ strain", likelihood="nb").fit(pilot, seed=seed, holdout=0.0, max_epochs=1500, empty="keep",
                                                  progress=progress)
     ds = curve(fit, ("strain", "Snf2", "WT"), n_per_group, key=jax.random.PRNGKey(seed), n_draws=draws, n_rep=1,
-               effects="shrunk", reference_n=reference_n, min_abs_lfc=(1.0,), progress=progress)
+               effects="shrunk", reference_n=reference_n, min_abs_lfc=(1.0,), progress=progress, pilot=pilot)
     out.mkdir(parents=True, exist_ok=True)
     return write(ds, out)

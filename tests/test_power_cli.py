@@ -35,3 +35,25 @@ def test_power_command_bad_contrast_is_a_clear_error(glm_fit, tmp_path):
     assert res.exit_code == 2 and "column:level:reference" in res.output
     res = runner.invoke(app, ["power", str(model), "--contrast", "group:zz:a", "--out", str(tmp_path / "p")])
     assert res.exit_code == 2 and "'zz'" in res.output
+
+
+def test_power_command_with_posterior_effects_and_the_pilot(glm_fit, small_adata, tmp_path):
+    """--effects/--reference-n/--min-abs-lfc reach the curve; --pilot adds the jackknife uncertainty of
+    the pilot's dispersion level (recorded in the settings)."""
+    model = glm_fit.save(tmp_path / "glm.npz")
+    pilot = tmp_path / "pilot.h5ad"
+    small_adata[:30].copy().write_h5ad(pilot)
+    out = tmp_path / "power"
+    res = runner.invoke(app, ["power", str(model), "--contrast", "group:b:a", "--n", "3", "--fdr", "0.1",
+                              "--n-draws", "3", "--n-rep", "1", "--depth", "600", "--effects", "posterior",
+                              "--reference-n", "8", "--min-abs-lfc", "0.5,1", "--pilot", str(pilot),
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "power.json").read_text())
+    st = s["settings"]
+    assert st["reference_n"] == 8 and st["effects"] == "posterior" and st["dispersion_level_df"] > 0
+    assert st["dispersion_level_se"] > 0
+    assert set(s["per_n"][0]["power_by_min_abs_lfc"]) == {"0.5", "1"}
+    res = runner.invoke(app, ["power", str(model), "--contrast", "group:b:a", "--effects", "posterior",
+                              "--out", str(out)])
+    assert res.exit_code == 2 and "reference_n" in res.output

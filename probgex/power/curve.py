@@ -214,14 +214,19 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
           fdr: float = 0.05, lfc=0.585, de_fraction: float = 0.1, depth: float | None = None,
           depth_sd: float | None = None, n_draws: int = 20, n_rep: int = 2, target: float = 0.8,
           level: float = 0.9, test: str = "wald", progress: bool = True, effects: str | None = None,
-          reference_n: int | None = None, min_abs_lfc: Sequence[float] = ()) -> xr.Dataset:
+          reference_n: int | None = None, min_abs_lfc: Sequence[float] = (), pilot=None,
+          nested: bool = False) -> xr.Dataset:
     """Power curve of a two-group experiment `contrast` = (column, level, reference) from a fitted NB
     GLM: each simulated experiment takes its own posterior draw of the genes' reference-group means and
     dispersions; a `de_fraction` of the genes change by `lfc` (log2, random sign; or a list, one per
     gene), or, with `effects` ("posterior" or "shrunk", see `truth_from_fit`), every gene by its own
     posterior draw of the contrast's log2 fold change, the DE genes of a draw then being those called on
     a reference experiment of `reference_n` per group (see `power_grid`); libraries are log-normal
-    around `depth` (default: the fit's typical library size).
+    around `depth` (default: the fit's typical library size). `pilot`: the AnnData the model was fitted
+    on; with it, every draw's dispersions also move together by the jackknife uncertainty of the
+    pilot's dispersion level (`replicates.dispersion_level`: which replicates a small pilot happened to
+    get), so that the interval covers what a new experiment will see, not only the fit's per-gene
+    uncertainty. `nested`: see `power_grid`.
     Returns an xarray.Dataset (see `power_grid`); `plot_curve` draws it."""
     if not (isinstance(contrast, tuple | list) and len(contrast) == 3):
         raise SpecError(f"contrast must be (column, level, reference), got {contrast!r}")
@@ -234,12 +239,20 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
         raise SpecError("with effects from the fit every gene has some fold change: pass reference_n, the "
                         "replicates per group of the reference experiment that calls each draw's DE genes")
     truth = truth_from_fit(fit, tuple(contrast), n_draws, k_draw, effects=effects)
+    disp_level = None
+    if pilot is not None:
+        from probgex.power.replicates import dispersion_level, with_level_uncertainty
+
+        disp_level = dispersion_level(pilot, fit.encoding.formula, tuple(contrast))
+        truth = with_level_uncertainty(truth, disp_level, _host_rng(jax.random.fold_in(key, 1)))
     depth = float(np.exp(fit.dims.lib_loc)) if depth is None else float(depth)
     depth_sd = float(fit.dims.lib_scale) if depth_sd is None else float(depth_sd)
     ds = power_grid(truth, n_per_group, key=k_sim, fdr=fdr, lfc=lfc, de_fraction=de_fraction, depth=depth,
                     depth_sd=depth_sd, n_rep=n_rep, target=target, level=level, test=test, progress=progress,
-                    reference_n=reference_n, min_abs_lfc=min_abs_lfc)
-    ds.attrs.update(contrast=":".join(contrast), formula=fit.encoding.formula)
+                    reference_n=reference_n, min_abs_lfc=min_abs_lfc, nested=nested)
+    ds.attrs.update(contrast=":".join(contrast), formula=fit.encoding.formula,
+                    effects=effects or "fixed lfc", dispersion_level_se=float("nan") if disp_level is None
+                    else disp_level.se, dispersion_level_df=-1 if disp_level is None else disp_level.df)
     return ds
 
 

@@ -35,7 +35,8 @@ def summary(ds: xr.Dataset) -> dict:
                 for m in ds["min_abs_lfc"].values}
     a = ds.attrs
     return {"settings": {k: a[k] for k in ("contrast", "formula", "fdr", "lfc", "de_fraction", "depth", "depth_sd",
-                                           "test", "level", "target", "n_genes", "reference_n") if k in a}
+                                           "test", "level", "target", "n_genes", "reference_n", "nested", "effects",
+                                           "dispersion_level_se", "dispersion_level_df") if k in a}
             | {"n_draws": int(ds.sizes["draw"]), "n_rep": int(ds.sizes["rep"])},
             "per_n": rows,
             "n_at_target": {"estimate": _num(a["n_at_target"]), "lower": _num(a["n_at_target_lower"]),
