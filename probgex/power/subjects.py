@@ -45,9 +45,11 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
     """Power curve of a single-cell study in subjects per group: `pseudobulk` the cells (all of them,
     or one cell type: `cell_type=(column, level)`), fit `pg.Model(formula, likelihood="nb")` on the
     subjects (all of them, no held-out set), then `curve` with each simulated subject's library
-    `cells_per_subject` x the median UMIs per cell of the selected cells (default: the pilot's own
-    pseudobulk libraries) and, unless `depth_sd` is passed, the spread across subjects of their log
-    mean UMIs per cell. Genes with no count in any subject are dropped. Other options go to `curve`.
+    `cells_per_subject` x the pilot's UMIs per cell (default: the pilot's own pseudobulk libraries) and,
+    unless `depth_sd` is passed, the spread across subjects of their log mean UMIs per cell. The UMIs per
+    cell are each subject's mean (its library over its cells: the expected sum of c cells is c times
+    the mean, which a per-cell median would understate for skewed cell sizes), geometric-averaged over
+    the subjects, as `curve`'s libraries are log-normal around `depth`. Genes with no count in any subject are dropped. Other options go to `curve`.
     Returns curve's Dataset, its attrs also naming the unit (subjects), cells per subject and pilot."""
     from probgex.fit import Model
     from probgex.power.curve import curve
@@ -60,7 +62,7 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
     if key is None:
         raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
     if "depth" in curve_kwargs:
-        raise SpecError("depth is set here by cells_per_subject (cells x median UMIs per cell); pass that")
+        raise SpecError("depth is set here by cells_per_subject (cells x the pilot's UMIs per cell); pass that")
     idx, _, _ = select_cells(adata.obs, subject, cell_type)
     _subject_level(adata, formula, contrast, subject, idx)
     pb = pseudobulk(adata, subject, cell_type=cell_type, min_cells=min_cells, layer=layer)
@@ -68,11 +70,11 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
     if (total == 0).any():
         raise DataError(f"subject(s) {_fmt(list(pb.obs_names[total == 0]))} have no counts in the selected cells")
     pb = pb[:, pb.X.sum(0) > 0].copy()
-    umi = total / pb.obs["n_cells"].to_numpy()  # mean UMIs per cell of each subject
-    median_umi = float(np.median(_cell_totals(adata, layer, idx)))
+    log_umi = np.log(total / pb.obs["n_cells"].to_numpy())  # log mean UMIs per cell of each subject
+    umi = float(np.exp(log_umi.mean()))
     if cells_per_subject is not None:
-        curve_kwargs["depth"] = cells_per_subject * median_umi
-        curve_kwargs.setdefault("depth_sd", float(np.std(np.log(umi), ddof=1)) if umi.size > 1 else 0.0)
+        curve_kwargs["depth"] = cells_per_subject * umi
+        curve_kwargs.setdefault("depth_sd", float(np.std(log_umi, ddof=1)) if log_umi.size > 1 else 0.0)
     fit = Model(formula, likelihood="nb").fit(pb, seed=fit_seed, holdout=0.0, max_epochs=max_epochs,
                                                progress=progress)
     ds = curve(fit, tuple(contrast), n_per_group, key=key, progress=progress, **curve_kwargs)
@@ -80,14 +82,9 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
                     cell_type="all cells" if cell_type is None else f"{cell_type[0]}={cell_type[1]}",
                     cells_per_subject=float(cells_per_subject) if cells_per_subject is not None
                     else float(np.median(pb.obs["n_cells"])),
-                    depth_from="cells_per_subject x median UMIs per cell" if cells_per_subject is not None
+                    depth_from="cells_per_subject x UMIs per cell" if cells_per_subject is not None
                     else "the pilot's pseudobulk libraries",
-                    median_umi_per_cell=median_umi, pilot_subjects=pb.obs_names.tolist(),
+                    umi_per_cell=umi, pilot_subjects=pb.obs_names.tolist(),
                     pilot_cells=pb.obs["n_cells"].astype(int).tolist(), n_genes_pilot=int(pb.n_vars))
     return ds
 
-
-def _cell_totals(adata, layer: str | None, idx: np.ndarray) -> np.ndarray:
-    """UMIs per selected cell (the counts were validated by `pseudobulk`)."""
-    x = adata.X if layer is None else adata.layers[layer]
-    return np.asarray(x[idx].sum(1), np.float64).ravel()
