@@ -5,13 +5,14 @@ pseudobulk NB truth, the false discoveries of testing cells as replicates, and `
 prediction from a simulated pilot.
 
 The simulation: subject k of group j has mean mu_g 2^(j lfc_g) w_kg per unit cell size, w_kg ~
-LogNormal(0, S2) (or the gamma law of the same mean exp(S2 / 2) and variance, the NB's own mixing law); cell i of subject k has size f_i ~ LogNormal(-SIG_F^2 / 2, SIG_F^2) (mean 1) and counts
+LogNormal(0, S2) (or the gamma law of the same mean exp(S2 / 2) and variance, the NB's own mixing
+law); cell i of subject k has size f_i ~ LogNormal(-SIG_F^2 / 2, SIG_F^2) (mean 1) and counts
 NB(U f_i mu_kg, PHI) (variance m + PHI m^2). Given the subject's summed size F = sum f_i (its library),
 a pseudobulk count has mean M = U F mu_g exp(S2 / 2) and variance M + ALPHA_PB M^2 with
     ALPHA_PB = (exp(S2) - 1) + PHI exp(S2) sum f_i^2 / F^2,   E[sum f^2 / F^2] ~ exp(SIG_F^2) / C,
-the subject term (exp(S2) - 1) not shrinking with more cells (a simulation of 2,000 subjects gives
-0.1479 against 0.1485). Its NB truth is
-Truth.fixed(mu_g exp(S2 / 2), ALPHA_PB) at depth C U, depth_sd sd(log F / C) ~ sqrt(exp(SIG_F^2) - 1) / sqrt(C).
+the subject term (exp(S2) - 1) not shrinking with more cells (2,000 simulated log-normal subjects:
+0.1479 against 0.1485). Its NB truth is Truth.fixed(mu_g exp(S2 / 2), ALPHA_PB) at depth C U,
+depth_sd = sd(log F / C) ~ sqrt(exp(SIG_F^2) - 1) / sqrt(C).
 """
 
 import anndata as ad
@@ -170,3 +171,120 @@ def test_pseudobulk_curve_predicts_the_truth_from_a_pilot():
     se = np.hypot(float(p["power_mc_se"]), float(emp["power_mc_se"]))
     assert abs(float(p["power_mean"]) - float(emp["power_mean"])) < 3 * se + 0.02, (float(p["power_mean"]),
                                                                                    float(emp["power_mean"]))
+
+
+# ---- the aggregation itself -------------------------------------------------------------------
+
+def small_cells(sparse=True, seed=0) -> ad.AnnData:
+    """5 subjects of 12-20 cells in 3 cell types, subject-level `group`/`age`/`site` (categorical),
+    cell-level `qc`, and `batch` constant within all subjects but one."""
+    rng = np.random.default_rng(seed)
+    n_cells = rng.integers(12, 21, 5)
+    subject = np.repeat([f"d{k}" for k in range(5)], n_cells)
+    n = subject.size
+    k = np.repeat(np.arange(5), n_cells)
+    batch = np.array(["x", "x", "y", "y", "z"])[k]
+    batch[-1] = "x"  # d4 spans two batches
+    obs = pd.DataFrame({"subject": subject, "group": np.array(["a", "a", "b", "b", "b"])[k],
+                        "age": np.array([30.0, 41.0, 52.0, 63.0, 74.0])[k],
+                        "site": pd.Categorical(np.array(["s1", "s1", "s2", "s2", "s1"])[k], categories=["s1", "s2", "s3"]),
+                        "type": rng.choice(["T", "B", "NK"], n), "qc": rng.random(n), "batch": batch},
+                       index=[f"c{i}" for i in range(n)])
+    x = rng.poisson(rng.gamma(0.5, 4.0, (n, 30))).astype(np.int32)
+    x[rng.random(x.shape) < 0.5] = 0
+    return ad.AnnData(X=sp.csr_matrix(x) if sparse else x, obs=obs,
+                      var=pd.DataFrame({"symbol": [f"S{j}" for j in range(30)]}, index=[f"g{j}" for j in range(30)]))
+
+
+def dense(x):
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sums_match_a_numpy_groupby(sparse):
+    a = small_cells(sparse)
+    x, subj, typ = dense(a.X), a.obs["subject"].to_numpy(), a.obs["type"].to_numpy()
+    pb = pseudobulk(a, "subject", min_cells=1)
+    assert pb.X.dtype == np.int64 and not sp.issparse(pb.X)
+    assert list(pb.obs_names) == [f"d{k}" for k in range(5)]
+    for s in pb.obs_names:
+        np.testing.assert_array_equal(pb[s].X[0], x[subj == s].sum(0))
+        assert pb.obs.loc[s, "n_cells"] == (subj == s).sum()
+    assert pb.var.equals(a.var)
+    one = pseudobulk(a, "subject", cell_type=("type", "B"), min_cells=1)
+    for s in one.obs_names:
+        np.testing.assert_array_equal(one[s].X[0], x[(subj == s) & (typ == "B")].sum(0))
+    per = pseudobulk(a, "subject", cell_type="type", min_cells=1)
+    assert per.n_obs == len(set(zip(subj, typ)))
+    for s, t, row in zip(per.obs["subject"], per.obs["type"], per.X):
+        np.testing.assert_array_equal(row, x[(subj == s) & (typ == t)].sum(0))
+    assert per.obs["n_cells"].sum() == a.n_obs
+
+
+def test_metadata_carried_and_dropped():
+    a = small_cells()
+    pb = pseudobulk(a, "subject", min_cells=1)
+    # constant within every subject: kept with their values; per-cell qc and the split batch: dropped
+    assert list(pb.obs.columns) == ["subject", "group", "age", "site", "n_cells"]
+    assert pb.obs["group"].tolist() == ["a", "a", "b", "b", "b"] and pb.obs["age"].tolist() == [30, 41, 52, 63, 74]
+    assert list(pb.obs["site"].cat.categories) == ["s1", "s2"]  # unobserved 's3' dropped, dtype kept
+    # within subject x type rows the type is constant too
+    assert "type" in pseudobulk(a, "subject", cell_type="type", min_cells=1).obs.columns
+    # a missing value constant within a subject is a value like any other
+    a.obs["note"] = np.where(a.obs["subject"] == "d0", np.nan, 1.0)
+    note = pseudobulk(a, "subject", min_cells=1).obs["note"]
+    assert np.isnan(note.iloc[0]) and (note.iloc[1:] == 1.0).all()
+
+
+def test_errors():
+    a = small_cells()
+    with pytest.raises(DataError, match="subject column 'donor' is not in obs"):
+        pseudobulk(a, "donor")
+    with pytest.raises(DataError, match="cell type column 'celltype'"):
+        pseudobulk(a, "subject", cell_type="celltype")
+    with pytest.raises(DataError, match="cell type 'Mono' does not occur"):
+        pseudobulk(a, "subject", cell_type=("type", "Mono"))
+    with pytest.raises(SpecError, match="cell_type must be"):
+        pseudobulk(a, "subject", cell_type=("type",))
+    with pytest.raises(SpecError, match="min_cells"):
+        pseudobulk(a, "subject", min_cells=0)
+    with pytest.raises(DataError, match="no cells selected"):
+        pseudobulk(a[:0].copy(), "subject")
+    n = a.obs["subject"].value_counts()
+    with pytest.raises(DataError, match=rf"fewer than min_cells=25 cells: \['d0 \({n['d0']} cells\)'"):
+        pseudobulk(a, "subject", min_cells=25)
+    with pytest.raises(DataError, match="subject x cell type"):
+        pseudobulk(a, "subject", cell_type="type", min_cells=10)
+    b = a.copy()
+    b.obs["subject"] = b.obs["subject"].astype(object)
+    b.obs.iloc[3, 0] = None
+    with pytest.raises(DataError, match="1 missing value"):
+        pseudobulk(b, "subject", min_cells=1)
+    x = dense(a.X).astype(np.float64)
+    for bad, match in ((0.5, "non-integer"), (-1.0, "negative"), (np.nan, "NaN")):
+        y = x.copy()
+        y[2, 3] = bad
+        with pytest.raises(DataError, match=match):
+            pseudobulk(ad.AnnData(X=sp.csr_matrix(y), obs=a.obs, var=a.var), "subject", min_cells=1)
+    with pytest.raises(DataError, match="layer 'counts'"):
+        pseudobulk(a, "subject", min_cells=1, layer="counts")
+
+
+def test_curve_errors():
+    a = small_cells()
+    key = jax.random.PRNGKey(0)
+    kw = dict(subject="subject", key=key, min_cells=1)
+    with pytest.raises(SpecError, match="'batch' varies within subject"):
+        pseudobulk_curve(a, "~ batch", ("batch", "y", "x"), **kw)
+    with pytest.raises(SpecError, match="'qc' varies within subject"):
+        pseudobulk_curve(a, "~ group + qc", ("group", "b", "a"), **kw)
+    with pytest.raises(SpecError, match="one cell type"):
+        pseudobulk_curve(a, "~ group", ("group", "b", "a"), cell_type="type", **kw)
+    with pytest.raises(SpecError, match="does not use the contrast column"):
+        pseudobulk_curve(a, "~ age", ("group", "b", "a"), **kw)
+    with pytest.raises(SpecError, match="cells_per_subject"):
+        pseudobulk_curve(a, "~ group", ("group", "b", "a"), cells_per_subject=0, **kw)
+    with pytest.raises(SpecError, match="depth is set here"):
+        pseudobulk_curve(a, "~ group", ("group", "b", "a"), depth=1e4, **kw)
+    with pytest.raises(SpecError, match="PRNG key"):
+        pseudobulk_curve(a, "~ group", ("group", "b", "a"), **(kw | {"key": None}))
