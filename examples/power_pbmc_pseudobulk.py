@@ -41,11 +41,10 @@ Printed by `python examples/power_pbmc_pseudobulk.py --data /work/shared/data/ka
 Four times the cells buys about as much as going from 3 to 5 donors at 100 cells (0.579 against
 0.567). It only deepens the libraries: of the ~123 DE genes per experiment, those under 10 expected
 counts per subject fall from 33 to 14 and those at 100-1000 rise from 13 to 48 (power.nc,
-n_de_stratum), while the power within a count stratum does not rise (the between-donor dispersion sets
-it); so at 10 donors the extra cells add only 0.10, and 10 donors per group at 100 cells fall short of
-0.8. The intervals
-carry the fit's posterior only: they are narrow because they cannot see that 2 donors per group may be
-unrepresentative. (The figure's x axis says "replicates per group": here, subjects per group.)
+n_de_stratum), while the power within a count stratum barely changes (the between-donor dispersion
+sets it); so at 10 donors the extra cells add only 0.10, and 10 donors per group at 100 cells fall
+short of 0.8. The intervals carry the fit's posterior only: they are narrow because they cannot see
+that 2 donors per group may be unrepresentative. (The figure's x axis says "replicates per group": here, subjects per group.)
 """
 
 from __future__ import annotations
