@@ -110,7 +110,8 @@ def pseudobulk(adata, subject: str, *, cell_type=None, min_cells: int = 10, laye
     obs = adata.obs
     idx, labels, type_col = select_cells(obs, subject, cell_type)
     if idx.size == 0:
-        raise DataError(f"no cells selected by cell_type={cell_type!r}")
+        by = "" if cell_type is None else f" by cell_type={cell_type!r}"
+        raise DataError(f"no cells selected{by}: adata has {adata.n_obs} cells")
     x = _counts(adata, layer, idx)
     order = list(pd.unique(labels))
     codes = pd.Categorical(labels, categories=order).codes

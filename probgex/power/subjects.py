@@ -49,7 +49,8 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
     unless `depth_sd` is passed, the spread across subjects of their log mean UMIs per cell. The UMIs per
     cell are each subject's mean (its library over its cells: the expected sum of c cells is c times
     the mean, which a per-cell median would understate for skewed cell sizes), geometric-averaged over
-    the subjects, as `curve`'s libraries are log-normal around `depth`. Genes with no count in any subject are dropped. Other options go to `curve`.
+    the subjects, as `curve`'s libraries are log-normal around `depth`. Genes with no count in any
+    subject are dropped. Other options go to `curve`.
     Returns curve's Dataset, its attrs also naming the unit (subjects), cells per subject and pilot."""
     from probgex.fit import Model
     from probgex.power.curve import curve
