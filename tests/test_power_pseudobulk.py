@@ -304,3 +304,17 @@ def test_pseudobulk_test_on_real_data_finds_the_interferon_response():
     res = de_test(pb[:, pb.X.sum(0) > 0].copy(), "~ group_id", ("group_id", "stim", "ctrl"))
     isg = ["ISG15", "ISG20", "IFI6", "IFIT1", "IFIT3", "MX1", "LY6E", "IRF7"]
     assert (res.loc[isg, "padj"] < 0.05).all() and (res.loc[isg, "log2FoldChange"] > 2).all()
+
+
+def test_curve_defaults_to_the_pilot_libraries():
+    """Without cells_per_subject the simulated libraries are the pilot's own pseudobulk libraries (the
+    pilot and shapes of the test above, so that the compiled fit and test are reused)."""
+    mu, lfc = truth_params()
+    pilot = simulate_cells(mu, lfc, 10, np.random.default_rng(2), effect="gamma")
+    pilot.obs["subject"] = pd.Categorical(pilot.obs["subject"])  # categorical subjects work too
+    pb = pseudobulk(pilot, "subject")
+    ds = pseudobulk_curve(pilot, "~ group", ("group", "b", "a"), subject="subject", key=jax.random.PRNGKey(0),
+                          n_per_group=[N], n_draws=2, n_rep=1, max_epochs=20, progress=False)
+    assert ds.attrs["depth_from"] == "the pilot's pseudobulk libraries" and ds.attrs["cell_type"] == "all cells"
+    assert ds.attrs["cells_per_subject"] == C and ds.attrs["pilot_subjects"] == [f"s{k}" for k in range(20)]
+    assert abs(np.log(ds.attrs["depth"]) - np.log(pb.X.sum(1)).mean()) < 1e-4
