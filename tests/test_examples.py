@@ -34,3 +34,20 @@ def test_power_yeast_pilot_runs(tmp_path):
         assert 0 <= r["power_lower"] <= r["power"] <= r["power_upper"] <= 1
         assert 0 <= r["power_by_min_abs_lfc"]["1"]["mean"] <= 1
     assert saved["settings"]["reference_n"] == 10
+
+
+def test_power_pbmc_pseudobulk_runs(tmp_path):
+    out = _load("power_pbmc_pseudobulk").main(
+        ["--n", "3,5", "--cells", "50,400", "--draws", "2", "--rep", "1", "--max-epochs", "50", "--out", str(tmp_path)])
+    assert out["pilot"] == {"ctrl101": 100, "ctrl107": 44, "stim101": 100, "stim107": 54}  # B cells
+    for c in ("50", "400"):
+        assert (tmp_path / f"cells_{c}" / "power.png").stat().st_size > 10_000
+        assert (tmp_path / f"cells_{c}" / "power.nc").exists()
+        saved = json.loads((tmp_path / f"cells_{c}" / "power.json").read_text())
+        assert saved["settings"]["unit"] == "subjects per group" and saved["settings"]["cells_per_subject"] == int(c)
+        assert [r["n_per_group"] for r in saved["per_n"]] == [3, 5]
+        for r in saved["per_n"]:
+            assert 0 <= r["power_lower"] <= r["power"] <= r["power_upper"] <= 1
+    # more cells per subject: a library 8 times larger, from the same UMIs per cell
+    s50, s400 = (out["per_cells"][c]["settings"] for c in ("50", "400"))
+    assert abs(s400["depth"] / s50["depth"] - 8) < 1e-9 and s50["umi_per_cell"] == s400["umi_per_cell"]

@@ -1,10 +1,15 @@
 """Power and sample size: a DESeq2-style NB GLM test vectorized in JAX (`de_test` on real data),
 experiments simulated from a fitted model (`simulate`; per-gene fold changes from the fit's posterior,
 optionally shrunk across genes by empirical Bayes: `effects`), and power curves carrying the fit's
-uncertainty (`curve`, `power_grid`, `plot_curve`)."""
+uncertainty (`curve`, `power_grid`, `plot_curve`). Single-cell studies are tested and planned at the
+subject level: `pseudobulk` sums each subject's cells, `pseudobulk_curve` gives power in subjects per
+group at a chosen number of cells per subject."""
 
 from probgex.power.curve import curve, plot_curve, power_grid
 from probgex.power.de import de_test
+from probgex.power.pseudobulk import pseudobulk
 from probgex.power.simulate import Truth, truth_from_fit
+from probgex.power.subjects import pseudobulk_curve
 
-__all__ = ["Truth", "curve", "de_test", "plot_curve", "power_grid", "truth_from_fit"]
+__all__ = ["Truth", "curve", "de_test", "plot_curve", "power_grid", "pseudobulk", "pseudobulk_curve",
+           "truth_from_fit"]

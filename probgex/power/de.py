@@ -210,7 +210,8 @@ def de_test(adata, formula: str, contrast: tuple[str, str, str], *, test: str = 
         raise DataError(f"{int((y.sum(1) == 0).sum())} sample(s) have no counts; drop them before testing")
     if not (y > 0).all(0).any():
         raise DataError("no gene has a positive count in every sample, so median-of-ratios size factors "
-                        "are undefined; drop near-empty samples or aggregate (pseudobulk) first")
+                        "are undefined; drop near-empty samples, or for single cells sum them per subject first "
+                        "(pg.power.pseudobulk)")
     res = deseq(jnp.asarray(y), jnp.asarray(data.design), coef=data.encoding.columns.index(name), test=test,
                 lin_mu=one_pattern_per_coef(data.design))
     return de_table(res, data.var_names, test)
