@@ -280,7 +280,7 @@ def plot_curve(ds: xr.Dataset, path):
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_ylim(0, 1)
-    ax.set_xlabel("replicates per group")
+    ax.set_xlabel(ds.attrs.get("unit", "replicates per group"))
     ax.set_ylabel("power / FDR")
     eff = ds.attrs["lfc"]
     eff = "per-gene log2FC of the truth" if isinstance(eff, str) else f"|log2FC| = {eff:g}"
