@@ -40,7 +40,7 @@ def pilots(pop: ad.AnnData, k: int, n: int = 3, seed: int = 1):
         yield pop[np.concatenate([rng.choice(half, n, replace=False), half + rng.choice(half, n, replace=False)])].copy()
 
 
-@pytest.mark.parametrize("tau", [0.6, 1.0])
+@pytest.mark.parametrize("tau", [0.6, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_jackknife_matches_the_spread_over_pilots(tau):
     """20 random 3-vs-3 pilots from a population of replicates of unequal quality: the jackknife se
     is as large as the pilots' levels actually scatter (the plain jackknife, without the correction for
