@@ -92,16 +92,8 @@ def realized(Y, ref_idx, lev_idx, truth, big, ns, n_sub, rng) -> dict:
 
 
 def fixed_truth(pilot, factor, level, ref, n_draws) -> Truth:
-    """The pilot's DESeq2-style estimates as the truth: reference-group share of the library from the
-    pilot's mean share and its MLE log2 fold change, dispersion and log2 fold change as estimated."""
-    res = pg.power.de_test(pilot, f"~ {factor}", (factor, level, ref))
-    x = np.asarray(pilot.X, np.float64)
-    share = (x / x.sum(1, keepdims=True)).mean(0)
-    ok = res["dispersion"].notna().to_numpy() & (share > 0)
-    l2 = res["log2FoldChange"].to_numpy()[ok]
-    base = 2 * share[ok] / (1 + 2.0**l2)  # mean share over both groups = base (1 + 2^lfc) / 2
-    return Truth.fixed(base, res["dispersion"].to_numpy()[ok], n_draws=n_draws,
-                       genes=np.asarray(pilot.var_names)[ok], lfc=l2)
+    """The pilot's DESeq2-style estimates as the truth (`probgex.power.truth_from_pilot`)."""
+    return pg.power.truth_from_pilot(pilot, (factor, level, ref), n_draws)
 
 
 def predict(truth, ns, key, depth, depth_sd, reference_n, nested=False) -> dict:

@@ -30,7 +30,7 @@ def population(n_per_group: int, *, tau: float, G: int = 400, alpha: float = 0.0
     r = 1.0 / (alpha * w[:, None])
     y = rng.poisson(rng.gamma(r, mu / r))
     return ad.AnnData(X=y.astype(np.float32), obs=pd.DataFrame({"group": group}, index=[f"s{i}" for i in range(y.shape[0])]),
-                      var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
+                      var=pd.DataFrame({"share": share, "log2fc": l2}, index=[f"g{j}" for j in range(G)]))
 
 
 def pilots(pop: ad.AnnData, k: int, n: int = 3, seed: int = 1):
@@ -103,3 +103,25 @@ def test_curve_with_the_pilot_widens_the_interval():
     width = lambda d: float(d["power_upper"] - d["power_lower"])  # noqa: E731
     assert width(wide) > 2 * width(plain), (width(plain), width(wide))
     assert abs(float(wide["power_mean"]) - float(plain["power_mean"])) < 0.1
+
+
+def test_plugin_truth_recovers_the_generating_parameters():
+    """truth_from_pilot on a large pilot (30 vs 30) of a known population: shares, log2 fold changes and
+    dispersions near the truth; with a key, one shared dispersion factor per draw."""
+    from probgex.power import truth_from_pilot
+
+    pilot = next(pilots(population(100, tau=0.0), 1, n=30))
+    truth = truth_from_pilot(pilot, CONTRAST, n_draws=3)
+    assert truth.n_draws == 3 and truth.lfc is not None
+    var = pilot.var.loc[truth.genes]
+    ok = (var["share"] > 2e-4).to_numpy()  # >= ~40 expected counts a sample
+    assert np.corrcoef(truth.log_rate[0][ok], np.log(var["share"][ok]))[0, 1] > 0.99
+    de = ok & (np.abs(var["log2fc"]) > 0.5).to_numpy()  # the reference share, not the pooled one
+    assert np.median(np.abs(truth.log_rate[0][de] - np.log(var["share"][de]))) < 0.1
+    assert np.median(np.abs(truth.lfc[0][ok] - var["log2fc"][ok])) < 0.1
+    assert abs(np.median(truth.alpha[0][ok]) / 0.05 - 1) < 0.15
+    moved = truth_from_pilot(pilot, CONTRAST, n_draws=8, key=jax.random.PRNGKey(0))
+    ratio = moved.alpha / truth.alpha[:1]
+    assert np.allclose(ratio, ratio[:, :1]) and ratio[:, 0].std() > 0
+    with pytest.raises(DataError, match="'zz'"):
+        truth_from_pilot(pilot, ("group", "zz", "a"))
