@@ -12,6 +12,7 @@ from scipy.special import gammaln
 
 from probgex.errors import DataError, SpecError
 from probgex.power import de_test
+from probgex.power import dispersion as disp
 from probgex.power import nbglm
 from probgex.power.de import bh_numpy, deseq, deseq_batch
 
@@ -124,13 +125,58 @@ def test_genewise_dispersion_maximises_cox_reid_likelihood(sim):
     mu = np.maximum(sf[:, None] * (X @ np.linalg.lstsq(X, yn, rcond=None)[0]), 0.5)
     gw = np.asarray(res.genewise)
     checked = 0
-    for g in np.flatnonzero(sim["m"] > 20)[:15]:
+    for g in np.flatnonzero((sim["m"] > 20) & (deseq2_start(y, X, sf) > 1e-4))[:15]:
         f = lambda la: -cr_loglik(y[:, g], mu[:, g], X, np.exp(la))  # noqa: E731
         ref = optimize.minimize_scalar(f, bounds=(np.log(1e-8), np.log(10)), method="bounded",
                                        options=dict(xatol=1e-8)).x
         assert abs(np.log(gw[g]) - ref) < 0.01 or f(np.log(gw[g])) <= f(ref) + 1e-6
         checked += 1
     assert checked == 15
+
+
+def deseq2_start(y, X, sf):
+    """DESeq2's starting dispersion min(rough, moments) in float64, before clipping (roughDispEstimate,
+    momentsDispEstimate): (G,)."""
+    N, P = X.shape
+    yn = y / sf[:, None]
+    fit = np.maximum(X @ np.linalg.lstsq(X, yn, rcond=None)[0], 1.0)
+    rough = np.maximum((((yn - fit) ** 2 - fit) / fit**2).sum(0) / (N - P), 0.0)
+    m = yn.mean(0)
+    moments = (yn.var(0, ddof=1) - np.mean(1 / sf) * m) / m**2
+    return np.minimum(rough, moments)
+
+
+def test_genewise_dispersion_stays_at_minimum_where_deseq2_starts_there():
+    """DESeq2's gene-wise search starts at min(rough, moments); where that is <= 0 it starts at minDisp
+    1e-8, where the score in log alpha is ~1e-8, and never leaves (pydeseq2 likewise, on every such gene
+    of a simulated yeast 3 vs 3, benchmarks/fdr_small_n.py). The Cox-Reid maximum of many of these genes
+    is interior: the rule, not the likelihood, puts them at the minimum, and so out of the trend and the
+    prior width. At 3 vs 3 that is what keeps the trend (and the realized FDR) where DESeq2 has them."""
+    y, X, *_ = simulate(1, n_per=3, n_genes=3000)
+    res = deseq(jnp.asarray(y), jnp.asarray(X), coef=1)
+    X = X.astype(np.float64)
+    sf = np.asarray(res.size_factors, np.float64)
+    start = deseq2_start(y, X, sf)
+    gw = np.asarray(res.genewise)
+    floor = np.isfinite(start) & (start <= 0)
+    assert floor.sum() > 100
+    np.testing.assert_allclose(gw[floor], 1e-8, rtol=1e-5)
+    # the rule is what puts them there: a good share have an interior Cox-Reid maximum (float64 grid)
+    yn = y / sf[:, None]
+    mu = np.maximum(sf[:, None] * (X @ np.linalg.lstsq(X, yn, rcond=None)[0]), 0.5)
+    grid = np.linspace(np.log(1e-8), np.log(10.0), 300)
+    idx = np.flatnonzero(floor)
+    W = lambda a: mu[:, idx] / (1 + a * mu[:, idx])  # noqa: E731
+    obj = np.stack([nb_logpmf(y[:, idx], mu[:, idx], np.exp(la)).sum(0)
+                    - 0.5 * np.linalg.slogdet(np.einsum("ng,np,nq->gpq", W(np.exp(la)), X, X))[1] for la in grid])
+    assert np.mean(np.exp(grid[obj.argmax(0)]) > 1e-4) > 0.2
+    # genes that start above the minimum keep the likelihood's maximiser (see the test above)
+    mu32 = jnp.asarray(mu, jnp.float32)
+    free = np.asarray(disp.fit_log_alpha(jnp.asarray(y), mu32, jnp.asarray(X, jnp.float32), 10.0))
+    # (compared where the maximum is above 1e-4: below, the objective is flat to float32 precision)
+    up = np.isfinite(start) & (start > 1e-4) & (free > np.log(1e-4))
+    assert up.sum() > 1000
+    np.testing.assert_allclose(np.log(gw[up]), free[up], atol=1e-3)
 
 
 def test_recovers_coefficients_and_dispersions(sim):
@@ -147,11 +193,14 @@ def test_recovers_coefficients_and_dispersions(sim):
     lr_gw = np.log(np.asarray(res.genewise) / alpha)
     assert abs(np.median(lr_map[high])) < 0.15
     assert np.mean(lr_map[high] ** 2) < np.mean(lr_gw[high] ** 2)
-    # trend: a0 within 30% of its true value, and the fitted curve near the truth at mean 10 and 1000
+    # trend: a0 within 30% of its true value and the fitted curve near the truth at mean 1000; at mean
+    # 10 DESeq2's curve lies above the truth, because genes whose moments start is <= 0 (more of them
+    # at low means) keep the minimum dispersion and drop out of the fit (here +0.35 on the log scale;
+    # +0.24 when they were left at their Cox-Reid maximum, before matching DESeq2 on this)
     a0, a1 = np.asarray(res.trend)
     assert abs(a0 / A0 - 1) < 0.3
-    for mm in (10.0, 1000.0):
-        assert abs(np.log((a0 + a1 / mm) / (A0 + A1 / mm))) < 0.3
+    assert abs(np.log((a0 + a1 / 1000.0) / (A0 + A1 / 1000.0))) < 0.3
+    assert (a0 + a1 / 10.0) > (A0 + A1 / 10.0)
     assert float(res.prior_var) >= 0.25
 
 

@@ -1,7 +1,13 @@
 """DESeq2-style NB dispersions, vectorized over genes (last axis) in JAX.
 
 1. gene-wise: the Cox-Reid adjusted profile likelihood maximised over log alpha with the fitted means
-   held fixed (DESeq2's `estimateDispersionsGeneEst`);
+   held fixed (DESeq2's `estimateDispersionsGeneEst`), except that genes whose rough / moments starting
+   value min(rough, moments) is at or below MIN_DISP keep MIN_DISP (`start_dispersion`): DESeq2's line
+   search (and pydeseq2's L-BFGS-B) starts there, where the score in log alpha is ~alpha ~ 0, and stops.
+   Those genes then drop out of the trend and the prior width, as in DESeq2; letting them reach their
+   (often interior) maximum lowered the trend at 2 x 3 samples and made the test more liberal than
+   pydeseq2 (simulated yeast 3 vs 3, realized FDR 0.119 before, 0.104 after, pydeseq2 0.109;
+   benchmarks/fdr_small_n.py);
 2. trend: alpha(m) = a0 + a1 / m fitted by a gamma GLM with identity link on the gene-wise estimates,
    refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2);
 3. prior width: var(log residuals) by the squared MAD, minus the sampling variance trigamma((N - P) / 2),
@@ -53,6 +59,27 @@ def _score(la: jax.Array, y: jax.Array, mu: jax.Array, X: jax.Array, prior: tupl
         log_trend, var = prior
         s = s - (la - log_trend) / var
     return s
+
+
+def start_dispersion(y: jax.Array, X: jax.Array, sf: jax.Array, max_disp: float) -> jax.Array:
+    """DESeq2's starting dispersions (G,): min(rough, moments) in [MIN_DISP, max_disp]. rough: the
+    squared residuals of a linear model of the normalised counts (fitted values >= 1); moments: the
+    sample variance of the normalised counts less the Poisson part, over the squared mean."""
+    N, P = X.shape
+    yn = y / sf[:, None]
+    fit = jnp.maximum(X @ spd_inv(X.T @ X) @ X.T @ yn, 1.0)
+    rde = jnp.maximum((((yn - fit) ** 2 - fit) / fit**2).sum(0) / (N - P), 0.0)
+    m = yn.mean(0)
+    mde = jnp.nan_to_num((yn.var(0, ddof=1) - jnp.mean(1.0 / sf) * m) / m**2)
+    return jnp.clip(jnp.minimum(rde, mde), MIN_DISP, max_disp)
+
+
+def genewise_log_alpha(y: jax.Array, mu: jax.Array, X: jax.Array, sf: jax.Array, max_disp: float) -> jax.Array:
+    """Gene-wise log dispersions (G,): the Cox-Reid maximum, or log MIN_DISP where DESeq2's starting
+    value is MIN_DISP (its search cannot leave it: the score there is of order MIN_DISP; pydeseq2 agrees
+    on every such gene checked, benchmarks/fdr_small_n.py)."""
+    stuck = start_dispersion(y, X, sf, max_disp) <= MIN_DISP
+    return jnp.where(stuck, jnp.log(jnp.asarray(MIN_DISP, mu.dtype)), fit_log_alpha(y, mu, X, max_disp))
 
 
 def fit_log_alpha(y: jax.Array, mu: jax.Array, X: jax.Array, max_disp: float,
