@@ -14,7 +14,12 @@ the prior variance of log alpha, and the Spearman correlation of the p-values.
 `--before` restores the gene-wise rule of probgex before this benchmark (every gene at its Cox-Reid
 maximum, also where DESeq2's moments start is at the minimum; see `dispersion.genewise_log_alpha`)
 for the test of the simulated experiments (the truth is built with the current rule either way), for
-the before/after comparison in benchmarks/README.md. Results: benchmarks/results/fdr_small_n.json.
+the before/after comparison in benchmarks/README.md. `--oracle` also tests every experiment with the true
+dispersions (NB GLM + Wald + BH, no estimation): the FDR the test would have if the dispersions were
+known. `--kl-prior-var` (only where 2n - 2 <= 3, i.e. n = 2) also runs each experiment with DESeq2's
+prior variance for few residual degrees of freedom (estimateDispersionsPriorVar: the log-residual
+histogram matched by KL divergence to log(chi2_df / df) + N(0, s2), s2 on a grid, loess-smoothed;
+pydeseq2 and probgex use max(MAD^2 - trigamma(df / 2), 0.25) there), ported to numpy here. Results: benchmarks/results/fdr_small_n.json.
 """
 
 from __future__ import annotations
@@ -65,6 +70,71 @@ def pydeseq2_run(y: np.ndarray, n: int) -> dict:
             "pvalue": st.results_df["pvalue"].to_numpy(float), "padj": st.results_df["padj"].to_numpy(float)}
 
 
+def _loess_argmin(x: np.ndarray, yv: np.ndarray, fine: np.ndarray, span: float = 0.2) -> float:
+    """argmin over `fine` of a local quadratic fit with tricube weights (R's loess, span 0.2, degree 2)."""
+    k = int(np.ceil(span * len(x)))
+    out = np.empty(len(fine))
+    for i, x0 in enumerate(fine):
+        d = np.abs(x - x0)
+        w = np.clip(1 - (d / np.sort(d)[k - 1]) ** 3, 0, None) ** 3
+        A = np.column_stack([np.ones_like(x), x - x0, (x - x0) ** 2]) * np.sqrt(w)[:, None]
+        out[i] = np.linalg.lstsq(A, yv * np.sqrt(w), rcond=None)[0][0]
+    return float(fine[np.argmin(out)])
+
+
+def deseq2_few_df_prior_var(resid: np.ndarray, df: int) -> tuple[float, float]:
+    """DESeq2's (prior variance, varLogDispEsts) for residual df <= 3 from the log residuals of the
+    gene-wise estimates (>= 100 x min disp) to the trend: a port of estimateDispersionsPriorVar's branch
+    (numpy's generator with seed 2 stands in for R's set.seed(2))."""
+    from scipy.special import polygamma
+
+    rs = np.random.default_rng(2)
+    brks = np.arange(-20, 21) / 2
+    obs = resid[(resid > brks[0]) & (resid < brks[-1])]
+    od = np.histogram(obs, brks)[0] / (len(obs) * 0.5)
+    grid = np.linspace(0, 8, 200)
+    kl = []
+    for s2 in grid:
+        r = np.log(rs.chisquare(df, 10000)) + rs.normal(0, np.sqrt(s2), 10000) - np.log(df)
+        r = r[(r > brks[0]) & (r < brks[-1])]
+        rd = np.histogram(r, brks)[0] / (len(r) * 0.5)
+        z = np.r_[od, rd]
+        small = z[z > 0].min()
+        kl.append(np.sum(od * (np.log(od + small) - np.log(rd + small))))
+    am = _loess_argmin(grid, np.array(kl), np.linspace(0, 8, 1000))
+    return max(am, 0.25), am + float(polygamma(1, df / 2))
+
+
+def test_with(y: np.ndarray, X: np.ndarray, alpha=None, few_df_prior: bool = False) -> np.ndarray:
+    """padj (G,) of one experiment: with fixed dispersions `alpha` (G,), or the pipeline of `de._deseq`
+    with DESeq2's few-df prior variance and outlier threshold (`few_df_prior`)."""
+    import jax
+
+    from probgex.power import nbglm
+    from probgex.power.de import _first_means
+
+    y, X = jnp.asarray(y, jnp.float32), jnp.asarray(X, jnp.float32)
+    N, P = X.shape
+    nz = y.sum(0) > 0
+    sf = nbglm.size_factors(y)
+    if alpha is None:
+        max_disp = float(max(10, N))
+        bm = (y / sf[:, None]).mean(0)
+        mu0 = _first_means(y, X, sf, True, max_disp)
+        log_gw = dispersion.genewise_log_alpha(y, mu0, X, sf, max_disp)
+        tr = dispersion.fit_trend(jnp.exp(log_gw), bm, nz)
+        log_trend = jnp.log(tr[0] + tr[1] / jnp.where(nz, bm, 1.0))
+        ok = np.asarray(nz & (log_gw >= jnp.log(100 * dispersion.MIN_DISP)))
+        pv, var_log = deseq2_few_df_prior_var(np.asarray(log_gw - log_trend)[ok], N - P)
+        log_map = dispersion.fit_log_alpha(y, mu0, X, max_disp, prior=(log_trend, jnp.float32(pv)))
+        alpha = dispersion.final_dispersion(log_gw, log_map, log_trend, jnp.float32(var_log))
+    alpha = jnp.asarray(alpha, jnp.float32)
+    beta, mu = nbglm.irls(y, X, sf, alpha, 30)
+    z = beta[:, 1] / jnp.sqrt(nbglm.coef_covariance(X, mu, alpha)[:, 1, 1])
+    p = jnp.where(nz, jax.scipy.special.erfc(jnp.abs(z) / jnp.sqrt(2.0)), jnp.nan)
+    return np.asarray(nbglm.benjamini_hochberg(p))
+
+
 def fdp_power(padj: np.ndarray, l2fc: np.ndarray) -> tuple[float, float, int]:
     call = np.nan_to_num(padj, nan=1.0) < 0.05
     return (float((call & (l2fc == 0)).sum() / max(call.sum(), 1)),
@@ -79,6 +149,8 @@ def main() -> None:
     ap.add_argument("--experiments", type=int, default=16)
     ap.add_argument("--peer", type=int, default=0)
     ap.add_argument("--before", action="store_true")
+    ap.add_argument("--oracle", action="store_true")
+    ap.add_argument("--kl-prior-var", action="store_true")
     args = ap.parse_args()
     truth = yeast_truth()  # with the current rule either way, so that --before tests the same truth
     if args.before:
@@ -104,6 +176,22 @@ def main() -> None:
                "power_mean": float(np.mean([o[1] for o in ours])), "fdp": fdp.tolist(),
                "prior_var_mean": float(res["prior_var"].mean()), "trend_mean": res["trend"].mean(0).tolist(),
                "peer": []}
+        def summary(fp):
+            fp = np.array(fp)
+            return {"fdr_mean": float(fp[:, 0].mean()), "fdr_se": float(fp[:, 0].std(ddof=1) / np.sqrt(len(fp))),
+                    "power_mean": float(fp[:, 1].mean()), "fdp": fp[:, 0].tolist()}
+        if args.oracle:
+            row["oracle"] = summary([fdp_power(test_with(y[e], X, alpha=truth.alpha[0]), l2fc[e])
+                                     for e in range(len(y))])
+            print(f"n = {n}, true dispersions: FDR {row['oracle']['fdr_mean']:.4f} +- {row['oracle']['fdr_se']:.4f}, "
+                  f"power {row['oracle']['power_mean']:.3f}", flush=True)
+        if args.kl_prior_var and 2 * n - 2 <= 3:
+            row["kl_prior_var"] = summary([fdp_power(test_with(y[e], X, few_df_prior=True), l2fc[e])
+                                           for e in range(len(y))])
+            d = np.array(row["kl_prior_var"]["fdp"]) - fdp
+            print(f"n = {n}, DESeq2's few-df prior variance: FDR {row['kl_prior_var']['fdr_mean']:.4f} +- "
+                  f"{row['kl_prior_var']['fdr_se']:.4f}, power {row['kl_prior_var']['power_mean']:.3f}; paired "
+                  f"difference to the trigamma rule {d.mean():.4f} +- {d.std(ddof=1) / np.sqrt(len(d)):.4f}", flush=True)
         for e in range(min(args.peer, len(y))):
             t = time.perf_counter()
             p = pydeseq2_run(y[e], n)
@@ -122,7 +210,7 @@ def main() -> None:
         print(f"n = {n}: FDR {row['fdr_mean']:.4f} +- {row['fdr_se']:.4f}, power {row['power_mean']:.3f} "
               f"({len(y)} experiments{', before' if args.before else ''})", flush=True)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"fdr_small_n{'_before' if args.before else ''}.json"
+    out = RESULTS / f"fdr_small_n{'_before' if args.before else ''}{'_' + args.n.replace(',', '_') if args.n != '3,6' else ''}.json"
     out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
 
 
