@@ -11,7 +11,9 @@
 2. trend: alpha(m) = a0 + a1 / m fitted by a gamma GLM with identity link on the gene-wise estimates,
    refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2);
 3. prior width: var(log residuals) by the squared MAD, minus the sampling variance trigamma((N - P) / 2),
-   at least 0.25 (DESeq2's `estimateDispersionsPriorVar`);
+   at least 0.25 (DESeq2's `estimateDispersionsPriorVar`; for N - P <= 3 DESeq2 instead matches the
+   residuals' histogram by simulation, pydeseq2 does not and neither does this: at 2 vs 2 that changed
+   the realized FDR by -0.008 +- 0.004 of 0.19, benchmarks/fdr_small_n.py --kl-prior-var);
 4. MAP: the same objective plus a normal prior on log alpha centred on the trend; genes whose gene-wise
    estimate lies more than 2 SD above the trend keep their gene-wise value (DESeq2's outliers).
 
