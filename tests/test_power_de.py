@@ -179,6 +179,24 @@ def test_genewise_dispersion_stays_at_minimum_where_deseq2_starts_there():
     np.testing.assert_allclose(np.log(gw[up]), free[up], atol=1e-3)
 
 
+def test_trend_falls_back_to_the_trimmed_mean_when_the_parametric_fit_fails():
+    """One dispersion for all genes (0.05), 2 vs 3 samples: for this seed the gamma GLM's a1 goes to <= 0,
+    and the trend becomes, as in pydeseq2, the 0.1%-trimmed mean of the gene-wise estimates above 1e-7
+    (scipy's trim_mean) with a1 = 0 (before: a1 stuck at its 1e-8 clamp and a0 = 0.0509)."""
+    from scipy.stats import trim_mean
+
+    rng = np.random.default_rng(4)
+    m = np.exp(rng.uniform(np.log(100), np.log(20000), 400))
+    y = rng.poisson(rng.gamma(20.0, m[None] * np.ones((5, 1)) / 20.0)).astype(np.float32)
+    X = np.column_stack([np.ones(5), [0.0, 0.0, 1.0, 1.0, 1.0]]).astype(np.float32)
+    res = deseq(jnp.asarray(y), jnp.asarray(X), coef=1)
+    gw = np.asarray(res.genewise, np.float64)
+    a0, a1 = np.asarray(res.trend)
+    assert a1 == 0.0
+    np.testing.assert_allclose(a0, trim_mean(gw[gw > 1e-7], 0.001), rtol=1e-5)
+    assert abs(np.log(a0 / 0.05)) < 0.1
+
+
 def test_realized_fdr_at_3_vs_3_on_a_yeast_like_truth():
     """Realized FDR at padj < 0.05 on 16 simulated 3 vs 3 experiments of a known NB truth with yeast's
     spread of dispersions: the 6,878 schurch_yeast genes with counts, each with its WT mean share and

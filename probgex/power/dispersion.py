@@ -9,7 +9,10 @@
    pydeseq2 (simulated yeast 3 vs 3, realized FDR 0.119 before, 0.104 after, pydeseq2 0.109;
    benchmarks/fdr_small_n.py);
 2. trend: alpha(m) = a0 + a1 / m fitted by a gamma GLM with identity link on the gene-wise estimates,
-   refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2);
+   refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2); where a
+   fit gives a coefficient <= 1e-10 (no a1 / mean part, e.g. a constant dispersion) the trend is the
+   0.1%-trimmed mean of the gene-wise estimates above 10 x MIN_DISP, as pydeseq2 does (DESeq2 switches to
+   a local fit). Before, both coefficients could end at their 1e-8 clamp and pull every MAP to ~1e-8;
 3. prior width: var(log residuals) by the squared MAD, minus the sampling variance trigamma((N - P) / 2),
    at least 0.25 (DESeq2's `estimateDispersionsPriorVar`; for N - P <= 3 DESeq2 instead matches the
    residuals' histogram by simulation, pydeseq2 does not and neither does this: at 2 vs 2 that changed
@@ -133,14 +136,26 @@ def fit_trend(disp: jax.Array, base_mean: jax.Array, use: jax.Array, n_outer: in
         return jax.lax.scan(it, coef, None, length=n_inner)[0]
 
     def outer(c, _):
-        coef, mask = c
-        coef = jnp.maximum(wls(coef, mask), 1e-8)
+        coef, mask, failed = c
+        raw = wls(coef, mask)
+        failed = failed | jnp.any(raw <= 1e-10) | ~jnp.all(jnp.isfinite(raw))
+        coef = jnp.maximum(jnp.nan_to_num(raw, nan=1e-8), 1e-8)
         ratio = disp / (Z @ coef)
-        return (coef, mask & (ratio >= 1e-4) & (ratio < 15.0)), None
+        return (coef, mask & (ratio >= 1e-4) & (ratio < 15.0), failed), None
 
     coef0 = jnp.array([0.1, 1.0], dtype=disp.dtype)
-    (coef, _), _ = jax.lax.scan(outer, (coef0, use), None, length=n_outer)
-    return coef
+    (coef, _, failed), _ = jax.lax.scan(outer, (coef0, use, jnp.asarray(False)), None, length=n_outer)
+    return jnp.where(failed, jnp.stack([_trimmed_mean(disp, use & (disp > 10 * MIN_DISP)), 0.0]), coef)
+
+
+def _trimmed_mean(x: jax.Array, use: jax.Array, cut: float = 0.001) -> jax.Array:
+    """scipy.stats.trim_mean(x[use], cut): the mean without the int(cut * n) lowest and highest."""
+    n = use.sum()
+    k = jnp.floor(cut * n).astype(jnp.int32)
+    xs = jnp.sort(jnp.where(use, x, jnp.inf))
+    i = jnp.arange(x.shape[0])
+    keep = (i >= k) & (i < n - k)
+    return jnp.where(keep, xs, 0.0).sum() / jnp.maximum(keep.sum(), 1)
 
 
 def prior_variance(log_gw: jax.Array, log_trend: jax.Array, use: jax.Array, n_samples: int,
