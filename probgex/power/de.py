@@ -8,8 +8,9 @@ Steps, as DESeq2 / pydeseq2 (without Cook's-distance outlier handling and indepe
 median-of-ratios size factors; first fitted means by a linear model of the normalised counts when the
 design has one row pattern per coefficient (otherwise an NB GLM with rough moment dispersions);
 Cox-Reid gene-wise dispersions (left at the minimum where DESeq2's moments start is at the minimum,
-as DESeq2's and pydeseq2's searches leave them: see `dispersion.genewise_log_alpha`); the parametric trend a0 + a1 / mean; the prior width from the data;
-MAP dispersions; the NB GLM by IRLS; Wald (normal) or likelihood-ratio (chi^2, 1 df) test of one
+as DESeq2's and pydeseq2's searches leave them: see `dispersion.genewise_log_alpha`); the parametric
+trend a0 + a1 / mean (or the trimmed mean, as pydeseq2, where that fit fails); the prior width from the
+data; MAP dispersions; the NB GLM by IRLS; Wald (normal) or likelihood-ratio (chi^2, 1 df) test of one
 coefficient; Benjamini-Hochberg over the genes with counts.
 """
 

@@ -12,7 +12,7 @@
    refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2); where a
    fit gives a coefficient <= 1e-10 (no a1 / mean part, e.g. a constant dispersion) the trend is the
    0.1%-trimmed mean of the gene-wise estimates above 10 x MIN_DISP, as pydeseq2 does (DESeq2 switches to
-   a local fit). Before, both coefficients could end at their 1e-8 clamp and pull every MAP to ~1e-8;
+   a local fit). Before, a1 (or both) stayed at the 1e-8 clamp: a0 off, or every gene an outlier;
 3. prior width: var(log residuals) by the squared MAD, minus the sampling variance trigamma((N - P) / 2),
    at least 0.25 (DESeq2's `estimateDispersionsPriorVar`; for N - P <= 3 DESeq2 instead matches the
    residuals' histogram by simulation, pydeseq2 does not and neither does this: at 2 vs 2 that changed
