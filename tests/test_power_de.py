@@ -12,6 +12,7 @@ from scipy.special import gammaln
 
 from probgex.errors import DataError, SpecError
 from probgex.power import de_test
+from probgex.power import dispersion as disp
 from probgex.power import nbglm
 from probgex.power.de import bh_numpy, deseq, deseq_batch
 
@@ -124,13 +125,109 @@ def test_genewise_dispersion_maximises_cox_reid_likelihood(sim):
     mu = np.maximum(sf[:, None] * (X @ np.linalg.lstsq(X, yn, rcond=None)[0]), 0.5)
     gw = np.asarray(res.genewise)
     checked = 0
-    for g in np.flatnonzero(sim["m"] > 20)[:15]:
+    for g in np.flatnonzero((sim["m"] > 20) & (deseq2_start(y, X, sf) > 1e-4))[:15]:
         f = lambda la: -cr_loglik(y[:, g], mu[:, g], X, np.exp(la))  # noqa: E731
         ref = optimize.minimize_scalar(f, bounds=(np.log(1e-8), np.log(10)), method="bounded",
                                        options=dict(xatol=1e-8)).x
         assert abs(np.log(gw[g]) - ref) < 0.01 or f(np.log(gw[g])) <= f(ref) + 1e-6
         checked += 1
     assert checked == 15
+
+
+def deseq2_start(y, X, sf):
+    """DESeq2's starting dispersion min(rough, moments) in float64, before clipping (roughDispEstimate,
+    momentsDispEstimate): (G,)."""
+    N, P = X.shape
+    yn = y / sf[:, None]
+    fit = np.maximum(X @ np.linalg.lstsq(X, yn, rcond=None)[0], 1.0)
+    rough = np.maximum((((yn - fit) ** 2 - fit) / fit**2).sum(0) / (N - P), 0.0)
+    m = yn.mean(0)
+    moments = (yn.var(0, ddof=1) - np.mean(1 / sf) * m) / m**2
+    return np.minimum(rough, moments)
+
+
+def test_genewise_dispersion_stays_at_minimum_where_deseq2_starts_there():
+    """DESeq2's gene-wise search starts at min(rough, moments); where that is <= 0 it starts at minDisp
+    1e-8, where the score in log alpha is ~1e-8, and never leaves (pydeseq2 likewise, on every such gene
+    of a simulated yeast 3 vs 3, benchmarks/fdr_small_n.py). The Cox-Reid maximum of many of these genes
+    is interior: the rule, not the likelihood, puts them at the minimum, and so out of the trend and the
+    prior width. At 3 vs 3 that is what keeps the trend (and the realized FDR) where DESeq2 has them."""
+    y, X, *_ = simulate(1, n_per=3, n_genes=3000)
+    res = deseq(jnp.asarray(y), jnp.asarray(X), coef=1)
+    X = X.astype(np.float64)
+    sf = np.asarray(res.size_factors, np.float64)
+    start = deseq2_start(y, X, sf)
+    gw = np.asarray(res.genewise)
+    floor = np.isfinite(start) & (start <= 0)
+    assert floor.sum() > 100
+    np.testing.assert_allclose(gw[floor], 1e-8, rtol=1e-5)
+    # the rule is what puts them there: a good share have an interior Cox-Reid maximum (float64 grid)
+    yn = y / sf[:, None]
+    mu = np.maximum(sf[:, None] * (X @ np.linalg.lstsq(X, yn, rcond=None)[0]), 0.5)
+    grid = np.linspace(np.log(1e-8), np.log(10.0), 300)
+    idx = np.flatnonzero(floor)
+    W = lambda a: mu[:, idx] / (1 + a * mu[:, idx])  # noqa: E731
+    obj = np.stack([nb_logpmf(y[:, idx], mu[:, idx], np.exp(la)).sum(0)
+                    - 0.5 * np.linalg.slogdet(np.einsum("ng,np,nq->gpq", W(np.exp(la)), X, X))[1] for la in grid])
+    assert np.mean(np.exp(grid[obj.argmax(0)]) > 1e-4) > 0.2
+    # genes that start above the minimum keep the likelihood's maximiser (see the test above)
+    mu32 = jnp.asarray(mu, jnp.float32)
+    free = np.asarray(disp.fit_log_alpha(jnp.asarray(y), mu32, jnp.asarray(X, jnp.float32), 10.0))
+    # (compared where the maximum is above 1e-4: below, the objective is flat to float32 precision)
+    up = np.isfinite(start) & (start > 1e-4) & (free > np.log(1e-4))
+    assert up.sum() > 1000
+    np.testing.assert_allclose(np.log(gw[up]), free[up], atol=1e-3)
+
+
+def test_trend_falls_back_to_the_trimmed_mean_when_the_parametric_fit_fails():
+    """One dispersion for all genes (0.05), 2 vs 3 samples: for this seed the gamma GLM's a1 goes to <= 0,
+    and the trend becomes, as in pydeseq2, the 0.1%-trimmed mean of the gene-wise estimates above 1e-7
+    (scipy's trim_mean) with a1 = 0 (before: a1 stuck at its 1e-8 clamp and a0 = 0.0509)."""
+    from scipy.stats import trim_mean
+
+    rng = np.random.default_rng(4)
+    m = np.exp(rng.uniform(np.log(100), np.log(20000), 400))
+    y = rng.poisson(rng.gamma(20.0, m[None] * np.ones((5, 1)) / 20.0)).astype(np.float32)
+    X = np.column_stack([np.ones(5), [0.0, 0.0, 1.0, 1.0, 1.0]]).astype(np.float32)
+    res = deseq(jnp.asarray(y), jnp.asarray(X), coef=1)
+    gw = np.asarray(res.genewise, np.float64)
+    a0, a1 = np.asarray(res.trend)
+    assert a1 == 0.0
+    np.testing.assert_allclose(a0, trim_mean(gw[gw > 1e-7], 0.001), rtol=1e-5)
+    assert abs(np.log(a0 / 0.05)) < 0.1
+
+
+def test_realized_fdr_at_3_vs_3_on_a_yeast_like_truth():
+    """Realized FDR at padj < 0.05 on 16 simulated 3 vs 3 experiments of a known NB truth with yeast's
+    spread of dispersions: the 6,878 schurch_yeast genes with counts, each with its WT mean share and
+    its moments dispersion over the 42 clean WT replicates (at least 1e-3); 10% DE at |log2FC| 0.585;
+    libraries 1e7. Measured with the gene-wise rule of before (every gene at its Cox-Reid maximum):
+    0.1474 +- 0.0035 (Monte Carlo SE over the 16 experiments), higher than now in each of the 16; now
+    0.1334 +- 0.0030. The bound is the old value less 2 of its SEs, so going back to the old rule fails.
+    (DESeq2 is anti-conservative here too: the excess over 0.05 is the method's, see
+    benchmarks/fdr_small_n.py.)"""
+    import probgex as pg
+    from probgex.power.simulate import Truth, simulate_counts
+
+    a = pg.datasets.schurch_yeast()
+    a = a[~a.obs["flagged_bad_rep"].astype(bool)]
+    wt = np.asarray(a[a.obs["strain"] == "WT"].X, np.float64)
+    lib = wt.sum(1, keepdims=True)
+    frac = (wt / lib).mean(0)
+    ok = frac > 0
+    sf = lib / np.exp(np.log(lib).mean())
+    yn = wt[:, ok] / sf
+    m, v = yn.mean(0), yn.var(0, ddof=1)
+    truth = Truth.fixed(frac[ok], np.maximum((v - m * np.mean(1 / sf)) / m**2, 1e-3))
+    rng = np.random.default_rng(1)
+    sims = [simulate_counts(truth, 0, 3, depth=1e7, depth_sd=0.2, lfc=0.585, de_fraction=0.1, rng=rng)
+            for _ in range(16)]
+    y, l2fc = np.stack([s[0] for s in sims]), np.stack([s[1] for s in sims])
+    X = np.column_stack([np.ones(6), np.repeat([0.0, 1.0], 3)]).astype(np.float32)
+    called = np.nan_to_num(np.asarray(deseq_batch(jnp.asarray(y), X, coef=1).padj), nan=1.0) < 0.05
+    fdp = (called & (l2fc == 0)).sum(1) / np.maximum(called.sum(1), 1)
+    assert fdp.mean() < 0.1474 - 2 * 0.0035
+    assert np.mean((called & (l2fc != 0)).sum(1) / (l2fc != 0).sum(1)) > 0.4  # still calls most of them
 
 
 def test_recovers_coefficients_and_dispersions(sim):
@@ -147,11 +244,14 @@ def test_recovers_coefficients_and_dispersions(sim):
     lr_gw = np.log(np.asarray(res.genewise) / alpha)
     assert abs(np.median(lr_map[high])) < 0.15
     assert np.mean(lr_map[high] ** 2) < np.mean(lr_gw[high] ** 2)
-    # trend: a0 within 30% of its true value, and the fitted curve near the truth at mean 10 and 1000
+    # trend: a0 within 30% of its true value and the fitted curve near the truth at mean 1000; at mean
+    # 10 DESeq2's curve lies above the truth, because genes whose moments start is <= 0 (more of them
+    # at low means) keep the minimum dispersion and drop out of the fit (here +0.35 on the log scale;
+    # +0.24 when they were left at their Cox-Reid maximum, before matching DESeq2 on this)
     a0, a1 = np.asarray(res.trend)
     assert abs(a0 / A0 - 1) < 0.3
-    for mm in (10.0, 1000.0):
-        assert abs(np.log((a0 + a1 / mm) / (A0 + A1 / mm))) < 0.3
+    assert abs(np.log((a0 + a1 / 1000.0) / (A0 + A1 / 1000.0))) < 0.3
+    assert (a0 + a1 / 10.0) > (A0 + A1 / 10.0)
     assert float(res.prior_var) >= 0.25
 
 

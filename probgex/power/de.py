@@ -7,8 +7,10 @@ the entry point on real data (an AnnData), returning a pandas table like DESeq2'
 Steps, as DESeq2 / pydeseq2 (without Cook's-distance outlier handling and independent filtering):
 median-of-ratios size factors; first fitted means by a linear model of the normalised counts when the
 design has one row pattern per coefficient (otherwise an NB GLM with rough moment dispersions);
-Cox-Reid gene-wise dispersions; the parametric trend a0 + a1 / mean; the prior width from the data;
-MAP dispersions; the NB GLM by IRLS; Wald (normal) or likelihood-ratio (chi^2, 1 df) test of one
+Cox-Reid gene-wise dispersions (left at the minimum where DESeq2's moments start is at the minimum,
+as DESeq2's and pydeseq2's searches leave them: see `dispersion.genewise_log_alpha`); the parametric
+trend a0 + a1 / mean (or the trimmed mean, as pydeseq2, where that fit fails); the prior width from the
+data; MAP dispersions; the NB GLM by IRLS; Wald (normal) or likelihood-ratio (chi^2, 1 df) test of one
 coefficient; Benjamini-Hochberg over the genes with counts.
 """
 
@@ -46,17 +48,10 @@ class DEResult(NamedTuple):
 def _first_means(y, X, sf, lin_mu: bool, max_disp: float):
     """Fitted means used for the dispersion estimates: linear model on normalised counts (one row
     pattern per coefficient) or an NB GLM with DESeq2's rough dispersions."""
-    yn = y / sf[:, None]
-    hat = X @ nbglm.spd_inv(X.T @ X) @ X.T  # (N, N)
     if lin_mu:
-        return jnp.maximum(sf[:, None] * (hat @ yn), nbglm.MIN_MU)
-    N, P = X.shape
-    fit = jnp.maximum(hat @ yn, 1.0)
-    rde = jnp.maximum((((yn - fit) ** 2 - fit) / fit**2).sum(0) / (N - P), 0.0)
-    m = yn.mean(0)
-    mde = jnp.nan_to_num((yn.var(0, ddof=1) - jnp.mean(1.0 / sf) * m) / m**2)
-    alpha = jnp.clip(jnp.minimum(rde, mde), disp.MIN_DISP, max_disp)
-    return nbglm.irls(y, X, sf, alpha)[1]
+        hat = X @ nbglm.spd_inv(X.T @ X) @ X.T  # (N, N)
+        return jnp.maximum(sf[:, None] * (hat @ (y / sf[:, None])), nbglm.MIN_MU)
+    return nbglm.irls(y, X, sf, disp.start_dispersion(y, X, sf, max_disp))[1]
 
 
 def _deseq(y: jax.Array, X: jax.Array, *, coef: int, test: str = "wald", lin_mu: bool = True,
@@ -71,7 +66,7 @@ def _deseq(y: jax.Array, X: jax.Array, *, coef: int, test: str = "wald", lin_mu:
     base_mean = (y / sf[:, None]).mean(0)
 
     mu0 = _first_means(y, X, sf, lin_mu, max_disp)
-    log_gw = disp.fit_log_alpha(y, mu0, X, max_disp)
+    log_gw = disp.genewise_log_alpha(y, mu0, X, sf, max_disp)
     gw = jnp.exp(log_gw)
     trend = disp.fit_trend(gw, base_mean, nonzero)
     log_trend = jnp.log(trend[0] + trend[1] / jnp.where(nonzero, base_mean, 1.0))

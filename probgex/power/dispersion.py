@@ -1,11 +1,22 @@
 """DESeq2-style NB dispersions, vectorized over genes (last axis) in JAX.
 
 1. gene-wise: the Cox-Reid adjusted profile likelihood maximised over log alpha with the fitted means
-   held fixed (DESeq2's `estimateDispersionsGeneEst`);
+   held fixed (DESeq2's `estimateDispersionsGeneEst`), except that genes whose rough / moments starting
+   value min(rough, moments) is at or below MIN_DISP keep MIN_DISP (`start_dispersion`): DESeq2's line
+   search (and pydeseq2's L-BFGS-B) starts there, where the score in log alpha is ~alpha ~ 0, and stops.
+   Those genes then drop out of the trend and the prior width, as in DESeq2; letting them reach their
+   (often interior) maximum lowered the trend at 2 x 3 samples and made the test more liberal than
+   pydeseq2 (simulated yeast 3 vs 3, realized FDR 0.119 before, 0.104 after, pydeseq2 0.109;
+   benchmarks/fdr_small_n.py);
 2. trend: alpha(m) = a0 + a1 / m fitted by a gamma GLM with identity link on the gene-wise estimates,
-   refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2);
+   refitted after dropping genes whose ratio to the curve is outside [1e-4, 15) (as pydeseq2); where a
+   fit gives a coefficient <= 1e-10 (no a1 / mean part, e.g. a constant dispersion) the trend is the
+   0.1%-trimmed mean of the gene-wise estimates above 10 x MIN_DISP, as pydeseq2 does (DESeq2 switches to
+   a local fit). Before, a1 (or both) stayed at the 1e-8 clamp: a0 off, or every gene an outlier;
 3. prior width: var(log residuals) by the squared MAD, minus the sampling variance trigamma((N - P) / 2),
-   at least 0.25 (DESeq2's `estimateDispersionsPriorVar`);
+   at least 0.25 (DESeq2's `estimateDispersionsPriorVar`; for N - P <= 3 DESeq2 instead matches the
+   residuals' histogram by simulation, pydeseq2 does not and neither does this: at 2 vs 2 that changed
+   the realized FDR by -0.008 +- 0.004 of 0.19, benchmarks/fdr_small_n.py --kl-prior-var);
 4. MAP: the same objective plus a normal prior on log alpha centred on the trend; genes whose gene-wise
    estimate lies more than 2 SD above the trend keep their gene-wise value (DESeq2's outliers).
 
@@ -53,6 +64,27 @@ def _score(la: jax.Array, y: jax.Array, mu: jax.Array, X: jax.Array, prior: tupl
         log_trend, var = prior
         s = s - (la - log_trend) / var
     return s
+
+
+def start_dispersion(y: jax.Array, X: jax.Array, sf: jax.Array, max_disp: float) -> jax.Array:
+    """DESeq2's starting dispersions (G,): min(rough, moments) in [MIN_DISP, max_disp]. rough: the
+    squared residuals of a linear model of the normalised counts (fitted values >= 1); moments: the
+    sample variance of the normalised counts less the Poisson part, over the squared mean."""
+    N, P = X.shape
+    yn = y / sf[:, None]
+    fit = jnp.maximum(X @ spd_inv(X.T @ X) @ X.T @ yn, 1.0)
+    rde = jnp.maximum((((yn - fit) ** 2 - fit) / fit**2).sum(0) / (N - P), 0.0)
+    m = yn.mean(0)
+    mde = jnp.nan_to_num((yn.var(0, ddof=1) - jnp.mean(1.0 / sf) * m) / m**2)
+    return jnp.clip(jnp.minimum(rde, mde), MIN_DISP, max_disp)
+
+
+def genewise_log_alpha(y: jax.Array, mu: jax.Array, X: jax.Array, sf: jax.Array, max_disp: float) -> jax.Array:
+    """Gene-wise log dispersions (G,): the Cox-Reid maximum, or log MIN_DISP where DESeq2's starting
+    value is MIN_DISP (its search cannot leave it: the score there is of order MIN_DISP; pydeseq2 agrees
+    on every such gene checked, benchmarks/fdr_small_n.py)."""
+    stuck = start_dispersion(y, X, sf, max_disp) <= MIN_DISP
+    return jnp.where(stuck, jnp.log(jnp.asarray(MIN_DISP, mu.dtype)), fit_log_alpha(y, mu, X, max_disp))
 
 
 def fit_log_alpha(y: jax.Array, mu: jax.Array, X: jax.Array, max_disp: float,
@@ -104,14 +136,26 @@ def fit_trend(disp: jax.Array, base_mean: jax.Array, use: jax.Array, n_outer: in
         return jax.lax.scan(it, coef, None, length=n_inner)[0]
 
     def outer(c, _):
-        coef, mask = c
-        coef = jnp.maximum(wls(coef, mask), 1e-8)
+        coef, mask, failed = c
+        raw = wls(coef, mask)
+        failed = failed | jnp.any(raw <= 1e-10) | ~jnp.all(jnp.isfinite(raw))
+        coef = jnp.maximum(jnp.nan_to_num(raw, nan=1e-8), 1e-8)
         ratio = disp / (Z @ coef)
-        return (coef, mask & (ratio >= 1e-4) & (ratio < 15.0)), None
+        return (coef, mask & (ratio >= 1e-4) & (ratio < 15.0), failed), None
 
     coef0 = jnp.array([0.1, 1.0], dtype=disp.dtype)
-    (coef, _), _ = jax.lax.scan(outer, (coef0, use), None, length=n_outer)
-    return coef
+    (coef, _, failed), _ = jax.lax.scan(outer, (coef0, use, jnp.asarray(False)), None, length=n_outer)
+    return jnp.where(failed, jnp.stack([_trimmed_mean(disp, use & (disp > 10 * MIN_DISP)), 0.0]), coef)
+
+
+def _trimmed_mean(x: jax.Array, use: jax.Array, cut: float = 0.001) -> jax.Array:
+    """scipy.stats.trim_mean(x[use], cut): the mean without the int(cut * n) lowest and highest."""
+    n = use.sum()
+    k = jnp.floor(cut * n).astype(jnp.int32)
+    xs = jnp.sort(jnp.where(use, x, jnp.inf))
+    i = jnp.arange(x.shape[0])
+    keep = (i >= k) & (i < n - k)
+    return jnp.where(keep, xs, 0.0).sum() / jnp.maximum(keep.sum(), 1)
 
 
 def prior_variance(log_gw: jax.Array, log_trend: jax.Array, use: jax.Array, n_samples: int,
