@@ -2,6 +2,9 @@
 
 import json
 
+import anndata as ad
+import numpy as np
+import pandas as pd
 import xarray as xr
 from typer.testing import CliRunner
 
@@ -37,12 +40,15 @@ def test_power_command_bad_contrast_is_a_clear_error(glm_fit, tmp_path):
     assert res.exit_code == 2 and "'zz'" in res.output
 
 
-def test_power_command_with_posterior_effects_and_the_pilot(glm_fit, small_adata, tmp_path):
+def test_power_command_with_posterior_effects_and_the_pilot(glm_fit, tmp_path):
     """--effects/--reference-n/--min-abs-lfc reach the curve; --pilot adds the jackknife uncertainty of
     the pilot's dispersion level (recorded in the settings)."""
     model = glm_fit.save(tmp_path / "glm.npz")
     pilot = tmp_path / "pilot.h5ad"
-    small_adata[:30].copy().write_h5ad(pilot)
+    rng = np.random.default_rng(0)  # a 6-vs-6 pilot deep enough for its NB excess to dominate (mean 200)
+    y = rng.poisson(rng.gamma(10.0, 20.0, (12, 40)))
+    ad.AnnData(X=y.astype(np.float32), obs=pd.DataFrame({"group": np.repeat(["a", "b"], 6)},
+                                                        index=[f"p{i}" for i in range(12)])).write_h5ad(pilot)
     out = tmp_path / "power"
     res = runner.invoke(app, ["power", str(model), "--contrast", "group:b:a", "--n", "3", "--fdr", "0.1",
                               "--n-draws", "3", "--n-rep", "1", "--depth", "600", "--effects", "posterior",
