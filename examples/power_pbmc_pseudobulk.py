@@ -22,29 +22,31 @@ per group. Use it for the shape of the trade-off (donors against cells), not for
 
 Printed by `python examples/power_pbmc_pseudobulk.py --data /work/shared/data/kang_muscat.h5ad --out
 /tmp/power-pbmc` (defaults: B cells, n = 3, 5, 10 subjects per group, 100 and 400 cells per subject,
-|log2FC| = 1 on 10% of the genes, FDR 0.05, 20 posterior draws x 2 experiments; 32 s on 2 cores):
+|log2FC| = 1 on 10% of the genes, FDR 0.05, 20 posterior draws x 2 experiments; 32 s on 2 cores;
+rerun after the DE test's gene-wise dispersion rule changed, stop 11):
 
     pilot: B cells, ctrl101 (100 cells), ctrl107 (44 cells), stim101 (100 cells), stim107 (54 cells)
 
     100 cells per subject (library 96,605 = 100 x 966 UMIs per cell), 1229 genes, |log2FC| = 1 on 10%
     subjects/group   power     90% interval  realized FDR
-                 3   0.338  [0.301, 0.374]  0.056
-                 5   0.567  [0.500, 0.628]  0.059
-                10   0.762  [0.710, 0.801]  0.052
+                 3   0.272  [0.211, 0.317]  0.038
+                 5   0.541  [0.482, 0.592]  0.044
+                10   0.759  [0.702, 0.797]  0.048
 
     400 cells per subject (library 386,420 = 400 x 966 UMIs per cell), 1229 genes, |log2FC| = 1 on 10%
     subjects/group   power     90% interval  realized FDR
-                 3   0.579  [0.528, 0.622]  0.099
-                 5   0.748  [0.703, 0.797]  0.084
-                10   0.866  [0.845, 0.911]  0.067
+                 3   0.541  [0.500, 0.590]  0.078
+                 5   0.742  [0.695, 0.781]  0.077
+                10   0.865  [0.845, 0.911]  0.065
 
-Four times the cells buys about as much as going from 3 to 5 donors at 100 cells (0.579 against
-0.567). It only deepens the libraries: of the ~123 DE genes per experiment, those under 10 expected
+Four times the cells buys about as much as going from 3 to 5 donors at 100 cells (0.541 against
+0.541). It only deepens the libraries: of the ~123 DE genes per experiment, those under 10 expected
 counts per subject fall from 33 to 14 and those at 100-1000 rise from 13 to 48 (power.nc,
 n_de_stratum), while the power within a count stratum barely changes (the between-donor dispersion
-sets it); so at 10 donors the extra cells add only 0.10, and 10 donors per group at 100 cells fall
+sets it); so at 10 donors the extra cells add only 0.11, and 10 donors per group at 100 cells fall
 short of 0.8. The intervals carry the fit's posterior only: they are narrow because they cannot see
-that 2 donors per group may be unrepresentative. (The figure's x axis says "replicates per group": here, subjects per group.)
+that 2 donors per group may be unrepresentative (`curve(..., pilot=)`'s dispersion-level jackknife
+needs 3 subjects in a group). The figure's x axis says "subjects per group".
 """
 
 from __future__ import annotations
