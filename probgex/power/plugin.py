@@ -6,7 +6,7 @@ groups and the MLE log2 fold change), the MAP dispersion and the MLE log2 fold c
 the pilot. Every draw repeats these values, so without `key` the power interval is Monte Carlo error
 only; with `key`, each draw's dispersions move together by the jackknife uncertainty of the pilot's
 dispersion level. On bottomly's weak effects this plug-in predicted the realized recall within 0-5
-points, where the GLM posterior over-predicted by 7-13 (benchmarks/README.md, power_validation).
+points, where the GLM posterior over-predicted by 4-13 (benchmarks/README.md, power_validation).
 """
 
 from __future__ import annotations
