@@ -35,39 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
-from power_speed import yeast_truth  # noqa: E402
+from power_speed import pydeseq2_run, yeast_truth  # noqa: E402
 
 from probgex.power import dispersion  # noqa: E402
 from probgex.power.de import deseq_batch  # noqa: E402
 from probgex.power.simulate import simulate_counts  # noqa: E402
 
 CHUNK = 8
-
-
-def pydeseq2_run(y: np.ndarray, n: int) -> dict:
-    """pydeseq2 on one experiment (counts (2n, G)): per-gene and global quantities."""
-    import warnings
-
-    import pandas as pd
-    from pydeseq2.dds import DeseqDataSet
-    from pydeseq2.default_inference import DefaultInference
-    from pydeseq2.ds import DeseqStats
-
-    names = [f"s{i}" for i in range(2 * n)]
-    meta = pd.DataFrame({"group": ["A"] * n + ["B"] * n}, index=names)
-    counts = pd.DataFrame(y.astype(np.int64), index=names, columns=[f"g{j}" for j in range(y.shape[1])])
-    inf = DefaultInference(n_cpus=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dds = DeseqDataSet(counts=counts, metadata=meta, design="~group", refit_cooks=False, quiet=True,
-                           inference=inf)
-        dds.deseq2()
-        st = DeseqStats(dds, contrast=["group", "B", "A"], cooks_filter=False, independent_filter=False,
-                        quiet=True, inference=inf)
-        st.summary()
-    return {"genewise": dds.var["genewise_dispersions"].to_numpy(float),
-            "trend": np.asarray(dds.uns["trend_coeffs"], float), "prior_var": float(dds.uns["prior_disp_var"]),
-            "pvalue": st.results_df["pvalue"].to_numpy(float), "padj": st.results_df["padj"].to_numpy(float)}
 
 
 def _loess_argmin(x: np.ndarray, yv: np.ndarray, fine: np.ndarray, span: float = 0.2) -> float:
@@ -194,7 +168,7 @@ def main() -> None:
                   f"difference to the trigamma rule {d.mean():.4f} +- {d.std(ddof=1) / np.sqrt(len(d)):.4f}", flush=True)
         for e in range(min(args.peer, len(y))):
             t = time.perf_counter()
-            p = pydeseq2_run(y[e], n)
+            p = pydeseq2_run(y[e], n, n_cpus=1)
             ok = np.isfinite(p["pvalue"]) & np.isfinite(res["pvalue"][e])
             row["peer"].append({
                 "experiment": e, "seconds": time.perf_counter() - t,

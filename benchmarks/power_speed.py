@@ -45,7 +45,9 @@ def yeast_truth() -> Truth:
     return Truth.fixed(frac[ok], res["dispersion"].to_numpy()[ok], genes=np.asarray(a.var_names)[ok])
 
 
-def pydeseq2_calls(y: np.ndarray, n: int) -> np.ndarray:
+def pydeseq2_run(y: np.ndarray, n: int, n_cpus: int = 2) -> dict:
+    """pydeseq2 on one two-group experiment (counts (2n, G)), Cook's filtering and independent
+    filtering off: per-gene and global quantities."""
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.default_inference import DefaultInference
     from pydeseq2.ds import DeseqStats
@@ -53,7 +55,7 @@ def pydeseq2_calls(y: np.ndarray, n: int) -> np.ndarray:
     names = [f"s{i}" for i in range(2 * n)]
     meta = pd.DataFrame({"group": ["A"] * n + ["B"] * n}, index=names)
     counts = pd.DataFrame(y.astype(np.int64), index=names, columns=[f"g{j}" for j in range(y.shape[1])])
-    inf = DefaultInference(n_cpus=2)
+    inf = DefaultInference(n_cpus=n_cpus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dds = DeseqDataSet(counts=counts, metadata=meta, design="~group", refit_cooks=False, quiet=True, inference=inf)
@@ -61,7 +63,13 @@ def pydeseq2_calls(y: np.ndarray, n: int) -> np.ndarray:
         st = DeseqStats(dds, contrast=["group", "B", "A"], cooks_filter=False, independent_filter=False,
                         quiet=True, inference=inf)
         st.summary()
-    return (st.results_df["padj"].to_numpy() < 0.05)
+    return {"genewise": dds.var["genewise_dispersions"].to_numpy(float),
+            "trend": np.asarray(dds.uns.get("trend_coeffs", [np.nan, np.nan]), float), "prior_var": float(dds.uns["prior_disp_var"]),
+            "pvalue": st.results_df["pvalue"].to_numpy(float), "padj": st.results_df["padj"].to_numpy(float)}
+
+
+def pydeseq2_calls(y: np.ndarray, n: int) -> np.ndarray:
+    return pydeseq2_run(y, n)["padj"] < 0.05
 
 
 def main() -> None:
