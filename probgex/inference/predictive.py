@@ -37,7 +37,7 @@ class Draws:
 
     def log_prob(self, y: np.ndarray) -> np.ndarray:
         """log p(y | draw) per draw and entry: (S, n, G)."""
-        return np.log(lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate))
+        return lk.logpmf(self.kind, y[None], self.mu, self.theta, self.gate)
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """One count per draw: (S, n, G) (inversion for small means, Gamma-Poisson for large ones)."""
