@@ -83,7 +83,12 @@ def fit(
                                          "prior trained on the latents after the VAE")] = Prior.gaussian,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
     spec: Annotated[Path | None, typer.Option(help="model spec TOML; overrides the options above")] = None,
-    holdout: Annotated[float, typer.Option(help="fraction of observations held out for early stopping")] = 0.1,
+    holdout: Annotated[float | None, typer.Option(
+        help="fraction of observations held out for early stopping (default: 0.1 from 50 observations, "
+             "none below)")] = None,
+    library: Annotated[str, typer.Option(
+        help="library size: auto (size_factors for bulk-like counts, else observed) | observed (total "
+             "counts) | size_factors (median of ratios) | latent (cvae)")] = "auto",
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int, typer.Option()] = 0,
@@ -103,7 +108,7 @@ def fit(
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
             no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
             latent = None if no_latent else LATENT_KINDS[prior.value](dim=latent_dim)
-            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer,
+            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
                                           mean=None if model is not Story.residual else
                                           mean if mean in ("glm", "mlp") else "external")
         stage1 = None

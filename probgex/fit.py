@@ -29,6 +29,7 @@ from probgex.prior.train import PriorHistory
 from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
+SMALL_N = 50  # below this many observations the default fit holds none out for early stopping
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
 THETA_STEP_SCALE = 20.0  # Adam step multiplier of the cVAE / residual log-concentrations: 0.02 at lr 1e-3, the GLM's rate
 STAGE1 = "stage1$"  # prefix of the stage-1 predictor's arrays in a model file
@@ -68,7 +69,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.spec!r})"
 
-    def fit(self, adata, *, seed: int = 0, holdout: float = 0.1, heldout_obs: Sequence[str] | None = None,
+    def fit(self, adata, *, seed: int = 0, holdout: float | None = None, heldout_obs: Sequence[str] | None = None,
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
             patience: int | None = None, lr_reductions: int | None = None,
             checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
@@ -77,7 +78,11 @@ class Model:
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
         early stopping (after `patience` epochs without improvement; before that, the learning rate is
-        cut `lr_reductions` times after patience // 2 stale epochs). The same seed gives the same
+        cut `lr_reductions` times after patience // 2 stale epochs). By default (None) that is 10% with
+        at least SMALL_N observations and none below: in a bulk design of a few samples a held-out
+        sample would cost a residual degree of freedom (6 samples and 5 coefficients left the
+        dispersions none); the learning rate is then cut on a fixed schedule (`no_holdout_cuts`).
+        `spec.library == "auto"` is resolved here (`probgex.library.choose`) and the fit's spec says which. The same seed gives the same
         result. With `checkpoint_path`, the best parameters so far are written there every
         `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
@@ -90,7 +95,11 @@ class Model:
         spec = self.spec
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
+        if holdout is None:  # early stopping on held-out observations only where they are plenty
+            holdout = 0.1 if data.n_obs >= SMALL_N else 0.0
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
+        if spec.library == "auto":
+            spec = replace(spec, library=library.choose(data, train_idx))
         library_ref = None
         if spec.library == "size_factors":  # median-of-ratios library sizes against the training samples
             library_ref = library.reference(data, train_idx)
@@ -106,8 +115,12 @@ class Model:
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
         glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
-        tril = _laplace_tril(data, train_idx, beta0, spec, intercept) if glm else None
-        story = build_story(spec, dims, log_mean, beta0, tril)
+        trend = _trend_init(data, train_idx, log_mean) if glm and spec.likelihood != "poisson" else None
+        # the Laplace start at the trend's dispersions: at a flat 0.1 the guide started (and, Adam
+        # shrinking scales slowly, stayed) too wide where dispersions are small
+        alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
+        tril = _laplace_tril(data, train_idx, beta0, spec, intercept, alpha=alpha0) if glm else None
+        story = build_story(spec, dims, log_mean, beta0, tril, trend=trend, fixed_trend=TREND_FIXED)
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
             # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
@@ -209,8 +222,21 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
     return log_mean.astype(np.float32), beta0.astype(np.float32), np.log(lib)
 
 
+TREND_FIXED = (True, False)  # (a0 and a1, s) of the GLM's trend held at DESeq2's moments
+
+
+def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray):
+    """The GLM's mean-dispersion trend by DESeq2's moments on the training rows (`models.trend`)."""
+    from probgex.models.trend import moments_trend
+    if len(rows) <= data.n_design:  # no residual degree of freedom: the trend stays the ELBO's
+        return None
+    y = np.concatenate([data.rows(rows[s : s + 4096]) for s in range(0, len(rows), 4096)])
+    offset = None if data.offset is None else data.offset[rows]
+    return moments_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
+
+
 def _laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: ModelSpec,
-                  intercept: int | None, alpha: float = 0.1, chunk: int = 1024) -> np.ndarray:
+                  intercept: int | None, alpha: float | np.ndarray = 0.1, chunk: int = 1024) -> np.ndarray:
     """Cholesky factors (G, P, P) of the Laplace covariance of each gene's coefficients at `beta0`:
     (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for Poisson)."""
     from probgex.models.glm import INTERCEPT_SD

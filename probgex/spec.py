@@ -9,7 +9,7 @@ way on every path.  TOML layout::
     dispersion = "gene"
     encoder = [128]
     decoder = [128]
-    library = "observed"
+    library = "auto"     # resolved when fitted: "size_factors" (bulk-like) or "observed"
     prior_scale = 3.0
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
@@ -40,7 +40,7 @@ __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
 LIKELIHOODS = ("poisson", "nb", "zinb")
 DISPERSIONS = ("gene", "gene-group")
-LIBRARIES = ("observed", "latent", "size_factors")
+LIBRARIES = ("auto", "observed", "latent", "size_factors")
 MEANS = ("glm", "mlp", "external")
 
 
@@ -81,7 +81,9 @@ class ModelSpec:
     dispersion_key: str | None = None  # obs column for "gene-group" (required then, forbidden otherwise)
     encoder: tuple[int, ...] = (128,)  # encoder MLP hidden sizes (cVAE only)
     decoder: tuple[int, ...] = (128,)  # decoder hidden sizes; () = linear decoder (cVAE only)
-    library: str = "observed"  # "observed" (total counts), "latent", or "size_factors" (median of ratios, bulk)
+    # "auto" (resolved at fit time: "size_factors" for bulk-like counts, else "observed"; see
+    # probgex.library.choose), "observed" (total counts), "latent", or "size_factors" (median of ratios)
+    library: str = "auto"
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"

@@ -36,6 +36,11 @@ class GLMInit(NamedTuple):
     beta: np.ndarray  # (P, G) least squares of log((x + 0.5) / l) on the design
     log_mean: np.ndarray  # (G,) log mean normalised count
     beta_tril: np.ndarray | None = None  # (G, P, P) Cholesky of the Laplace covariance of beta at `beta`
+    # the mean-dispersion trend (a0, a1, s) placed before SVI (`probgex.models.trend`), or None; with
+    # `fixed_trend` the prior uses it as given (empirical Bayes by DESeq2's moments), else it only
+    # starts the ELBO's empirical Bayes
+    trend: tuple[float, float, float] | None = None
+    fixed_trend: tuple[bool, bool] = (False, False)  # (a0 and a1, s) held at `trend`
 
 
 class GLM:
@@ -68,9 +73,15 @@ class GLM:
         locs = [jnp.zeros((self.G, self.P))]
         scales = [jnp.broadcast_to(self.beta_sd, (self.G, self.P))]
         if self.n_disp:
-            a0 = numpyro.param("disp_asymptote", 0.05, constraint=constraints.positive)
-            a1 = numpyro.param("disp_extra_poisson", 1.0, constraint=constraints.positive)
-            s = numpyro.param("disp_trend_sd", 1.0, constraint=constraints.greater_than(0.05))
+            t0 = (0.05, 1.0, 1.0) if self.init.trend is None else self.init.trend
+            a0 = numpyro.param("disp_asymptote", t0[0], constraint=constraints.positive)
+            a1 = numpyro.param("disp_extra_poisson", t0[1], constraint=constraints.positive)
+            s = numpyro.param("disp_trend_sd", t0[2], constraint=constraints.greater_than(0.05))
+            fix_curve, fix_sd = self.init.fixed_trend  # held: recorded in the params, never moved
+            if fix_curve:
+                a0, a1 = jax.lax.stop_gradient(a0), jax.lax.stop_gradient(a1)
+            if fix_sd:
+                s = jax.lax.stop_gradient(s)
             trend = jnp.log(a0 + a1 * jnp.exp(-jnp.asarray(self.init.log_mean)))
             locs.append(jnp.broadcast_to(trend[:, None], (self.G, self.n_disp)))
             scales.append(jnp.broadcast_to(s, (self.G, self.n_disp)))
@@ -96,8 +107,10 @@ class GLM:
 
     def guide(self, batch: Batch):
         loc0 = [jnp.asarray(self.init.beta.T)]
-        if self.n_disp:
-            loc0.append(jnp.full((self.G, self.n_disp), np.log(0.1), jnp.float32))
+        if self.n_disp:  # at the trend placed before SVI, if any, else at 0.1
+            t = self.init.trend
+            la = np.full(self.G, np.log(0.1)) if t is None else np.log(t[0] + t[1] * np.exp(-self.init.log_mean.astype(np.float64)))
+            loc0.append(jnp.asarray(np.tile(la[:, None], (1, self.n_disp)), jnp.float32))
         if self.n_gate:
             loc0.append(jnp.full((self.G, 1), -3.0, jnp.float32))
         loc = numpyro.param("gp_loc", jnp.concatenate(loc0, -1))

@@ -1,0 +1,161 @@
+"""Issue 13's validation protocol: held-out calibration of the default GLM on every bulk set in
+../shared/data, against the DESeq2 plug-in NB predictive (pydeseq2 0.5.4) on the same splits.
+
+Bulk rows: dataset x design (1, 2 and >= 4 residual degrees of freedom). Each row pools DRAWS random
+leave-2-samples-out splits (`_bulk_protocol.bulk_split`: 2 test samples at random, P + df training
+samples from the rest, every test level present in training). Genes: a fixed random subset of
+N_GENES of those with a count in the training samples (the same subset for both methods; it bounds
+the run time on 2 cores), scored on genes whose test mean is >= 5 counts. probgex is fitted with its
+defaults (`pg.Model(formula, likelihood="nb").fit(train, seed=draw)`); `--variant before` emulates the
+defaults before issue 13 (10% held out for early stopping, total-count library sizes, the ELBO's
+trend) for the before/after comparison.
+
+Per row: pooled coverage at 50/80/90/95%, the largest deviation of any expression decile (deciles of
+the entries' observed counts) from nominal, the share of genes whose 90% coverage over their entries
+is within 3 binomial SE, and the mean held-out log predictive density per entry (nats), for probgex and
+for the plug-in.
+
+Usage:
+  PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py                  # all bulk rows
+  PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows gse60450 --variant before
+Results: benchmarks/results/calibration_everywhere_<variant>.json, and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bulk_protocol import MIN_TEST_MEAN, bulk_split, deseq_plugin, expressed, scores  # noqa: E402
+from _common import RESULTS, load, machine  # noqa: E402
+
+N_GENES = 1500
+DRAWS = 5
+N_DRAWS_PREDICTIVE = 200
+BULK = {  # dataset: (formula, training sizes give df = these)
+    "schurch_yeast": ("~ strain", (1, 2, 6)),
+    "bottomly": ("~ strain", (1, 2, 6)),
+    "gse60450": ("~ CellType + Status", (1, 2, 6)),
+    "tung_bulk": ("~ individual", (1, 2, 4)),
+    "gtex_brain": ("~ class + sex", (1, 2, 7)),
+    "tcga_brca": ("~ tissue", (1, 2, 8)),
+}
+
+
+def probgex_entries(fit, test, rng, n=N_DRAWS_PREDICTIVE):
+    """Randomized PIT and log predictive density per (test sample, gene) from the fit's predictive."""
+    import jax
+    data = fit.data(test)
+    pit = np.empty((data.n_obs, data.n_genes))
+    lp = np.empty_like(pit)
+    for rows, d in fit.predictive_blocks(data, n, jax.random.PRNGKey(1)):
+        y = data.rows(rows).astype(np.float64)
+        pit[rows] = d.randomized_pit(y, rng)
+        lp[rows] = logsumexp(d.log_prob(y), axis=0) - np.log(n)
+    return pit, lp
+
+
+def fit_probgex(train, formula: str, seed: int, variant: str):
+    import probgex as pg
+    import probgex.fit as pgfit
+    if variant == "before":
+        trend_init = pgfit._trend_init
+        pgfit._trend_init = lambda *a: None
+        try:
+            return pg.Model(formula, likelihood="nb", library="observed").fit(train, seed=seed, holdout=0.1,
+                                                                            progress=False)
+        finally:
+            pgfit._trend_init = trend_init
+    return pg.Model(formula, likelihood="nb").fit(train, seed=seed, progress=False)
+
+
+def bulk_row(name: str, formula: str, df: int, variant: str, draws: int) -> dict:
+    a = load(name)
+    a.X = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
+    acc = {"probgex": [], "deseq2_plugin": []}
+    splits, trends, t_fit = [], [], 0.0
+    for draw in range(draws):
+        sp = bulk_split(a, formula, df, seed=1000 * df + draw)
+        if sp is None:
+            break
+        tr, te = sp
+        genes = np.flatnonzero(expressed(a, tr))
+        genes = np.sort(np.random.default_rng(draw).choice(genes, min(N_GENES, len(genes)), replace=False))
+        b = a[:, genes]
+        train, test = b[tr].copy(), b[te].copy()
+        y = np.asarray(test.X, float)
+        sel = y.mean(0) >= MIN_TEST_MEAN
+        rng = np.random.default_rng(draw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            fit = fit_probgex(train, formula, draw, variant)
+            t_fit += time.perf_counter() - t
+            pit, lp = probgex_entries(fit, test, rng)
+            dpit, dlp, info = deseq_plugin(train, test, formula, rng)
+        gid = np.broadcast_to(genes[sel][None], (len(te), sel.sum()))
+        for key, (p, l) in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp))):
+            acc[key].append((p[:, sel].ravel(), l[:, sel].ravel(), y[:, sel].ravel(), gid.ravel()))
+        par = fit.params
+        trends.append({"probgex": [float(np.asarray(par[k])) for k in
+                                   ("disp_asymptote", "disp_extra_poisson", "disp_trend_sd")],
+                       "deseq2": info["trend"] + [info["prior_sd"]], "library": fit.spec.library})
+        splits.append({"train": list(a.obs_names[tr]), "test": list(a.obs_names[te])})
+    row = {"dataset": name, "formula": formula, "df": df, "variant": variant, "draws": len(splits),
+           "splits": splits, "trends": trends, "fit_seconds": round(t_fit, 1)}
+    for key, parts in acc.items():
+        if parts:
+            cat = [np.concatenate([p[i] for p in parts]) for i in range(4)]
+            row[key] = scores(*cat)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| dataset | formula | df | draws | probgex cov 50/80/90/95 | worst decile | genes in 3 SE | LPD "
+            "| plug-in cov 50/80/90/95 | worst decile | genes in 3 SE | LPD |")
+    out = [head, "|" + "---|" * 12]
+    for r in rows:
+        if "probgex" not in r:
+            continue
+        p, d = r["probgex"], r["deseq2_plugin"]
+        f = lambda s: " / ".join(f"{c:.3f}" for c in s["coverage"])  # noqa: E731
+        out.append(f"| {r['dataset']} | `{r['formula']}` | {r['df']} | {r['draws']} | {f(p)} | "
+                   f"{p['worst_decile_dev']:.3f} | {p['genes_within_3se']:.3f} | {p['lpd_per_entry']:.3f} | {f(d)} | "
+                   f"{d['worst_decile_dev']:.3f} | {d['genes_within_3se']:.3f} | {d['lpd_per_entry']:.3f} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", nargs="*", default=list(BULK))
+    ap.add_argument("--df", nargs="*", type=int, default=None, help="only these residual df")
+    ap.add_argument("--variant", choices=("after", "before"), default="after")
+    ap.add_argument("--draws", type=int, default=DRAWS)
+    args = ap.parse_args()
+    path = RESULTS / f"calibration_everywhere_{args.variant}.json"
+    stored = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    rows = {(r["dataset"], r["df"]): r for r in stored["rows"]}
+    for name in args.rows:
+        formula, dfs = BULK[name]
+        for df in dfs:
+            if args.df and df not in args.df:
+                continue
+            t = time.perf_counter()
+            row = bulk_row(name, formula, df, args.variant, args.draws)
+            row["seconds"] = round(time.perf_counter() - t, 1)
+            rows[(name, df)] = row
+            print(table([row]).splitlines()[-1], flush=True)
+            path.write_text(json.dumps({"machine": machine(), "rows": list(rows.values())}, indent=1))
+    print(table(sorted(rows.values(), key=lambda r: (list(BULK).index(r["dataset"]), r["df"]))))
+
+
+if __name__ == "__main__":
+    main()
