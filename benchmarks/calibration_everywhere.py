@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bulk_protocol import MIN_TEST_MEAN, bulk_split, deseq_plugin, expressed, scores  # noqa: E402
 from _common import RESULTS, load, machine  # noqa: E402
 
-N_GENES = 1500
+N_GENES = 1000
 DRAWS = 5
 N_DRAWS_PREDICTIVE = 200
 BULK = {  # dataset: (formula, training sizes give df = these)

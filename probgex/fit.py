@@ -81,7 +81,7 @@ class Model:
         cut `lr_reductions` times after patience // 2 stale epochs). By default (None) that is 10% with
         at least SMALL_N observations and none below: in a bulk design of a few samples a held-out
         sample would cost a residual degree of freedom (6 samples and 5 coefficients left the
-        dispersions none); the learning rate is then cut on a fixed schedule (`no_holdout_cuts`).
+        dispersions none); without a held-out split the fit runs `max_epochs` (~3000 steps for the GLM).
         `spec.library == "auto"` is resolved here (`probgex.library.choose`) and the fit's spec says which. The same seed gives the same
         result. With `checkpoint_path`, the best parameters so far are written there every
         `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).

@@ -177,13 +177,6 @@ def epoch_blocks(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.nda
     return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size), (n / real).astype(np.float32)
 
 
-def no_holdout_cuts(max_epochs: int, reductions: int) -> set[int]:
-    """Epochs after which the learning rate is cut when there is no held-out loss to find plateaus on:
-    the k-th of `reductions` cuts at (1 - 0.3 / 2^(k-1)) of the run (70%, 85%, ...), so the last
-    stretch runs with small steps, as the GLM's guide scales need."""
-    return {max(1, int(max_epochs * (1 - 0.3 / 2**k))) for k in range(reductions)}
-
-
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[bold]fit[/] epoch {task.completed}/{task.total}"), BarColumn(),
                     TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), disable=not enabled)
@@ -195,9 +188,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     """Fit `story` (an object with NumPyro `model` and `guide` over a Batch) by SVI.
 
     Returns the parameters with the best held-out loss (the last ones without a held-out split) and
-    the loss history. Plateaus (learning-rate cuts, then the stop) are judged on the held-out loss;
-    without a held-out split the cuts follow `no_holdout_cuts` and the fit runs `max_epochs`.
-    `on_checkpoint(params, history, finished)` is called every `checkpoint_every` epochs
+    the loss history. `on_checkpoint(params, history, finished)` is called every `checkpoint_every` epochs
     (finished=False) and at the end (finished=True) with the best parameters so far.
     """
     rng = np.random.default_rng(seed)
@@ -219,7 +210,6 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
     hist = History([], [], 0)
     reductions = config.lr_reductions
-    cuts = no_holdout_cuts(config.max_epochs, config.lr_reductions)
     n_train = len(train_idx)
     with _progress(config.progress) as bar:
         task = bar.add_task("fit", total=config.max_epochs, msg="")
@@ -251,7 +241,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 loss = sum(float(evaluate(svi_state, b)) * b.mask.sum() / n_train for b in heldout)
                 loss = float(loss) / len(heldout_idx)
                 hist.heldout.append(loss)
-            # without a held-out split the last epoch's parameters are the result: every epoch is "best"
+            # without a held-out split the last epoch's parameters are the result: each epoch is "best"
             if heldout is None or loss < state.best_loss:
                 state = LoopState(svi_state, epoch, loss, jax.device_get(svi.get_params(svi_state)), 0)
                 hist = hist._replace(best_epoch=epoch)
@@ -261,13 +251,10 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                        + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 on_checkpoint(state.best_params, hist, False)
-            if heldout is None:  # no plateau to see: the learning-rate cuts on a fixed schedule, no early stop
-                if epoch in cuts:
-                    state = state._replace(svi_state=scale_learning_rate(state.svi_state, config.lr_factor))
-            elif reductions and state.stale >= max(1, config.patience // 2):
+            if heldout is not None and reductions and state.stale >= max(1, config.patience // 2):
                 reductions -= 1  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
                 state = state._replace(svi_state=scale_learning_rate(state.svi_state, config.lr_factor), stale=0)
-            elif state.stale >= config.patience:
+            elif heldout is not None and state.stale >= config.patience:
                 break
     params = state.best_params
     if on_checkpoint:
