@@ -581,7 +581,10 @@ class Fit:
 
 def _with_file_defaults(spec: dict) -> dict:
     """A saved spec with the values its file was written under where a later option's default differs:
-    a diffusion prior saved before `parametrization` existed predicts the noise ("eps")."""
+    a diffusion prior saved before `parametrization` existed predicts the noise ("eps"); a file without
+    a library was fitted with total counts (the default before "auto")."""
+    if isinstance(spec, dict) and "library" not in spec:
+        spec = {**spec, "library": "observed"}
     latent = spec.get("latent") if isinstance(spec, dict) else None
     if isinstance(latent, dict) and latent.get("kind") == "diffusion" and "parametrization" not in latent:
         return {**spec, "latent": {**latent, "parametrization": "eps"}}

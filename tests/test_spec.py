@@ -157,7 +157,7 @@ INVALID = [
     (dict(decoder=(True,)), "got True"),
     (dict(encoder=128), "ModelSpec.encoder must be a sequence of positive ints"),
     (dict(encoder="128"), "ModelSpec.encoder must be a sequence"),
-    (dict(library="sizefactors"), "unknown library 'sizefactors'; allowed values: 'observed', 'latent', 'size_factors'"),
+    (dict(library="sizefactors"), "unknown library 'sizefactors'; allowed values: 'auto', 'observed', 'latent', 'size_factors'"),
     (dict(library="latent"), "latent library size) needs the cVAE story: pass latent=Gaussian(...)"),
     (dict(layer=""), "layer must be None"),
     (dict(layer=1), "got 1"),
