@@ -59,7 +59,7 @@ def _recovery(fit, beta):
 def nb():
     adata, beta, theta, rho = simulate("nb", seed=0)
     train, test = adata[:N_TRAIN].copy(), adata[N_TRAIN:].copy()
-    fit = Model(FORMULA, likelihood="nb").fit(train, seed=0, progress=False)  # default settings
+    fit = Model(FORMULA, likelihood="nb", library="observed").fit(train, seed=0, progress=False)  # default settings, the simulation's library
     return fit, test, beta, theta, rho[N_TRAIN:]
 
 
@@ -151,7 +151,7 @@ def poisson():
     still shrinking: coverage up to 0.96). With the defaults (lr 0.02, early stopping) the guide's
     scales are far from converged when the held-out loss stalls: test_poisson_default_settings_calibrated."""
     adata, beta, _, _ = simulate("poisson", seed=1)
-    fit = Model(FORMULA, likelihood="poisson").fit(adata[:N_TRAIN].copy(), seed=0, holdout=0.0,
+    fit = Model(FORMULA, likelihood="poisson", library="observed").fit(adata[:N_TRAIN].copy(), seed=0, holdout=0.0,
                                                    max_epochs=2000, learning_rate=0.002, progress=False)
     return fit, beta
 
@@ -177,7 +177,7 @@ def test_poisson_default_settings_calibrated():
     """Default settings (Laplace start of the guide scales, learning-rate cuts on plateaus, early
     stopping): measured 0.87-0.92 coverage and RMS z 0.93-1.03 over simulation seeds 0-4."""
     adata, beta, _, _ = simulate("poisson", seed=1)
-    fit = Model(FORMULA, likelihood="poisson").fit(adata[:N_TRAIN].copy(), seed=0, progress=False)
+    fit = Model(FORMULA, likelihood="poisson", library="observed").fit(adata[:N_TRAIN].copy(), seed=0, progress=False)
     _, _, covered, z = _recovery(fit, beta)
     assert 0.85 <= covered[1:].mean() <= 0.95
     assert 0.8 < np.sqrt(np.mean(z[1:] ** 2)) < 1.2

@@ -125,7 +125,7 @@ def test_interrupted_prior_stage_leaves_a_valid_vae_checkpoint(learned_fit, smal
 
     path = tmp_path / "ckpt.npz"
     model = pg.Model(learned_fit.spec.formula, likelihood="nb", latent=learned_fit.spec.latent, encoder=(16,),
-                     decoder=(16,))
+                     decoder=(16,), library=learned_fit.spec.library)
     assert model.spec == learned_fit.spec
 
     def interrupted(*args, **kwargs):

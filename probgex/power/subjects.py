@@ -43,7 +43,7 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
                      n_per_group: Sequence[int] = (3, 5, 10), layer: str | None = None, fit_seed: int = 0,
                      max_epochs: int = 1500, progress: bool = False, **curve_kwargs) -> xr.Dataset:
     """Power curve of a single-cell study in subjects per group: `pseudobulk` the cells (all of them,
-    or one cell type: `cell_type=(column, level)`), fit `pg.Model(formula, likelihood="nb")` on the
+    or one cell type: `cell_type=(column, level)`), fit `pg.Model(formula, likelihood="nb", library="observed")` on the
     subjects (all of them, no held-out set), then `curve` with each simulated subject's library
     `cells_per_subject` x the pilot's UMIs per cell (default: the pilot's own pseudobulk libraries) and,
     unless `depth_sd` is passed, the spread across subjects of their log mean UMIs per cell. The UMIs per
@@ -76,8 +76,9 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
     if cells_per_subject is not None:
         curve_kwargs["depth"] = cells_per_subject * umi
         curve_kwargs.setdefault("depth_sd", float(np.std(log_umi, ddof=1)) if log_umi.size > 1 else 0.0)
-    fit = Model(formula, likelihood="nb").fit(pb, seed=fit_seed, holdout=0.0, max_epochs=max_epochs,
-                                               progress=progress)
+    # total counts as libraries: the simulated depth is defined by UMIs (per cell x cells per subject)
+    fit = Model(formula, likelihood="nb", library="observed").fit(pb, seed=fit_seed, holdout=0.0,
+                                                                  max_epochs=max_epochs, progress=progress)
     ds = curve(fit, tuple(contrast), n_per_group, key=key, progress=progress, **curve_kwargs)
     ds.attrs.update(unit="subjects per group", subject=subject,
                     cell_type="all cells" if cell_type is None else f"{cell_type[0]}={cell_type[1]}",
