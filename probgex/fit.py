@@ -222,14 +222,17 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
     return log_mean.astype(np.float32), beta0.astype(np.float32), np.log(lib)
 
 
-TREND_FIXED = (True, False)  # (a0 and a1, s) of the GLM's trend held at DESeq2's moments
+TREND_ROWS = 20_000  # most training rows the trend is placed on
+TREND_FIXED = (True, False)  # (a0 and a1, s) of the GLM's trend held where `models.trend` placed them
 
 
 def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray):
-    """The GLM's mean-dispersion trend by DESeq2's moments on the training rows (`models.trend`)."""
+    """The GLM's mean-dispersion trend placed on the training rows before SVI (`models.trend`)."""
     from probgex.models.trend import moments_trend
     if len(rows) <= data.n_design:  # no residual degree of freedom: the trend stays the ELBO's
         return None
+    if len(rows) > TREND_ROWS:  # a fixed random subset bounds memory on large single-cell sets
+        rows = np.sort(np.random.default_rng(0).choice(rows, TREND_ROWS, replace=False))
     y = np.concatenate([data.rows(rows[s : s + 4096]) for s in range(0, len(rows), 4096)])
     offset = None if data.offset is None else data.offset[rows]
     return moments_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
