@@ -96,3 +96,29 @@ def test_heldout_coverage_of_a_small_split(yeast):
     cov = ev["coverage"].values
     assert 0.42 <= cov[0] <= 0.60 and 0.84 <= cov[1] <= 0.95, cov
     assert np.isfinite(ev.attrs["mean_log_predictive_density"])
+
+
+@pytest.mark.slow
+def test_heldout_coverage_pooled_over_random_two_vs_two_splits(yeast):
+    """Four random 2-vs-2 training designs of clean yeast replicates (2 residual df), each predicting one
+    other replicate per strain; randomized PIT over 600 genes, pooled (9,600 entries). Measured 0.555 /
+    0.906 at 50 / 90% (the DESeq2-style defaults; the same splits gave 0.539 / 0.910 before issue 13, whose
+    misses were on other data). Bands: 50% within [0.48, 0.60], 90% within [0.86, 0.94]; and a finite
+    held-out log density for every sample."""
+    wt = list(yeast.obs_names[yeast.obs["strain"] == "WT"])
+    snf = list(yeast.obs_names[yeast.obs["strain"] == "Snf2"])
+    pits = []
+    for draw in range(4):
+        rng = np.random.default_rng(draw)
+        w, s = list(rng.choice(wt, 3, replace=False)), list(rng.choice(snf, 3, replace=False))
+        train_names, test_names = w[:2] + s[:2], [w[2], s[2]]
+        a = _subset(yeast, train_names + test_names, seed=draw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = pg.Model("~ strain", likelihood="nb").fit(a[train_names].copy(), seed=0, progress=False)
+        ev = fit.evaluate(a[test_names].copy(), n_samples=200, levels=(0.5, 0.9), seed=0)
+        assert np.isfinite(ev["log_predictive_density"].values).all()
+        pits.append(ev["pit"].values.ravel())
+    p = np.concatenate(pits)
+    cov50, cov90 = (np.mean(np.abs(p - 0.5) <= lv / 2) for lv in (0.5, 0.9))
+    assert 0.48 <= cov50 <= 0.60 and 0.86 <= cov90 <= 0.94, (cov50, cov90)
