@@ -104,7 +104,7 @@ def coverage(pit: np.ndarray, levels=LEVELS) -> np.ndarray:
 
 def scores(pit: np.ndarray, logp: np.ndarray, decile_key: np.ndarray, genes: np.ndarray) -> dict:
     """Row scores from entries (flattened over splits): pooled coverage, the worst decile's largest
-    deviation from nominal (deciles of `decile_key`, the entry's predicted or observed mean), the share of
+    deviation from nominal (deciles of `decile_key`, the gene's training mean: not the outcome), the share of
     genes whose 90% coverage over their entries is within 3 binomial SE, and the mean log p per entry."""
     cov = coverage(pit)
     edges = np.quantile(decile_key, np.linspace(0, 1, 11)[1:-1])
