@@ -90,7 +90,7 @@ def test_errors():
 
 def test_curve_with_the_pilot_widens_the_interval():
     """The same fit and key: with the pilot the per-draw powers move with the dispersion level, so the
-    interval widens (here several times) while the central estimate stays put."""
+    interval widens (here about twice) while the central estimate stays put."""
     pilot = next(pilots(population(100, tau=0.6), 1))
     from probgex import Model
 
@@ -101,7 +101,10 @@ def test_curve_with_the_pilot_widens_the_interval():
     assert wide.attrs["dispersion_level_df"] == 4 and wide.attrs["dispersion_level_se"] > 0.05
     wide = wide.sel(n=3)
     width = lambda d: float(d["power_upper"] - d["power_lower"])  # noqa: E731
-    assert width(wide) > 2 * width(plain), (width(plain), width(wide))
+    # measured: plain 0.149, wide 0.284 (1.9x); before issue 13 plain 0.068, wide 0.327 (4.8x): the GLM's
+    # own posterior now carries more of the dispersions' uncertainty at 3 vs 3 (the trend placed by the
+    # profile likelihood, prior width >= DESeq2's 0.5), so the pilot's level adds less on top of it
+    assert width(wide) > 1.5 * width(plain), (width(plain), width(wide))
     assert abs(float(wide["power_mean"]) - float(plain["power_mean"])) < 0.1
 
 

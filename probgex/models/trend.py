@@ -68,12 +68,10 @@ def apl_trend(y, X, mu0, m, use, start: tuple[float, float], steps: int = 400) -
     import jax
     import optax
 
-    w = use.astype(jnp.float32)
-
     def grad(theta):
         a0, a1 = jnp.exp(theta[0]), jnp.exp(theta[1])
         alpha = a0 + a1 / m
-        s = disp._score(jnp.log(alpha), y, mu0, X, None) * w  # d APL / d log alpha_g
+        s = jnp.where(use, disp._score(jnp.log(alpha), y, mu0, X, None), 0.0)  # d APL / d log alpha_g
         return -jnp.stack([(s * a0 / alpha).sum(), (s * (a1 / m) / alpha).sum()])
 
     opt = optax.adam(0.05)
