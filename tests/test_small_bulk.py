@@ -55,7 +55,7 @@ def _profile_likelihood_trend(y: np.ndarray, groups: np.ndarray, m: np.ndarray) 
     return float(np.exp(res.x[0])), float(np.exp(res.x[1]))
 
 
-def test_trend_with_one_residual_df_matches_a_deseq2_style_computation(yeast):
+def test_trend_with_one_residual_df_matches_an_independent_profile_likelihood_fit(yeast):
     """3 samples (2 WT + 1 Snf2), `~ strain`: 1 residual degree of freedom. The fitted trend's a0 and
     a1 within 2% of the independent computation (measured: 1e-5; they share the recipe, not the code: the tolerance
     covers float32, Adam's last steps and the GLM's mean normalised count, taken at the mean library)."""
@@ -64,7 +64,8 @@ def test_trend_with_one_residual_df_matches_a_deseq2_style_computation(yeast):
     a = _subset(yeast, wt + snf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = pg.Model("~ strain", likelihood="nb").fit(a, seed=0, progress=False, max_epochs=300)
+        # a0, a1 are placed before SVI and held: a few epochs suffice to read them back
+        fit = pg.Model("~ strain", likelihood="nb").fit(a, seed=0, progress=False, max_epochs=5)
     assert fit.spec.library == "size_factors"  # "auto" on bulk counts
     y = np.asarray(a.X, float)
     lib = fit.data(a).library_size
@@ -75,6 +76,7 @@ def test_trend_with_one_residual_df_matches_a_deseq2_style_computation(yeast):
     assert got0 == pytest.approx(a0, rel=0.02), (got0, got1, a0, a1)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "open (issue 13, item 2): over-covers, 0.673 / 0.960 at 50 / 90% (0.709 / 0.968 before issue 13); "
     "the DESeq2 plug-in over-covers this split too (0.639 / 0.948): replicates 1-2 are noisier than "

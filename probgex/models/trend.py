@@ -23,8 +23,12 @@ expression deciles' intervals were too narrow and the highest too wide (50% cove
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from probgex.power import dispersion as disp
 from probgex.power import nbglm
@@ -34,39 +38,42 @@ from probgex.power.de import one_pattern_per_coef
 def moments_trend(y: np.ndarray, X: np.ndarray, library_size: np.ndarray, log_mean: np.ndarray,
                   offset: np.ndarray | None = None) -> tuple[float, float, float]:
     """(a0, a1, s) of the trend from the training counts; `log_mean` (G,) the genes' log mean
-    normalised counts on the GLM's scale."""
+    normalised counts on the GLM's scale. One jitted computation (compiled once per shape)."""
+    sf = library_size / np.exp(np.mean(np.log(library_size)))
+    scale = sf[:, None] if offset is None else sf[:, None] * np.exp(np.asarray(offset, np.float64))
+    linear = bool(one_pattern_per_coef(X) or offset is not None)
+    a0, a1, var = _placed(jnp.asarray(y, jnp.float32), jnp.asarray(X, jnp.float32), jnp.asarray(sf, jnp.float32),
+                          jnp.asarray(scale, jnp.float32), jnp.asarray(np.exp(log_mean), jnp.float32), linear=linear)
+    return max(float(a0), 1e-8), max(float(a1), 1e-8), float(np.sqrt(float(var)))
+
+
+@partial(jax.jit, static_argnames=("linear",))
+def _placed(y, X, sf, scale, m, *, linear: bool):
     N, P = X.shape
-    y = jnp.asarray(y, jnp.float32)
-    Xj = jnp.asarray(X, jnp.float32)
-    sf = jnp.asarray(library_size / np.exp(np.mean(np.log(library_size))), jnp.float32)
-    scale = sf[:, None] if offset is None else sf[:, None] * jnp.exp(jnp.asarray(offset, jnp.float32))
     max_disp = float(max(10, N))
-    if one_pattern_per_coef(X) or offset is not None:  # DESeq2: linear-model means where each coefficient
-        # has one row pattern (and here around a stage-1 offset)
-        hat = Xj @ nbglm.spd_inv(Xj.T @ Xj) @ Xj.T
+    if linear:  # DESeq2: linear-model means where each coefficient has one row pattern (and here around
+        # a stage-1 offset)
+        hat = X @ nbglm.spd_inv(X.T @ X) @ X.T
         mu0 = jnp.maximum(scale * (hat @ (y / scale)), nbglm.MIN_MU)
     else:  # else an NB GLM at the rough dispersions
-        mu0 = nbglm.irls(y, Xj, sf, disp.start_dispersion(y, Xj, sf, max_disp))[1]
-    log_gw = disp.genewise_log_alpha(y, mu0, Xj, sf, max_disp)
-    m = jnp.asarray(np.exp(log_mean), jnp.float32)
+        mu0 = nbglm.irls(y, X, sf, disp.start_dispersion(y, X, sf, max_disp))[1]
+    log_gw = disp.genewise_log_alpha(y, mu0, X, sf, max_disp)
     use = (y.sum(0) > 0) & (m > 0)
     # genes whose gene-wise estimate stays at MIN_DISP leave the trend fit from its first pass (DESeq2
     # drops them after it, ratio < 1e-4): in the first identity-link IRLS pass their weights 1 / m^2
     # blow up and drove a coefficient negative on gse60450 splits, where pydeseq2's bounded fit did not
-    fit_on = use & (log_gw > np.log(10 * disp.MIN_DISP))
-    a0, a1 = (float(v) for v in disp.fit_trend(jnp.exp(log_gw), m, fit_on))
-    a0, a1 = apl_trend(y, Xj, mu0, m, use, (a0, a1))  # DESeq2's fit starts the profile-likelihood fit
+    fit_on = use & (log_gw > jnp.log(10 * disp.MIN_DISP))
+    start = disp.fit_trend(jnp.exp(log_gw), m, fit_on)
+    a0, a1 = apl_trend(y, X, mu0, m, use, start)  # DESeq2's fit starts the profile-likelihood fit
     log_trend = jnp.log(a0 + a1 / jnp.where(use, m, 1.0))
     var, _ = disp.prior_variance(log_gw, log_trend, use, N, P)
-    return max(a0, 1e-8), max(a1, 1e-8), float(np.sqrt(float(var)))
+    return a0, a1, var
 
 
-def apl_trend(y, X, mu0, m, use, start: tuple[float, float], steps: int = 400) -> tuple[float, float]:
+def apl_trend(y, X, mu0, m, use, start: jax.Array, steps: int = 400) -> tuple[jax.Array, jax.Array]:
     """(a0, a1) maximising the sum over genes `use` of the Cox-Reid adjusted profile likelihood at
     alpha_g = a0 + a1 / m_g (a trended common dispersion, as edgeR's): every gene counts, including those
     whose gene-wise estimate sits at the floor, which DESeq2's gamma fit leaves out."""
-    import jax
-    import optax
 
     def grad(theta):
         a0, a1 = jnp.exp(theta[0]), jnp.exp(theta[1])
@@ -81,6 +88,6 @@ def apl_trend(y, X, mu0, m, use, start: tuple[float, float], steps: int = 400) -
         upd, st = opt.update(grad(theta), st)
         return (optax.apply_updates(theta, upd), st), None
 
-    theta0 = jnp.log(jnp.asarray([max(start[0], 1e-4), max(start[1], 1e-3)], jnp.float32))
+    theta0 = jnp.log(jnp.maximum(start, jnp.asarray([1e-4, 1e-3], start.dtype)))
     (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=steps)
-    return float(jnp.exp(theta[0])), float(jnp.exp(theta[1]))
+    return jnp.exp(theta[0]), jnp.exp(theta[1])
