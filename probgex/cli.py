@@ -84,8 +84,8 @@ def fit(
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
     spec: Annotated[Path | None, typer.Option(help="model spec TOML; overrides the options above")] = None,
     holdout: Annotated[float | None, typer.Option(
-        help="fraction of observations held out for early stopping (default: 0.1 from 50 observations, "
-             "none below)")] = None,
+        help="fraction of observations held out for early stopping (default: 0.1; none for a glm with "
+             "fewer than 50 observations)")] = None,
     library: Annotated[str, typer.Option(
         help="library size: auto (size_factors for bulk-like counts, else observed) | observed (total "
              "counts) | size_factors (median of ratios) | latent (cvae)")] = "auto",

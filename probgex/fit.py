@@ -29,7 +29,7 @@ from probgex.prior.train import PriorHistory
 from probgex.spec import ModelSpec
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
-SMALL_N = 50  # below this many observations the default fit holds none out for early stopping
+SMALL_N = 50  # below this many observations the default GLM fit holds none out for early stopping
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
 THETA_STEP_SCALE = 20.0  # Adam step multiplier of the cVAE / residual log-concentrations: 0.02 at lr 1e-3, the GLM's rate
 STAGE1 = "stage1$"  # prefix of the stage-1 predictor's arrays in a model file
@@ -78,11 +78,12 @@ class Model:
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
         early stopping (after `patience` epochs without improvement; before that, the learning rate is
-        cut `lr_reductions` times after patience // 2 stale epochs). By default (None) that is 10% with
-        at least SMALL_N observations and none below: in a bulk design of a few samples a held-out
-        sample would cost a residual degree of freedom (6 samples and 5 coefficients left the
-        dispersions none); without a held-out split the fit runs `max_epochs` (~3000 steps for the GLM).
-        `spec.library == "auto"` is resolved here (`probgex.library.choose`) and the fit's spec says which. The same seed gives the same
+        cut `lr_reductions` times after patience // 2 stale epochs). By default (None) that is 10%, except
+        for a GLM with fewer than SMALL_N observations, which holds none out: in a bulk design of a few
+        samples a held-out sample would cost a residual degree of freedom (6 samples and 5 coefficients
+        left the dispersions none); without a held-out split the fit runs `max_epochs` (~3000 steps).
+        `spec.library == "auto"` is resolved here (`probgex.library.choose`); the fit's spec says which.
+        The same seed gives the same
         result. With `checkpoint_path`, the best parameters so far are written there every
         `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
@@ -95,8 +96,8 @@ class Model:
         spec = self.spec
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
-        if holdout is None:  # early stopping on held-out observations only where they are plenty
-            holdout = 0.1 if data.n_obs >= SMALL_N else 0.0
+        if holdout is None:  # a small GLM keeps every observation; networks keep their early stopping
+            holdout = 0.0 if spec.latent is None and data.n_obs < SMALL_N else 0.1
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
         if spec.library == "auto":
             spec = replace(spec, library=library.choose(data, train_idx))
@@ -228,14 +229,14 @@ TREND_FIXED = (True, False)  # (a0 and a1, s) of the GLM's trend held where `mod
 
 def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray):
     """The GLM's mean-dispersion trend placed on the training rows before SVI (`models.trend`)."""
-    from probgex.models.trend import moments_trend
+    from probgex.models.trend import place_trend
     if len(rows) <= data.n_design:  # no residual degree of freedom: the trend stays the ELBO's
         return None
     if len(rows) > TREND_ROWS:  # a fixed random subset bounds memory on large single-cell sets
         rows = np.sort(np.random.default_rng(0).choice(rows, TREND_ROWS, replace=False))
     y = np.concatenate([data.rows(rows[s : s + 4096]) for s in range(0, len(rows), 4096)])
     offset = None if data.offset is None else data.offset[rows]
-    return moments_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
+    return place_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
 
 
 def _laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: ModelSpec,

@@ -37,8 +37,8 @@ class GLMInit(NamedTuple):
     log_mean: np.ndarray  # (G,) log mean normalised count
     beta_tril: np.ndarray | None = None  # (G, P, P) Cholesky of the Laplace covariance of beta at `beta`
     # the mean-dispersion trend (a0, a1, s) placed before SVI (`probgex.models.trend`), or None; with
-    # `fixed_trend` the prior uses it as given (empirical Bayes by DESeq2's moments), else it only
-    # starts the ELBO's empirical Bayes
+    # `fixed_trend` the prior uses it as given (empirical Bayes before SVI), else it only starts the
+    # ELBO's empirical Bayes
     trend: tuple[float, float, float] | None = None
     fixed_trend: tuple[bool, bool] = (False, False)  # (a0 and a1, s) held at `trend`
 
@@ -109,7 +109,8 @@ class GLM:
         loc0 = [jnp.asarray(self.init.beta.T)]
         if self.n_disp:  # at the trend placed before SVI, if any, else at 0.1
             t = self.init.trend
-            la = np.full(self.G, np.log(0.1)) if t is None else np.log(t[0] + t[1] * np.exp(-self.init.log_mean.astype(np.float64)))
+            m = np.exp(self.init.log_mean.astype(np.float64))
+            la = np.full(self.G, np.log(0.1)) if t is None else np.log(t[0] + t[1] / m)
             loc0.append(jnp.asarray(np.tile(la[:, None], (1, self.n_disp)), jnp.float32))
         if self.n_gate:
             loc0.append(jnp.full((self.G, 1), -3.0, jnp.float32))

@@ -8,7 +8,8 @@ trend share units); that fit starts the trend used, the (a0, a1) maximising the 
 profile likelihood summed over all genes at alpha_g = a0 + a1 / m_g (a trended common dispersion, as
 edgeR's, `apl_trend`); and the prior sd of log alpha around it, var(log residuals) less the sampling
 variance trigamma((N - P) / 2), at least 0.5 (Love, Huber & Anders 2014). The gene-wise computations are
-those of `probgex.power.dispersion` (tested there against pydeseq2).
+those of `probgex.power.dispersion` (tested there against pydeseq2; a models -> power import, until that
+code moves to a module both use).
 
 Why the profile likelihood rather than DESeq2's gamma fit: at 1-2 residual df many genes' gene-wise
 estimates sit at the floor (Poisson-like), and the gamma fit leaves them out, which lifts the trend
@@ -35,7 +36,7 @@ from probgex.power import nbglm
 from probgex.power.de import one_pattern_per_coef
 
 
-def moments_trend(y: np.ndarray, X: np.ndarray, library_size: np.ndarray, log_mean: np.ndarray,
+def place_trend(y: np.ndarray, X: np.ndarray, library_size: np.ndarray, log_mean: np.ndarray,
                   offset: np.ndarray | None = None) -> tuple[float, float, float]:
     """(a0, a1, s) of the trend from the training counts; `log_mean` (G,) the genes' log mean
     normalised counts on the GLM's scale. One jitted computation (compiled once per shape)."""
