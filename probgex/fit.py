@@ -121,7 +121,7 @@ class Model:
         # shrinking scales slowly, stayed) too wide where dispersions are small
         alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
         tril = _laplace_tril(data, train_idx, beta0, spec, intercept, alpha=alpha0) if glm else None
-        story = build_story(spec, dims, log_mean, beta0, tril, trend=trend, fixed_trend=TREND_FIXED)
+        story = build_story(spec, dims, log_mean, beta0, tril, trend=trend, fixed_trend=True)
         steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
         if max_epochs is None:
             # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
@@ -224,7 +224,6 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
 
 
 TREND_ROWS = 20_000  # most training rows the trend is placed on
-TREND_FIXED = (True, False)  # (a0 and a1, s) of the GLM's trend held where `models.trend` placed them
 
 
 def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray):

@@ -40,7 +40,7 @@ class GLMInit(NamedTuple):
     # `fixed_trend` the prior uses it as given (empirical Bayes before SVI), else it only starts the
     # ELBO's empirical Bayes
     trend: tuple[float, float, float] | None = None
-    fixed_trend: tuple[bool, bool] = (False, False)  # (a0 and a1, s) held at `trend`
+    fixed_trend: bool = False  # a0 and a1 held at `trend` (s always refined by the ELBO)
 
 
 class GLM:
@@ -77,11 +77,8 @@ class GLM:
             a0 = numpyro.param("disp_asymptote", t0[0], constraint=constraints.positive)
             a1 = numpyro.param("disp_extra_poisson", t0[1], constraint=constraints.positive)
             s = numpyro.param("disp_trend_sd", t0[2], constraint=constraints.greater_than(0.05))
-            fix_curve, fix_sd = self.init.fixed_trend  # held: recorded in the params, never moved
-            if fix_curve:
+            if self.init.fixed_trend:  # held: recorded in the params, never moved
                 a0, a1 = jax.lax.stop_gradient(a0), jax.lax.stop_gradient(a1)
-            if fix_sd:
-                s = jax.lax.stop_gradient(s)
             trend = jnp.log(a0 + a1 * jnp.exp(-jnp.asarray(self.init.log_mean)))
             locs.append(jnp.broadcast_to(trend[:, None], (self.G, self.n_disp)))
             scales.append(jnp.broadcast_to(s, (self.G, self.n_disp)))

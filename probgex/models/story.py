@@ -30,14 +30,14 @@ class Dims:
 
 def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np.ndarray | None = None,
                 beta_tril: np.ndarray | None = None, *, trend: tuple[float, float, float] | None = None,
-                fixed_trend: tuple[bool, bool] = (False, False)):
+                fixed_trend: bool = False):
     """The NumPyro model/guide pair of `spec`. `beta_init` and `beta_tril` only start the GLM guide."""
     if spec.latent is None:  # the GLM, around a stage-1 offset for "residual_glm"
         beta = np.zeros((dims.n_design, dims.n_genes), np.float32) if beta_init is None else beta_init
         return GLM(spec, dims.n_design, dims.n_genes, dims.n_groups, dims.intercept,
                    GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32),
                            beta_tril=beta_tril, trend=trend,
-                           fixed_trend=fixed_trend if trend is not None else (False, False)))
+                           fixed_trend=fixed_trend and trend is not None))
     cls = Residual if spec.story == "residual" else CVAE
     return cls(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
                lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)
