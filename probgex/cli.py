@@ -310,6 +310,9 @@ def power(
         if parts[1] == parts[2]:
             raise SpecError(f"--contrast {contrast!r} compares level {parts[1]!r} with itself; name two different "
                             "levels (column:level:reference)")
+        if effects is not None and reference_n is None:
+            raise SpecError("--effects needs --reference-n: with effects from the fit every gene has some fold "
+                            "change, and the reference experiment (reference_n per group) calls each draw's DE genes")
         check_output_folder(out, POWER_FILES, [model, pilot], overwrite=overwrite)
         try:
             grid = [int(t) for t in n.split(",") if t.strip()]
