@@ -58,7 +58,10 @@ class Prior(str, Enum):
 
 
 def _fail(e: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+    from rich.markup import escape
+
+    # the message as written: no rich markup ([...] lists) or emoji codes (:a: in a contrast) taken from it
+    console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, emoji=False)
     return typer.Exit(code=2)
 
 
@@ -131,17 +134,23 @@ def fit(
         mean_table = Path(mean) if model is Story.residual and mean not in ("glm", "mlp") else None
         check_output(out, [data, spec, mean_table], overwrite=overwrite)
         if spec is not None:
+            if not spec.is_file():
+                raise SpecError(f"--spec {spec}: no such file; pass a model spec TOML (see ModelSpec.save)")
+            model_spec = ModelSpec.load(spec)
+            table = model_spec.mean == "external"  # the spec names no table: --mean (and its scale) supply it
             given = {"--formula": formula != "~ 1", "--likelihood": likelihood != "nb",
-                     "--model": model is not Story.glm, "--mean": mean != "glm", "--mean-scale": mean_scale != "counts",
+                     "--model": model is not Story.glm, "--mean": mean != "glm" and not table,
+                     "--mean-scale": mean_scale != "counts" and not table,
                      "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
                      "--layer": layer is not None, "--library": library != "auto"}
             clash = [k for k, v in given.items() if v]
             if clash:
                 raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
                                 "the setting in the spec file or drop --spec (nothing is silently overridden)")
-            if not spec.is_file():
-                raise SpecError(f"--spec {spec}: no such file; pass a model spec TOML (see ModelSpec.save)")
-            model_spec = ModelSpec.load(spec)
+            if table and mean in ("glm", "mlp"):
+                raise SpecError(f"--spec {spec} has mean = 'external': pass its table of predictions with --mean "
+                                "TABLE (.csv/.tsv/.h5ad)")
+            mean_table = Path(mean) if table else None
         else:
             if prior is not Prior.gaussian and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
@@ -152,9 +161,7 @@ def fit(
                                           mean if mean in ("glm", "mlp") else "external")
         stage1 = None
         if model_spec.mean == "external":
-            if spec is not None:
-                raise SpecError("a spec with mean = 'external' needs the table of predictions: drop --spec and pass "
-                                "--model residual --mean TABLE")
+            check_output(out, [mean_table], overwrite=overwrite)
             stage1 = _read_predictions(Path(mean), mean_scale)
         adata = read_h5ad(data)
         fitted = Model.from_spec(model_spec, stage1).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,

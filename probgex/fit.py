@@ -661,7 +661,7 @@ def nonfinite(pred: xr.Dataset) -> str:
             bad = ~np.isfinite(pred[v].values)
             if bad.any():
                 genes = np.asarray(pred["gene"])[bad.any(0)]
-                parts.append(f"{v}: {int(bad.sum())} entries, {len(genes)} genes, e.g. {list(genes[:3])}")
+                parts.append(f"{v}: {int(bad.sum())} entries, {len(genes)} genes, e.g. {[str(g) for g in genes[:3]]}")
     return "; ".join(parts)
 
 

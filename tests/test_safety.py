@@ -208,7 +208,7 @@ def test_numeric_covariate_outside_the_training_range(files, tmp_path):
 def test_non_finite_predictions_are_never_written(files, tmp_path):
     res, _ = _run("predict", files / "model.npz", "--obs", files / "meta.csv", "--n-samples", "4",
                   "--library-size", "1e300", "--out", tmp_path / "p.nc")
-    _refused(res, "non-finite", "nothing was written")
+    _refused(res, "non-finite", "10 genes, e.g. ['g0', 'g1', 'g2']", "nothing was written")
     assert not (tmp_path / "p.nc").exists()
 
 
@@ -249,7 +249,7 @@ def test_power_pilot_must_be_the_fitted_data_and_a_contrast_two_levels(files, tm
                   "--out", tmp_path / "p")
     _refused(res, "not the data the model was fitted on", "10 genes", "12")
     res, _ = _run("power", files / "model.npz", "--contrast", "group:a:a", "--out", tmp_path / "p")
-    _refused(res, "with itself")
+    _refused(res, "'group:a:a' compares level 'a' with itself")
     with pytest.raises(pg.SpecError, match="with itself"):
         pg.power.curve(pg.load(files / "model.npz"), ("group", "b", "b"), key=None)
     assert not (tmp_path / "p").exists()
