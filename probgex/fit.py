@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -626,9 +627,9 @@ def check_fit_options(*, max_epochs=None, batch_size=128, patience=None, checkpo
     positive_int("batch_size", batch_size, allow_none=False)
     positive_int("patience", patience)
     positive_int("checkpoint_every", checkpoint_every, allow_none=False, allow_zero=True)
-    if learning_rate is not None and not (isinstance(learning_rate, int | float) and 0 < learning_rate < np.inf):
+    if learning_rate is not None and not (isinstance(learning_rate, numbers.Real) and 0 < learning_rate < np.inf):
         raise SpecError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if holdout is not None and not (isinstance(holdout, int | float) and 0 <= holdout < 1):
+    if holdout is not None and not (isinstance(holdout, numbers.Real) and 0 <= holdout < 1):
         raise SpecError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
 
 
