@@ -8,16 +8,17 @@
 """
 
 from probgex import datasets, diagnostics, latent, mean, power
-from probgex.data import CountData, DesignEncoding, EmptyWarning, from_anndata
-from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, ProbgexError, SpecError
+from probgex.data import CountData, DesignEncoding, DesignWarning, EmptyWarning, from_anndata
+from probgex.errors import (DataError, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
+                            ProbgexError, SpecError)
 from probgex.fit import Fit, Model, load
 from probgex.spec import ModelSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CountData", "DataError", "DesignEncoding", "EmptyWarning", "Fit", "IncompleteFitWarning", "Model",
-    "ModelFileError",
+    "CountData", "DataError", "DesignEncoding", "DesignWarning", "EmptyWarning", "ExtrapolationWarning", "Fit",
+    "IncompleteFitWarning", "Model", "ModelFileError", "OutputError",
     "ModelSpec", "ProbgexError", "SpecError", "datasets", "diagnostics", "from_anndata", "latent", "load", "mean",
     "power",
 ]
