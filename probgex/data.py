@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from probgex.choices import EMPTY_MODES, LIKELIHOODS
 from probgex.errors import DataError
 
-COUNT_LIKELIHOODS = ("poisson", "nb", "zinb")
-EMPTY_MODES = ("warn", "error", "keep")
+COUNT_LIKELIHOODS = LIKELIHOODS
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import norm
 
+from probgex.choices import LEARNED_PRIORS
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
 from probgex import library
 from probgex import mean as stage1_means
@@ -297,7 +298,7 @@ class Fit:
         """"none" (the spec's latent prior is Gaussian, or no latent), "trained", or "not trained": a
         checkpoint of the VAE stage of a fit with a learned prior, which predicts with the VAE-stage
         Gaussian prior until `train_prior` is run."""
-        if getattr(self.spec.latent, "kind", None) not in ("diffusion", "flow"):
+        if getattr(self.spec.latent, "kind", None) not in LEARNED_PRIORS:
             return "none"
         return "trained" if "learned_prior" in self.params else "not trained"
 
