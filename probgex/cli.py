@@ -232,7 +232,6 @@ def power(
 ):
     """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
     import anndata as ad
-    import jax
 
     from probgex.errors import SpecError
     from probgex.fit import load
@@ -253,7 +252,7 @@ def power(
             raise SpecError(f"--min-abs-lfc must be comma-separated numbers, got {min_abs_lfc!r}") from None
         fitted = load(model)
         pilot_data = None if pilot is None else ad.read_h5ad(pilot)
-        ds = curve(fitted, tuple(parts), grid, key=jax.random.PRNGKey(seed), fdr=fdr, lfc=lfc,
+        ds = curve(fitted, tuple(parts), grid, key=seed, fdr=fdr, lfc=lfc,
                    de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target,
                    effects=effects, reference_n=reference_n, min_abs_lfc=thresholds, pilot=pilot_data,
                    nested=nested)

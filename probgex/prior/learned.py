@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from probgex.choices import LEARNED_PRIORS, SAMPLERS
+from probgex import rng as streams
 from probgex.prior.dynamics import VPSDE, FlowMatching
 from probgex.prior.nets import VectorFieldNet
 from probgex.prior.ode import EXACT_TRACE_MAX_DIM, ODEOptions, nfe, ode_log_prob, ode_sample
@@ -45,7 +46,8 @@ class LearnedPrior:
         self.cond_dropout, self.guidance, self.sampler = float(cond_dropout), float(guidance), sampler
         self.ode, self.sde = ode or ODEOptions(), sde or SDEOptions()
         self.dynamics = VPSDE(parametrization=parametrization) if kind == "diffusion" else FlowMatching()
-        self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=nnx.Rngs(seed))
+        rngs = nnx.Rngs(streams.stream(seed, "prior_network"))
+        self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=rngs)
         self._graphdef, state = nnx.split(self.net)
         self._state_template = state
 
