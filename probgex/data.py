@@ -20,7 +20,6 @@ import scipy.sparse as sp
 from probgex.choices import EMPTY_MODES, LIKELIHOODS
 from probgex.errors import DataError
 
-COUNT_LIKELIHOODS = LIKELIHOODS
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
 
 
@@ -202,8 +201,8 @@ def _blocks(matrix: np.ndarray | sp.csr_matrix):
 
 def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: str = "X") -> None:
     """Check that ``matrix`` holds finite, non-negative integers as count likelihoods need."""
-    if likelihood not in COUNT_LIKELIHOODS:
-        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(COUNT_LIKELIHOODS)}")
+    if likelihood not in LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     matrix = matrix if sp.issparse(matrix) else np.asarray(matrix)
     dtype = matrix.dtype
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
@@ -386,8 +385,8 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
     if not isinstance(adata, anndata.AnnData):
         raise DataError(f"expected an AnnData object, got {type(adata).__name__}; load one with "
                         "anndata.read_h5ad(path) or build anndata.AnnData(X=counts, obs=metadata)")
-    if likelihood not in COUNT_LIKELIHOODS:
-        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(COUNT_LIKELIHOODS)}")
+    if likelihood not in LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     if empty not in EMPTY_MODES:
         raise DataError(f"empty={empty!r} is not one of {list(EMPTY_MODES)}")
     if encoding is not None and formula is not None and formula != encoding.formula:

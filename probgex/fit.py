@@ -71,7 +71,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.spec!r})"
 
-    def fit(self, adata, *, seed: int | jax.Array = 0, holdout: float | None = None, heldout_obs: Sequence[str] | None = None,
+    def fit(self, adata, *, seed=0, holdout: float | None = None, heldout_obs: Sequence[str] | None = None,
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
             patience: int | None = None, lr_reductions: int | None = None,
             checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
@@ -85,9 +85,10 @@ class Model:
         samples a held-out sample would cost a residual degree of freedom (6 samples and 5 coefficients
         left the dispersions none); without a held-out split the fit runs `max_epochs` (~3000 steps).
         `spec.library == "auto"` is resolved here (`probgex.library.choose`); the fit's spec says which.
-        `seed`: an int or a JAX key (`probgex.rng`); the same seed gives the same result (a key
-        is first reduced to an int seed, recorded in the model). With `checkpoint_path`, the best parameters so far are written there every
-        `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid).
+        `seed`: an int or a JAX key (`probgex.rng`); the same seed gives the same result (a key is first
+        reduced to an int seed, recorded in the model). With `checkpoint_path`, the best parameters so
+        far are written there every `checkpoint_every` epochs (atomically: an interrupted fit leaves the
+        last checkpoint valid).
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
         parameters; the prior stage then trains the prior and writes the complete model. A checkpoint of
         the VAE stage loads as the VAE with its Gaussian prior (`Fit.learned_prior_status` is

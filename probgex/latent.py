@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from probgex import choices
 from probgex.choices import PARAMETRIZATIONS, SAMPLERS, SDE_SOLVERS
 from probgex.errors import SpecError
 
