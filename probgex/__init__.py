@@ -5,20 +5,54 @@
     fit = model.fit(adata, seed=0)
     pred = fit.predict(new_obs, n_samples=500)
     fit.save("model.npz"); fit = pg.load("model.npz")
+
+The public names are re-exported lazily (PEP 562): `import probgex`, `probgex.spec`, `probgex.data` and
+the shell's module load no JAX, NumPyro, Flax, diffrax, ArviZ or matplotlib; the first use of a name that
+needs them (`pg.Model`, `pg.power`, ...) imports its module.
 """
 
-from probgex import datasets, diagnostics, latent, mean, power
-from probgex.data import CountData, DesignEncoding, DesignWarning, EmptyWarning, from_anndata
-from probgex.errors import (DataError, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
-                            ProbgexError, SpecError)
-from probgex.fit import Fit, Model, load
-from probgex.spec import ModelSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CountData", "DataError", "DesignEncoding", "DesignWarning", "EmptyWarning", "ExtrapolationWarning", "Fit",
-    "IncompleteFitWarning", "Model", "ModelFileError", "OutputError",
-    "ModelSpec", "ProbgexError", "SpecError", "datasets", "diagnostics", "from_anndata", "latent", "load", "mean",
-    "power",
-]
+# public name -> the module that defines it; a subpackage / module maps to itself
+_EXPORTS: dict[str, str] = {
+    "CountData": "probgex.data", "DesignEncoding": "probgex.data", "DesignWarning": "probgex.data",
+    "EmptyWarning": "probgex.data",
+    "from_anndata": "probgex.data",
+    "DataError": "probgex.errors", "ExtrapolationWarning": "probgex.errors",
+    "IncompleteFitWarning": "probgex.errors", "ModelFileError": "probgex.errors", "OutputError": "probgex.errors",
+    "ProbgexError": "probgex.errors", "SpecError": "probgex.errors",
+    "Fit": "probgex.fit", "Model": "probgex.fit", "load": "probgex.fit",
+    "ModelSpec": "probgex.spec",
+    "datasets": "probgex.datasets", "diagnostics": "probgex.diagnostics", "latent": "probgex.latent",
+    "mean": "probgex.mean", "power": "probgex.power",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probgex' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    value = mod if module == f"probgex.{name}" else getattr(mod, name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager form
+    from probgex import datasets, diagnostics, latent, mean, power
+    from probgex.data import CountData, DesignEncoding, DesignWarning, EmptyWarning, from_anndata
+    from probgex.errors import (DataError, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
+                                ProbgexError, SpecError)
+    from probgex.fit import Fit, Model, load
+    from probgex.spec import ModelSpec

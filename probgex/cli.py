@@ -1,4 +1,7 @@
-"""The `probgex` shell command: fit, predict and demo over the same API as Python."""
+"""The `probgex` shell command: fit, predict and demo over the same API as Python.
+
+Importing this module (and `probgex --help`) loads no JAX: each command imports what it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from probgex.choices import LATENT_KINDS, LIKELIHOODS, MODELS, SCALES, TRAINED_MEANS
 from probgex.errors import ProbgexError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -19,21 +22,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True)
 
 
-class Story(str, Enum):
-    glm = "glm"
-    cvae = "cvae"
-    residual = "residual"
+Story = Enum("Story", [(m, m) for m in MODELS], type=str)  # --model
+Prior = Enum("Prior", [(k, k) for k in LATENT_KINDS], type=str)  # --prior
 
 
 def _read_predictions(path: Path, scale: str):
     """A stage-1 prediction table (obs x genes; index = obs names) from .csv/.tsv or .h5ad (X)."""
+    import numpy as np
     import pandas as pd
 
     from probgex.errors import DataError
     from probgex.mean import External
 
     if not path.is_file():
-        raise DataError(f"--mean {path}: no such file; pass glm, mlp or a table of predictions (.csv/.tsv/.h5ad)")
+        raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions (.csv/.tsv/.h5ad)")
     if path.suffix == ".h5ad":
         from probgex.data import read_h5ad
 
@@ -49,12 +51,6 @@ def _read_predictions(path: Path, scale: str):
                         "of gene names and one row per observation") from e
     table.index = table.index.astype(str)
     return External(table, scale=scale)
-
-
-class Prior(str, Enum):
-    gaussian = "gaussian"
-    diffusion = "diffusion"
-    flow = "flow"
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -96,13 +92,13 @@ def fit(
     data: Annotated[Path, typer.Argument(help="AnnData .h5ad with raw counts in X (or --layer)")],
     out: Annotated[Path, typer.Option(help="model file to write (.npz)")],
     formula: Annotated[str, typer.Option(help="design over obs, e.g. '~ cell_type + stim'")] = "~ 1",
-    likelihood: Annotated[str, typer.Option(help="poisson | nb | zinb")] = "nb",
+    likelihood: Annotated[str, typer.Option(help=" | ".join(LIKELIHOODS))] = "nb",
     model: Annotated[Story, typer.Option(
         help="glm (no latent), cvae (conditional VAE) or residual (variability around a stage-1 mean)")] = Story.glm,
     mean: Annotated[str, typer.Option(
         help="residual: the stage-1 mean, glm | mlp | a table of predictions (.csv/.tsv/.h5ad, obs x genes)")] = "glm",
     mean_scale: Annotated[str, typer.Option(
-        help="units of a prediction table: counts | fraction | log1p_cp10k | log_fraction")] = "counts",
+        help="units of a prediction table: " + " | ".join(SCALES))] = "counts",
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae / residual model; 0 with "
                                             "--model residual: a GLM around stage 1 (bulk data)")] = 10,
     prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
@@ -126,7 +122,7 @@ def fit(
     from probgex.data import read_h5ad
     from probgex.errors import DataError, SpecError
     from probgex.fit import Model, check_fit_options
-    from probgex.latent import LATENT_KINDS
+    from probgex.latent import LATENT_KINDS as LATENTS
     from probgex.spec import ModelSpec
 
     try:
@@ -155,10 +151,15 @@ def fit(
             if prior is not Prior.gaussian and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
             no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
-            latent = None if no_latent else LATENT_KINDS[prior.value](dim=latent_dim)
+            latent = None if no_latent else LATENTS[prior.value](dim=latent_dim)
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
                                           mean=None if model is not Story.residual else
-                                          mean if mean in ("glm", "mlp") else "external")
+                                          mean if mean in TRAINED_MEANS else "external")
+        # the options are valid: only now load the data and the JAX side
+        import anndata as ad
+
+        from probgex.fit import Model
+
         stage1 = None
         if model_spec.mean == "external":
             check_output(out, [mean_table], overwrite=overwrite)
@@ -184,6 +185,7 @@ def predict(
     overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Draw count profiles from p(x | metadata) with their mean, sd and central intervals."""
+    import numpy as np
     import pandas as pd
 
     from probgex._outputs import atomic_file, check_output
@@ -301,7 +303,6 @@ def power(
     overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
-    import jax
 
     from probgex._outputs import check_output_folder
     from probgex.data import read_h5ad
@@ -331,7 +332,7 @@ def power(
             raise SpecError(f"--min-abs-lfc must be comma-separated numbers, got {min_abs_lfc!r}") from None
         fitted = load(model)
         pilot_data = None if pilot is None else read_h5ad(pilot, "--pilot")
-        ds = curve(fitted, tuple(parts), grid, key=jax.random.PRNGKey(seed), fdr=fdr, lfc=lfc,
+        ds = curve(fitted, tuple(parts), grid, key=seed, fdr=fdr, lfc=lfc,
                    de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target,
                    effects=effects, reference_n=reference_n, min_abs_lfc=thresholds, pilot=pilot_data,
                    nested=nested)

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from probgex.choices import EMPTY_MODES, LIKELIHOODS
 from probgex.errors import DataError, ExtrapolationWarning
 
-COUNT_LIKELIHOODS = ("poisson", "nb", "zinb")
-EMPTY_MODES = ("warn", "error", "keep")
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
 # largest count accepted: float32 (the likelihood's arithmetic) holds every integer only up to 2**24; beyond
 # it x and x + 1 collide and the NB / Poisson log-pmf is off by tens of nats (1e12: millions) against scipy
@@ -327,8 +326,8 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
     """Check that ``matrix`` holds finite, non-negative integers as count likelihoods need, none above
     MAX_COUNT (2**24, the largest range in which float32, the likelihood's arithmetic, holds every
     integer)."""
-    if likelihood not in COUNT_LIKELIHOODS:
-        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(COUNT_LIKELIHOODS)}")
+    if likelihood not in LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     matrix = matrix if sp.issparse(matrix) else np.asarray(matrix)
     dtype = matrix.dtype
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
@@ -525,8 +524,8 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
     if not isinstance(adata, anndata.AnnData):
         raise DataError(f"expected an AnnData object, got {type(adata).__name__}; load one with "
                         "anndata.read_h5ad(path) or build anndata.AnnData(X=counts, obs=metadata)")
-    if likelihood not in COUNT_LIKELIHOODS:
-        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(COUNT_LIKELIHOODS)}")
+    if likelihood not in LIKELIHOODS:
+        raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     if empty not in EMPTY_MODES:
         raise DataError(f"empty={empty!r} is not one of {list(EMPTY_MODES)}")
     if encoding is not None and formula is not None and formula != encoding.formula:

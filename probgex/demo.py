@@ -52,20 +52,19 @@ def power_from_pilot(train, out: Path, *, seed: int = 0, progress: bool = True, 
     truly DE in a draw when called on a simulated `reference_n`-per-group experiment; the interval also
     carries the uncertainty of the pilot's dispersion level (which replicates it drew). Writes power.json,
     power.nc and power.png to `out` (examples/power_yeast_pilot.py is the longer version)."""
-    import jax
-
+    from probgex import rng as streams
     from probgex.power import curve
     from probgex.power.report import write
 
     total = np.asarray(train.X.sum(0)).ravel()
     top = train[:, np.sort(np.argsort(total)[::-1][:genes])]
-    rng = np.random.default_rng(seed)
+    rng = streams.host_rng(seed, "pilot")
     strain = top.obs["strain"].astype(str).to_numpy()
     pick = np.concatenate([rng.choice(np.flatnonzero(strain == s), 3, replace=False) for s in ("WT", "Snf2")])
     pilot = top[pick].copy()
     # holdout=0: a 6-sample pilot needs every sample in the fit (a fixed epoch budget instead)
     fit = Model("~ strain", likelihood="nb").fit(pilot, seed=seed, holdout=0.0, max_epochs=1500, empty="keep",
                                                  progress=progress)
-    ds = curve(fit, ("strain", "Snf2", "WT"), n_per_group, key=jax.random.PRNGKey(seed), n_draws=draws, n_rep=1,
+    ds = curve(fit, ("strain", "Snf2", "WT"), n_per_group, key=seed, n_draws=draws, n_rep=1,
                effects="shrunk", reference_n=reference_n, min_abs_lfc=(1.0,), progress=progress, pilot=pilot)
     return write(ds, out)

@@ -16,10 +16,12 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import norm
 
+from probgex.choices import LEARNED_PRIORS
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
 from probgex import _memory, library
 from probgex import mean as stage1_means
 from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, OutputError, SpecError
+from probgex import rng as streams
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
@@ -71,7 +73,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.spec!r})"
 
-    def fit(self, adata, *, seed: int = 0, holdout: float | None = None, heldout_obs: Sequence[str] | None = None,
+    def fit(self, adata, *, seed=0, holdout: float | None = None, heldout_obs: Sequence[str] | None = None,
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
             patience: int | None = None, lr_reductions: int | None = None,
             checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
@@ -85,9 +87,10 @@ class Model:
         samples a held-out sample would cost a residual degree of freedom (6 samples and 5 coefficients
         left the dispersions none); without a held-out split the fit runs `max_epochs` (~3000 steps).
         `spec.library == "auto"` is resolved here (`probgex.library.choose`); the fit's spec says which.
-        The same seed gives the same
-        result. With `checkpoint_path`, the best parameters so far are written there every
-        `checkpoint_every` epochs (atomically: an interrupted fit leaves the last checkpoint valid). A file
+        `seed`: an int or a JAX key (`probgex.rng`); the same seed gives the same result (a key is first
+        reduced to an int seed, recorded in the model). With `checkpoint_path`, the best parameters so
+        far are written there every `checkpoint_every` epochs (atomically: an interrupted fit leaves the
+        last checkpoint valid). A file
         already at `checkpoint_path` (an earlier model) is kept until the fit ends: the checkpoints go beside
         it (`checkpoint_target`: `name.partial.npz`) and the finished model replaces it in one step.
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
@@ -98,6 +101,7 @@ class Model:
         when loaded.
         """
         spec = self.spec
+        seed = streams.seed_int(seed)
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                           checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout)
         target = checkpoint_target(checkpoint_path)
@@ -127,7 +131,7 @@ class Model:
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
         glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
-        trend = _trend_init(data, train_idx, log_mean) if glm and spec.likelihood != "poisson" else None
+        trend = _trend_init(data, train_idx, log_mean, seed) if glm and spec.likelihood != "poisson" else None
         # the Laplace start at the trend's dispersions: at a flat 0.1 the guide started (and, Adam
         # shrinking scales slowly, stayed) too wide where dispersions are small
         alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
@@ -184,9 +188,11 @@ class Model:
             glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer,
                             library="observed" if spec.library == "latent" else spec.library)
             train = adata[np.asarray(data.obs.index[train_idx])]
-            return stage1_means.GLMMean.from_fit(Model.from_spec(glm).fit(train, seed=seed, progress=progress))
+            return stage1_means.GLMMean.from_fit(Model.from_spec(glm).fit(train, seed=streams.stream(seed, "stage1"),
+                                                                          progress=progress))
         if spec.mean == "mlp":
-            return stage1_means.MLPMean.train(data.subset(train_idx), seed=seed, progress=progress)
+            return stage1_means.MLPMean.train(data.subset(train_idx), seed=streams.stream(seed, "stage1"),
+                                              progress=progress)
         raise SpecError("mean='external' needs the predictions: Model(..., mean=pg.mean.External(table_or_callable))"
                         " or a DataFrame of expected counts (observations x genes)")
 
@@ -201,7 +207,7 @@ def _as_predictor(mean):
                     f"MLPMean, a DataFrame of expected counts, a callable); got {type(mean).__name__}")
 
 
-def _split(data: CountData, holdout: float, heldout_obs, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(data: CountData, holdout: float, heldout_obs, seed) -> tuple[np.ndarray, np.ndarray]:
     n = data.n_obs
     if heldout_obs is not None:
         mask = data.obs.index.isin(list(heldout_obs))
@@ -213,7 +219,7 @@ def _split(data: CountData, holdout: float, heldout_obs, seed: int) -> tuple[np.
             raise DataError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
         k = int(round(holdout * n))
         mask = np.zeros(n, bool)
-        mask[np.random.default_rng(seed).choice(n, k, replace=False)] = True
+        mask[streams.host_rng(seed, "holdout").choice(n, k, replace=False)] = True
     if mask.all():
         raise DataError("every observation is held out; leave some to fit on")
     return np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -240,13 +246,13 @@ def _summaries(data: CountData, rows: np.ndarray, chunk: int = 1024):
 TREND_ROWS = 20_000  # most training rows the trend is placed on
 
 
-def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray):
+def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray, seed):
     """The GLM's mean-dispersion trend placed on the training rows before SVI (`models.trend`)."""
     from probgex.models.trend import place_trend
     if len(rows) <= data.n_design:  # no residual degree of freedom: the trend stays the ELBO's
         return None
     if len(rows) > TREND_ROWS:  # a fixed random subset bounds memory on large single-cell sets
-        rows = np.sort(np.random.default_rng(0).choice(rows, TREND_ROWS, replace=False))
+        rows = np.sort(streams.host_rng(seed, "trend_rows").choice(rows, TREND_ROWS, replace=False))
     y = np.concatenate([data.rows(rows[s : s + 4096]) for s in range(0, len(rows), 4096)])
     offset = None if data.offset is None else data.offset[rows]
     return place_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
@@ -311,7 +317,7 @@ class Fit:
         """"none" (the spec's latent prior is Gaussian, or no latent), "trained", or "not trained": a
         checkpoint of the VAE stage of a fit with a learned prior, which predicts with the VAE-stage
         Gaussian prior until `train_prior` is run."""
-        if getattr(self.spec.latent, "kind", None) not in ("diffusion", "flow"):
+        if getattr(self.spec.latent, "kind", None) not in LEARNED_PRIORS:
             return "none"
         return "trained" if "learned_prior" in self.params else "not trained"
 
@@ -412,14 +418,14 @@ class Fit:
 
     # ----- prediction
     def predict(self, obs, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
-                library_size=None, seed: int = 0) -> xr.Dataset:
+                library_size=None, seed: int | jax.Array = 0) -> xr.Dataset:
         """Draw count profiles from p(x | c) for new metadata `obs` (a DataFrame or an AnnData's obs).
 
         Latents come from the conditional prior and parameters from the fitted guide. Library sizes:
         `library_size` (a number or one per observation) if given; otherwise, for a latent library,
         the model's prior; otherwise drawn from the log-normal of the training library sizes.
         Returns `counts` (sample, obs, gene), predictive `mean` and `sd`, and central intervals
-        `lower`/`upper` (level, obs, gene) taken from the predictive samples.
+        `lower`/`upper` (level, obs, gene) taken from the predictive samples. `seed`: an int or a JAX key.
         """
         obs = getattr(obs, "obs", obs)
         if not isinstance(obs, pd.DataFrame):
@@ -430,8 +436,7 @@ class Fit:
                         f"predicting {n_samples} draws for {len(obs)} observations x {len(self.var_names)} genes",
                         "lower the number of draws (--n-samples / n_samples=) or predict fewer observations at a time")
         data = self._metadata(obs, library_size)
-        rng = np.random.default_rng(seed)
-        key = jax.random.PRNGKey(seed)
+        rng, key = streams.host_rng(seed, "sampling"), streams.stream(seed, "predictive")
         draw_lib = library_size is None and self.spec.library != "latent"
         pred = self._assemble(data, self.predictive_blocks(data, n_samples, key, from_data=False), rng, levels,
                               n_samples, draw_lib)
@@ -443,12 +448,12 @@ class Fit:
         return pred
 
     def reconstruct(self, adata, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
-                    seed: int = 0) -> xr.Dataset:
+                    seed: int | jax.Array = 0) -> xr.Dataset:
         """The reconstruction predictive of observed cells: latents from the encoder q(z | x, c)."""
         data = self.data(adata)
         levels = check_levels(levels)
-        rng = np.random.default_rng(seed)
-        draws = self.predictive_blocks(data, n_samples, jax.random.PRNGKey(seed), from_data=True)
+        rng = streams.host_rng(seed, "sampling")
+        draws = self.predictive_blocks(data, n_samples, streams.stream(seed, "predictive"), from_data=True)
         return self._assemble(data, draws, rng, levels, n_samples, False)
 
     def _assemble(self, data, draws, rng, levels, n_samples, draw_lib) -> xr.Dataset:
@@ -474,7 +479,7 @@ class Fit:
 
     # ----- scoring observed data
     def evaluate(self, adata, *, n_samples: int = 100, levels: Sequence[float] = LEVELS,
-                 seed: int = 0) -> xr.Dataset:
+                 seed: int | jax.Array = 0) -> xr.Dataset:
         """Calibration on observed counts, predicting from their metadata (and library sizes) only.
 
         Returns the randomized PIT per entry, the PIT coverage of central intervals pooled and by
@@ -483,8 +488,7 @@ class Fit:
         """
         levels = check_levels(levels)
         data = self.data(adata)
-        rng = np.random.default_rng(seed)
-        key = jax.random.PRNGKey(seed)
+        rng, key = streams.host_rng(seed, "sampling"), streams.stream(seed, "predictive")
         n, G = data.n_obs, data.n_genes
         pit, p_low, p_high, mean = (np.empty((n, G)) for _ in range(4))
         for rows, d in self.predictive_blocks(data, n_samples, key, from_data=False):
@@ -508,11 +512,12 @@ class Fit:
         ds.attrs["mean_log_predictive_density"] = float(lpd.mean())
         return ds
 
-    def log_predictive_density(self, adata_or_data, *, n_samples: int = 100, seed: int = 0) -> xr.DataArray:
+    def log_predictive_density(self, adata_or_data, *, n_samples: int = 100,
+                               seed: int | jax.Array = 0) -> xr.DataArray:
         """log p(x_n | c_n) per observation: for the GLM averaged over posterior draws; for the cVAE
         by importance sampling with the encoder as proposal and the conditional prior."""
         data = adata_or_data if isinstance(adata_or_data, CountData) else self.data(adata_or_data)
-        key = jax.random.PRNGKey(seed + 1)
+        key = streams.stream(seed, "log_density")
         out = np.empty(data.n_obs)
         for i, start in enumerate(range(0, data.n_obs, BLOCK)):
             rows = np.arange(start, min(start + BLOCK, data.n_obs))
@@ -684,8 +689,8 @@ def _param_template(story, spec: ModelSpec, dims: Dims) -> dict:
                       design=np.zeros((1, dims.n_design), np.float32), encoding=None, obs=pd.DataFrame(index=["0"]),
                       var_names=pd.Index([str(i) for i in range(dims.n_genes)]), groups=None, group_levels=None,
                       offset=np.zeros((1, dims.n_genes), np.float32) if spec.mean is not None else None)
-    svi = make_svi(story, TrainConfig())
-    state = svi.init(jax.random.PRNGKey(0), make_batch(dummy, np.arange(1), 1, 1.0))
+    svi = make_svi(story, TrainConfig())  # the initial values are discarded: any key will do
+    state = svi.init(streams.stream(0, "init"), make_batch(dummy, np.arange(1), 1, 1.0))
     return svi.get_params(state)
 
 

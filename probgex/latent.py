@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from probgex.choices import PARAMETRIZATIONS, SAMPLERS, SDE_SOLVERS
 from probgex.errors import SpecError
 
 __all__ = ["Diffusion", "Flow", "Gaussian", "LATENT_KINDS", "LATENT_TYPES", "latent_from_dict"]
@@ -154,9 +155,6 @@ class Flow(_Learned):
     kind: ClassVar[str] = "flow"
 
 
-SAMPLERS = ("ode", "sde")
-SDE_SOLVERS = ("euler", "heun")
-PARAMETRIZATIONS = ("v", "eps")  # as probgex.prior.dynamics.PARAMETRIZATIONS (not imported: no JAX here)
 
 
 @dataclass(frozen=True)

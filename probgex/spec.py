@@ -33,15 +33,12 @@ from typing import Any
 
 import tomli_w
 
+from probgex.choices import DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS
 from probgex.errors import SpecError
 from probgex.latent import LATENT_TYPES, Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
 
 __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
-LIKELIHOODS = ("poisson", "nb", "zinb")
-DISPERSIONS = ("gene", "gene-group")
-LIBRARIES = ("auto", "observed", "latent", "size_factors")
-MEANS = ("glm", "mlp", "external")
 
 
 def _choices(values: tuple[str, ...]) -> str:

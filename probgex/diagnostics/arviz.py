@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import arviz as az
-import jax
 import numpy as np
 import xarray as xr
+
+from probgex import rng as streams
 
 MAX_ENTRIES = 2**26  # draws x obs x genes allowed in one export
 
 
 def to_datatree(fit, heldout, *, genes: Sequence[str] | None = None, n_samples: int = 100,
-                seed: int = 0) -> xr.DataTree:
+                seed=0) -> xr.DataTree:
     """Predictive draws of the held-out counts from their metadata, as ArviZ expects them.
 
     `genes` defaults to the 20 most expressed genes; a selection larger than MAX_ENTRIES
@@ -35,11 +36,11 @@ def to_datatree(fit, heldout, *, genes: Sequence[str] | None = None, n_samples: 
     if n_samples * data.n_obs * len(idx) > MAX_ENTRIES:
         raise ValueError(f"{n_samples} draws x {data.n_obs} obs x {len(idx)} genes is too large to export "
                          "at once; pass fewer genes, fewer draws or a subset of the observations")
-    rng = np.random.default_rng(seed)
+    rng = streams.host_rng(seed, "sampling")
     S, n, k = n_samples, data.n_obs, len(idx)
     pp, ll, mu = np.empty((S, n, k), np.int64), np.empty((S, n, k)), np.empty((S, n, k))
     y = np.empty((n, k), np.int64)
-    for rows, d in fit.predictive_blocks(data, S, jax.random.PRNGKey(seed)):
+    for rows, d in fit.predictive_blocks(data, S, streams.stream(seed, "predictive")):
         sub = d.genes(idx)
         yy = data.rows(rows)[:, idx].astype(np.float64)
         y[rows] = yy

@@ -8,11 +8,11 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import jax
 import numpy as np
 import xarray as xr
 from rich.progress import Progress
 
+from probgex import rng as streams
 from probgex.diagnostics import pit as pitmod
 from probgex.errors import DataError
 from probgex.diagnostics.ppc import Summaries, gene_programs
@@ -48,7 +48,7 @@ def _top_genes(data, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top, corr
 
 
-def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVELS, seed: int = 0,
+def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVELS, seed=0,
           n_top_genes: int = 50, program_size: int = 20, n_random_programs: int = 5,
           reference=None, progress: bool = True, workers: int | None = None) -> Report:
     """Calibration of `fit` on the held-out AnnData `heldout` (raw counts, metadata in obs).
@@ -68,7 +68,8 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
 
     Blocks of observations are scored on `workers` threads (default: the CPU count, at most 4; NumPy
     and SciPy release the GIL in the heavy loops); each block has its own random stream
-    (SeedSequence(seed, spawn_key=(block,))), so results depend on `seed` only, not on `workers`.
+    (`probgex.rng.host_rng(seed, "blocks", block)`), so results depend on `seed` (an int or a JAX key)
+    only, not on `workers`.
     """
     from probgex import _memory
     from probgex.fit import check_n_samples
@@ -84,7 +85,7 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
     _memory.require(_memory.draws_bytes(n_samples, n, G, len(levels), False),
                     f"checking with {n_samples} draws on {n} observations x {G} genes",
                     "lower the number of draws (--n-samples / n_samples=)")
-    rng = np.random.default_rng(seed)
+    rng = streams.host_rng(seed, "programs")
     top, corr = _top_genes(data if reference is None else fit.data(reference), min(n_top_genes, G))
     programs = gene_programs(top, corr, G, program_size, n_random_programs, rng)
     acc = Summaries(n, G, n_samples, top, programs)
@@ -92,7 +93,7 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
     mean = np.empty((n, G), np.float32)
     crps = np.empty((n, G), np.float32)
     iscore = np.zeros((len(levels), G))
-    blocks = fit.predictive_blocks(data, n_samples, jax.random.PRNGKey(seed))
+    blocks = fit.predictive_blocks(data, n_samples, streams.stream(seed, "predictive"))
     with Progress(disable=not progress) as bar, ThreadPoolExecutor(n_workers) as pool:
         task = bar.add_task("check", total=n)
         pending: deque = deque()
@@ -106,7 +107,7 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
 
         for i, (rows, d) in enumerate(blocks):
             y = data.rows(rows).astype(np.float64)
-            block_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+            block_rng = streams.host_rng(seed, "blocks", i)
             pending.append((rows, y, pool.submit(_score_block, d, y, block_rng, levels)))
             while len(pending) > n_workers:  # at most one block waiting beyond those scored
                 collect()
@@ -134,7 +135,7 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
                              "uniformity": pitmod.uniformity(prog_u[:, j], n_grid=min(20, n))}
                       for j, (name, idx) in enumerate(programs.items())}
     return Report(fit=fit, data=data, results=per_entry, ppc=acc, ppc_table=acc.table(), programs=programs_table,
-                  pit_pooled=pitmod.uniformity(u))
+                  pit_pooled=pitmod.uniformity(u), seed=seed)
 
 
 def _workers(workers: int | None) -> int:

@@ -9,11 +9,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax
 import numpy as np
 import xarray as xr
 
 from probgex._outputs import atomic_folder, json_ready
+from probgex import rng as streams
 from probgex.diagnostics import plots
 from probgex.diagnostics.ppc import Summaries
 
@@ -33,6 +33,7 @@ class Report:
     ppc_table: dict
     programs: dict
     pit_pooled: dict
+    seed: object = 0  # the check's int seed or JAX key: the rootogram's draws take a stream of it
     _figures: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -116,7 +117,7 @@ class Report:
                             for s in range(0, data.n_obs, 4096)])
         edges = [np.unique(np.linspace(0, np.quantile(y[:, j], 0.995) + 1, 31).astype(int)) for j in range(len(idx))]
         expected = [np.zeros(len(e) - 1) for e in edges]
-        for rows, d in fit.predictive_blocks(data, 50, jax.random.PRNGKey(1)):
+        for rows, d in fit.predictive_blocks(data, 50, streams.stream(self.seed, "rootogram")):
             sub = d.genes(idx)
             for j, e in enumerate(edges):
                 cdf = np.stack([sub.genes([j]).cdf(np.full((len(rows), 1), k - 1.0))[:, 0] for k in e])

@@ -19,6 +19,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from probgex import rng as streams
 from probgex.data import CountData
 from probgex.inference.minibatch import Minibatches, high_typical, listed
 from probgex.models.batch import Batch, HighCounts
@@ -183,15 +184,16 @@ def _progress(enabled: bool) -> Progress:
 
 
 def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
-            config: TrainConfig, seed: int,
+            config: TrainConfig, seed,
             on_checkpoint: Callable[[dict, History, bool], None] | None = None) -> tuple[dict, History]:
     """Fit `story` (an object with NumPyro `model` and `guide` over a Batch) by SVI.
 
     Returns the parameters with the best held-out loss (the last ones without a held-out split) and
-    the loss history. `on_checkpoint(params, history, finished)` is called every `checkpoint_every` epochs
+    the loss history. `seed`: an int or a JAX key (`probgex.rng`). `on_checkpoint(params, history,
+    finished)` is called every `checkpoint_every` epochs
     (finished=False) and at the end (finished=True) with the best parameters so far.
     """
-    rng = np.random.default_rng(seed)
+    rng = streams.host_rng(seed, "shuffle")
     split = bool(config.count_split and getattr(story, "count_split", False))
     train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng, high=split)
     heldout = None
@@ -200,7 +202,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                               high=split)
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
-    svi_state = svi.init(jax.random.PRNGKey(seed), next(iter(train)))
+    svi_state = svi.init(streams.stream(seed, "init"), next(iter(train)))
     per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
     fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from probgex.choices import SCALES
 from probgex.errors import DataError
 
-SCALES = ("counts", "fraction", "log1p_cp10k", "log_fraction")
 FRACTION_FLOOR = 1e-9  # a predicted mean of exactly 0 becomes this share of the library (stage 2 can move it)
 CP = 1e4  # counts per 10k: the usual normalisation of log1p targets
 

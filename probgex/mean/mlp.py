@@ -17,6 +17,7 @@ import optax
 import pandas as pd
 from flax import nnx
 
+from probgex import rng as streams
 from probgex.data import CountData, DesignEncoding
 from probgex.inference import checkpoint
 from probgex.mean.base import CP, MeanPredictor, gene_positions, to_log_fraction
@@ -34,11 +35,12 @@ class MLPMean(MeanPredictor):
     kind = "mlp"
 
     def __init__(self, encoding: DesignEncoding, var_names: Sequence[str], hidden: Sequence[int] = (128,),
-                 params: dict | None = None, *, seed: int = 0, scale: float = CP):
+                 params: dict | None = None, *, seed=0, scale: float = CP):
         self.encoding, self.hidden = encoding, tuple(int(h) for h in hidden)
         self.scale = float(scale)
         self.var_names = pd.Index(np.asarray(var_names, dtype=str))
-        net = MLP(len(encoding.columns), self.hidden, (len(self.var_names),), rngs=nnx.Rngs(seed))
+        net = MLP(len(encoding.columns), self.hidden, (len(self.var_names),),
+                  rngs=nnx.Rngs(streams.stream(seed, "networks")))
         self._graph, state = nnx.split(net)
         self.params = nnx.to_pure_dict(state)
         if params is not None:
@@ -55,19 +57,20 @@ class MLPMean(MeanPredictor):
         return to_log_fraction(np.expm1(np.maximum(pred, 0.0)) / self.scale, "fraction", None, "stage-1 MLP")
 
     @classmethod
-    def train(cls, data: CountData, *, hidden: Sequence[int] = (128,), seed: int = 0, holdout: float = 0.1,
+    def train(cls, data: CountData, *, hidden: Sequence[int] = (128,), seed=0, holdout: float = 0.1,
               max_epochs: int = 300, patience: int = 20, batch_size: int = 128, learning_rate: float = 1e-3,
               progress: bool = True) -> MLPMean:
         """Fit by squared error on log1p(counts per 10k) of `data` (a CountData: `pg.from_anndata`).
 
         A fraction `holdout` of the rows is held out for early stopping; the best epoch's weights are kept.
+        `seed`: an int or a JAX key (`probgex.rng`).
         """
         from probgex.inference.svi import _progress
 
         model = cls(data.encoding, data.var_names, hidden, seed=seed,
                     scale=max(CP, float(np.median(data.library_size))))
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(data.n_obs)
+        order = streams.host_rng(seed, "holdout").permutation(data.n_obs)
+        rng = streams.host_rng(seed, "shuffle")
         k = int(round(holdout * data.n_obs)) if data.n_obs > 10 else 0
         held, train = order[:k], order[k:]
         y = jnp.asarray(log1p_normalized(data, np.arange(data.n_obs), model.scale))

@@ -17,6 +17,7 @@ from flax import nnx
 from numpyro.contrib.module import nnx_module
 
 from probgex.models.batch import Batch
+from probgex import rng as streams
 from probgex.models.distributions import count_distribution, count_term_sum, log_mean_exp
 from probgex.models.nets import MLP, concat, gaussian_head
 from probgex.prior.learned import learned_prior_of
@@ -36,7 +37,7 @@ class CVAE:
         # terms are then summed over those only (they are exactly 0 at x = 0 and 1)
         self.count_split = self.kind in ("nb", "zinb")
         self.lib_loc, self.lib_scale = float(lib_loc), float(lib_scale)
-        rngs = nnx.Rngs(seed)
+        rngs = nnx.Rngs(streams.stream(seed, "networks"))
         enc_heads = (self.dim, self.dim) + ((1, 1) if self.latent_library else ())
         self.encoder = MLP(self.G + self.P, spec.encoder, enc_heads, rngs=rngs)
         dec_heads = (self.G,) + ((self.G,) if self.kind == "zinb" else ())

@@ -14,24 +14,24 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from probgex import rng as streams
 from probgex.errors import DataError, SpecError
 from probgex.power.de import deseq_batch
-from probgex.power.simulate import Truth, _host_rng, simulate_counts, truth_from_fit
+from probgex.power.simulate import Truth, simulate_counts, truth_from_fit
 
 STRATA = (10.0, 100.0, 1000.0)  # edges of expected counts per sample (reference group, at `depth`)
 
 
 def _rng(key) -> np.random.Generator:
-    """A NumPy generator seeded from a JAX PRNG key (host-side sampling stays reproducible)."""
+    """The simulated experiments' NumPy generator: a stream of `key` (an int seed or a JAX key)."""
     if key is None:
-        raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
-    return _host_rng(key)
+        raise SpecError("pass key=: a PRNG key or an int seed, e.g. key=jax.random.PRNGKey(0) or key=0")
+    return streams.host_rng(key, "experiments")
 
 
 def _check_grid(n_per_group) -> list[int]:
@@ -228,6 +228,7 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
     pilot's dispersion level (`replicates.dispersion_level`: which replicates a small pilot happened to
     get), so that the interval covers what a new experiment will see, not only the fit's per-gene
     uncertainty. `nested`: see `power_grid`.
+    `key`: an int seed or a JAX PRNG key (`probgex.rng`); the same key gives the same curve.
     Returns an xarray.Dataset (see `power_grid`); `plot_curve` draws it."""
     if not (isinstance(contrast, tuple | list) and len(contrast) == 3):
         raise SpecError(f"contrast must be (column, level, reference), got {contrast!r}")
@@ -239,21 +240,20 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
     if not isinstance(n_draws, int) or n_draws < 2:
         raise SpecError(f"n_draws must be an integer >= 2 (posterior draws), got {n_draws!r}")
     if key is None:
-        raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
-    k_draw, k_sim = jax.random.split(key)
+        raise SpecError("pass key=: a PRNG key or an int seed, e.g. key=jax.random.PRNGKey(0) or key=0")
     if effects is not None and reference_n is None:
         raise SpecError("with effects from the fit every gene has some fold change: pass reference_n, the "
                         "replicates per group of the reference experiment that calls each draw's DE genes")
-    truth = truth_from_fit(fit, tuple(contrast), n_draws, k_draw, effects=effects)
+    truth = truth_from_fit(fit, tuple(contrast), n_draws, key, effects=effects)
     disp_level = None
     if pilot is not None:
         from probgex.power.replicates import dispersion_level, with_level_uncertainty
 
         disp_level = dispersion_level(pilot, fit.encoding.formula, tuple(contrast))
-        truth = with_level_uncertainty(truth, disp_level, _host_rng(jax.random.fold_in(key, 1)))
+        truth = with_level_uncertainty(truth, disp_level, streams.host_rng(key, "dispersion_level"))
     depth = float(np.exp(fit.dims.lib_loc)) if depth is None else float(depth)
     depth_sd = float(fit.dims.lib_scale) if depth_sd is None else float(depth_sd)
-    ds = power_grid(truth, n_per_group, key=k_sim, fdr=fdr, lfc=lfc, de_fraction=de_fraction, depth=depth,
+    ds = power_grid(truth, n_per_group, key=key, fdr=fdr, lfc=lfc, de_fraction=de_fraction, depth=depth,
                     depth_sd=depth_sd, n_rep=n_rep, target=target, level=level, test=test, progress=progress,
                     reference_n=reference_n, min_abs_lfc=min_abs_lfc, nested=nested)
     ds.attrs.update(contrast=":".join(contrast), formula=fit.encoding.formula,

@@ -18,10 +18,11 @@ from probgex.errors import DataError
 
 def truth_from_pilot(pilot, contrast: tuple[str, str, str], n_draws: int = 16, *, key=None):
     """A `Truth` (with its per-gene log2 fold changes) from a two-group pilot's DESeq2-style estimates
-    of `~ column` on the samples of the two contrasted levels; `key` (a PRNG key) adds the pilot's
+    of `~ column` on the samples of the two contrasted levels; `key` (a PRNG key or an int seed) adds the pilot's
     dispersion-level uncertainty (`replicates.with_level_uncertainty`)."""
     from probgex.power.de import _check_contrast, de_test
-    from probgex.power.simulate import Truth, _host_rng
+    from probgex import rng as streams
+    from probgex.power.simulate import Truth
 
     col, level, ref = _check_contrast(contrast, pilot.obs)
     if not isinstance(n_draws, int) or n_draws < 1:
@@ -42,4 +43,4 @@ def truth_from_pilot(pilot, contrast: tuple[str, str, str], n_draws: int = 16, *
         return truth
     from probgex.power.replicates import dispersion_level, with_level_uncertainty
 
-    return with_level_uncertainty(truth, dispersion_level(pilot, f"~ {col}", (col, level, ref)), _host_rng(key))
+    return with_level_uncertainty(truth, dispersion_level(pilot, f"~ {col}", (col, level, ref)), streams.host_rng(key, "dispersion_level"))

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 import pandas as pd
 
+from probgex import rng as streams
 from probgex.errors import DataError, SpecError
 
 
@@ -89,12 +89,12 @@ def reference_row(fit, contrast: tuple[str, str, str]) -> tuple[np.ndarray, np.n
 EFFECTS = (None, "posterior", "shrunk")
 
 
-def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.Array, *,
+def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key, *,
                    effects: str | None = None, null_weight: float = 10.0) -> Truth:
     """n_draws joint posterior draws of a fitted GLM's reference-group rates and dispersions; with
     `effects`, also of the contrast's log2 fold changes: "posterior" the GLM's own posterior draws,
     "shrunk" the same draws mapped to the posterior under an empirical-Bayes normal-mixture prior fitted
-    across genes (`effects.shrink_draws`; the unshrunk posterior's mean and sd from 512 extra draws;
+    across genes (`effects.shrink_draws`; `key` an int seed or a JAX key; the unshrunk posterior's mean and sd from 512 extra draws;
     `null_weight`: the mixture's Dirichlet penalty on its point mass at 0, 10 as ashr, 1 for none)."""
     if effects not in EFFECTS:
         raise SpecError(f"effects must be one of {list(EFFECTS)}, got {effects!r}")
@@ -105,8 +105,8 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.A
         raise SpecError(f"power curves simulate NB counts; the model has likelihood "
                         f"{fit.spec.likelihood!r}: refit with likelihood='nb'")
     ref_row, level_row = reference_row(fit, contrast)
-    k_draw, k_moments, k_mix = jax.random.split(key, 3)
-    beta, theta, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_draw, n_draws))  # (S, P, G), (S, K, G)
+    beta, theta, _ = fit.story.split(fit.story.draw_gene_params(fit.params, streams.stream(key, "posterior"),
+                                                                n_draws))  # (S, P, G), (S, K, G)
     beta = np.asarray(beta, np.float64)
     log_rate = np.einsum("p,spg->sg", ref_row, beta)
     alpha = 1.0 / np.asarray(theta, np.float64)[:, 0, :]  # first dispersion group
@@ -116,17 +116,13 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.A
     if effects == "shrunk":
         from probgex.power.effects import fit_normal_mixture, shrink_draws
 
+        k_moments = streams.stream(key, "effect_moments")
         more, _, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_moments, 512))
         l2 = np.einsum("p,spg->sg", level_row - ref_row, np.asarray(more, np.float64)) / np.log(2.0)
         b_hat, s = l2.mean(0), l2.std(0)
         pi, grid = fit_normal_mixture(b_hat, s, null_weight=null_weight)
-        lfc = shrink_draws(lfc, b_hat, s, pi, grid, _host_rng(k_mix))
+        lfc = shrink_draws(lfc, b_hat, s, pi, grid, streams.host_rng(key, "shrinkage"))
     return Truth(log_rate, alpha, np.asarray(fit.var_names, dtype=str), lfc)
-
-
-def _host_rng(key: jax.Array) -> np.random.Generator:
-    data = jax.random.key_data(key) if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return np.random.default_rng([int(x) for x in np.asarray(data).ravel()])
 
 
 def effect_sizes(lfc, n_genes: int, de_fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -61,7 +61,7 @@ def pseudobulk_curve(adata, formula: str, contrast: tuple[str, str, str], *, sub
                                           not isinstance(cells_per_subject, int | np.integer) or cells_per_subject < 1):
         raise SpecError(f"cells_per_subject must be a positive integer, got {cells_per_subject!r}")
     if key is None:
-        raise SpecError("pass a PRNG key, e.g. key=jax.random.PRNGKey(0)")
+        raise SpecError("pass key=: a PRNG key or an int seed, e.g. key=jax.random.PRNGKey(0) or key=0")
     if "depth" in curve_kwargs:
         raise SpecError("depth is set here by cells_per_subject (cells x the pilot's UMIs per cell); pass that")
     idx, _, _ = select_cells(adata.obs, subject, cell_type)

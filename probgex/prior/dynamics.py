@@ -28,6 +28,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from probgex.choices import PARAMETRIZATIONS
 from probgex.prior.nets import VectorFieldNet, guided
 
 
@@ -40,7 +41,6 @@ def _keep(key: jax.Array, n: int, cond_dropout: float) -> jax.Array:
     return (jax.random.uniform(key, (n,)) >= cond_dropout).astype(jnp.float32)
 
 
-PARAMETRIZATIONS = ("v", "eps")
 
 
 class NoisePredictor:

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from probgex.choices import LEARNED_PRIORS, SAMPLERS
+from probgex import rng as streams
 from probgex.prior.dynamics import VPSDE, FlowMatching
 from probgex.prior.nets import VectorFieldNet
 from probgex.prior.ode import EXACT_TRACE_MAX_DIM, ODEOptions, nfe, ode_log_prob, ode_sample
@@ -36,15 +38,16 @@ class LearnedPrior:
     def __init__(self, kind: Kind, dim: int, n_cond: int, hidden: Sequence[int] = (128, 128, 128), *,
                  seed: int = 0, cond_dropout: float = 0.1, guidance: float = 0.0, sampler: str = "ode",
                  ode: ODEOptions | None = None, sde: SDEOptions | None = None, parametrization: str = "v"):
-        if kind not in ("diffusion", "flow"):
-            raise ValueError(f"kind must be 'diffusion' or 'flow', got {kind!r}")
-        if sampler not in ("ode", "sde") or (sampler == "sde" and kind == "flow"):
+        if kind not in LEARNED_PRIORS:
+            raise ValueError(f"kind must be one of {LEARNED_PRIORS}, got {kind!r}")
+        if sampler not in SAMPLERS or (sampler == "sde" and kind == "flow"):
             raise ValueError(f"sampler must be 'ode' or (diffusion only) 'sde'; got {sampler!r} for {kind}")
         self.kind, self.dim, self.n_cond = kind, int(dim), int(n_cond)
         self.cond_dropout, self.guidance, self.sampler = float(cond_dropout), float(guidance), sampler
         self.ode, self.sde = ode or ODEOptions(), sde or SDEOptions()
         self.dynamics = VPSDE(parametrization=parametrization) if kind == "diffusion" else FlowMatching()
-        self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=nnx.Rngs(seed))
+        rngs = nnx.Rngs(streams.stream(seed, "prior_network"))
+        self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=rngs)
         self._graphdef, state = nnx.split(self.net)
         self._state_template = state
 
@@ -124,7 +127,7 @@ class LearnedPrior:
 def learned_prior_of(latent, n_cond: int, seed: int) -> LearnedPrior | None:
     """The LearnedPrior a `probgex.latent.Diffusion` / `Flow` spec describes (None for other latents)."""
     kind = getattr(latent, "kind", None)
-    if kind not in ("diffusion", "flow"):
+    if kind not in LEARNED_PRIORS:
         return None
     sampler = getattr(latent, "sampler", "ode")
     sde = SDEOptions(solver=latent.sde_solver, n_steps=latent.sde_steps) if kind == "diffusion" else None

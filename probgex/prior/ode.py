@@ -17,6 +17,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from probgex.choices import ODE_SOLVERS
 from probgex.prior.nets import VectorFieldNet
 
 Trace = Literal["exact", "hutchinson"]
@@ -34,8 +35,8 @@ class ODEOptions:
     max_steps: int = 4096
 
     def __post_init__(self):
-        if self.solver not in ("tsit5", "dopri5", "euler"):
-            raise ValueError(f"ODE solver must be 'tsit5', 'dopri5' or 'euler', got {self.solver!r}")
+        if self.solver not in ODE_SOLVERS:
+            raise ValueError(f"ODE solver must be one of {ODE_SOLVERS}, got {self.solver!r}")
         if not (self.rtol > 0 and self.atol > 0 and 0 < self.dt0 <= 1 and self.max_steps >= 1):
             raise ValueError("ODEOptions: rtol, atol > 0, 0 < dt0 <= 1 and max_steps >= 1 are required; "
                              f"got {self}")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
+from probgex.choices import SDE_SOLVERS
 from probgex.prior.dynamics import VPSDE
 from probgex.prior.nets import VectorFieldNet, guided
 
@@ -25,8 +26,8 @@ class SDEOptions:
     denoise: bool = True  # a final Tweedie step E[z_0 | z_eps] removes the sigma_eps noise left at t = eps
 
     def __post_init__(self):
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"SDE solver must be 'euler' or 'heun', got {self.solver!r}")
+        if self.solver not in SDE_SOLVERS:
+            raise ValueError(f"SDE solver must be one of {SDE_SOLVERS}, got {self.solver!r}")
         if int(self.n_steps) < 1:
             raise ValueError(f"n_steps must be a positive integer, got {self.n_steps!r}")
 

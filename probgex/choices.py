@@ -1,0 +1,18 @@
+"""Every string-valued option's choices, defined once (no imports): the spec's and the data layer's
+validation, the latent priors, the learned-prior internals and the shell's options all read these."""
+
+LIKELIHOODS = ("poisson", "nb", "zinb")  # count families
+DISPERSIONS = ("gene", "gene-group")
+LIBRARIES = ("auto", "observed", "latent", "size_factors")  # library-size treatments
+MEANS = ("glm", "mlp", "external")  # stage-1 mean predictors of the residual story
+TRAINED_MEANS = ("glm", "mlp")  # the stage-1 predictors probgex trains itself
+SCALES = ("counts", "fraction", "log1p_cp10k", "log_fraction")  # units of an external stage-1 prediction
+EMPTY_MODES = ("warn", "error", "keep")  # what ingestion does with all-zero genes / observations
+
+MODELS = ("glm", "cvae", "residual")  # the shell's --model: the stories one picks
+LATENT_KINDS = ("gaussian", "diffusion", "flow")  # latent priors of the cVAE
+LEARNED_PRIORS = ("diffusion", "flow")  # latent priors trained after the VAE
+SAMPLERS = ("ode", "sde")  # how a diffusion prior draws
+SDE_SOLVERS = ("euler", "heun")
+PARAMETRIZATIONS = ("v", "eps")  # what a diffusion prior's network predicts
+ODE_SOLVERS = ("tsit5", "dopri5", "euler")
