@@ -18,8 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from probgex.errors import DataError
+from probgex.models.families import NAMES as COUNT_LIKELIHOODS  # the count families' registry
 
-COUNT_LIKELIHOODS = ("poisson", "nb", "zinb")
 EMPTY_MODES = ("warn", "error", "keep")
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
 

@@ -34,11 +34,12 @@ from typing import Any
 import tomli_w
 
 from probgex.errors import SpecError
+from probgex.models.families import NAMES as FAMILY_NAMES
 from probgex.latent import LATENT_TYPES, Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
 
 __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
-LIKELIHOODS = ("poisson", "nb", "zinb")
+LIKELIHOODS = FAMILY_NAMES  # the count families' registry (probgex.models.families)
 DISPERSIONS = ("gene", "gene-group")
 LIBRARIES = ("auto", "observed", "latent", "size_factors")
 MEANS = ("glm", "mlp", "external")

@@ -106,7 +106,8 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.A
                         f"{fit.spec.likelihood!r}: refit with likelihood='nb'")
     ref_row, level_row = reference_row(fit, contrast)
     k_draw, k_moments, k_mix = jax.random.split(key, 3)
-    beta, theta, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_draw, n_draws))  # (S, P, G), (S, K, G)
+    beta, extra = fit.story.split(fit.story.draw_gene_params(fit.params, k_draw, n_draws))  # (S, P, G), by name
+    theta = extra["theta"]  # (S, K, G)
     beta = np.asarray(beta, np.float64)
     log_rate = np.einsum("p,spg->sg", ref_row, beta)
     alpha = 1.0 / np.asarray(theta, np.float64)[:, 0, :]  # first dispersion group
@@ -116,7 +117,7 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key: jax.A
     if effects == "shrunk":
         from probgex.power.effects import fit_normal_mixture, shrink_draws
 
-        more, _, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_moments, 512))
+        more, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_moments, 512))
         l2 = np.einsum("p,spg->sg", level_row - ref_row, np.asarray(more, np.float64)) / np.log(2.0)
         b_hat, s = l2.mean(0), l2.std(0)
         pi, grid = fit_normal_mixture(b_hat, s, null_weight=null_weight)
