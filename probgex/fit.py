@@ -118,8 +118,8 @@ class Model:
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
         glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
-        dispersed = bool(family(spec.likelihood).role(DISPERSION))
-        trend = _trend_init(data, train_idx, log_mean) if glm and dispersed else None
+        # the NB mean-dispersion trend placed before SVI, for a family whose counts it describes
+        trend = _trend_init(data, train_idx, log_mean) if glm and family(spec.likelihood).nb_trend else None
         # the Laplace start at the trend's dispersions: at a flat 0.1 the guide started (and, Adam
         # shrinking scales slowly, stayed) too wide where dispersions are small
         alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))

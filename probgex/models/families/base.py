@@ -42,6 +42,7 @@ class CountFamily(Protocol):
     params: tuple[Param, ...]  # the layout, `mu` first
     count_split: bool  # log_prob(count_term=False) omits nb_count_term(x, theta) (0 at x <= 1)
     mean_family: str  # the family of the stage-1 GLM a residual model of this law is built around
+    nb_trend: bool  # the GLM places its NB mean-dispersion trend on the counts before SVI (and holds it)
 
     # JAX (float32-friendly, jittable, broadcasting): the fit's objective
     def log_prob(self, x, p: Params, *, normalized: bool = True, log_mu=None, count_term: bool = True): ...
@@ -68,6 +69,7 @@ class Family:
     params: tuple[Param, ...]
     count_split: bool = False
     mean_family: str = "nb"
+    nb_trend: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ class NegativeBinomial(Family):
     params = (Param("mu", MEAN), Param("theta", DISPERSION))
     count_split = True
     mean_family = "nb"
+    nb_trend = True
 
     def log_prob(self, x, p, *, normalized=True, log_mu=None, count_term=True):
         self.check_split(normalized, count_term)

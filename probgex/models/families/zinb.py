@@ -17,6 +17,7 @@ class ZeroInflatedNB(Family):
               Param("gate", LOGIT, prior=(-2.0, 2.0), start=-3.0, start_scale=1.0))
     count_split = True
     mean_family = "nb"
+    nb_trend = True
 
     def log_prob(self, x, p, *, normalized=True, log_mu=None, count_term=True):
         self.check_split(normalized, count_term)
