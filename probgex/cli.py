@@ -70,7 +70,7 @@ def fit(
     data: Annotated[Path, typer.Argument(help="AnnData .h5ad with raw counts in X (or --layer)")],
     out: Annotated[Path, typer.Option(help="model file to write (.npz)")],
     formula: Annotated[str, typer.Option(help="design over obs, e.g. '~ cell_type + stim'")] = "~ 1",
-    likelihood: Annotated[str, typer.Option(help="poisson | nb | zinb")] = "nb",
+    likelihood: Annotated[str, typer.Option(help="poisson | nb | zinb | hurdle_nb")] = "nb",
     model: Annotated[Story, typer.Option(
         help="glm (no latent), cvae (conditional VAE) or residual (variability around a stage-1 mean)")] = Story.glm,
     mean: Annotated[str, typer.Option(

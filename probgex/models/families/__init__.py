@@ -21,6 +21,7 @@ _REGISTRY = {
     "poisson": "poisson:POISSON",
     "nb": "nb:NB",
     "zinb": "zinb:ZINB",
+    "hurdle_nb": "hurdle_nb:HURDLE_NB",
 }
 NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
