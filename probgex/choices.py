@@ -1,7 +1,7 @@
-"""Every string-valued option's choices, defined once (no imports): the spec's and the data layer's
+"""Every string-valued option's choices, defined once (no JAX: the likelihoods are the count-family registry's names): the spec's and the data layer's
 validation, the latent priors, the learned-prior internals and the shell's options all read these."""
 
-LIKELIHOODS = ("poisson", "nb", "zinb")  # count families
+from probgex.models.families import NAMES as LIKELIHOODS  # noqa: E402  the count families' registry (no JAX)
 DISPERSIONS = ("gene", "gene-group")
 LIBRARIES = ("auto", "observed", "latent", "size_factors")  # library-size treatments
 MEANS = ("glm", "mlp", "external")  # stage-1 mean predictors of the residual story

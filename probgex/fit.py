@@ -27,6 +27,8 @@ from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
 from probgex.inference.predictive import Draws, check_levels, deciles, empirical_intervals, pit_coverage
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
+from probgex.models.families import family
+from probgex.models.families.base import DISPERSION
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
 from probgex.prior.train import PriorHistory
@@ -131,7 +133,8 @@ class Model:
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
         glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
-        trend = _trend_init(data, train_idx, log_mean, seed) if glm and spec.likelihood != "poisson" else None
+        # the NB mean-dispersion trend placed before SVI, for a family whose counts it describes
+        trend = _trend_init(data, train_idx, log_mean, seed) if glm and family(spec.likelihood).nb_trend else None
         # the Laplace start at the trend's dispersions: at a flat 0.1 the guide started (and, Adam
         # shrinking scales slowly, stayed) too wide where dispersions are small
         alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
@@ -185,7 +188,7 @@ class Model:
             return self.stage1
         spec = self.spec
         if spec.mean == "glm":
-            glm = ModelSpec(spec.formula, "poisson" if spec.likelihood == "poisson" else "nb", layer=spec.layer,
+            glm = ModelSpec(spec.formula, family(spec.likelihood).mean_family, layer=spec.layer,
                             library="observed" if spec.library == "latent" else spec.library)
             train = adata[np.asarray(data.obs.index[train_idx])]
             return stage1_means.GLMMean.from_fit(Model.from_spec(glm).fit(train, seed=streams.stream(seed, "stage1"),
@@ -261,10 +264,10 @@ def _trend_init(data: CountData, rows: np.ndarray, log_mean: np.ndarray, seed):
 def _laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: ModelSpec,
                   intercept: int | None, alpha: float | np.ndarray = 0.1, chunk: int = 1024) -> np.ndarray:
     """Cholesky factors (G, P, P) of the Laplace covariance of each gene's coefficients at `beta0`:
-    (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for Poisson)."""
+    (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for a family without dispersion)."""
     from probgex.models.glm import INTERCEPT_SD
 
-    a = 0.0 if spec.likelihood == "poisson" else alpha
+    a = alpha if family(spec.likelihood).role(DISPERSION) else 0.0
     P, G = data.n_design, data.n_genes
     info = np.zeros((G, P, P))
     for start in range(0, len(rows), chunk):
@@ -411,10 +414,9 @@ class Fit:
         for i, start in enumerate(range(0, data.n_obs, size)):
             rows = np.arange(start, min(start + size, data.n_obs))
             batch = make_batch(data, rows, size, 1.0, with_counts=from_data)
-            mu, th, gate = self._predictive(self.params, jax.random.fold_in(key, i), batch, n=n,
-                                            from_data=from_data)
+            p = self._predictive(self.params, jax.random.fold_in(key, i), batch, n=n, from_data=from_data)
             m = len(rows)
-            yield rows, Draws(self.spec.likelihood, _rows(mu, m, size), _rows(th, m, size), _rows(gate, m, size))
+            yield rows, Draws.of(self.spec.likelihood, {k: _rows(v, m, size) for k, v in p.items()})
 
     # ----- prediction
     def predict(self, obs, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,

@@ -1,78 +1,86 @@
-"""Predictive summaries on the host from parameter draws (mu, theta, gate), each (S, n, G).
+"""Predictive summaries on the host from draws of a count family's parameters, each (S, n, G).
 
-Counts are sampled with NumPy (Gamma-Poisson), which is ~10x faster than JAX on CPU; PIT and tail
-probabilities use the exact predictive CDF, a mixture over the S parameter draws.
+Counts are sampled with NumPy (the family's host sampler), which is ~10x faster than JAX on CPU; PIT
+and tail probabilities use the exact predictive CDF, a mixture over the S parameter draws.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import cached_property
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.special import expit
 
-from probgex.models import likelihoods as lk
+from probgex.models.families import family as get_family
 
 
 class Draws:
-    """S draws of the count distribution's parameters for a block of observations."""
+    """S draws of a count family's parameters for a block of observations.
 
-    def __init__(self, kind: str, mu: np.ndarray, theta: np.ndarray | None, gate: np.ndarray | None):
-        self.kind = kind
-        self.mu = np.asarray(mu, np.float64)
+    `Draws(family, mu, *rest)` takes the parameters in the family's layout order (trailing Nones
+    ignored: `Draws("nb", mu, theta, None)`); `Draws.of(family, params)` takes them by name.
+    """
+
+    def __init__(self, family, mu, *rest):
+        fam = get_family(family)
+        values = (mu, *rest)
+        if any(v is not None for v in values[len(fam.names):]):
+            raise ValueError(f"likelihood {fam.name!r} takes {len(fam.names)} parameters ({', '.join(fam.names)}), "
+                             f"got {sum(v is not None for v in values)}")
+        self._set(fam, dict(zip(fam.names, values)))
+
+    @classmethod
+    def of(cls, family, params: Mapping) -> Draws:
+        d = cls.__new__(cls)
+        d._set(get_family(family), params)
+        return d
+
+    def _set(self, fam, params: Mapping) -> None:
+        self.family, self.kind = fam, fam.name
+        p = fam.host(params)
+        self.mu = p["mu"]
         # contiguous full-shape copies: NumPy ufuncs over broadcast views were ~30% slower (measured)
-        full = lambda a: None if a is None else np.ascontiguousarray(  # noqa: E731
-            np.broadcast_to(np.asarray(a, np.float64), self.mu.shape))
-        self.theta, self.gate = full(theta), full(gate)
+        self.params = {k: v if k == "mu" else np.ascontiguousarray(np.broadcast_to(v, self.mu.shape))
+                       for k, v in p.items()}
+        self._cache: dict = {}  # what a family computes once per set of draws (the NB part's P(X = 0))
 
-    def scaled(self, factor: np.ndarray) -> "Draws":
+    def scaled(self, factor: np.ndarray) -> Draws:
         """Multiply every mean by `factor` (broadcast to (S, n, 1)), e.g. library sizes."""
-        return Draws(self.kind, self.mu * factor, self.theta, self.gate)
+        return Draws.of(self.family, {**self.params, "mu": self.mu * factor})
 
-    def genes(self, idx) -> "Draws":
+    def genes(self, idx) -> Draws:
         """The draws of the genes `idx` only (last axis)."""
-        pick = lambda a: None if a is None else a[..., idx]  # noqa: E731
-        return Draws(self.kind, self.mu[..., idx], pick(self.theta), pick(self.gate))
+        return Draws.of(self.family, {k: v[..., idx] for k, v in self.params.items()})
 
     def log_prob(self, y: np.ndarray) -> np.ndarray:
         """log p(y | draw) per draw and entry: (S, n, G)."""
-        return lk.logpmf(self.kind, y[None], self.mu, self.theta, self.gate)
+        return self.family.logpmf(y[None], self.params)
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One count per draw: (S, n, G) (inversion for small means, Gamma-Poisson for large ones)."""
-        return lk.sample_counts_inverse(self.kind, rng, self.mu, self.theta, self.gate, p0=self.zero_prob)
-
-    @cached_property
-    def zero_prob(self) -> np.ndarray:
-        """P(X = 0) of the Poisson / NB part per draw and entry (S, n, G), shared by PIT and sampling."""
-        return lk.zero_prob(self.kind, self.mu, self.theta)
+        """One count per draw: (S, n, G) (the families of `likelihoods`: inversion for small means,
+        Gamma-Poisson for large ones)."""
+        return self.family.sample_draws(rng, self.params, self._cache)
 
     def mean(self) -> np.ndarray:
         """Exact predictive mean (n, G): the first of `moments` without the variance's passes."""
-        m = self.mu if self.gate is None else self.mu * expit(-self.gate)
-        return m.mean(0)
+        return self.family.mean(self.params).mean(0)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact predictive mean and sd (law of total variance over the draws): (n, G) each."""
-        pi = 0.0 if self.gate is None else 1.0 / (1.0 + np.exp(-self.gate))
-        m = (1 - pi) * self.mu
-        var_nb = self.mu if self.theta is None else self.mu + self.mu**2 / self.theta
-        second = (1 - pi) * (var_nb + self.mu**2)
+        m, second = self.family.moments(self.params)
         mean = m.mean(0)
         return mean, np.sqrt(np.maximum(second.mean(0) - mean**2, 0.0))
 
     def cdf(self, y: np.ndarray) -> np.ndarray:
         """Mixture CDF P(X <= y) for counts y (n, G)."""
-        return lk.cdf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
+        return self.family.cdf(y[None], self.params).mean(0)
 
     def pmf(self, y: np.ndarray) -> np.ndarray:
-        return lk.pmf(self.kind, y[None], self.mu, self.theta, self.gate).mean(0)
+        return self.family.pmf(y[None], self.params).mean(0)
 
     def below_and_at(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need
-        (by the pmf recursion for small counts, see `likelihoods.mixture_below_and_at`)."""
-        return lk.mixture_below_and_at(self.kind, y, self.mu, self.theta, self.gate, p0=self.zero_prob)
+        (for Poisson / NB / ZINB by the pmf recursion for small counts, `likelihoods.mixture_below_and_at`)."""
+        return self.family.mixture_below_and_at(y, self.params, self._cache)
 
     def randomized_pit(self, y: np.ndarray, rng: np.random.Generator, below_and_at=None) -> np.ndarray:
         """u = F(y - 1) + V p(y), V ~ U(0, 1) (Czado, Gneiting & Held 2009): uniform when calibrated."""

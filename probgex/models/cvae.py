@@ -1,8 +1,9 @@
 """The conditional VAE story: z_n ~ p(z | c_n) from a prior network, rho = softmax(f(z_n, c_n)),
-mu_ng = l_n rho_ng, x_ng ~ NB / ZINB / Poisson; guide q(z | x, c), an amortized encoder of log1p counts.
+mu_ng = l_n rho_ng, x_ng from a count family; guide q(z | x, c), an amortized encoder of log1p counts.
 
-Networks are Flax NNX modules registered with `numpyro.contrib.module.nnx_module`; the NB
-concentration (per gene, or per gene and group) is a point estimate, as in scVI. With
+Networks are Flax NNX modules registered with `numpyro.contrib.module.nnx_module`; a family's
+dispersion (the NB concentration, per gene or per gene and group) is a point estimate `log_theta`, as in
+scVI, and each of its logit parameters (the ZINB gate, the hurdle) a decoder head. With
 `library = "latent"`, log l_n ~ N(m, s^2) (m, s from the training library sizes) and the encoder
 proposes it too; otherwise l_n is the observed total count.
 """
@@ -18,7 +19,9 @@ from numpyro.contrib.module import nnx_module
 
 from probgex.models.batch import Batch
 from probgex import rng as streams
-from probgex.models.distributions import count_distribution, count_term_sum, log_mean_exp
+from probgex.models.distributions import count_term_sum, log_mean_exp
+from probgex.models.families import family
+from probgex.models.families.base import DISPERSION, LOGIT
 from probgex.models.nets import MLP, concat, gaussian_head
 from probgex.prior.learned import learned_prior_of
 from probgex.spec import ModelSpec
@@ -29,18 +32,23 @@ class CVAE:
 
     def __init__(self, spec: ModelSpec, n_design: int, n_genes: int, n_groups: int, *,
                  seed: int, lib_loc: float, lib_scale: float):
-        self.spec, self.kind = spec, spec.likelihood
+        self.spec, self.family = spec, family(spec.likelihood)
         self.P, self.G, self.K = n_design, n_genes, n_groups
         self.dim = spec.latent.dim
         self.latent_library = spec.library == "latent"
+        dispersion = self.family.role(DISPERSION)
+        if len(dispersion) > 1:
+            raise ValueError(f"the cVAE supports one dispersion parameter; family {self.family.name!r} has more")
+        self.dispersion = dispersion[0].name if dispersion else None
+        self.logits = tuple(q.name for q in self.family.role(LOGIT))  # decoder heads after the mean's
         # the fit may hand batches listing their entries >= 2 (Batch.high): the NB log-pmf's lgamma
         # terms are then summed over those only (they are exactly 0 at x = 0 and 1)
-        self.count_split = self.kind in ("nb", "zinb")
+        self.count_split = self.family.count_split
         self.lib_loc, self.lib_scale = float(lib_loc), float(lib_scale)
         rngs = nnx.Rngs(streams.stream(seed, "networks"))
         enc_heads = (self.dim, self.dim) + ((1, 1) if self.latent_library else ())
         self.encoder = MLP(self.G + self.P, spec.encoder, enc_heads, rngs=rngs)
-        dec_heads = (self.G,) + ((self.G,) if self.kind == "zinb" else ())
+        dec_heads = (self.G,) * (1 + len(self.logits))
         self.decoder = MLP(self.dim + self.P, spec.decoder, dec_heads, rngs=rngs)
         self.prior = MLP(self.P, spec.latent.hidden, (self.dim, self.dim), rngs=rngs)
         # a learned prior (diffusion / flow) replaces the Gaussian one once params["learned_prior"] exists
@@ -83,15 +91,17 @@ class CVAE:
         return log_lib[..., None] + jnp.maximum(jax.nn.log_softmax(out, axis=-1), -30.0)
 
     def _likelihood(self, decoder_net, z, log_lib, design, group, log_theta, offset=None):
-        """(mu, theta, gate, log mu) of the count likelihood."""
+        """The family's parameters by name, and log mu."""
         outs = decoder_net(concat(z, design))
         log_mu = self._log_mean(outs[0], log_lib, offset)
-        theta = None if log_theta is None else jnp.exp(log_theta)[group] if self.K > 1 else jnp.exp(log_theta)
-        gate = outs[1] if self.kind == "zinb" else None
-        return jnp.exp(log_mu), theta, gate, log_mu
+        p = {"mu": jnp.exp(log_mu)}
+        if self.dispersion is not None:
+            p[self.dispersion] = jnp.exp(log_theta)[group] if self.K > 1 else jnp.exp(log_theta)
+        p.update(zip(self.logits, outs[1:], strict=True))
+        return p, log_mu
 
     def _log_theta(self):
-        if self.kind == "poisson":
+        if self.dispersion is None:
             return None
         return numpyro.param("log_theta", jnp.zeros((self.K, self.G)))
 
@@ -114,11 +124,10 @@ class CVAE:
             log_lib = batch.log_lib
             if self.latent_library:
                 log_lib = numpyro.sample("log_library", self._lib_prior())
-            mu, theta, gate, log_mu = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta,
-                                                       batch.offset)
+            p, log_mu = self._likelihood(decoder_net, z, log_lib, batch.design, batch.group, log_theta, batch.offset)
             split = batch.high is not None and self.count_split
-            numpyro.sample("x", count_distribution(self.kind, mu, theta, gate, normalized=False, log_mu=log_mu,
-                                                   count_term=not split).to_event(1), obs=batch.x)
+            numpyro.sample("x", self.family.distribution(p, normalized=False, log_mu=log_mu,
+                                                         count_term=not split).to_event(1), obs=batch.x)
             if split:  # r(x, theta) of the entries >= 2, under the same plate, mask and scale as "x"
                 numpyro.factor("x_count_term", count_term_sum(batch.high, log_theta, batch.group,
                                                               batch.design.shape[0]))
@@ -143,7 +152,8 @@ class CVAE:
 
     def predictive_params(self, params: dict, key: jax.Array, batch: Batch, n: int, *,
                           from_data: bool = False):
-        """n draws of (mu, theta, gate), each (n, B, G): z from the conditional prior p(z | c), or,
+        """n draws of the family's parameters by name, each (n, B, G) (a dispersion with one group
+        (1, G)): z from the conditional prior p(z | c), or,
         with `from_data`, from the encoder q(z | x, c) (the reconstruction predictive)."""
         nets = self._nets(params)
         kz, kl = jax.random.split(key)
@@ -158,9 +168,9 @@ class CVAE:
             q_l = q_l if from_data else dist.Normal(jnp.full_like(batch.log_lib, self.lib_loc),
                                                     jnp.full_like(batch.log_lib, self.lib_scale))
             log_lib = _draw(q_l, kl, n)
-        log_theta = None if self.kind == "poisson" else params["log_theta"]
+        log_theta = None if self.dispersion is None else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
-        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset)[:3]
+        return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset)[0]
 
     def encoder_means(self, params: dict, batch: Batch) -> jax.Array:
         """Means of q(z | x, c) per row: (B, dim); what a learned prior is trained on."""
@@ -177,11 +187,10 @@ class CVAE:
         if self.latent_library:
             log_lib = _draw(q_l, kl, n)
             log_w = log_w + self._lib_prior().log_prob(log_lib) - q_l.log_prob(log_lib)
-        log_theta = None if self.kind == "poisson" else params["log_theta"]
+        log_theta = None if self.dispersion is None else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
-        mu, theta, gate, log_mu = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta,
-                                                   batch.offset)
-        ll = count_distribution(self.kind, mu, theta, gate, log_mu=log_mu).log_prob(batch.x[None]).sum(-1)
+        p, log_mu = self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset)
+        ll = self.family.distribution(p, log_mu=log_mu).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll + log_w, axis=0)
 
 

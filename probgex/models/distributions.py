@@ -1,4 +1,5 @@
-"""NumPyro count distributions whose log-pmf is the fast gammaln form of `likelihoods`.
+"""NumPyro count distributions whose log-pmf is the fast gammaln form of `likelihoods` (the families in
+`probgex.models.families` pick them; `CountLikelihood` wraps a family that has no NumPyro class).
 
 `NegativeBinomial2.log_prob` in NumPyro goes through `betaln`, about ten times slower than the gammaln
 form on CPU (STACK-NOTES); these subclasses keep NumPyro's sampling and constraints and swap the density.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 from numpyro.distributions.util import validate_sample
 
 from probgex.models.likelihoods import nb_count_term, nb_log_prob, poisson_log_prob, zinb_log_prob
@@ -78,31 +80,27 @@ class _ZINBMeanTerms(_ZINBUnnormalized):
     count_term = False
 
 
-_CLASSES = {True: {"poisson": FastPoisson, "nb": FastNB2, "zinb": FastZINB},
-            False: {"poisson": _PoissonUnnormalized, "nb": _NB2Unnormalized, "zinb": _ZINBUnnormalized},
-            "mean_terms": {"nb": _NB2MeanTerms, "zinb": _ZINBMeanTerms}}
+class CountLikelihood(dist.Distribution):
+    """A count family's log-pmf as a NumPyro distribution, for families without a NumPyro class (the
+    likelihood of observed counts in a story's model; counts are drawn on the host, `family.sample`)."""
 
+    support = constraints.nonnegative_integer
 
-def count_distribution(kind: str, mu, theta=None, gate_logits=None, *, normalized: bool = True,
-                       log_mu=None, count_term: bool = True) -> dist.Distribution:
-    """The likelihood of a count entry: 'poisson', 'nb' or 'zinb' (`kind` is static). With
-    `normalized=False` the log-pmf omits -log x! (for training objectives: same gradients);
-    `log_mu`, where the caller has it, saves a log per entry in the NB / ZINB log-pmf. With
-    `count_term=False` (NB / ZINB, unnormalized only) it also omits r(x, theta): the caller adds
-    `count_term_sum` over the entries with x >= 2."""
-    if not count_term:
-        if normalized or kind not in ("nb", "zinb"):
-            raise ValueError("count_term=False needs normalized=False and kind 'nb' or 'zinb'")
-        classes = _CLASSES["mean_terms"]
-    else:
-        classes = _CLASSES[normalized]
-    if kind == "poisson":
-        return classes["poisson"](mu)
-    if kind == "nb":
-        return classes["nb"](mu, theta, log_mean=log_mu)
-    if kind == "zinb":
-        return classes["zinb"](mu, theta, gate_logits, log_mean=log_mu)
-    raise ValueError(f"unknown likelihood {kind!r}; use 'poisson', 'nb' or 'zinb'")
+    def __init__(self, family, params, *, normalized: bool = True, log_mu=None, count_term: bool = True,
+                 validate_args=None):
+        self.family, self.params = family, dict(params)
+        self.normalized, self.log_mu, self.count_term = normalized, log_mu, count_term
+        shape = jax.lax.broadcast_shapes(*(jnp.shape(v) for v in self.params.values()))
+        super().__init__(batch_shape=shape, validate_args=validate_args)
+
+    @validate_sample
+    def log_prob(self, value):
+        return self.family.log_prob(value, self.params, normalized=self.normalized, log_mu=self.log_mu,
+                                    count_term=self.count_term)
+
+    def sample(self, key, sample_shape=()):
+        raise NotImplementedError(f"{self.family.name!r} counts are drawn on the host: "
+                                  f"probgex.models.families.family({self.family.name!r}).sample(rng, params)")
 
 
 def count_term_sum(high, log_theta, group, n_rows: int):

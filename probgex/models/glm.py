@@ -1,13 +1,15 @@
-"""The GLM story, the mean predictor: log mu_ng = log l_n + X(c_n) beta_g, NB / ZINB / Poisson.
+"""The GLM story, the mean predictor: log mu_ng = log l_n + X(c_n) beta_g, counts from a count family.
 Around a stage-1 predictor (story "residual_glm") its log mean fraction o_ng is an offset:
 log mu_ng = log l_n + o_ng + X(c_n) beta_g, so beta are corrections to stage 1, shrunk toward 0 by the
 prior, and the per-gene dispersions are the variability around it.
 
-Per gene g the unknowns form one vector v_g = [beta_g (P), log alpha_g (one per dispersion group),
-gate logit_g (ZINB)], alpha = 1 / theta the NB dispersion. Priors: beta_g ~ N(0, 10^2) for the
+Per gene g the unknowns form one vector v_g = [beta_g (P), then the family's extra parameters in its
+layout order: log alpha_g (one per dispersion group) for a "dispersion" parameter, alpha = 1 / theta the
+NB dispersion, and one value per "logit" parameter (the ZINB gate, the hurdle)]. Priors: beta_g ~ N(0, 10^2) for the
 intercept and N(0, prior_scale^2) for the other coefficients; log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
 around a DESeq2-style mean-dispersion trend (m_g the gene's mean normalised count), with a0, a1, s
-fitted by empirical Bayes, so genes seen in few replicates are shrunk toward the trend; gate ~ N(-2, 2^2).
+fitted by empirical Bayes, so genes seen in few replicates are shrunk toward the trend; a logit parameter
+has the prior its family declares (`Param.prior`; the ZINB gate N(-2, 2^2)).
 The guide is a full-rank Gaussian per gene (the coefficients of one gene are correlated; genes are not).
 """
 
@@ -23,11 +25,12 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from probgex.models.batch import Batch
-from probgex.models.distributions import count_distribution, log_mean_exp
+from probgex.models.distributions import log_mean_exp
+from probgex.models.families import family
+from probgex.models.families.base import DISPERSION
 from probgex.spec import ModelSpec
 
 INTERCEPT_SD = 10.0
-GATE_PRIOR = (-2.0, 2.0)
 
 
 class GLMInit(NamedTuple):
@@ -48,11 +51,14 @@ class GLM:
 
     def __init__(self, spec: ModelSpec, n_design: int, n_genes: int, n_groups: int,
                  intercept: int | None, init: GLMInit):
-        self.spec, self.kind = spec, spec.likelihood
+        self.spec, self.family = spec, family(spec.likelihood)
         self.P, self.G, self.K = n_design, n_genes, n_groups
-        self.n_disp = 0 if self.kind == "poisson" else n_groups
-        self.n_gate = 1 if self.kind == "zinb" else 0
-        self.D = self.P + self.n_disp + self.n_gate
+        # the family's per-gene extra parameters: K columns (log alpha per group) for a dispersion, 1 for a logit
+        self.extras = self.family.params[1:]
+        if len(self.family.role(DISPERSION)) > 1:
+            raise ValueError(f"the GLM supports one dispersion parameter; family {self.family.name!r} has more")
+        self.widths = tuple(n_groups if q.role == DISPERSION else 1 for q in self.extras)
+        self.D = self.P + sum(self.widths)
         sd = np.full(self.P, spec.prior_scale, np.float32)
         if intercept is not None:
             sd[intercept] = INTERCEPT_SD
@@ -60,19 +66,30 @@ class GLM:
         self.init = init
 
     # ----- parameters of a gene vector
-    def split(self, v: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-        """(..., G, D) -> beta (..., P, G), theta (..., K, G) or None, gate logits (..., G) or None."""
+    def split(self, v: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(..., G, D) -> beta (..., P, G) and the family's extra parameters by name: a dispersion as
+        theta (..., K, G), a logit (..., G)."""
         beta = jnp.swapaxes(v[..., : self.P], -1, -2)
-        theta = None
-        if self.n_disp:
-            theta = jnp.exp(-jnp.swapaxes(v[..., self.P : self.P + self.n_disp], -1, -2))
-        gate = v[..., -1] if self.n_gate else None
-        return beta, theta, gate
+        extra, i = {}, self.P
+        for q, w in zip(self.extras, self.widths, strict=True):
+            block = v[..., i : i + w]
+            i += w
+            extra[q.name] = jnp.exp(-jnp.swapaxes(block, -1, -2)) if q.role == DISPERSION else block[..., 0]
+        return beta, extra
+
+    def _rows(self, extra: dict, group) -> dict:
+        """The extra parameters for rows of dispersion groups `group`: theta (..., B, G), logits (..., G)."""
+        return {q.name: extra[q.name][..., group, :] if q.role == DISPERSION else extra[q.name]
+                for q in self.extras}
 
     def _prior(self) -> dist.Distribution:
         locs = [jnp.zeros((self.G, self.P))]
         scales = [jnp.broadcast_to(self.beta_sd, (self.G, self.P))]
-        if self.n_disp:
+        for q, w in zip(self.extras, self.widths, strict=True):
+            if q.role != DISPERSION:
+                locs.append(jnp.full((self.G, 1), q.prior[0]))
+                scales.append(jnp.full((self.G, 1), q.prior[1]))
+                continue
             t0 = (0.05, 1.0, 1.0) if self.init.trend is None else self.init.trend
             a0 = numpyro.param("disp_asymptote", t0[0], constraint=constraints.positive)
             a1 = numpyro.param("disp_extra_poisson", t0[1], constraint=constraints.positive)
@@ -80,20 +97,17 @@ class GLM:
             if self.init.fixed_trend:  # held: recorded in the params, never moved
                 a0, a1 = jax.lax.stop_gradient(a0), jax.lax.stop_gradient(a1)
             trend = jnp.log(a0 + a1 * jnp.exp(-jnp.asarray(self.init.log_mean)))
-            locs.append(jnp.broadcast_to(trend[:, None], (self.G, self.n_disp)))
-            scales.append(jnp.broadcast_to(s, (self.G, self.n_disp)))
-        if self.n_gate:
-            locs.append(jnp.full((self.G, 1), GATE_PRIOR[0]))
-            scales.append(jnp.full((self.G, 1), GATE_PRIOR[1]))
+            locs.append(jnp.broadcast_to(trend[:, None], (self.G, w)))
+            scales.append(jnp.broadcast_to(s, (self.G, w)))
         return dist.Normal(jnp.concatenate(locs, -1), jnp.concatenate(scales, -1)).to_event(1)
 
     def likelihood(self, v: jax.Array, batch: Batch) -> dist.Distribution:
-        beta, theta, gate = self.split(v)
+        beta, extra = self.split(v)
         log_mu = batch.log_lib[:, None] + batch.design @ beta
         if batch.offset is not None:  # the residual GLM: stage 1's log mean fraction
             log_mu = log_mu + batch.offset
-        th = None if theta is None else theta[batch.group]
-        return count_distribution(self.kind, jnp.exp(log_mu), th, gate, normalized=False, log_mu=log_mu).to_event(1)
+        p = {"mu": jnp.exp(log_mu), **self._rows(extra, batch.group)}
+        return self.family.distribution(p, normalized=False, log_mu=log_mu).to_event(1)
 
     def model(self, batch: Batch):
         with numpyro.plate("genes", self.G):
@@ -104,13 +118,14 @@ class GLM:
 
     def guide(self, batch: Batch):
         loc0 = [jnp.asarray(self.init.beta.T)]
-        if self.n_disp:  # at the trend placed before SVI, if any, else at 0.1
-            t = self.init.trend
+        for q, w in zip(self.extras, self.widths, strict=True):
+            if q.role != DISPERSION:  # a logit at its family's start
+                loc0.append(jnp.full((self.G, 1), q.start, jnp.float32))
+                continue
+            t = self.init.trend  # at the trend placed before SVI, if any, else at 0.1
             m = np.exp(self.init.log_mean.astype(np.float64))
             la = np.full(self.G, np.log(0.1)) if t is None else np.log(t[0] + t[1] / m)
-            loc0.append(jnp.asarray(np.tile(la[:, None], (1, self.n_disp)), jnp.float32))
-        if self.n_gate:
-            loc0.append(jnp.full((self.G, 1), -3.0, jnp.float32))
+            loc0.append(jnp.asarray(np.tile(la[:, None], (1, w)), jnp.float32))
         loc = numpyro.param("gp_loc", jnp.concatenate(loc0, -1))
         diag0, off0 = self._scale_init()
         diag = numpyro.param("gp_scale_diag", diag0, constraint=constraints.positive)
@@ -120,9 +135,10 @@ class GLM:
 
     def _scale_init(self) -> tuple[jax.Array, jax.Array]:
         """Start of the guide's Cholesky factor: the Laplace approximation for the coefficients (when
-        given), 0.3 for log dispersions and 1 for gate logits; starting near the posterior scale
-        matters, because Adam's steps shrink a scale only slowly."""
-        diag = np.concatenate([np.full(self.P, 0.05), np.full(self.n_disp, 0.3), np.full(self.n_gate, 1.0)])
+        given), 0.3 for log dispersions and a logit's `Param.start_scale`; starting near the posterior
+        scale matters, because Adam's steps shrink a scale only slowly."""
+        diag = np.concatenate([np.full(self.P, 0.05)] + [
+            np.full(w, 0.3 if q.role == DISPERSION else q.start_scale) for q, w in zip(self.extras, self.widths)])
         diag = np.tile(diag.astype(np.float32), (self.G, 1))
         off = np.zeros((self.G, self.D, self.D), np.float32)
         if self.init.beta_tril is not None:
@@ -140,24 +156,31 @@ class GLM:
 
     def predictive_params(self, params: dict, key: jax.Array, batch: Batch, n: int, *,
                           from_data: bool = False):
-        """n draws of (mu, theta, gate) for the batch's rows, each (n, B, G) or None.
+        """n draws of the family's parameters for the batch's rows, by name: mu (n, B, G), a dispersion
+        (n, B, G) or, with one dispersion group, (n, 1, G), a logit (n, 1, G).
 
         The GLM has no per-observation latent, so `from_data` changes nothing: both are p(x | c, data).
         """
-        beta, theta, gate = self.split(self.draw_gene_params(params, key, n))
+        beta, extra = self.split(self.draw_gene_params(params, key, n))
         # a broadcast product summed over the few design columns: XLA's CPU dot for this einsum
         # ("bp,spg->sbg") was 2-2.5x slower on 200 draws x 32 rows x 2,000 genes (check_speed)
         eta = (batch.design[None, :, :, None] * beta[:, None, :, :]).sum(2)
         if batch.offset is not None:
             eta = eta + batch.offset[None]
         mu = jnp.exp(batch.log_lib[None, :, None] + eta)
-        th = None if theta is None else theta[:, batch.group, :] if self.K > 1 else theta  # (n, 1, G): per gene
-        return mu, th, None if gate is None else gate[:, None, :]
+        out = {"mu": mu}
+        for q in self.extras:
+            a = extra[q.name]
+            if q.role == DISPERSION:  # (n, 1, G) with one group: per gene
+                out[q.name] = a[:, batch.group, :] if self.K > 1 else a
+            else:
+                out[q.name] = a[:, None, :]
+        return out
 
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """log p(x_b | c_b) per row, averaging the likelihood over n posterior draws: (B,)."""
-        mu, th, gate = self.predictive_params(params, key, batch, n)
-        ll = count_distribution(self.kind, mu, th, gate).log_prob(batch.x[None]).sum(-1)
+        p = self.predictive_params(params, key, batch, n)
+        ll = self.family.distribution(p).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll, axis=0)
 
 

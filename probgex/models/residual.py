@@ -1,6 +1,6 @@
 """The residual story around a fixed stage-1 mean predictor m(c):
 
-    log mu_ng = log l_n + log m_g(c_n) + h(z_n, c_n)_g,   z_n ~ p(z | c_n),   x_ng ~ NB / ZINB / Poisson
+    log mu_ng = log l_n + log m_g(c_n) + h(z_n, c_n)_g,   z_n ~ p(z | c_n),   x_ng ~ its count family
 
 Stage 1 enters as data (`Batch.offset`, the log mean fraction per observation and gene, computed once
 from the frozen predictor), so no gradient can reach it; stage 2 is the conditional VAE of `cvae.py`
