@@ -21,3 +21,6 @@ __all__ = [
     "ModelSpec", "ProbgexError", "SpecError", "datasets", "diagnostics", "from_anndata", "latent", "load", "mean",
     "power",
 ]
+
+from probgex.diagnostics.variance import explain  # noqa: E402  (issue 16: variance explained per term)
+__all__ += ["explain"]
