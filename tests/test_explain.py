@@ -301,14 +301,25 @@ def test_shell_explain_writes_the_files(known, tmp_path):
 
 
 # ----- (4) a fitted GLM on data with known shares ---------------------------------------------------
+def _simulate_normalised(obs: pd.DataFrame, eta: np.ndarray, alpha: np.ndarray, rng) -> tuple:
+    """NB counts x ~ NB(l_n q_ng, alpha_g), q the per-observation normalised exp(eta), l_n log-normal
+    around 3e4; the AnnData and the true means at the observed total counts L_n, L_n q_ng."""
+    q = np.exp(eta)
+    q /= q.sum(1, keepdims=True)
+    lib = np.exp(rng.normal(np.log(3e4), 0.3, len(obs)))
+    x = rng.poisson(rng.gamma(1 / alpha, lib[:, None] * q * alpha))
+    adata = ad.AnnData(x.astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(eta.shape[1])]))
+    L = x.sum(1).astype(np.float64)
+    return adata, L[:, None] * q, L
+
+
 @pytest.mark.slow
 def test_fitted_glm_recovers_known_shares_with_calibrated_intervals():
-    """NB counts x ~ NB(l_n q_ng, alpha_g) with log q additive in A (2 levels) and B (3 levels) up to the
-    per-cell normalisation sum_g q_ng = 1, 8 replicates per cell, 60 genes, dispersions 0.02-0.3, library
-    sizes log-normal around 3e4. Truth by brute force from the true q and alpha at the observed total
-    counts L_n. The fitted GLM's posterior and Monte Carlo carry the error: mean absolute error per term
-    below 0.07 and 90% intervals covering the truth for 75-99% of the genes for A, B and noise, on each
-    of two data sets (measured: errors 0.04-0.055, coverage 0.85-0.93)."""
+    """log q additive in A (2 levels) and B (3 levels) up to the per-observation normalisation, 8
+    replicates per cell, 60 genes, dispersions 0.02-0.3. Truth by brute force from the true q and alpha at
+    the observed total counts. The fitted GLM's posterior and Monte Carlo carry the error: mean absolute
+    error per component below 0.09 and 90% intervals covering the truth for 75-99% of the genes for A, B and
+    noise, on each of two data sets (measured: errors 0.049-0.072, coverage 0.80-0.93)."""
     from probgex.data import encode_design
 
     for seed in (0, 1):
@@ -319,22 +330,45 @@ def test_fitted_glm_recovers_known_shares_with_calibrated_intervals():
         design, _ = encode_design("~ A + B", obs)
         beta = np.vstack([rng.uniform(-1, 2, G), rng.uniform(0, 1.5, G) * rng.choice([-1, 1], G),
                           rng.uniform(0, 1.0, G) * rng.choice([-1, 1], G), rng.normal(0, 0.5, G)])
-        q = np.exp(design @ beta)
-        q /= q.sum(1, keepdims=True)
         alpha = rng.uniform(0.02, 0.3, G)
-        lib = np.exp(rng.normal(np.log(3e4), 0.3, len(obs)))
-        x = rng.poisson(rng.gamma(1 / alpha, lib[:, None] * q * alpha))
-        adata = ad.AnnData(x.astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(G)]))
-        L = x.sum(1).astype(np.float64)
-        truth = _true_shares_at(obs, L[:, None] * q, L, alpha)
+        adata, mu, L = _simulate_normalised(obs, design @ beta, alpha, rng)
+        truth = _true_shares_at(obs, mu, L, alpha)
         fit = pg.Model("~ A + B", likelihood="nb").fit(adata, seed=0, progress=False, max_epochs=800)
         ds = pg.explain(fit, adata, n_draws=100, seed=0)
         assert list(ds.term.values) == ["A", "B", "other", "noise"]
         err = np.abs(ds.share.values - truth).mean(0)
-        assert err.max() < 0.07, err
+        assert err.max() < 0.09, err
         main = [0, 1, 3]  # A, B, noise
         cover = ((ds.lower.values <= truth) & (truth <= ds.upper.values))[:, main].mean(0)
         assert np.all((cover >= 0.75) & (cover <= 0.99)), cover
+
+
+@pytest.mark.slow
+def test_a_null_factor_with_sparse_levels_explains_about_nothing():
+    """The GTEx-like case: 40 samples, a real two-level factor A and a null six-level factor C whose levels
+    hold 17, 15, 3, 2, 2 and 1 samples. Fixed effects of sparse levels fit noise; the bias correction of
+    `explain` takes that out: C's mean share below 0.05 (measured 0.024; 0.14 without the correction),
+    A's mean absolute error below 0.1 (0.077) and its 90% intervals covering the truth for at least 75% of
+    the genes (0.87; 0.71 without)."""
+    rng = np.random.default_rng(3)
+    n, G = 40, 150
+    A = np.repeat(["a0", "a1"], 20)
+    C = np.array(["c1"] * 17 + ["c2"] * 15 + ["c3"] * 3 + ["c4"] * 2 + ["c5"] * 2 + ["c6"])
+    rng.shuffle(C)
+    obs = pd.DataFrame({"A": A, "C": C}, index=[f"o{i}" for i in range(n)])
+    eta = rng.uniform(-1, 2, G) + (A == "a1")[:, None] * rng.normal(0, 0.7, G)
+    alpha = rng.uniform(0.02, 0.2, G)
+    adata, mu, L = _simulate_normalised(obs, eta, alpha, rng)
+    truth = _true_shares_at(obs.assign(B=C), mu, L, alpha)  # A, C (B here), other, noise
+    # observed totals as the library (150 genes would choose size factors, whose CP10k differs)
+    fit = pg.Model("~ A + C", likelihood="nb", library="observed").fit(adata, seed=0, progress=False,
+                                                                      max_epochs=800)
+    ds = pg.explain(fit, adata, n_draws=100, seed=0)
+    assert ds.share.sel(term="C").mean() < 0.05
+    a_true = truth[:, 0]
+    assert np.abs(ds.share.sel(term="A").values - a_true).mean() < 0.1
+    cover = (ds.lower.sel(term="A").values <= a_true) & (a_true <= ds.upper.sel(term="A").values)
+    assert cover.mean() >= 0.75, cover.mean()
 
 
 def _true_shares_at(obs, mu, L, alpha, M: int = 3000, seed: int = 1) -> np.ndarray:
@@ -350,4 +384,4 @@ def _true_shares_at(obs, mu, L, alpha, M: int = 3000, seed: int = 1) -> np.ndarr
     noise = ((s2 - M * m**2) / (M - 1)).mean(0)
     a = _anova(m, obs)
     comp = np.stack([a["A"], a["B"], a["A:B"] + a["within"], noise], 1)
-    return comp / comp.sum(1, keepdims=True)
+    return comp / (m.var(0) + noise)[:, None]  # the total: the parts add up to it in a balanced design

@@ -104,25 +104,39 @@ class Partition:
         self.bias = {s: np.zeros((n_draws, n_genes)) for s in self.sets}
         self.sq = np.zeros((n_draws, n_genes))  # sum_n m_n^2
         self.err = np.zeros((n_draws, n_genes))  # sum_n s_n^2 (1 - 1/n)
+        # the same for the mean over draws of m (the plug-in values): its Q_S' m is the mean of proj
+        self.sq_bar, self.err_bar = np.zeros(n_genes), np.zeros(n_genes)
+        self.bias_bar = {s: np.zeros(n_genes) for s in self.sets}
 
     def update(self, rows: np.ndarray, genes: slice, m: np.ndarray, err_var: np.ndarray) -> None:
         """Observations `rows` of the genes `genes`: values m and their Monte Carlo variances, (draws, rows, genes)."""
         self.sq[:, genes] += (m**2).sum(1)
         self.err[:, genes] += err_var.sum(1) * (1 - 1.0 / self.n)
+        m_bar, err_bar = m.mean(0), err_var.mean(0) / m.shape[0]  # every draw of these rows comes at once
+        self.sq_bar[genes] += (m_bar**2).sum(0)
+        self.err_bar[genes] += err_bar.sum(0) * (1 - 1.0 / self.n)
         for s in self.sets:
             self.proj[s][:, :, genes] += np.einsum("rp,srg->spg", self.q[s][rows], m)
             self.bias[s][:, genes] += np.einsum("r,srg->sg", self.lev[s][rows], err_var)
+            self.bias_bar[s][genes] += self.lev[s][rows] @ err_bar
 
-    def values(self) -> tuple[dict, np.ndarray]:
-        """v(S) per reached set S and the between-observation variance Var_n(m), each (draws, genes)."""
+    def values(self, plug_in: bool = False) -> tuple[dict, np.ndarray]:
+        """v(S) per reached set S and the between-observation variance Var_n(m), each (draws, genes); with
+        `plug_in`, of the mean of m over the draws instead, each (genes,)."""
         empty = frozenset()
+        if plug_in:
+            proj = {s: p.mean(0) for s, p in self.proj.items()}
+            mean_sq = (proj[empty] ** 2).sum(0)
+            v = {s: ((proj[s] ** 2).sum(0) - mean_sq - self.bias_bar[s]) / self.n for s in self.sets}
+            return v, (self.sq_bar - mean_sq - self.err_bar) / self.n
         mean_sq = (self.proj[empty] ** 2).sum(1)
         v = {s: ((self.proj[s] ** 2).sum(1) - mean_sq - self.bias[s]) / self.n for s in self.sets}
         return v, (self.sq - mean_sq - self.err) / self.n
 
-    def shares(self) -> tuple[np.ndarray, np.ndarray]:
-        """Shapley value of each term (draws, genes, terms) and the remainder Var_n(m) - v(all) (draws, genes)."""
-        v, between = self.values()
+    def shares(self, plug_in: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Shapley value of each term (draws, genes, terms) and the remainder Var_n(m) - v(all) (draws, genes);
+        with `plug_in`, of the mean of m over the draws: (genes, terms) and (genes,)."""
+        v, between = self.values(plug_in)
         T = len(self.terms.names)
         out = np.zeros((*between.shape, T))
         for order in self.orders:
