@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "ModelSpec": "probgex.spec",
     "datasets": "probgex.datasets", "diagnostics": "probgex.diagnostics", "latent": "probgex.latent",
     "mean": "probgex.mean", "power": "probgex.power",
+    "explain": "probgex.diagnostics.variance",  # issue 16: variance explained per term
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,4 +56,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager form
     from probgex.errors import (DataError, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
                                 ProbgexError, SpecError)
     from probgex.fit import Fit, Model, load
+    from probgex.diagnostics.variance import explain
     from probgex.spec import ModelSpec

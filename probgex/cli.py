@@ -350,6 +350,38 @@ def power(
 
 
 @app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    data: Annotated[Path, typer.Option(help="AnnData .h5ad: the observations whose variance is split (raw counts, metadata)")],
+    out: Annotated[Path, typer.Option(help="folder for variance.csv, variance.json, violins.png, top_genes.png")],
+    n_draws: Annotated[int, typer.Option(help="posterior draws (GLM) / Monte Carlo replicates (latent stories)")] = 50,
+    n_counts: Annotated[int | None, typer.Option(help="count draws per observation and draw (default: by size)")] = None,
+    level: Annotated[float, typer.Option(help="central interval level")] = 0.9,
+    max_obs: Annotated[int, typer.Option(help="most observations used (a random subset beyond)")] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """Share of each gene's log1p CP10k variance explained by each formula term, the latent and count noise."""
+    import anndata as ad
+
+    from probgex.diagnostics.variance import explain as run_explain
+    from probgex.fit import load
+
+    try:
+        ds = run_explain(load(model), ad.read_h5ad(data), n_draws=n_draws, n_counts=n_counts, level=level,
+                         max_obs=max_obs, seed=seed, out=out)
+    except ProbgexError as e:
+        raise _fail(e)
+    table = Table(title=f"variance explained, {ds.sizes['gene']:,} genes x {ds.attrs['n_obs']} observations")
+    for col in ("term", "median share", "mean share"):
+        table.add_column(col)
+    for t in ds.term.values:
+        s = ds.share.sel(term=t).values
+        table.add_row(str(t), f"{np.median(s):.3f}", f"{s.mean():.3f}")
+    Console().print(table)
+    console.print(f"wrote {out}/variance.csv, variance.json, violins.png, top_genes.png")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the results")] = Path("probgex-demo"),
     max_epochs: Annotated[int | None, typer.Option(help="cap the fit (for a quick look)")] = None,
