@@ -359,15 +359,21 @@ def explain(
     level: Annotated[float, typer.Option(help="central interval level")] = 0.9,
     max_obs: Annotated[int, typer.Option(help="most observations used (a random subset beyond)")] = 2000,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Share of each gene's log1p CP10k variance explained by each formula term, the latent and count noise."""
-    import anndata as ad
+    import numpy as np
 
-    from probgex.diagnostics.variance import explain as run_explain
-    from probgex.fit import load
+    from probgex._outputs import check_output_folder
+    from probgex.data import read_h5ad
 
     try:
-        ds = run_explain(load(model), ad.read_h5ad(data), n_draws=n_draws, n_counts=n_counts, level=level,
+        check_output_folder(out, ("variance.csv", "variance.json", "violins.png", "top_genes.png"), [model, data],
+                            overwrite=overwrite)
+        from probgex.diagnostics.variance import explain as run_explain
+        from probgex.fit import load
+
+        ds = run_explain(load(model), read_h5ad(data), n_draws=n_draws, n_counts=n_counts, level=level,
                          max_obs=max_obs, seed=seed, out=out)
     except ProbgexError as e:
         raise _fail(e)

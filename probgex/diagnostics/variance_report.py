@@ -84,11 +84,12 @@ def top_bars(ds: xr.Dataset, n: int = N_BARS) -> Figure:
 
 def write(ds: xr.Dataset, out: str | Path) -> dict:
     """Write variance.csv, variance.json, violins.png and top_genes.png to the folder `out`; return the summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table(ds).to_csv(out / "variance.csv", index=False)
+    from probgex._outputs import atomic_folder, json_ready
+
     s = summary(ds)
-    (out / "variance.json").write_text(json.dumps(s, indent=2))
-    violins(ds).savefig(out / "violins.png", dpi=110)
-    top_bars(ds).savefig(out / "top_genes.png", dpi=110)
+    with atomic_folder(out) as tmp:  # the files appear together, only once all are written
+        table(ds).to_csv(tmp / "variance.csv", index=False)
+        (tmp / "variance.json").write_text(json.dumps(json_ready(s), indent=2, allow_nan=False))
+        violins(ds).savefig(tmp / "violins.png", dpi=110)
+        top_bars(ds).savefig(tmp / "top_genes.png", dpi=110)
     return s
