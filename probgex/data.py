@@ -158,7 +158,8 @@ def _numeric_values(col: pd.Series, name: str) -> np.ndarray:
     values = pd.to_numeric(col.astype(str), errors="coerce")
     bad = col[values.isna()]
     if len(bad):
-        raise DataError(f"obs column {name!r} must be numeric (the model uses it as a number) but holds non-numeric value(s) "
+        raise DataError(f"obs column {name!r} must be numeric (the model uses it as a number) but holds "
+                        "non-numeric value(s) "
                         f"{_fmt(list(bad.astype(str).unique()))} (e.g. at obs {str(bad.index[0])!r}); fix them "
                         "or drop those rows.")
     return values.to_numpy(dtype=np.float64)
@@ -273,7 +274,8 @@ def _warn_design(design: np.ndarray, encoding: DesignEncoding, obs: pd.DataFrame
     of others (their coefficients are then set by the prior alone)."""
     single = [v for v, lv in encoding.levels.items() if len(lv) == 1]
     if single:
-        warnings.warn(f"factor(s) {_fmt(single)} have a single level in the data ({_fmt([encoding.levels[v][0] for v in single])}): "
+        only = _fmt([encoding.levels[v][0] for v in single])
+        warnings.warn(f"factor(s) {_fmt(single)} have a single level in the data ({only}): "
                       "they explain nothing; drop them from the formula", DesignWarning, stacklevel=4)
     p = design.shape[1]
     if p < 2 or design.shape[0] == 0:

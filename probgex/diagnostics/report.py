@@ -146,14 +146,6 @@ def _within_3se(per_gene: np.ndarray, levels: list[float], n: int) -> np.ndarray
     return (np.abs(per_gene - lv) <= 3 * np.sqrt(lv * (1 - lv) / n)).mean(1)
 
 
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(type(v))
-
-
 def _html(summary: dict, images: dict[str, str]) -> str:
     rows = "".join(f"<tr><td>{a}</td><td>{c:.4f}</td><td>{summary['worst_decile_deviation'][a]:.4f}</td>"
                    f"<td>{summary['genes_within_3se'][a]:.4f}</td></tr>" for a, c in summary["coverage"].items())
