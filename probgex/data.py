@@ -21,9 +21,13 @@ from probgex.choices import EMPTY_MODES, LIKELIHOODS
 from probgex.errors import DataError, ExtrapolationWarning
 
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
-# largest count accepted: float32 (the likelihood's arithmetic) holds every integer only up to 2**24; beyond
-# it x and x + 1 collide and the NB / Poisson log-pmf is off by tens of nats (1e12: millions) against scipy
-MAX_COUNT = 2**24
+# float32 (the likelihood's arithmetic) holds every integer only up to 2**24; beyond it x and x + 1 collide
+# and the NB / Poisson log-pmf drifts from scipy's (31.7 nats at 2**24, millions at 1e12): counts above
+# PRECISE_COUNT are fitted with a warning (deep bulk samples reach it: gtex_brain's largest is 1.6e7), counts
+# above MAX_COUNT (the int32 range count matrices are stored in; no sequencing run counts that many
+# fragments of one gene) are refused as corrupt
+PRECISE_COUNT = 2**24
+MAX_COUNT = 2**31 - 1
 FAR = 1.0  # numeric covariates more than this many training-range widths outside the range are refused
 MIXED_SHARE = 0.8  # a text column whose distinct values are at least this share numbers is a numeric column
 
@@ -326,8 +330,8 @@ def _locate(matrix, predicate) -> tuple[int, int]:
 def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: str = "X",
                     obs_names: Sequence[str] | None = None, var_names: Sequence[str] | None = None) -> None:
     """Check that ``matrix`` holds finite, non-negative integers as count likelihoods need, none above
-    MAX_COUNT (2**24, the largest range in which float32, the likelihood's arithmetic, holds every
-    integer)."""
+    MAX_COUNT (2**31 - 1), with a warning above PRECISE_COUNT (2**24, the largest range in which float32,
+    the likelihood's arithmetic, holds every integer)."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     matrix = matrix if sp.issparse(matrix) else np.asarray(matrix)
@@ -336,13 +340,14 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
         raise DataError(f"counts in {name} have dtype {dtype}; raw counts must be an integer or float "
                         "array of non-negative integers.")
     fix = "pass the raw count layer with layer=... (e.g. layer='counts')"
-    n_bad = {"nonfinite": 0, "negative": 0, "fraction": 0, "huge": 0}
+    n_bad = {"nonfinite": 0, "negative": 0, "fraction": 0, "huge": 0, "imprecise": 0}
     example: dict[str, Any] = {}
     for block in _blocks(matrix):
-        if not np.issubdtype(dtype, np.integer) or np.iinfo(dtype).max > MAX_COUNT:
-            huge = np.greater(block, MAX_COUNT, where=np.isfinite(block) if np.issubdtype(dtype, np.floating)
-                              else True, out=np.zeros(block.shape, bool))
-            n_bad["huge"] += int(np.count_nonzero(huge))
+        if not np.issubdtype(dtype, np.integer) or np.iinfo(dtype).max > PRECISE_COUNT:
+            where = np.isfinite(block) if np.issubdtype(dtype, np.floating) else True
+            big = np.greater(block, PRECISE_COUNT, where=where, out=np.zeros(block.shape, bool))
+            n_bad["imprecise"] += int(np.count_nonzero(big))
+            n_bad["huge"] += int(np.count_nonzero(np.asarray(block[big], np.float64) > MAX_COUNT))
         if np.issubdtype(dtype, np.floating):
             finite = np.isfinite(block)
             n_bad["nonfinite"] += int(block.size - np.count_nonzero(finite))
@@ -364,15 +369,18 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
         raise DataError(f"counts in {name} contain {n_bad['negative']} negative values (e.g. "
                         f"{example['negative']}); raw counts must be non-negative integers; {fix}.")
     if n_bad["huge"]:
-        row, col = _locate(matrix, lambda b: np.isfinite(b) & (b > MAX_COUNT) if np.issubdtype(dtype, np.floating)
-                           else b > MAX_COUNT)
+        row, col = _locate(matrix, lambda b: np.isfinite(b) & (np.asarray(b, np.float64) > MAX_COUNT))
         where = (f"obs {str(obs_names[row]) if obs_names is not None else row!r}, gene "
                  f"{str(var_names[col]) if var_names is not None else col!r}")
-        raise DataError(f"counts in {name} contain {n_bad['huge']} value(s) above {MAX_COUNT:,} (2**24), e.g. "
-                        f"{matrix[row, col]:g} at {where}: float32, the likelihood's arithmetic, cannot represent "
-                        "counts that large exactly (x and x + 1 collide; the log-likelihood is off by tens of nats), "
-                        "and a single such entry drives its gene's fit; fix or remove the entry (or scale the "
-                        "sample down).")
+        raise DataError(f"counts in {name} contain {n_bad['huge']} value(s) above {MAX_COUNT:,} (2**31 - 1), e.g. "
+                        f"{matrix[row, col]:g} at {where}: no sequencing run counts that many fragments of one gene, "
+                        "and float32, the likelihood's arithmetic, is off by millions of nats there, so a single such "
+                        "entry would drive its gene's fit; fix or remove the entry.")
+    if n_bad["imprecise"]:
+        warnings.warn(f"counts in {name} contain {n_bad['imprecise']} value(s) above {PRECISE_COUNT:,} (2**24), where "
+                      "float32, the likelihood's arithmetic, no longer holds every integer: their log-likelihood is "
+                      "approximate (tens of nats off at 2**24); check that they are real counts.", RuntimeWarning,
+                      stacklevel=3)
     if n_bad["fraction"]:
         raise DataError(f"counts in {name} contain {n_bad['fraction']} non-integer values (e.g. "
                         f"{example['fraction']}), as in normalized or log-transformed data; the "
