@@ -203,12 +203,15 @@ class _Accumulator:
 def _glm_blocks(fit, data, opt: Options, key, rng):
     """GLM stories: one joint posterior draw of every gene's parameters per draw, shared by all rows."""
     from probgex.inference.predictive import Draws
+    from probgex.models.families import family
+    from probgex.models.families.base import DISPERSION
 
     S, M = opt.n_draws, opt.n_counts
-    beta, theta, gate = fit.story.split(fit.story.draw_gene_params(fit.params, key, S))
+    fam = family(fit.spec.likelihood)
+    beta, extra = fit.story.split(fit.story.draw_gene_params(fit.params, key, S))
     beta = np.asarray(beta, np.float64)  # (S, P, G)
-    theta = None if theta is None else np.asarray(theta, np.float64)  # (S, K, G)
-    gate = None if gate is None else np.asarray(gate, np.float64)  # (S, G)
+    extra = {k: np.asarray(v, np.float64) for k, v in extra.items()}  # dispersions (S, K, G), others (S, G)
+    dispersions = {q.name for q in fam.role(DISPERSION)}
     x = data.design.astype(np.float64)
     lib = data.library_size.astype(np.float64)
     rows = np.arange(data.n_obs)
@@ -218,11 +221,13 @@ def _glm_blocks(fit, data, opt: Options, key, rng):
         eta = np.einsum("np,spg->sng", x, beta[:, :, genes]) + np.log(lib)[None, :, None]
         if data.offset is not None:
             eta = eta + data.offset[None, :, genes]
-        th = None
-        if theta is not None:
-            th = theta[:, data.groups, genes] if data.groups is not None else theta[:, :1, genes]
-        d = Draws(fit.spec.likelihood, np.exp(np.minimum(eta, 30.0)), th,
-                  None if gate is None else gate[:, None, genes])
+        params = {"mu": np.exp(np.minimum(eta, 30.0))}
+        for name, v in extra.items():  # per observation: a dispersion by its group, the rest per gene
+            if name in dispersions:
+                params[name] = v[:, data.groups, genes] if data.groups is not None else v[:, :1, genes]
+            else:
+                params[name] = v[:, None, genes]
+        d = Draws.of(fam, params)
         y = np.stack([np.log1p(opt.scale * d.sample(rng) / lib[None, :, None]) for _ in range(M)], 1)
         yield rows, genes, y[:, None]
 
