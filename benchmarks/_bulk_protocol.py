@@ -53,17 +53,20 @@ def expressed(adata: ad.AnnData, train: np.ndarray) -> np.ndarray:
     return x.sum(0) > 0
 
 
-def deseq_plugin(train: ad.AnnData, test: ad.AnnData, formula: str, rng: np.random.Generator):
+def deseq_plugin(train: ad.AnnData, test: ad.AnnData, formula: str, rng: np.random.Generator,
+                 size_factors: str = "ratio"):
     """pydeseq2 0.5.4 on the training samples (Cook's refit off); the held-out samples get
-    median-of-ratios size factors against the training geometric means, mean s_n exp(x_n' beta) and
-    the MAP dispersion: a plug-in NB. Returns (pit, log p) per (test sample, gene) and the trend
-    (a0, a1) and prior sd of log dispersions."""
+    size factors against the training geometric means by the same rule (`size_factors`: "ratio", the
+    median of ratios, for bulk; "poscounts", DESeq2's rule for single-cell data where every gene has
+    zeros), mean s_n exp(x_n' beta) and the MAP dispersion: a plug-in NB. Returns (pit, log p) per
+    (test sample, gene) and the trend (a0, a1) and prior sd of log dispersions."""
     from pydeseq2.dds import DeseqDataSet
-    counts = pd.DataFrame(np.asarray(train.X, np.int64), index=train.obs_names, columns=train.var_names)
+    dense = lambda x: np.asarray(x.todense() if hasattr(x, "todense") else x)  # noqa: E731
+    counts = pd.DataFrame(dense(train.X).astype(np.int64), index=train.obs_names, columns=train.var_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dds = DeseqDataSet(counts=counts, metadata=train.obs.copy(), design=formula, refit_cooks=False,
-                           quiet=True, n_cpus=1)
+                           quiet=True, n_cpus=1, size_factors_fit_type=size_factors)
         dds.deseq2()
     beta = np.asarray(dds.varm["LFC"], float)  # natural-log coefficients (genes, P), design columns as dds
     disp = np.asarray(dds.var["dispersions"], float)
@@ -74,14 +77,17 @@ def deseq_plugin(train: ad.AnnData, test: ad.AnnData, formula: str, rng: np.rand
     Xt = np.asarray(both, float)[train.n_obs:]
     keep, logmeans = np.asarray(dds.filtered_genes), np.asarray(dds.logmeans)
 
-    def size_factors(y):  # median of ratios against the training log geometric means (zeros skipped)
-        with np.errstate(divide="ignore"):
+    def raw_factors(y):  # median of ratios against the training log geometric means (zeros skipped)
+        with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(y[:, keep] > 0, np.log(y[:, keep]) - logmeans[keep], np.nan)
         return np.exp(np.nanmedian(r, 1))
 
-    assert np.allclose(size_factors(np.asarray(train.X, float)), dds.obs["size_factors"], rtol=1e-5)
-    yte = np.asarray(test.X, float)
-    sf = size_factors(yte)
+    ytr = dense(train.X).astype(float)
+    # poscounts rescales the training factors to geometric mean 1; the same constant for held-out samples
+    scale = np.exp(np.mean(np.log(raw_factors(ytr)))) if size_factors == "poscounts" else 1.0
+    assert np.allclose(raw_factors(ytr) / scale, dds.obs["size_factors"], rtol=1e-5)
+    yte = dense(test.X).astype(float)
+    sf = raw_factors(yte) / scale
     mu = sf[:, None] * np.exp(Xt @ beta.T)
     pit, logp = nb_pit_logp(yte, mu, 1.0 / disp[None], rng)
     trend = dds.uns["trend_coeffs"] if "trend_coeffs" in dds.uns else [dds.uns["mean_disp"], 0.0]  # its fallback

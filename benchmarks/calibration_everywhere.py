@@ -15,8 +15,17 @@ the genes' mean count in training) from nominal, the share of genes whose 90% co
 is within 3 binomial SE, and the mean held-out log predictive density per entry (nats), for probgex and
 for the plug-in.
 
+Single-cell rows (`--rows kang_ctrl5 ...`, stories `--stories glm cvae`): 10% of cells held out (the
+fixed split of ../shared/data/splits for kang_ctrl5 and kang_muscat; a random 10% per draw otherwise,
+5 draws for the 32-42-cell ziegenhain sets, on a random 1,000 of their 10,000 genes as in the bulk
+rows), all genes with a count in training scored, deciles of
+the training mean; probgex's default GLM and the cVAE with a 10-dimensional Gaussian latent, each with
+its defaults; the plug-in is pydeseq2 with DESeq2's poscounts size factors (the single-cell rule).
+
 Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py                  # all bulk rows
+  PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows kang_ctrl5 kang_muscat \
+      kang_harmony ziegenhain_scrbseq ziegenhain_celseq2 ziegenhain_dropseq ziegenhain_marsseq
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows gse60450 --variant before
 Results: benchmarks/results/calibration_everywhere_<variant>.json, and a markdown table on stdout.
 """
@@ -35,7 +44,7 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bulk_protocol import MIN_TEST_MEAN, bulk_split, deseq_plugin, expressed, scores  # noqa: E402
-from _common import RESULTS, load, machine  # noqa: E402
+from _common import RESULTS, fixed_split, load, machine  # noqa: E402
 
 N_GENES = 1000
 DRAWS = 5
@@ -126,6 +135,73 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int) -> dict
     return row
 
 
+SC = {  # dataset: (formula, fixed split file or None for random 10% of cells, draws, genes: None = all)
+    "kang_ctrl5": ("~ cluster_id + sample_id", "kang_ctrl5_heldout.txt", 1, None),
+    "kang_muscat": ("~ cluster_id + group_id", "kang_muscat_heldout.txt", 1, None),
+    "kang_harmony": ("~ condition", None, 1, None),
+    "ziegenhain_scrbseq": ("~ batch", None, DRAWS, N_GENES),
+    "ziegenhain_celseq2": ("~ batch", None, DRAWS, N_GENES),
+    "ziegenhain_dropseq": ("~ batch", None, DRAWS, N_GENES),
+    "ziegenhain_marsseq": ("~ batch", None, DRAWS, N_GENES),
+}
+SC_MODELS = ("glm", "cvae")
+
+
+def sc_split(a, split_file, draw):
+    """(train, test) AnnData: the fixed held-out cells of ../shared/data/splits, or a random 10%."""
+    if split_file is not None:
+        return fixed_split(a, split_file)
+    test = np.zeros(a.n_obs, bool)
+    test[np.random.default_rng(draw).permutation(a.n_obs)[:max(1, round(0.1 * a.n_obs))]] = True
+    return a[~test].copy(), a[test].copy()
+
+
+def fit_sc(train, formula: str, story: str, seed: int):
+    """A new user's call: the default GLM, or the cVAE with a 10-dimensional Gaussian latent."""
+    import probgex as pg
+    if story == "glm":
+        return pg.Model(formula, likelihood="nb").fit(train, seed=seed, progress=False)
+    return pg.Model(formula, likelihood="nb", latent=pg.latent.Gaussian(dim=10)).fit(train, seed=seed,
+                                                                                    progress=False)
+
+
+def sc_row(name: str, story: str) -> dict:
+    """Single-cell row: 10% of cells held out (the fixed split where ../shared/data/splits has one), all
+    genes with a count in training scored, against the DESeq2 plug-in with poscounts size factors."""
+    formula, split_file, draws, n_genes = SC[name]
+    a = load(name)
+    acc = {"probgex": [], "deseq2_plugin": []}
+    libraries, t_fit = [], 0.0
+    for draw in range(draws):
+        train, test = sc_split(a, split_file, draw)
+        keep = np.asarray((train.X > 0).sum(0)).ravel() > 0
+        if n_genes is not None and keep.sum() > n_genes:  # the bulk rows' rule: a fixed random subset
+            chosen = np.random.default_rng(draw).choice(np.flatnonzero(keep), n_genes, replace=False)
+            keep = np.isin(np.arange(a.n_vars), chosen)
+        train, test = train[:, keep].copy(), test[:, keep].copy()
+        y = np.asarray(test.X.todense() if hasattr(test.X, "todense") else test.X, float)
+        train_mean = np.asarray(train.X.mean(0)).ravel()
+        rng = np.random.default_rng(draw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            fit = fit_sc(train, formula, story, draw)
+            t_fit += time.perf_counter() - t
+            pit, lp = probgex_entries(fit, test, rng)
+            dpit, dlp, _ = deseq_plugin(train, test, formula, rng, size_factors="poscounts")
+        gid = np.broadcast_to(np.flatnonzero(keep)[None], y.shape)
+        dkey = np.broadcast_to(train_mean[None], y.shape)
+        for key, (p, l) in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp))):
+            ok = np.isfinite(l)  # a held-out cell without any positive count among the plug-in's genes
+            acc[key].append((p[ok], l[ok], dkey[ok], gid[ok]))
+        libraries.append(fit.spec.library)
+    row = {"dataset": name, "formula": formula, "story": story, "df": story, "draws": draws,
+           "libraries": libraries, "fit_seconds": round(t_fit, 1)}
+    for key, parts in acc.items():
+        row[key] = scores(*[np.concatenate([p[i] for p in parts]) for i in range(4)])
+    return row
+
+
 def table(rows: list[dict]) -> str:
     head = ("| dataset | formula | df | draws | probgex cov 50/80/90/95 | worst decile | genes in 3 SE | LPD "
             "| plug-in cov 50/80/90/95 | worst decile | genes in 3 SE | LPD |")
@@ -143,7 +219,8 @@ def table(rows: list[dict]) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", nargs="*", default=list(BULK))
+    ap.add_argument("--rows", nargs="*", default=list(BULK), help=f"bulk {list(BULK)} or single-cell {list(SC)}")
+    ap.add_argument("--stories", nargs="*", default=list(SC_MODELS), help="single-cell rows: glm, cvae")
     ap.add_argument("--df", nargs="*", type=int, default=None, help="only these residual df")
     ap.add_argument("--variant", choices=("after", "before"), default="after")
     ap.add_argument("--draws", type=int, default=DRAWS)
@@ -153,6 +230,15 @@ def main():
     stored = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows = {(r["dataset"], r["df"]): r for r in stored["rows"]}
     for name in args.rows:
+        if name in SC:
+            for story in args.stories:
+                t = time.perf_counter()
+                row = sc_row(name, story)
+                row["seconds"] = round(time.perf_counter() - t, 1)
+                rows[(name, story)] = row
+                print(table([row]).splitlines()[-1], flush=True)
+                path.write_text(json.dumps({"machine": machine(), "rows": list(rows.values())}, indent=1))
+            continue
         formula, dfs = BULK[name]
         for df in dfs:
             if args.df and df not in args.df:
@@ -163,7 +249,8 @@ def main():
             rows[(name, df)] = row
             print(table([row]).splitlines()[-1], flush=True)
             path.write_text(json.dumps({"machine": machine(), "rows": list(rows.values())}, indent=1))
-    print(table(sorted(rows.values(), key=lambda r: (list(BULK).index(r["dataset"]), r["df"]))))
+    order = list(BULK) + list(SC)
+    print(table(sorted(rows.values(), key=lambda r: (order.index(r["dataset"]), str(r["df"])))))
 
 
 if __name__ == "__main__":

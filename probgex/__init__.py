@@ -20,10 +20,11 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it; a subpackage / module maps to itself
 _EXPORTS: dict[str, str] = {
-    "CountData": "probgex.data", "DesignEncoding": "probgex.data", "EmptyWarning": "probgex.data",
-    "from_anndata": "probgex.data",
-    "DataError": "probgex.errors", "IncompleteFitWarning": "probgex.errors", "ModelFileError": "probgex.errors",
-    "ProbgexError": "probgex.errors", "SpecError": "probgex.errors",
+    "CountData": "probgex.data", "DesignEncoding": "probgex.data", "DesignWarning": "probgex.data",
+    "EmptyWarning": "probgex.data", "from_anndata": "probgex.data",
+    "DataError": "probgex.errors", "ExtrapolationWarning": "probgex.errors", "IncompleteFitWarning": "probgex.errors",
+    "ModelFileError": "probgex.errors", "OutputError": "probgex.errors", "ProbgexError": "probgex.errors",
+    "SpecError": "probgex.errors",
     "Fit": "probgex.fit", "Model": "probgex.fit", "load": "probgex.fit",
     "ModelSpec": "probgex.spec",
     "datasets": "probgex.datasets", "diagnostics": "probgex.diagnostics", "latent": "probgex.latent",
@@ -49,7 +50,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager form
     from probgex import datasets, diagnostics, latent, mean, power
-    from probgex.data import CountData, DesignEncoding, EmptyWarning, from_anndata
-    from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, ProbgexError, SpecError
+    from probgex.data import CountData, DesignEncoding, DesignWarning, EmptyWarning, from_anndata
+    from probgex.errors import (DataError, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
+                                ProbgexError, SpecError)
     from probgex.fit import Fit, Model, load
     from probgex.spec import ModelSpec

@@ -35,30 +35,57 @@ def _read_predictions(path: Path, scale: str):
     from probgex.mean import External
 
     if not path.is_file():
-        raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions (.csv/.tsv/.h5ad)")
+        raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions "
+                        "(.csv/.tsv/.h5ad)")
     if path.suffix == ".h5ad":
-        import anndata as ad
+        from probgex.data import read_h5ad
 
-        a = ad.read_h5ad(path)
+        a = read_h5ad(path, "--mean")
         x = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
         return External.from_array(x, a.obs_names, a.var_names, scale=scale)
     if path.suffix not in (".csv", ".tsv"):
         raise DataError(f"--mean {path}: unknown table format {path.suffix!r}; use .csv, .tsv or .h5ad")
-    table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+    try:
+        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"--mean {path}: cannot read the table ({str(e).splitlines()[0]}); it needs a header "
+                        "of gene names and one row per observation") from e
     table.index = table.index.astype(str)
     return External(table, scale=scale)
 
 
 def _fail(e: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {e}")
+    from rich.markup import escape
+
+    # the message as written: no rich markup ([...] lists) or emoji codes (:a: in a contrast) taken from it
+    console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, emoji=False)
     return typer.Exit(code=2)
 
 
 def _levels(text: str) -> tuple[float, ...]:
+    """--levels parsed and checked (SpecError), before any file is read."""
+    from probgex.errors import SpecError
+    from probgex.inference.predictive import check_levels
+
     try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
+        values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise typer.BadParameter(f"levels must be comma-separated numbers in (0, 1), got {text!r}")
+        raise SpecError(f"--levels must be comma-separated numbers in (0, 1) such as 0.5,0.9, got {text!r}") from None
+    try:
+        return check_levels(values)
+    except SpecError as e:
+        raise SpecError(f"--levels: {e}") from None
+
+
+def _n_samples(n: int, option: str = "--n-samples") -> int:
+    from probgex.errors import SpecError
+
+    if n < 1:
+        raise SpecError(f"{option} must be a positive number of predictive draws (e.g. 200), got {n}")
+    return n
+
+
+OVERWRITE = typer.Option(help="replace an existing output (written beside it first, swapped in at the end)")
 
 
 @app.command()
@@ -88,14 +115,39 @@ def fit(
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
 ):
-    """Fit a model by SVI and write it, with checkpoints to the same file while fitting."""
+    """Fit a model by SVI and write it, with checkpoints while fitting (to --out, or beside an existing
+    --out with --overwrite, which the finished model then replaces)."""
+    from probgex._outputs import check_output
+    from probgex.data import read_h5ad
+    from probgex.errors import DataError, SpecError
+    from probgex.fit import Model, check_fit_options
     from probgex.latent import LATENT_KINDS as LATENTS
     from probgex.spec import ModelSpec
 
     try:
+        check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout)
+        mean_table = Path(mean) if model is Story.residual and mean not in TRAINED_MEANS else None
+        check_output(out, [data, spec, mean_table], overwrite=overwrite)
         if spec is not None:
+            if not spec.is_file():
+                raise SpecError(f"--spec {spec}: no such file; pass a model spec TOML (see ModelSpec.save)")
             model_spec = ModelSpec.load(spec)
+            table = model_spec.mean == "external"  # the spec names no table: --mean (and its scale) supply it
+            given = {"--formula": formula != "~ 1", "--likelihood": likelihood != "nb",
+                     "--model": model is not Story.glm, "--mean": mean != "glm" and not table,
+                     "--mean-scale": mean_scale != "counts" and not table,
+                     "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
+                     "--layer": layer is not None, "--library": library != "auto"}
+            clash = [k for k, v in given.items() if v]
+            if clash:
+                raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
+                                "the setting in the spec file or drop --spec (nothing is silently overridden)")
+            if table and mean in TRAINED_MEANS:
+                raise SpecError(f"--spec {spec} has mean = 'external': pass its table of predictions with --mean "
+                                "TABLE (.csv/.tsv/.h5ad)")
+            mean_table = Path(mean) if table else None
         else:
             if prior is not Prior.gaussian and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
@@ -104,20 +156,15 @@ def fit(
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")
-        # the options are valid: only now load the data and the JAX side
-        import anndata as ad
-
-        from probgex.fit import Model
-
         stage1 = None
         if model_spec.mean == "external":
+            check_output(out, [mean_table], overwrite=overwrite)
             stage1 = _read_predictions(Path(mean), mean_scale)
-        adata = ad.read_h5ad(data)
+        adata = read_h5ad(data)
         fitted = Model.from_spec(model_spec, stage1).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,
                                                  batch_size=batch_size, checkpoint_path=out)
     except ProbgexError as e:
         raise _fail(e)
-    fitted.save(out)
     console.print(f"{fitted!r}\nwrote {out}")
 
 
@@ -131,32 +178,49 @@ def predict(
     library_size: Annotated[str | None, typer.Option(
         help="a number, or an obs column of library sizes; default: drawn from the training ones")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Draw count profiles from p(x | metadata) with their mean, sd and central intervals."""
     import numpy as np
+    import pandas as pd
 
+    from probgex._outputs import atomic_file, check_output
     from probgex.data import read_obs_table
     from probgex.errors import DataError
-    from probgex.fit import load
+    from probgex.fit import load, nonfinite
 
     try:
+        n_samples, lv = _n_samples(n_samples), _levels(levels)
+        check_output(out, [model, obs], overwrite=overwrite)
         fitted = load(model)
         meta = read_obs_table(obs)
         lib = None
         if library_size is not None:
             if library_size in meta.columns:
-                lib = meta[library_size].to_numpy(np.float64)
+                values = pd.to_numeric(meta[library_size], errors="coerce")
+                if values.isna().any():
+                    bad = meta[library_size][values.isna()]
+                    raise DataError(f"--library-size column {library_size!r} must hold positive numbers; found "
+                                    f"{list(bad.astype(str).unique()[:3])} (e.g. at {str(bad.index[0])!r})")
+                lib = values.to_numpy(np.float64)
             else:
                 try:
                     lib = float(library_size)
                 except ValueError:
                     raise DataError(f"--library-size {library_size!r} is neither a number nor a column "
                                     f"of the metadata (columns: {list(meta.columns)})") from None
-        pred = fitted.predict(meta, n_samples=n_samples, levels=_levels(levels), library_size=lib, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # non-finite output is refused just below
+            pred = fitted.predict(meta, n_samples=n_samples, levels=lv, library_size=lib, seed=seed)
+        bad = nonfinite(pred)
+        if bad:
+            raise DataError(f"the prediction has non-finite values ({bad}), so nothing was written: the metadata "
+                            "or library sizes lie where the fitted model overflows; predict within the training "
+                            "range of the covariates and with library sizes like the training ones")
     except ProbgexError as e:
         raise _fail(e)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pred.to_netcdf(out, engine="h5netcdf")
+    with atomic_file(out) as tmp:
+        pred.to_netcdf(tmp, engine="h5netcdf")
     console.print(f"wrote {out}: {dict(pred.sizes)}")
 
 
@@ -171,18 +235,21 @@ def check(
     reference: Annotated[Path | None, typer.Option(
         help="training AnnData .h5ad on which to choose the gene programs of the joint-calibration check "
              "(default: the held-out data, which biases program coverage low)")] = None,
+    overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
-    import anndata as ad
-
+    from probgex._outputs import check_output_folder
+    from probgex.data import read_h5ad
     from probgex.diagnostics import check as run_check
+    from probgex.diagnostics.report import REPORT_FILES
     from probgex.fit import load
 
     try:
+        n_samples, lv = _n_samples(n_samples), _levels(levels)
+        check_output_folder(out, REPORT_FILES, [model, data, reference], overwrite=overwrite)
         fitted = load(model)
-        ref = None if reference is None else ad.read_h5ad(reference)
-        report = run_check(fitted, ad.read_h5ad(data), n_samples=n_samples, levels=_levels(levels), seed=seed,
-                           reference=ref)
+        ref = None if reference is None else read_h5ad(reference, "--reference")
+        report = run_check(fitted, read_h5ad(data), n_samples=n_samples, levels=lv, seed=seed, reference=ref)
     except ProbgexError as e:
         raise _fail(e)
     report.save(out)
@@ -218,7 +285,7 @@ def power(
     n_draws: Annotated[int, typer.Option(help="posterior draws (one set of experiments each)")] = 20,
     n_rep: Annotated[int, typer.Option(help="experiments per draw")] = 2,
     target: Annotated[float, typer.Option(help="power for the smallest-n answer")] = 0.8,
-    pilot: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+    pilot: Annotated[Path | None, typer.Option(
         help="the .h5ad the model was fitted on: adds the uncertainty of which replicates it drew "
              "(jackknife of its dispersion level) to the interval")] = None,
     effects: Annotated[str | None, typer.Option(
@@ -229,19 +296,28 @@ def power(
     min_abs_lfc: Annotated[str, typer.Option(help="also report power among DE genes with |log2FC| above these, comma-separated")] = "",
     nested: Annotated[bool, typer.Option(help="experiments are subsamples of the reference experiment")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
-    import anndata as ad
 
+    from probgex._outputs import check_output_folder
+    from probgex.data import read_h5ad
     from probgex.errors import SpecError
     from probgex.fit import load
     from probgex.power import curve
-    from probgex.power.report import write
+    from probgex.power.report import POWER_FILES, write
 
     try:
         parts = contrast.split(":")
         if len(parts) != 3 or not all(parts):
             raise SpecError(f"--contrast must be column:level:reference (e.g. strain:Snf2:WT), got {contrast!r}")
+        if parts[1] == parts[2]:
+            raise SpecError(f"--contrast {contrast!r} compares level {parts[1]!r} with itself; name two different "
+                            "levels (column:level:reference)")
+        if effects is not None and reference_n is None:
+            raise SpecError("--effects needs --reference-n: with effects from the fit every gene has some fold "
+                            "change, and the reference experiment (reference_n per group) calls each draw's DE genes")
+        check_output_folder(out, POWER_FILES, [model, pilot], overwrite=overwrite)
         try:
             grid = [int(t) for t in n.split(",") if t.strip()]
         except ValueError:
@@ -251,7 +327,7 @@ def power(
         except ValueError:
             raise SpecError(f"--min-abs-lfc must be comma-separated numbers, got {min_abs_lfc!r}") from None
         fitted = load(model)
-        pilot_data = None if pilot is None else ad.read_h5ad(pilot)
+        pilot_data = None if pilot is None else read_h5ad(pilot, "--pilot")
         ds = curve(fitted, tuple(parts), grid, key=seed, fdr=fdr, lfc=lfc,
                    de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target,
                    effects=effects, reference_n=reference_n, min_abs_lfc=thresholds, pilot=pilot_data,
@@ -274,11 +350,19 @@ def demo(
     out: Annotated[Path, typer.Option(help="folder for the results")] = Path("probgex-demo"),
     max_epochs: Annotated[int | None, typer.Option(help="cap the fit (for a quick look)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """The main job on the embedded yeast dataset: fit an NB GLM `~ strain` on the clean replicates,
     predict held-out replicates from their metadata, and end with the calibration report."""
-    from probgex.demo import run_demo
+    from probgex._outputs import check_output_folder
+    from probgex.demo import DEMO_FILES, run_demo
+    from probgex.fit import check_fit_options
 
+    try:
+        check_fit_options(max_epochs=max_epochs)
+        check_output_folder(out, DEMO_FILES, overwrite=overwrite)
+    except ProbgexError as e:
+        raise _fail(e)
     summary = run_demo(out, max_epochs=max_epochs, seed=seed)
     _print_report(summary)
     Console().print(f"results in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))

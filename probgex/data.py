@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,23 @@ import pandas as pd
 import scipy.sparse as sp
 
 from probgex.choices import EMPTY_MODES, LIKELIHOODS
-from probgex.errors import DataError
+from probgex.errors import DataError, ExtrapolationWarning
 
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
+# largest count accepted: float32 (the likelihood's arithmetic) holds every integer only up to 2**24; beyond
+# it x and x + 1 collide and the NB / Poisson log-pmf is off by tens of nats (1e12: millions) against scipy
+MAX_COUNT = 2**24
+FAR = 1.0  # numeric covariates more than this many training-range widths outside the range are refused
+MIXED_SHARE = 0.8  # a text column whose distinct values are at least this share numbers is a numeric column
 
 
 class EmptyWarning(UserWarning):
     """All-zero genes or cells were dropped."""
+
+
+class DesignWarning(UserWarning):
+    """The data or the design can be fitted but something in it carries no information (a single-level
+    factor, collinear columns, one observation or one gene, duplicated observation names)."""
 
 
 def _fmt(values: Sequence[Any], k: int = 5) -> str:
@@ -59,13 +69,15 @@ class DesignEncoding:
     columns: tuple[str, ...]
     levels: dict[str, list[str]]
     numeric: tuple[str, ...]
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # training range per numeric column
 
     def variables(self) -> tuple[str, ...]:
         """All obs columns the formula uses."""
         return tuple(self.levels) + tuple(self.numeric)
 
-    def _prepare(self, obs: pd.DataFrame) -> pd.DataFrame:
-        """Check obs and return the used columns with categories fixed to the fitted levels."""
+    def _prepare(self, obs: pd.DataFrame, check_range: bool = True) -> pd.DataFrame:
+        """Check obs and return the used columns with categories fixed to the fitted levels (numeric ones
+        checked against their training range unless `check_range` is False)."""
         if not isinstance(obs, pd.DataFrame):
             raise DataError(f"obs must be a pandas DataFrame, got {type(obs).__name__}")
         missing = [v for v in self.variables() if v not in obs.columns]
@@ -81,11 +93,9 @@ class DesignEncoding:
                 raise DataError(f"obs column {v!r} has {n_na} missing (NaN/None) value(s); "
                                 "fill them or drop those rows before building the design.")
             if v in self.numeric:
-                if not _is_numeric(col):
-                    bad = [x for x in col.unique() if pd.isna(pd.to_numeric(x, errors="coerce"))]
-                    raise DataError(f"obs column {v!r} must be numeric (dtype {col.dtype}), found "
-                                    f"non-numeric values {_fmt(bad)}; convert it with pd.to_numeric.")
-                out[v] = col.to_numpy(dtype=np.float64)
+                out[v] = _numeric_values(col, v)
+                if check_range and v in self.ranges:
+                    _check_range(v, out[v], self.ranges[v])
             else:
                 values = col.astype(str).to_numpy()
                 unseen = sorted(set(values) - set(self.levels[v]))
@@ -96,11 +106,13 @@ class DesignEncoding:
                 out[v] = pd.Categorical(values, categories=self.levels[v])
         return pd.DataFrame(out, index=pd.RangeIndex(len(obs)))
 
-    def transform(self, obs: pd.DataFrame) -> np.ndarray:
-        """Encode new metadata exactly as at fit time: float32 array (n, P)."""
+    def transform(self, obs: pd.DataFrame, *, check_range: bool = True) -> np.ndarray:
+        """Encode new metadata exactly as at fit time: float32 array (n, P). Numeric covariates outside
+        their training range are warned about (ExtrapolationWarning), and refused far outside it, unless
+        `check_range` is False (a design row built on purpose, e.g. at 0)."""
         import formulaic
 
-        frame = self._prepare(obs)
+        frame = self._prepare(obs, check_range)
         try:
             mm = formulaic.model_matrix(self.formula, frame, na_action="raise")
         except Exception as err:  # formulaic's errors are not ValueErrors
@@ -117,8 +129,11 @@ class DesignEncoding:
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (str/list only)."""
-        return {"formula": self.formula, "columns": list(self.columns),
-                "levels": {k: list(v) for k, v in self.levels.items()}, "numeric": list(self.numeric)}
+        d = {"formula": self.formula, "columns": list(self.columns),
+             "levels": {k: list(v) for k, v in self.levels.items()}, "numeric": list(self.numeric)}
+        if self.ranges:
+            d["ranges"] = {k: [float(a), float(b)] for k, (a, b) in self.ranges.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DesignEncoding:
@@ -128,7 +143,45 @@ class DesignEncoding:
             raise DataError(f"design encoding is missing key(s) {missing}; the saved model is incomplete.")
         return cls(str(d["formula"]), tuple(map(str, d["columns"])),
                    {str(k): [str(x) for x in v] for k, v in d["levels"].items()},
-                   tuple(map(str, d["numeric"])))
+                   tuple(map(str, d["numeric"])),
+                   {str(k): (float(a), float(b)) for k, (a, b) in d.get("ranges", {}).items()})
+
+
+def _numeric_values(col: pd.Series, name: str) -> np.ndarray:
+    """A numeric covariate as float64; text columns are accepted when every value is a number (the same
+    rule at fit and at prediction), otherwise refused naming the value."""
+    if _is_numeric(col):
+        return col.to_numpy(dtype=np.float64)
+    if pd.api.types.is_bool_dtype(col):
+        raise DataError(f"obs column {name!r} is boolean but the model uses it as a number; convert it with "
+                        f"obs[{name!r}].astype(float) or make it a factor")
+    values = pd.to_numeric(col.astype(str), errors="coerce")
+    bad = col[values.isna()]
+    if len(bad):
+        raise DataError(f"obs column {name!r} must be numeric (the model uses it as a number) but holds non-numeric value(s) "
+                        f"{_fmt(list(bad.astype(str).unique()))} (e.g. at obs {str(bad.index[0])!r}); fix them "
+                        "or drop those rows.")
+    return values.to_numpy(dtype=np.float64)
+
+
+def _check_range(name: str, x: np.ndarray, rng: tuple[float, float]) -> None:
+    """Warn about values of a numeric covariate outside its training range; refuse those more than FAR
+    range widths outside it (the fitted linear effect is then an extrapolation the data never saw)."""
+    lo, hi = rng
+    out = (x < lo) | (x > hi)
+    if not out.any():
+        return
+    width = hi - lo if hi > lo else max(abs(lo), abs(hi), 1.0)
+    far = (x < lo - FAR * width) | (x > hi + FAR * width)
+    worst = x[out][np.argmax(np.abs(x[out] - (lo + hi) / 2))]
+    what = (f"obs column {name!r} has {int(out.sum())} value(s) outside the training range [{lo:g}, {hi:g}] "
+            f"(e.g. {worst:g})")
+    if far.any():
+        raise DataError(f"{what}, {int(far.sum())} of them more than {FAR:g} range width(s) beyond it: "
+                        "predictions there are extrapolations of a fitted trend (they can overflow to inf); "
+                        f"predict within [{lo - FAR * width:g}, {hi + FAR * width:g}] or refit with data covering "
+                        "these values.")
+    warnings.warn(f"{what}: predictions there extrapolate the fitted trend", ExtrapolationWarning, stacklevel=4)
 
 
 def _formula_variables(formula: Any, obs: pd.DataFrame) -> list[str]:
@@ -168,6 +221,9 @@ def encode_design(formula: str, obs: pd.DataFrame) -> tuple[np.ndarray, DesignEn
 
     used = _formula_variables(formula, obs)
     as_factor = set(re.findall(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)", formula))
+    for v in used:
+        if v not in as_factor:
+            _refuse_mixed(obs[v], v)
     levels = {v: _observed_levels(obs[v]) for v in used if v in as_factor or not _is_numeric(obs[v])}
     probe = DesignEncoding(formula, (), levels, tuple(v for v in used if v not in levels))
     try:
@@ -178,14 +234,63 @@ def encode_design(formula: str, obs: pd.DataFrame) -> tuple[np.ndarray, DesignEn
         raise DataError(f"formula {formula!r} uses stateful transforms {sorted(mm.model_spec.transform_state)} "
                         "whose fitted state cannot be saved; standardise the column in obs beforehand.")
     data_vars = mm.model_spec.variables_by_source.get("data", set())  # drop spurious identifiers
+    numeric = tuple(v for v in probe.numeric if v in data_vars)
+    ranges = {}
+    for v in numeric:
+        x = _numeric_values(obs[v], v)
+        ranges[v] = (float(x.min()), float(x.max())) if len(x) else (0.0, 0.0)
     encoding = DesignEncoding(formula, tuple(str(c) for c in mm.columns),
-                              {k: v for k, v in levels.items() if k in data_vars},
-                              tuple(v for v in probe.numeric if v in data_vars))
+                              {k: v for k, v in levels.items() if k in data_vars}, numeric, ranges)
     design = encoding.transform(obs)
+    _warn_design(design, encoding, obs)
     if not np.array_equal(design, mm.to_numpy(dtype=np.float32)):
         raise DataError(f"the design of {formula!r} cannot be reproduced from its saved encoding; "
                         "simplify the formula (plain columns and interactions).")
     return design, encoding
+
+
+def _refuse_mixed(col: pd.Series, name: str) -> None:
+    """A text column whose values are mostly numbers but a few are not is a numeric column with stray text
+    (e.g. 'NA ' or 'unknown'): refused, rather than silently becoming a factor with one level per number."""
+    if _is_numeric(col) or isinstance(col.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(col):
+        return
+    distinct = pd.Series(col.dropna().astype(str).unique())
+    if not len(distinct):
+        return
+    is_num = pd.to_numeric(distinct, errors="coerce").notna()
+    if is_num.all() or is_num.mean() < MIXED_SHARE:
+        return
+    bad = list(distinct[~is_num])
+    row = col.index[col.astype(str).isin(bad)][0]
+    raise DataError(f"obs column {name!r} holds numbers and the non-numeric value(s) {_fmt(bad)} (e.g. at obs "
+                    f"{str(row)!r}); fix or drop those rows (pd.to_numeric(obs[{name!r}]) finds them), or, if it "
+                    f"is a factor, make it one explicitly: obs[{name!r}].astype('category') or C({name}) in the "
+                    "formula.")
+
+
+def _warn_design(design: np.ndarray, encoding: DesignEncoding, obs: pd.DataFrame) -> None:
+    """Warn about factors with a single level and about design columns that are exact linear combinations
+    of others (their coefficients are then set by the prior alone)."""
+    single = [v for v, lv in encoding.levels.items() if len(lv) == 1]
+    if single:
+        warnings.warn(f"factor(s) {_fmt(single)} have a single level in the data ({_fmt([encoding.levels[v][0] for v in single])}): "
+                      "they explain nothing; drop them from the formula", DesignWarning, stacklevel=4)
+    p = design.shape[1]
+    if p < 2 or design.shape[0] == 0:
+        return
+    d = design.astype(np.float64)
+    d = d / np.maximum(np.sqrt((d**2).sum(0)), 1e-300)  # unit columns: the rank test does not see scales
+    gram = d.T @ d  # (p, p): rank(d) without an SVD of all rows
+
+    def rank(k: int) -> int:
+        return int(np.sum(np.linalg.eigvalsh(gram[:k, :k]) > 1e-9 * k))
+
+    if rank(p) < p:
+        dependent = [encoding.columns[j] for j in range(1, p) if rank(j + 1) <= rank(j)]
+        warnings.warn(f"the design of {encoding.formula!r} has perfectly collinear columns: {_fmt(dependent)} "
+                      "are linear combinations of the columns before them, so the data cannot tell their effects "
+                      "apart (only the prior sets them); drop one of the collinear covariates",
+                      DesignWarning, stacklevel=4)
 
 
 def _blocks(matrix: np.ndarray | sp.csr_matrix):
@@ -199,8 +304,28 @@ def _blocks(matrix: np.ndarray | sp.csr_matrix):
             yield np.asarray(matrix[i:i + step])
 
 
-def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: str = "X") -> None:
-    """Check that ``matrix`` holds finite, non-negative integers as count likelihoods need."""
+def _locate(matrix, predicate) -> tuple[int, int]:
+    """(row, column) of the first stored entry of `matrix` where `predicate(values)` holds."""
+    if sp.issparse(matrix):
+        for i in range(0, matrix.data.size, _BLOCK):
+            hit = np.flatnonzero(predicate(matrix.data[i:i + _BLOCK]))
+            if hit.size:
+                k = i + int(hit[0])
+                return int(np.searchsorted(matrix.indptr, k, side="right") - 1), int(matrix.indices[k])
+    else:
+        step = max(1, _BLOCK // max(1, matrix.shape[1]))
+        for i in range(0, matrix.shape[0], step):
+            r, c = np.nonzero(predicate(np.asarray(matrix[i:i + step])))
+            if r.size:
+                return i + int(r[0]), int(c[0])
+    return -1, -1
+
+
+def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: str = "X",
+                    obs_names: Sequence[str] | None = None, var_names: Sequence[str] | None = None) -> None:
+    """Check that ``matrix`` holds finite, non-negative integers as count likelihoods need, none above
+    MAX_COUNT (2**24, the largest range in which float32, the likelihood's arithmetic, holds every
+    integer)."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
     matrix = matrix if sp.issparse(matrix) else np.asarray(matrix)
@@ -209,9 +334,13 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
         raise DataError(f"counts in {name} have dtype {dtype}; raw counts must be an integer or float "
                         "array of non-negative integers.")
     fix = "pass the raw count layer with layer=... (e.g. layer='counts')"
-    n_bad = {"nonfinite": 0, "negative": 0, "fraction": 0}
+    n_bad = {"nonfinite": 0, "negative": 0, "fraction": 0, "huge": 0}
     example: dict[str, Any] = {}
     for block in _blocks(matrix):
+        if not np.issubdtype(dtype, np.integer) or np.iinfo(dtype).max > MAX_COUNT:
+            huge = np.greater(block, MAX_COUNT, where=np.isfinite(block) if np.issubdtype(dtype, np.floating)
+                              else True, out=np.zeros(block.shape, bool))
+            n_bad["huge"] += int(np.count_nonzero(huge))
         if np.issubdtype(dtype, np.floating):
             finite = np.isfinite(block)
             n_bad["nonfinite"] += int(block.size - np.count_nonzero(finite))
@@ -232,6 +361,16 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
     if n_bad["negative"]:
         raise DataError(f"counts in {name} contain {n_bad['negative']} negative values (e.g. "
                         f"{example['negative']}); raw counts must be non-negative integers; {fix}.")
+    if n_bad["huge"]:
+        row, col = _locate(matrix, lambda b: np.isfinite(b) & (b > MAX_COUNT) if np.issubdtype(dtype, np.floating)
+                           else b > MAX_COUNT)
+        where = (f"obs {str(obs_names[row]) if obs_names is not None else row!r}, gene "
+                 f"{str(var_names[col]) if var_names is not None else col!r}")
+        raise DataError(f"counts in {name} contain {n_bad['huge']} value(s) above {MAX_COUNT:,} (2**24), e.g. "
+                        f"{matrix[row, col]:g} at {where}: float32, the likelihood's arithmetic, cannot represent "
+                        "counts that large exactly (x and x + 1 collide; the log-likelihood is off by tens of nats), "
+                        "and a single such entry drives its gene's fit; fix or remove the entry (or scale the "
+                        "sample down).")
     if n_bad["fraction"]:
         raise DataError(f"counts in {name} contain {n_bad['fraction']} non-integer values (e.g. "
                         f"{example['fraction']}), as in normalized or log-transformed data; the "
@@ -403,7 +542,12 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
             m, var_names = m[:, idx], var_names[idx]
     if 0 in m.shape:
         raise DataError(f"{name} is empty ({m.shape[0]} cells x {m.shape[1]} genes); pass a dataset with counts")
-    validate_counts(m, likelihood, name=name)
+    validate_counts(m, likelihood, name=name, obs_names=adata.obs_names, var_names=var_names)
+    if genes is None and not var_names.is_unique:
+        dup = var_names[var_names.duplicated()].unique()
+        raise DataError(f"gene names must be unique: {len(dup)} are duplicated, e.g. {_fmt(list(dup))}; a model "
+                        "with duplicated genes could never be matched to data again. Call "
+                        "adata.var_names_make_unique() (or sum the duplicates) first.")
     row_sums, col_sums = _margins(m)
     keep_rows, keep_cols = _drop_empty(row_sums, col_sums, genes is not None, empty, name)
     if not keep_rows.all():
@@ -414,11 +558,54 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
         raise DataError(f"nothing is left in {name} after dropping all-zero genes and cells")
     obs = adata.obs.iloc[np.flatnonzero(keep_rows)].copy()
     if encoding is None:
+        _warn_shape(m.shape, obs, name)
         design, encoding = encode_design(formula if formula is not None else "~ 1", obs)
     else:
         design = encoding.transform(obs)
     groups, levels = group_codes(obs, group_key, group_levels) if group_key else (None, None)
     return CountData(m, row_sums[keep_rows], design, encoding, obs, var_names, groups, levels)
+
+
+def _warn_shape(shape: tuple[int, int], obs: pd.DataFrame, name: str) -> None:
+    """Warn (at fit time) about data a model can be fitted on but learns little from."""
+    if shape[0] == 1 or shape[1] == 1:
+        what = "one observation" if shape[0] == 1 else "one gene"
+        warnings.warn(f"{name} has {what} ({shape[0]} x {shape[1]}): the model can be fitted, but "
+                      + ("nothing can be learned about variation between observations" if shape[0] == 1 else
+                         "dispersion trends and gene programs need many genes"), DesignWarning, stacklevel=4)
+    if not obs.index.is_unique:
+        dup = obs.index[obs.index.duplicated()].unique()
+        warnings.warn(f"{len(dup)} observation name(s) are duplicated, e.g. {_fmt(list(dup))}: held-out "
+                      "observations are recorded by name, so they become ambiguous; call "
+                      "adata.obs_names_make_unique() first", DesignWarning, stacklevel=4)
+
+
+def read_h5ad(path: str | Path, what: str = "data", *, obs_only: bool = False):
+    """An AnnData from an .h5ad file (its obs only, without reading X, with `obs_only`); a missing,
+    non-h5ad or truncated file is a DataError."""
+    import anndata
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} file {str(path)!r} not found; pass the path of an .h5ad file")
+    if path.is_dir():
+        raise DataError(f"{what} {str(path)!r} is a folder; pass the path of an .h5ad file")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise DataError(f"{what} file {str(path)!r} is not an .h5ad (HDF5) file; write the AnnData with "
+                        "adata.write_h5ad(path), or convert the table first")
+    try:
+        if not obs_only:
+            return anndata.read_h5ad(path)
+        adata = anndata.read_h5ad(path, backed="r")
+        obs = adata.obs.copy()
+        adata.file.close()
+        return obs
+    except Exception as e:  # h5py / anndata raise OSError, KeyError, ValueError ... on damaged files
+        raise DataError(f"{what} file {str(path)!r} cannot be read as an AnnData (truncated or damaged: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); write or copy it "
+                        "again") from e
 
 
 def read_obs_table(path: str | Path) -> pd.DataFrame:
@@ -428,15 +615,14 @@ def read_obs_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"metadata file {str(path)!r} not found")
     suffix = path.name.lower().removesuffix(".gz")
     if suffix.endswith(".h5ad"):
-        import anndata
-
-        adata = anndata.read_h5ad(path, backed="r")
-        obs = adata.obs.copy()
-        adata.file.close()
-        return obs
+        return read_h5ad(path, "metadata", obs_only=True)
     if not suffix.endswith((".csv", ".tsv", ".txt")):
         raise DataError(f"cannot read metadata from {path.name!r}; use a .csv, .tsv or .h5ad file")
-    obs = pd.read_csv(path, sep="," if suffix.endswith(".csv") else "\t")
+    try:
+        obs = pd.read_csv(path, sep="," if suffix.endswith(".csv") else "\t")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"metadata file {path.name!r} cannot be read as a table ({str(e).splitlines()[0]}); "
+                        "it must be a header line of column names and one row per observation") from e
     if len(obs.columns) and (str(obs.columns[0]).startswith("Unnamed: 0") or obs.columns[0] in ("index", "obs_names")):
         obs = obs.set_index(obs.columns[0]).rename_axis(None)
     if obs.empty:

@@ -6,9 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from probgex._outputs import atomic_file
 from probgex.datasets import schurch_yeast
 from probgex.diagnostics import check
+from probgex.diagnostics.report import REPORT_FILES
 from probgex.fit import Model
+
+# what the demo writes into its folder (checked before it starts: existing ones need --overwrite)
+DEMO_FILES = ("model.npz", "predictions.nc", "power") + REPORT_FILES
 
 
 def heldout_replicates(adata) -> list[str]:
@@ -31,8 +36,8 @@ def run_demo(out: Path, *, max_epochs: int | None = None, seed: int = 0, progres
                                                  progress=progress)
     fit.save(out / "model.npz")
     lib = np.asarray(test.X.sum(1)).ravel()
-    fit.predict(test.obs, n_samples=200, library_size=lib, seed=seed).to_netcdf(out / "predictions.nc",
-                                                                             engine="h5netcdf")
+    with atomic_file(out / "predictions.nc") as tmp:
+        fit.predict(test.obs, n_samples=200, library_size=lib, seed=seed).to_netcdf(tmp, engine="h5netcdf")
     report = check(fit, test, n_samples=200, seed=seed, progress=progress, reference=train)
     report.save(out)
     power_from_pilot(train, out / "power", seed=seed, progress=progress)
@@ -62,5 +67,4 @@ def power_from_pilot(train, out: Path, *, seed: int = 0, progress: bool = True, 
                                                  progress=progress)
     ds = curve(fit, ("strain", "Snf2", "WT"), n_per_group, key=seed, n_draws=draws, n_rep=1,
                effects="shrunk", reference_n=reference_n, min_abs_lfc=(1.0,), progress=progress, pilot=pilot)
-    out.mkdir(parents=True, exist_ok=True)
     return write(ds, out)

@@ -23,3 +23,12 @@ class ModelFileError(ProbgexError, ValueError):
 class IncompleteFitWarning(UserWarning):
     """A model file holds a fit stopped before its last stage (a VAE-stage checkpoint of a cVAE with a
     learned prior): it is valid, but predicts with the VAE-stage Gaussian prior."""
+
+
+class OutputError(ProbgexError, ValueError):
+    """An output path cannot be written safely: it is one of the inputs, it exists (without overwrite),
+    or its folder is missing, not a folder or not writable."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """A numeric covariate lies outside the range the model was fitted on: the prediction extrapolates."""

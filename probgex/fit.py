@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -16,9 +18,9 @@ from scipy.stats import norm
 
 from probgex.choices import LEARNED_PRIORS
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
-from probgex import library
+from probgex import _memory, library
 from probgex import mean as stage1_means
-from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, SpecError
+from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, OutputError, SpecError
 from probgex import rng as streams
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
@@ -88,7 +90,9 @@ class Model:
         `seed`: an int or a JAX key (`probgex.rng`); the same seed gives the same result (a key is first
         reduced to an int seed, recorded in the model). With `checkpoint_path`, the best parameters so
         far are written there every `checkpoint_every` epochs (atomically: an interrupted fit leaves the
-        last checkpoint valid).
+        last checkpoint valid). A file already at `checkpoint_path` (an earlier model) is kept until the
+        fit ends: the checkpoints go beside it (`checkpoint_target`: `name.partial.npz`) and the finished
+        model replaces it in one step.
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
         parameters; the prior stage then trains the prior and writes the complete model. A checkpoint of
         the VAE stage loads as the VAE with its Gaussian prior (`Fit.learned_prior_status` is
@@ -97,9 +101,16 @@ class Model:
         when loaded.
         """
         spec = self.spec
+        check_fit_options(max_epochs=max_epochs, batch_size=batch_size, patience=patience,
+                          checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout)
+        target = checkpoint_target(checkpoint_path)
         seed = streams.seed_int(seed)
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
+        _memory.require(_memory.fit_bytes(spec, data.n_genes, data.n_design, min(batch_size, data.n_obs)),
+                        f"a {spec.story} with a {getattr(spec.latent, 'dim', 0)}-dimensional latent on {data.n_genes} "
+                        f"genes (batch {batch_size})", "lower the latent dimension (--latent-dim / latent=...(dim=)), "
+                        "the network widths or the batch size")
         if holdout is None:  # a small GLM keeps every observation; networks keep their early stopping
             holdout = 0.0 if spec.latent is None and data.n_obs < SMALL_N else 0.1
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
@@ -150,19 +161,22 @@ class Model:
                        prior_history, finished=finished)
 
         save = None
-        if checkpoint_path is not None:
+        if target is not None:
             def save(params, history, finished):
-                make(params, history, finished=finished).save(checkpoint_path)
+                make(params, history, finished=finished).save(target)
         # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params
         params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
         if getattr(story, "learned", None) is None:
-            return make(params, history)
-        # latent diffusion / flow: train the prior on the encoder means; an interruption here leaves the
-        # VAE-stage checkpoint, which loads as the VAE with its Gaussian prior
-        params, prior_history = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
-        fitted = make(params, history, prior_history)
-        if checkpoint_path is not None:
-            fitted.save(checkpoint_path)
+            fitted = make(params, history)
+        else:
+            # latent diffusion / flow: train the prior on the encoder means; an interruption here leaves the
+            # VAE-stage checkpoint, which loads as the VAE with its Gaussian prior
+            params, prior_history = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
+            fitted = make(params, history, prior_history)
+            if target is not None:
+                fitted.save(target)
+        if target is not None and target != Path(checkpoint_path):  # the new model replaces the old one now
+            os.replace(target, checkpoint_path)
         return fitted
 
     def _stage1(self, adata, data: CountData, train_idx: np.ndarray, seed: int, progress: bool):
@@ -416,12 +430,22 @@ class Fit:
         obs = getattr(obs, "obs", obs)
         if not isinstance(obs, pd.DataFrame):
             raise DataError(f"obs must be a pandas DataFrame or an AnnData, got {type(obs).__name__}")
+        n_samples = check_n_samples(n_samples)
         levels = check_levels(levels)
+        _memory.require(_memory.draws_bytes(n_samples, len(obs), len(self.var_names), len(levels), True),
+                        f"predicting {n_samples} draws for {len(obs)} observations x {len(self.var_names)} genes",
+                        "lower the number of draws (--n-samples / n_samples=) or predict fewer observations at a time")
         data = self._metadata(obs, library_size)
         rng, key = streams.host_rng(seed, "sampling"), streams.stream(seed, "predictive")
         draw_lib = library_size is None and self.spec.library != "latent"
-        return self._assemble(data, self.predictive_blocks(data, n_samples, key, from_data=False), rng, levels,
+        pred = self._assemble(data, self.predictive_blocks(data, n_samples, key, from_data=False), rng, levels,
                               n_samples, draw_lib)
+        bad = nonfinite(pred)
+        if bad:
+            warnings.warn(f"the prediction has non-finite values ({bad}): the metadata or library sizes lie where "
+                          "the fitted model overflows; check them against the training data", RuntimeWarning,
+                          stacklevel=2)
+        return pred
 
     def reconstruct(self, adata, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
                     seed: int | jax.Array = 0) -> xr.Dataset:
@@ -520,8 +544,16 @@ class Fit:
                            "upper": (("level", "coef", "gene"), loc + z * sd)}, coords=coords)
 
     # ----- files
-    def save(self, path: str | Path) -> Path:
-        """Write the model to one `.npz` file (no pickle); `probgex.load` reads it back exactly."""
+    def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write the model to one `.npz` file (no pickle); `probgex.load` reads it back exactly.
+
+        As with Python's own file writes, an existing file is replaced (`overwrite=False` refuses
+        instead); the replacement is atomic, so an interrupted save leaves the old file intact."""
+        path = Path(path)
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; pass a file path such as {path / 'model.npz'}")
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} already exists; pass overwrite=True to replace it or choose another path")
         header = {"spec": self.spec.to_dict(), "encoding": self.encoding.to_dict(),
                   "dims": self.dims.to_dict(), "group_levels": self.group_levels,
                   "history": {"train": self.history.train, "heldout": self.history.heldout,
@@ -585,6 +617,58 @@ class Fit:
                           "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
                           "the training data to complete it", IncompleteFitWarning, stacklevel=3)
         return fit
+
+
+def check_fit_options(*, max_epochs=None, batch_size=128, patience=None, checkpoint_every=10, learning_rate=None,
+                      holdout=None) -> None:
+    """Refuse bad fitting options (SpecError) before any data are read."""
+    def positive_int(name, v, allow_none=True, allow_zero=False):
+        if v is None and allow_none:
+            return
+        if not (isinstance(v, int | np.integer) and not isinstance(v, bool)) or v < (0 if allow_zero else 1):
+            raise SpecError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+
+    positive_int("max_epochs", max_epochs)
+    positive_int("batch_size", batch_size, allow_none=False)
+    positive_int("patience", patience)
+    positive_int("checkpoint_every", checkpoint_every, allow_none=False, allow_zero=True)
+    if learning_rate is not None and not (isinstance(learning_rate, numbers.Real) and 0 < learning_rate < np.inf):
+        raise SpecError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if holdout is not None and not (isinstance(holdout, numbers.Real) and 0 <= holdout < 1):
+        raise SpecError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
+
+
+def check_n_samples(n, name: str = "n_samples") -> int:
+    """A number of predictive draws: a positive integer (SpecError otherwise)."""
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
+    if not (isinstance(n, int | np.integer) and not isinstance(n, bool)) or n < 1:
+        raise SpecError(f"{name} must be a positive integer (the number of predictive draws), got {n!r}")
+    return int(n)
+
+
+def checkpoint_target(path: str | Path | None) -> Path | None:
+    """Where a fit writes its checkpoints for the model file `path`: `path` itself when nothing is there
+    yet, else `<stem>.partial<suffix>` beside it, so an existing model survives until the new one is
+    complete (an interrupted fit leaves both)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"checkpoint_path {path} is a folder; pass a file path such as {path / 'model.npz'}")
+    return path.with_name(f"{path.stem}.partial{path.suffix}") if path.exists() else path
+
+
+def nonfinite(pred: xr.Dataset) -> str:
+    """'' when every mean and sd of a prediction is finite, else a short account of where they are not."""
+    parts = []
+    for v in ("mean", "sd"):
+        if v in pred:
+            bad = ~np.isfinite(pred[v].values)
+            if bad.any():
+                genes = np.asarray(pred["gene"])[bad.any(0)]
+                parts.append(f"{v}: {int(bad.sum())} entries, {len(genes)} genes, e.g. {[str(g) for g in genes[:3]]}")
+    return "; ".join(parts)
 
 
 def _with_file_defaults(spec: dict) -> dict:

@@ -46,9 +46,10 @@ def test_power_command_with_posterior_effects_and_the_pilot(glm_fit, tmp_path):
     model = glm_fit.save(tmp_path / "glm.npz")
     pilot = tmp_path / "pilot.h5ad"
     rng = np.random.default_rng(0)  # a 6-vs-6 pilot deep enough for its NB excess to dominate (mean 200)
-    y = rng.poisson(rng.gamma(10.0, 20.0, (12, 40)))
+    y = rng.poisson(rng.gamma(10.0, 20.0, (12, glm_fit.var_names.size)))  # the model's genes (checked)
     ad.AnnData(X=y.astype(np.float32), obs=pd.DataFrame({"group": np.repeat(["a", "b"], 6)},
-                                                        index=[f"p{i}" for i in range(12)])).write_h5ad(pilot)
+                                                        index=[f"p{i}" for i in range(12)]),
+               var=pd.DataFrame(index=list(glm_fit.var_names))).write_h5ad(pilot)
     out = tmp_path / "power"
     res = runner.invoke(app, ["power", str(model), "--contrast", "group:b:a", "--n", "3", "--fdr", "0.1",
                               "--n-draws", "3", "--n-rep", "1", "--depth", "600", "--effects", "posterior",

@@ -14,6 +14,7 @@ from rich.progress import Progress
 
 from probgex import rng as streams
 from probgex.diagnostics import pit as pitmod
+from probgex.errors import DataError
 from probgex.diagnostics.ppc import Summaries, gene_programs
 from probgex.diagnostics.report import Report
 from probgex.diagnostics.scores import coverage_table, crps_from_samples, interval_score, sample_pit
@@ -70,10 +71,20 @@ def check(fit, heldout, *, n_samples: int = 200, levels: Sequence[float] = LEVEL
     (`probgex.rng.host_rng(seed, "blocks", block)`), so results depend on `seed` (an int or a JAX key)
     only, not on `workers`.
     """
+    from probgex import _memory
+    from probgex.fit import check_n_samples
+
+    n_samples = check_n_samples(n_samples)
     levels = check_levels(levels)
     n_workers = _workers(workers)
     data = fit.data(heldout)
     n, G = data.n_obs, data.n_genes
+    if n < 2:
+        raise DataError(f"the held-out data have {n} observation after dropping empty ones; calibration needs "
+                        "several (PIT histograms, coverage per gene): pass more held-out observations")
+    _memory.require(_memory.draws_bytes(n_samples, n, G, len(levels), False),
+                    f"checking with {n_samples} draws on {n} observations x {G} genes",
+                    "lower the number of draws (--n-samples / n_samples=)")
     rng = streams.host_rng(seed, "programs")
     top, corr = _top_genes(data if reference is None else fit.data(reference), min(n_top_genes, G))
     programs = gene_programs(top, corr, G, program_size, n_random_programs, rng)

@@ -13,8 +13,13 @@ import numpy as np
 import xarray as xr
 
 from probgex import rng as streams
+from probgex._outputs import atomic_folder, json_ready
 from probgex.diagnostics import plots
 from probgex.diagnostics.ppc import Summaries
+
+FIGURES = ("pit_ecdf", "coverage", "coverage_by_decile", "mean_variance", "mean_zero_fraction",
+           "rootograms_worst_genes", "summary_statistics")
+REPORT_FILES = ("report.json", "report.html") + tuple(f"{f}.png" for f in FIGURES)  # what `Report.save` writes
 
 
 @dataclass
@@ -123,16 +128,16 @@ class Report:
     def save(self, folder: str | Path) -> Path:
         """Write the figures (PNG), `report.json` and a self-contained `report.html` to `folder`."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         summary = self.summary()
-        (folder / "report.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
-        images = {}
-        for name, fig in self.figures().items():
-            fig.savefig(folder / f"{name}.png", dpi=110)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            images[name] = base64.b64encode(buf.getvalue()).decode()
-        (folder / "report.html").write_text(_html(summary, images))
+        with atomic_folder(folder) as tmp:  # earlier files are replaced only once every new one is written
+            (tmp / "report.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False))
+            images = {}
+            for name, fig in self.figures().items():
+                fig.savefig(tmp / f"{name}.png", dpi=110)
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=110)
+                images[name] = base64.b64encode(buf.getvalue()).decode()
+            (tmp / "report.html").write_text(_html(summary, images))
         return folder
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from probgex._outputs import file_mode
 from probgex.errors import ModelFileError
 
 FORMAT = "probgex-model"
@@ -71,6 +72,7 @@ def write(path: str | Path, header: dict, arrays: dict[str, np.ndarray]) -> Path
             np.savez(f, **{HEADER: blob}, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp's 0o600 -> the user's normal mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

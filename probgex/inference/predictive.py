@@ -118,7 +118,13 @@ def deciles(values: np.ndarray) -> np.ndarray:
 
 
 def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-    levels = tuple(float(a) for a in levels)
+    from probgex.errors import SpecError
+
+    try:
+        levels = tuple(float(a) for a in levels)
+    except (TypeError, ValueError):
+        raise SpecError(f"interval levels must be numbers strictly between 0 and 1, got {levels!r}") from None
     if not levels or any(not 0 < a < 1 for a in levels):
-        raise ValueError(f"interval levels must lie strictly between 0 and 1, got {levels}")
+        hint = " (as fractions: 0.9 for a 90% interval)" if any(1 < a <= 100 for a in levels) else ""
+        raise SpecError(f"interval levels must lie strictly between 0 and 1{hint}, got {levels}")
     return levels

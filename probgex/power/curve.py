@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from probgex import rng as streams
-from probgex.errors import SpecError
+from probgex.errors import DataError, SpecError
 from probgex.power.de import deseq_batch
 from probgex.power.simulate import Truth, simulate_counts, truth_from_fit
 
@@ -231,6 +232,11 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
     Returns an xarray.Dataset (see `power_grid`); `plot_curve` draws it."""
     if not (isinstance(contrast, tuple | list) and len(contrast) == 3):
         raise SpecError(f"contrast must be (column, level, reference), got {contrast!r}")
+    if contrast[1] == contrast[2]:
+        raise SpecError(f"contrast {tuple(contrast)!r} compares level {contrast[1]!r} with itself; name two "
+                        "different levels (column, level, reference)")
+    if pilot is not None:
+        check_pilot(fit, pilot)
     if not isinstance(n_draws, int) or n_draws < 2:
         raise SpecError(f"n_draws must be an integer >= 2 (posterior draws), got {n_draws!r}")
     if key is None:
@@ -254,6 +260,22 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
                     effects=effects or "fixed lfc", dispersion_level_se=float("nan") if disp_level is None
                     else disp_level.se, dispersion_level_df=-1 if disp_level is None else disp_level.df)
     return ds
+
+
+def check_pilot(fit, pilot) -> None:
+    """The pilot must be the data the model was fitted on: at least, the same genes (DataError naming the
+    difference otherwise); another dataset would silently change the interval."""
+    import anndata
+
+    if not isinstance(pilot, anndata.AnnData):
+        raise DataError(f"pilot must be the AnnData the model was fitted on, got {type(pilot).__name__}")
+    model_genes, pilot_genes = pd.Index(fit.var_names).astype(str), pd.Index(pilot.var_names).astype(str)
+    missing, extra = model_genes.difference(pilot_genes), pilot_genes.difference(model_genes)
+    if len(missing) or len(extra):
+        raise DataError(f"the pilot is not the data the model was fitted on: the model has {len(model_genes)} genes, "
+                        f"the pilot {len(pilot_genes)}; {len(missing)} of the model's genes are not in the pilot "
+                        f"(e.g. {list(missing[:3])}) and {len(extra)} of the pilot's are not in the model "
+                        f"(e.g. {list(extra[:3])}); pass the .h5ad the model was fitted on (with the same genes)")
 
 
 def plot_curve(ds: xr.Dataset, path):

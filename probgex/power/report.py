@@ -9,7 +9,10 @@ from pathlib import Path
 
 import xarray as xr
 
+from probgex._outputs import atomic_folder, json_ready
 from probgex.power.curve import plot_curve
+
+POWER_FILES = ("power.json", "power.nc", "power.png")  # what `write` puts in its folder
 
 
 def _num(x) -> float | None:
@@ -44,11 +47,10 @@ def summary(ds: xr.Dataset) -> dict:
 
 
 def write(ds: xr.Dataset, out: str | Path) -> dict:
-    """Write power.json, power.nc and power.png into the folder `out`; returns the JSON summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    s = summary(ds)
-    (out / "power.json").write_text(json.dumps(s, indent=1))
-    ds.to_netcdf(out / "power.nc", engine="h5netcdf")
-    plot_curve(ds, out / "power.png")
+    """Write power.json, power.nc and power.png into the folder `out`; returns the JSON summary (NaN as None)."""
+    s = json_ready(summary(ds))  # valid JSON: no bare NaN (an unknown value is null)
+    with atomic_folder(out) as tmp:  # the three files replace earlier ones only once all are written
+        (tmp / "power.json").write_text(json.dumps(s, indent=1, allow_nan=False))
+        ds.to_netcdf(tmp / "power.nc", engine="h5netcdf")
+        plot_curve(ds, tmp / "power.png")
     return s

@@ -82,7 +82,7 @@ def reference_row(fit, contrast: tuple[str, str, str]) -> tuple[np.ndarray, np.n
     for lv in (ref, level):
         obs = {v: [enc.levels[v][0]] for v in enc.levels} | {v: [0.0] for v in enc.numeric}
         obs[col] = [lv]
-        rows[lv] = enc.transform(pd.DataFrame(obs))[0].astype(np.float64)
+        rows[lv] = enc.transform(pd.DataFrame(obs), check_range=False)[0].astype(np.float64)
     return rows[ref], rows[level]
 
 
