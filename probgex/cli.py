@@ -65,7 +65,7 @@ def _fail(e: Exception) -> typer.Exit:
 def _levels(text: str) -> tuple[float, ...]:
     """--levels parsed and checked (SpecError), before any file is read."""
     from probgex.errors import SpecError
-    from probgex.inference.predictive import check_levels
+    from probgex._checks import check_levels
 
     try:
         values = tuple(float(t) for t in text.split(",") if t.strip())
@@ -122,7 +122,7 @@ def fit(
     from probgex._outputs import check_output
     from probgex.data import read_h5ad
     from probgex.errors import DataError, SpecError
-    from probgex.fit import Model, check_fit_options
+    from probgex._checks import check_fit_options
     from probgex.latent import LATENT_KINDS as LATENTS
     from probgex.spec import ModelSpec
 
@@ -156,6 +156,8 @@ def fit(
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")
+        from probgex.fit import Model  # the options are valid: only now the JAX side
+
         stage1 = None
         if model_spec.mean == "external":
             check_output(out, [mean_table], overwrite=overwrite)
@@ -187,11 +189,12 @@ def predict(
     from probgex._outputs import atomic_file, check_output
     from probgex.data import read_obs_table
     from probgex.errors import DataError
-    from probgex.fit import load, nonfinite
 
     try:
         n_samples, lv = _n_samples(n_samples), _levels(levels)
         check_output(out, [model, obs], overwrite=overwrite)
+        from probgex.fit import load, nonfinite  # the options are valid: only now the JAX side
+
         fitted = load(model)
         meta = read_obs_table(obs)
         lib = None
@@ -356,7 +359,7 @@ def demo(
     predict held-out replicates from their metadata, and end with the calibration report."""
     from probgex._outputs import check_output_folder
     from probgex.demo import DEMO_FILES, run_demo
-    from probgex.fit import check_fit_options
+    from probgex._checks import check_fit_options
 
     try:
         check_fit_options(max_epochs=max_epochs)

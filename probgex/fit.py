@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,8 @@ from probgex import rng as streams
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
-from probgex.inference.predictive import Draws, check_levels, deciles, empirical_intervals, pit_coverage
+from probgex._checks import check_fit_options, check_levels, check_n_samples  # noqa: F401 (public here)
+from probgex.inference.predictive import Draws, deciles, empirical_intervals, pit_coverage
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
@@ -617,34 +617,6 @@ class Fit:
                           "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
                           "the training data to complete it", IncompleteFitWarning, stacklevel=3)
         return fit
-
-
-def check_fit_options(*, max_epochs=None, batch_size=128, patience=None, checkpoint_every=10, learning_rate=None,
-                      holdout=None) -> None:
-    """Refuse bad fitting options (SpecError) before any data are read."""
-    def positive_int(name, v, allow_none=True, allow_zero=False):
-        if v is None and allow_none:
-            return
-        if not (isinstance(v, int | np.integer) and not isinstance(v, bool)) or v < (0 if allow_zero else 1):
-            raise SpecError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
-
-    positive_int("max_epochs", max_epochs)
-    positive_int("batch_size", batch_size, allow_none=False)
-    positive_int("patience", patience)
-    positive_int("checkpoint_every", checkpoint_every, allow_none=False, allow_zero=True)
-    if learning_rate is not None and not (isinstance(learning_rate, numbers.Real) and 0 < learning_rate < np.inf):
-        raise SpecError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if holdout is not None and not (isinstance(holdout, numbers.Real) and 0 <= holdout < 1):
-        raise SpecError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
-
-
-def check_n_samples(n, name: str = "n_samples") -> int:
-    """A number of predictive draws: a positive integer (SpecError otherwise)."""
-    if isinstance(n, float) and n.is_integer():
-        n = int(n)
-    if not (isinstance(n, int | np.integer) and not isinstance(n, bool)) or n < 1:
-        raise SpecError(f"{name} must be a positive integer (the number of predictive draws), got {n!r}")
-    return int(n)
 
 
 def checkpoint_target(path: str | Path | None) -> Path | None:
