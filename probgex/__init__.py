@@ -21,11 +21,10 @@ __version__ = "0.1.0"
 # public name -> the module that defines it; a subpackage / module maps to itself
 _EXPORTS: dict[str, str] = {
     "CountData": "probgex.data", "DesignEncoding": "probgex.data", "DesignWarning": "probgex.data",
-    "EmptyWarning": "probgex.data",
-    "from_anndata": "probgex.data",
-    "DataError": "probgex.errors", "ExtrapolationWarning": "probgex.errors",
-    "IncompleteFitWarning": "probgex.errors", "ModelFileError": "probgex.errors", "OutputError": "probgex.errors",
-    "ProbgexError": "probgex.errors", "SpecError": "probgex.errors",
+    "EmptyWarning": "probgex.data", "from_anndata": "probgex.data",
+    "DataError": "probgex.errors", "ExtrapolationWarning": "probgex.errors", "IncompleteFitWarning": "probgex.errors",
+    "ModelFileError": "probgex.errors", "OutputError": "probgex.errors", "ProbgexError": "probgex.errors",
+    "SpecError": "probgex.errors",
     "Fit": "probgex.fit", "Model": "probgex.fit", "load": "probgex.fit",
     "ModelSpec": "probgex.spec",
     "datasets": "probgex.datasets", "diagnostics": "probgex.diagnostics", "latent": "probgex.latent",

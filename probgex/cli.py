@@ -35,7 +35,8 @@ def _read_predictions(path: Path, scale: str):
     from probgex.mean import External
 
     if not path.is_file():
-        raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions (.csv/.tsv/.h5ad)")
+        raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions "
+                        "(.csv/.tsv/.h5ad)")
     if path.suffix == ".h5ad":
         from probgex.data import read_h5ad
 
@@ -64,7 +65,7 @@ def _fail(e: Exception) -> typer.Exit:
 def _levels(text: str) -> tuple[float, ...]:
     """--levels parsed and checked (SpecError), before any file is read."""
     from probgex.errors import SpecError
-    from probgex.inference.predictive import check_levels
+    from probgex._checks import check_levels
 
     try:
         values = tuple(float(t) for t in text.split(",") if t.strip())
@@ -121,13 +122,13 @@ def fit(
     from probgex._outputs import check_output
     from probgex.data import read_h5ad
     from probgex.errors import DataError, SpecError
-    from probgex.fit import Model, check_fit_options
+    from probgex._checks import check_fit_options
     from probgex.latent import LATENT_KINDS as LATENTS
     from probgex.spec import ModelSpec
 
     try:
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout)
-        mean_table = Path(mean) if model is Story.residual and mean not in ("glm", "mlp") else None
+        mean_table = Path(mean) if model is Story.residual and mean not in TRAINED_MEANS else None
         check_output(out, [data, spec, mean_table], overwrite=overwrite)
         if spec is not None:
             if not spec.is_file():
@@ -143,7 +144,7 @@ def fit(
             if clash:
                 raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
                                 "the setting in the spec file or drop --spec (nothing is silently overridden)")
-            if table and mean in ("glm", "mlp"):
+            if table and mean in TRAINED_MEANS:
                 raise SpecError(f"--spec {spec} has mean = 'external': pass its table of predictions with --mean "
                                 "TABLE (.csv/.tsv/.h5ad)")
             mean_table = Path(mean) if table else None
@@ -155,10 +156,7 @@ def fit(
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")
-        # the options are valid: only now load the data and the JAX side
-        import anndata as ad
-
-        from probgex.fit import Model
+        from probgex.fit import Model  # the options are valid: only now the JAX side
 
         stage1 = None
         if model_spec.mean == "external":
@@ -191,11 +189,12 @@ def predict(
     from probgex._outputs import atomic_file, check_output
     from probgex.data import read_obs_table
     from probgex.errors import DataError
-    from probgex.fit import load, nonfinite
 
     try:
         n_samples, lv = _n_samples(n_samples), _levels(levels)
         check_output(out, [model, obs], overwrite=overwrite)
+        from probgex.fit import load, nonfinite  # the options are valid: only now the JAX side
+
         fitted = load(model)
         meta = read_obs_table(obs)
         lib = None
@@ -398,7 +397,7 @@ def demo(
     predict held-out replicates from their metadata, and end with the calibration report."""
     from probgex._outputs import check_output_folder
     from probgex.demo import DEMO_FILES, run_demo
-    from probgex.fit import check_fit_options
+    from probgex._checks import check_fit_options
 
     try:
         check_fit_options(max_epochs=max_epochs)

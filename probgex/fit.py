@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,8 @@ from probgex import rng as streams
 from probgex.inference import checkpoint
 from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
-from probgex.inference.predictive import Draws, check_levels, deciles, empirical_intervals, pit_coverage
+from probgex._checks import check_fit_options, check_levels, check_n_samples  # noqa: F401 (public here)
+from probgex.inference.predictive import Draws, deciles, empirical_intervals, pit_coverage
 from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
@@ -92,9 +92,9 @@ class Model:
         `seed`: an int or a JAX key (`probgex.rng`); the same seed gives the same result (a key is first
         reduced to an int seed, recorded in the model). With `checkpoint_path`, the best parameters so
         far are written there every `checkpoint_every` epochs (atomically: an interrupted fit leaves the
-        last checkpoint valid). A file
-        already at `checkpoint_path` (an earlier model) is kept until the fit ends: the checkpoints go beside
-        it (`checkpoint_target`: `name.partial.npz`) and the finished model replaces it in one step.
+        last checkpoint valid). A file already at `checkpoint_path` (an earlier model) is kept until the
+        fit ends: the checkpoints go beside it (`checkpoint_target`: `name.partial.npz`) and the finished
+        model replaces it in one step.
         With a learned latent prior (Diffusion / Flow), the VAE stage ends with a checkpoint of its best
         parameters; the prior stage then trains the prior and writes the complete model. A checkpoint of
         the VAE stage loads as the VAE with its Gaussian prior (`Fit.learned_prior_status` is
@@ -103,10 +103,10 @@ class Model:
         when loaded.
         """
         spec = self.spec
-        seed = streams.seed_int(seed)
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                           checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout)
         target = checkpoint_target(checkpoint_path)
+        seed = streams.seed_int(seed)
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
         _memory.require(_memory.fit_bytes(spec, data.n_genes, data.n_design, min(batch_size, data.n_obs)),
@@ -619,34 +619,6 @@ class Fit:
                           "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
                           "the training data to complete it", IncompleteFitWarning, stacklevel=3)
         return fit
-
-
-def check_fit_options(*, max_epochs=None, batch_size=128, patience=None, checkpoint_every=10, learning_rate=None,
-                      holdout=None) -> None:
-    """Refuse bad fitting options (SpecError) before any data are read."""
-    def positive_int(name, v, allow_none=True, allow_zero=False):
-        if v is None and allow_none:
-            return
-        if not (isinstance(v, int | np.integer) and not isinstance(v, bool)) or v < (0 if allow_zero else 1):
-            raise SpecError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
-
-    positive_int("max_epochs", max_epochs)
-    positive_int("batch_size", batch_size, allow_none=False)
-    positive_int("patience", patience)
-    positive_int("checkpoint_every", checkpoint_every, allow_none=False, allow_zero=True)
-    if learning_rate is not None and not (isinstance(learning_rate, numbers.Real) and 0 < learning_rate < np.inf):
-        raise SpecError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if holdout is not None and not (isinstance(holdout, numbers.Real) and 0 <= holdout < 1):
-        raise SpecError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
-
-
-def check_n_samples(n, name: str = "n_samples") -> int:
-    """A number of predictive draws: a positive integer (SpecError otherwise)."""
-    if isinstance(n, float) and n.is_integer():
-        n = int(n)
-    if not (isinstance(n, int | np.integer) and not isinstance(n, bool)) or n < 1:
-        raise SpecError(f"{name} must be a positive integer (the number of predictive draws), got {n!r}")
-    return int(n)
 
 
 def checkpoint_target(path: str | Path | None) -> Path | None:

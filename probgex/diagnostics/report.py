@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from probgex._outputs import atomic_folder, json_ready
 from probgex import rng as streams
+from probgex._outputs import atomic_folder, json_ready
 from probgex.diagnostics import plots
 from probgex.diagnostics.ppc import Summaries
 

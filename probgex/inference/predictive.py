@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from probgex._checks import check_levels  # noqa: F401 (imported from here too)
 from probgex.models.families import family as get_family
 
 
@@ -123,16 +124,3 @@ def deciles(values: np.ndarray) -> np.ndarray:
     """Decile (0-9) of each value by rank (ties broken by position)."""
     ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
     return (ranks * 10 // len(values)).astype(int)
-
-
-def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-    from probgex.errors import SpecError
-
-    try:
-        levels = tuple(float(a) for a in levels)
-    except (TypeError, ValueError):
-        raise SpecError(f"interval levels must be numbers strictly between 0 and 1, got {levels!r}") from None
-    if not levels or any(not 0 < a < 1 for a in levels):
-        hint = " (as fractions: 0.9 for a 90% interval)" if any(1 < a <= 100 for a in levels) else ""
-        raise SpecError(f"interval levels must lie strictly between 0 and 1{hint}, got {levels}")
-    return levels
