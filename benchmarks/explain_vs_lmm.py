@@ -2,9 +2,10 @@
 
 For one data set: a random subset of expressed genes; probgex fits an NB GLM with the additive formula
 of the metadata and `pg.explain` splits each gene's log1p CP10k variance into the formula's terms,
-"overdispersion" (the NB's Gamma layer), "other" and count "noise". The reference is what variancePartition (Hoffman & Schadt 2016) fits: per
-gene a linear mixed model with every categorical covariate as a random effect (statsmodels MixedLM,
-REML, variance components of one all-observations group), on log-CPM as voom computes it,
+"overdispersion" (the NB's Gamma layer), "other" and count "noise". The reference is what
+variancePartition (Hoffman & Schadt 2016) fits: per gene a linear mixed model with every categorical
+covariate as a random effect (statsmodels MixedLM, REML, variance components of one all-observations
+group), on log-CPM as voom computes it,
 log2((x + 0.5) / (L + 1) * 1e6); the share of a term is its variance component over the sum of the
 components and the residual variance. The same LMM on log1p CP10k (probgex's scale) separates the
 effect of the scale from that of the model. L is the total count over all genes for every method:

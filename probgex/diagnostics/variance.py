@@ -1,5 +1,5 @@
 """`explain(fit, adata)`: the share of each gene's variance, on the log1p CP10k scale, explained by each
-term of the formula, by the latent and by count sampling noise, with intervals.
+term of the formula, by the latent, by NB overdispersion and by count sampling noise, with intervals.
 
 The decomposition (by simulation from the fitted model at the observed design)
 -------------------------------------------------------------------------------
@@ -46,8 +46,8 @@ and "other" are therefore bias-corrected as a bootstrap estimate is: each draw i
 2 (plug-in - mean over draws), the plug-in being the split of the draws' mean profile, so that their
 mean is 2 plug-in - posterior mean (exact for quadratic functionals under a Gaussian posterior; on a
 simulated 40-sample design with a null six-level factor of levels of 1-17 samples, it took the null
-factor's mean share from 0.14 to 0.02 and the 90% coverage of the real factor's share from 0.71 to 0.87). `share` is each component's mean over the draws,
-clipped at 0, over their sum (the shares sum to 1); `lower` / `upper` is the central `level` interval of
+factor's mean share from 0.14 to 0.02 and the 90% coverage of the real factor's share from 0.71 to
+0.87). `share` is each component's mean over the draws, clipped at 0, over their sum (the shares sum to 1); `lower` / `upper` is the central `level` interval of
 the draws' shares (each draw's components over their sum), clipped to [0, 1]. It carries the posterior
 uncertainty of the GLM's parameters and the Monte Carlo error of one draw (so it is somewhat wider than
 the posterior alone); for the networks' point estimates, only the latter.
@@ -58,7 +58,9 @@ formula has it (linear); the log1p scale makes its curve part "other". The share
 model: where it is misspecified (an interaction missing from the formula of a GLM), the data's variance
 it cannot produce is not attributed anywhere, and what it produces as noise may in the data be a term.
 Compare with variancePartition (a linear mixed model per gene on log-CPM): there the noise of counts is
-part of the residual with unexplained biology; here they are separate (noise vs latent / other).
+part of the residual with unexplained biology; here they are separate (noise vs overdispersion, latent,
+other). Whether the NB's Gamma layer is biology or technical extra-Poisson noise the model cannot tell;
+it is reported as "overdispersion", apart from the Poisson sampling noise.
 """
 
 from __future__ import annotations
