@@ -2,9 +2,10 @@
 
 For one data set: a random subset of expressed genes; probgex fits an NB GLM with the additive formula
 of the metadata and `pg.explain` splits each gene's log1p CP10k variance into the formula's terms,
-"other" and count "noise". The reference is what variancePartition (Hoffman & Schadt 2016) fits: per
-gene a linear mixed model with every categorical covariate as a random effect (statsmodels MixedLM,
-REML, variance components of one all-observations group), on log-CPM as voom computes it,
+"overdispersion" (the NB's Gamma layer), "other" and count "noise". The reference is what
+variancePartition (Hoffman & Schadt 2016) fits: per gene a linear mixed model with every categorical
+covariate as a random effect (statsmodels MixedLM, REML, variance components of one all-observations
+group), on log-CPM as voom computes it,
 log2((x + 0.5) / (L + 1) * 1e6); the share of a term is its variance component over the sum of the
 components and the residual variance. The same LMM on log1p CP10k (probgex's scale) separates the
 effect of the scale from that of the model. L is the total count over all genes for every method:
@@ -127,7 +128,7 @@ def main():
 
         write(ds, args.figures)
     pg_share = {t: ds.share.sel(term=t).values for t in terms}
-    pg_share["residual"] = ds.share.sel(term=["other", "noise"]).sum("term").values
+    pg_share["residual"] = ds.share.sel(term=["overdispersion", "other", "noise"]).sum("term").values
 
     xs = x[:, idx]
     scales = {"log-CPM": np.log2((xs + 0.5) / (lib[:, None] + 1) * 1e6),
@@ -144,6 +145,7 @@ def main():
                          "n_genes": int(np.isfinite(ref[:, k]).sum())})
     result = {"dataset": name, "n_obs": int(a.n_obs), "n_genes": len(genes), "formula": formula,
               "n_draws": args.n_draws, "noise_median": float(np.median(ds.share.sel(term="noise"))),
+              "overdispersion_median": float(np.median(ds.share.sel(term="overdispersion"))),
               "other_median": float(np.median(ds.share.sel(term="other"))),
               "fit_seconds": t_fit, "explain_seconds": t_explain, "lmm_seconds": t_lmm,
               "best_epoch": fit.history.best_epoch, "rows": rows, "machine": machine(),
@@ -153,6 +155,7 @@ def main():
     out.write_text(json.dumps(result, indent=2))
     print(f"\n{name}: {a.n_obs} obs x {len(genes)} genes, {formula}; fit {t_fit:.0f} s, explain {t_explain:.0f} s, "
           f"LMM {sum(t_lmm.values()):.0f} s; probgex median noise share {result['noise_median']:.3f}, "
+          f"overdispersion {result['overdispersion_median']:.3f}, "
           f"other {result['other_median']:.3f}")
     print("| reference | term | Spearman | median share probgex | median share LMM |\n|---|---|---|---|---|")
     for r in rows:

@@ -354,13 +354,14 @@ def explain(
     data: Annotated[Path, typer.Option(help="AnnData .h5ad: the observations whose variance is split (raw counts, metadata)")],
     out: Annotated[Path, typer.Option(help="folder for variance.csv, variance.json, violins.png, top_genes.png")],
     n_draws: Annotated[int, typer.Option(help="posterior draws (GLM) / Monte Carlo replicates (latent stories)")] = 50,
-    n_counts: Annotated[int | None, typer.Option(help="count draws per observation and draw (default: by size)")] = None,
+    n_counts: Annotated[int | None, typer.Option(help="Poisson count draws per Gamma rate (default: by size)")] = None,
     level: Annotated[float, typer.Option(help="central interval level")] = 0.9,
     max_obs: Annotated[int, typer.Option(help="most observations used (a random subset beyond)")] = 2000,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, OVERWRITE] = False,
 ):
-    """Share of each gene's log1p CP10k variance explained by each formula term, the latent and count noise."""
+    """Share of each gene's log1p CP10k variance explained by each formula term, the latent, NB overdispersion
+    and count noise."""
     import numpy as np
 
     from probgex._outputs import check_output_folder

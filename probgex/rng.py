@@ -45,6 +45,10 @@ STREAMS: dict[str, int] = {
     "dispersion_level": 23,  # the pilot's dispersion-level uncertainty
     "experiments": 24,  # simulated experiments
     "pilot": 25,  # which pilot replicates a demo draws
+    # variance explained
+    "explain_obs": 30,  # the subset of observations beyond max_obs
+    "explain_counts": 31,  # count draws of the decomposition
+    "explain_draws": 32,  # posterior and latent draws of the decomposition
 }
 
 

@@ -1,13 +1,14 @@
 """`explain(fit, adata)`: the share of each gene's variance, on the log1p CP10k scale, explained by each
-term of the formula, by the latent and by count sampling noise, with intervals.
+term of the formula, by the latent, by NB overdispersion and by count sampling noise, with intervals.
 
 The decomposition (by simulation from the fitted model at the observed design)
 -------------------------------------------------------------------------------
 Take the observations of `adata` as they are: their metadata c_n and library sizes l_n. For one draw s
 of the model's parameters (the GLM: a joint posterior draw of every gene's coefficients and dispersion;
 the cVAE / residual stories: the fitted networks, point estimates), simulate for every observation
-`n_latent` latents z ~ p(z | c_n) (stories with a latent) and, for each, `n_counts` counts x, and read
-them as scanpy users do:
+`n_latent` latents z ~ p(z | c_n) (stories with a latent), for each 4 Gamma rates (the NB / ZINB
+mixing layer; the mean itself for Poisson) and for each rate `n_counts` Poisson counts x (zeroed with the
+ZINB gate's probability), and read them as scanpy users do:
 
     y = log1p(scale * x / l_n),   scale = 1e4 (counts per 10k).
 
@@ -21,7 +22,11 @@ varied: how deep an observation was sequenced is held as observed, as the normal
 The variance of y over the observations (equal weight each), latents and counts is split exactly by
 the law of total variance into
 
-- **noise**: E_n,z Var(y | c_n, l_n, z), count sampling noise (Poisson / NB / ZINB) given the mean;
+- **noise**: E Var(y | c_n, l_n, z, rate), count sampling noise: Poisson given the rate (and the ZINB
+  gate's zeros, treated as technical);
+- **overdispersion** (NB / ZINB): E Var_rate(E[y | rate] | c_n, l_n, z), the extra-Poisson variation of
+  the NB's Gamma layer: biological variation between observations that neither the metadata nor the
+  latent explain (for a GLM, all of it; variancePartition puts it in its residual with the noise);
 - **latent**: E_n Var_z(E[y | c_n, l_n, z]), the variation the latent carries beyond the metadata;
 - the between-observation variance of m_n = E[y | c_n, l_n], split among the formula's terms (main
   effects and interactions) by the Shapley value of least-squares projections of m onto the design's
@@ -41,8 +46,8 @@ and "other" are therefore bias-corrected as a bootstrap estimate is: each draw i
 2 (plug-in - mean over draws), the plug-in being the split of the draws' mean profile, so that their
 mean is 2 plug-in - posterior mean (exact for quadratic functionals under a Gaussian posterior; on a
 simulated 40-sample design with a null six-level factor of levels of 1-17 samples, it took the null
-factor's mean share from 0.14 to 0.02 and the 90% coverage of the real factor's share from 0.71 to 0.87). `share` is each component's mean over the draws,
-clipped at 0, over their sum (the shares sum to 1); `lower` / `upper` is the central `level` interval of
+factor's mean share from 0.14 to 0.02 and the 90% coverage of the real factor's share from 0.71 to
+0.87). `share` is each component's mean over the draws, clipped at 0, over their sum (the shares sum to 1); `lower` / `upper` is the central `level` interval of
 the draws' shares (each draw's components over their sum), clipped to [0, 1]. It carries the posterior
 uncertainty of the GLM's parameters and the Monte Carlo error of one draw (so it is somewhat wider than
 the posterior alone); for the networks' point estimates, only the latter.
@@ -53,7 +58,9 @@ formula has it (linear); the log1p scale makes its curve part "other". The share
 model: where it is misspecified (an interaction missing from the formula of a GLM), the data's variance
 it cannot produce is not attributed anywhere, and what it produces as noise may in the data be a term.
 Compare with variancePartition (a linear mixed model per gene on log-CPM): there the noise of counts is
-part of the residual with unexplained biology; here they are separate (noise vs latent / other).
+part of the residual with unexplained biology; here they are separate (noise vs overdispersion, latent,
+other). Whether the NB's Gamma layer is biology or technical extra-Poisson noise the model cannot tell;
+it is reported as "overdispersion", apart from the Poisson sampling noise.
 """
 
 from __future__ import annotations
@@ -69,7 +76,9 @@ from probgex.errors import DataError, SpecError
 
 SCALE = 1e4  # counts per 10k
 BLOCK_ENTRIES = 2**22  # simulated entries (draws x latents x counts x rows x genes) held at once
-RESERVED = ("latent", "other", "noise")
+EXPLAINED = ("poisson", "nb", "zinb")  # the families whose count noise is Poisson over a Gamma layer (+ a gate)
+RESERVED = ("latent", "overdispersion", "other", "noise")
+RATES = 4  # Gamma rates drawn per NB / ZINB mean (the overdispersion layer)
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,8 @@ def _check(n_draws, n_counts, n_latent, level, max_obs, scale, n_obs: int) -> Op
     whole("n_draws", n_draws, 2)
     whole("n_latent", n_latent, 2)
     whole("max_obs", max_obs, 3)
-    if n_counts is None:  # enough count draws per draw that ~400 simulated values enter each gene's noise
-        n_counts = int(np.clip(np.ceil(400 / max(min(n_obs, max_obs), 1)), 2, 16))
+    if n_counts is None:  # enough count draws per rate that ~400 simulated values (4 rates) enter each gene's noise
+        n_counts = int(np.clip(np.ceil(100 / max(min(n_obs, max_obs), 1)), 2, 4))
     whole("n_counts", n_counts, 2)
     if not isinstance(level, float | int) or not 0 < level < 1:
         raise SpecError(f"level must lie strictly between 0 and 1, got {level!r}")
@@ -109,25 +118,29 @@ def explain(fit, adata, *, n_draws: int = 50, n_counts: int | None = None, n_lat
 
     `n_draws` parameter draws (posterior draws for the GLM; Monte Carlo replicates for the networks) give
     the intervals; each simulates `n_latent` latents per observation (stories with a latent) and
-    `n_counts` counts per latent (default: enough for ~400 values per gene, 2 to 16). At most `max_obs`
+    `n_counts` Poisson counts per Gamma rate (4 rates per mean; default: enough for ~400 values per gene,
+    2 to 4). At most `max_obs`
     observations are used (a random subset beyond; the shares are averages over observations). Returns a
     Dataset over (gene, term): `share` (mean over draws), `lower` / `upper` (central `level` interval over
     draws), and `total_variance` (gene) of log1p CP10k; the terms are the formula's, then "latent"
-    (stories with a latent), "other" and "noise". The same seed gives the same result. With `out`, also
+    (stories with a latent), "overdispersion" (NB / ZINB), "other" and "noise". The same seed gives the same result. With `out`, also
     writes variance.csv, variance.json, violins.png and top_genes.png there (`variance_report.write`).
     """
     import anndata as ad
-    import jax
+
+    from probgex import rng as streams
 
     if not hasattr(fit, "spec") or not hasattr(fit, "encoding"):
         raise DataError(f"explain needs a fitted model (pg.Model(...).fit or pg.load), got {type(fit).__name__}")
     if not isinstance(adata, ad.AnnData):
         raise DataError(f"adata must be an AnnData with raw counts and the formula's metadata, got "
                         f"{type(adata).__name__}")
+    if fit.spec.likelihood not in EXPLAINED:
+        raise SpecError(f"explain splits count noise into Gamma and Poisson layers, which the {fit.spec.likelihood!r} "
+                        f"likelihood does not have; it supports {', '.join(EXPLAINED)}")
     opt = _check(n_draws, n_counts, n_latent, level, max_obs, scale, adata.n_obs)
-    seeds = np.random.SeedSequence(seed).spawn(3)
     if adata.n_obs > opt.max_obs:  # a random subset of observations (the stage-1 offset only for those)
-        keep = np.sort(np.random.default_rng(seeds[0]).choice(adata.n_obs, opt.max_obs, replace=False))
+        keep = np.sort(streams.host_rng(seed, "explain_obs").choice(adata.n_obs, opt.max_obs, replace=False))
         adata = adata[keep]
     data = fit.data(adata)
     if data.n_obs < 3:
@@ -139,14 +152,16 @@ def explain(fit, adata, *, n_draws: int = 50, n_counts: int | None = None, n_lat
                         "rename the obs column(s)")
     latent = fit.spec.latent is not None
     R = opt.n_latent if latent else 1
-    acc = _Accumulator(Partition(data.design, terms, opt.n_draws, data.n_genes), opt, R)
-    rng = np.random.default_rng(seeds[1])
-    key = jax.random.PRNGKey(int(seeds[2].generate_state(1)[0]))
-    blocks = _latent_blocks(fit, data, opt, R, key, rng) if latent else _glm_blocks(fit, data, opt, key, rng)
+    Q = 1 if fit.spec.likelihood == "poisson" else RATES
+    acc = _Accumulator(Partition(data.design, terms, opt.n_draws, data.n_genes), opt, R, Q)
+    rng = streams.host_rng(seed, "explain_counts")
+    key = streams.stream(seed, "explain_draws")
+    blocks = _latent_blocks(fit, data, opt, R, Q, key, rng) if latent else _glm_blocks(fit, data, opt, Q, key, rng)
     for rows, genes, y in blocks:
         acc.update(rows, genes, y)
     components = acc.components()  # (draws, genes, K)
-    names = list(terms.names) + (["latent"] if latent else []) + ["other", "noise"]
+    names = (list(terms.names) + (["latent"] if latent else []) + (["overdispersion"] if Q > 1 else [])
+             + ["other", "noise"])
     ds = _dataset(components, names, data, fit, opt, R)
     if out is not None:
         from probgex.diagnostics.variance_report import write
@@ -156,95 +171,116 @@ def explain(fit, adata, *, n_draws: int = 50, n_counts: int | None = None, n_lat
 
 
 class _Accumulator:
-    """Per draw and gene: the noise and latent sums and the projections of the mean over observations."""
+    """Per draw and gene: the sums of the within-level variances and the projections of the mean."""
 
-    def __init__(self, part: Partition, opt: Options, R: int):
-        self.part, self.opt, self.R = part, opt, R
+    def __init__(self, part: Partition, opt: Options, R: int, Q: int):
+        self.part, self.opt, self.R, self.Q = part, opt, R, Q
         S, G = part.proj[frozenset()].shape[0], part.proj[frozenset()].shape[2]
-        self.noise = np.zeros((S, G))
-        self.latent = np.zeros((S, G))
+        self.noise, self.over, self.latent = np.zeros((S, G)), np.zeros((S, G)), np.zeros((S, G))
 
     def update(self, rows: np.ndarray, genes: slice, y: np.ndarray) -> None:
-        """y: (draws, latents, counts, rows, genes) simulated log1p CP10k."""
-        M = y.shape[2]
-        h = y.mean(2)
-        within = y.var(2, ddof=1)
-        self.noise[:, genes] += within.sum((1, 2))
-        m = h.mean(1)
+        """y: (draws, latents R, rates Q, counts M, rows, genes) simulated log1p CP10k."""
+        M = y.shape[3]
+        hq = y.mean(3)  # E[y | rate] estimate
+        within = y.var(3, ddof=1)  # E = Poisson noise given the rate
+        self.noise[:, genes] += within.sum((1, 2, 3))
+        hr = hq.mean(2)
+        if self.Q > 1:
+            sq = hq.var(2, ddof=1)  # E = Var_rate E[y | rate] + noise / M
+            self.over[:, genes] += sq.sum((1, 2))
         if self.R > 1:
-            spread = h.var(1, ddof=1)  # E = Var_z E[y | z] + noise / M
-            self.latent[:, genes] += spread.sum(1)
-            err = spread / self.R
+            sr = hr.var(1, ddof=1)  # E = Var_z E[y | z] + (overdispersion + noise / M) / Q
+            self.latent[:, genes] += sr.sum(1)
+            err = sr / self.R
+        elif self.Q > 1:
+            err = sq[:, 0] / self.Q
         else:
-            err = within[:, 0] / M
-        self.part.update(rows, genes, m, err)
+            err = within[:, 0, 0] / M
+        self.part.update(rows, genes, hr.mean(1), err)
 
     def components(self) -> np.ndarray:
-        """Per draw and gene the variance components (draws, genes, K): terms, [latent], other, noise.
+        """Per draw and gene the variance components (draws, genes, K): terms, [latent], [overdispersion],
+        other, noise.
 
         The terms and "other" are shifted by 2 (plug-in - mean over draws), so their mean over draws is
         2 v(mean of m) - mean of v(m_s): the variance of uncertain effects over the observations is
         inflated by their uncertainty (E v(beta_s) = v(beta_hat) + tr(A Sigma) for a quadratic v, and
         E v(beta_hat) = v(beta) + tr(A Sigma) again), and this removes both inflations to first order.
         It moves nothing where the draws are Monte Carlo replicates of one fit (the networks)."""
-        n, M = self.part.n, self.opt.n_counts
-        noise = self.noise / (n * self.R)
+        n, M, R, Q = self.part.n, self.opt.n_counts, self.R, self.Q
+        noise = self.noise / (n * R * Q)
+        over = self.over / (n * R) - noise / M if Q > 1 else 0.0
         terms, other = self.part.shares()
         terms_pi, other_pi = self.part.shares(plug_in=True)
         terms = terms + 2 * (terms_pi - terms.mean(0))
         other = other + 2 * (other_pi - other.mean(0))
         parts = [terms[..., t] for t in range(terms.shape[-1])]
-        if self.R > 1:
-            parts.append(self.latent / n - noise / M)
+        if R > 1:
+            parts.append(self.latent / n - (over + noise / M) / Q)
+        if Q > 1:
+            parts.append(over)
         parts += [other, noise]
         return np.stack(parts, -1)
 
 
-def _glm_blocks(fit, data, opt: Options, key, rng):
-    """GLM stories: one joint posterior draw of every gene's parameters per draw, shared by all rows."""
-    from probgex.inference.predictive import Draws
-    from probgex.models.families import family
-    from probgex.models.families.base import DISPERSION
+def _simulate(mu, theta, gate, lib, opt: Options, Q: int, rng) -> np.ndarray:
+    """log1p CP10k of counts drawn in two layers: Q Gamma rates per mean (the NB's overdispersion; the
+    mean itself for Poisson), then M Poisson counts per rate, zeroed with the ZINB gate's probability.
+    mu, theta, gate logits (draws, rows, genes) or broadcastable; lib broadcastable to them. Returns
+    (draws, Q, M, rows, genes)."""
+    mu = np.asarray(mu, np.float64)
+    if theta is None:
+        rate = mu[:, None]
+    else:
+        th = np.broadcast_to(theta, mu.shape)
+        rate = np.moveaxis(rng.gamma(th, mu / th, size=(Q, *mu.shape)), 0, 1)
+    keep = None if gate is None else 1.0 - 1.0 / (1.0 + np.exp(-np.broadcast_to(gate, mu.shape)))
+    out = np.empty((rate.shape[0], rate.shape[1], opt.n_counts, *rate.shape[2:]))
+    for m in range(opt.n_counts):
+        x = rng.poisson(rate).astype(np.float64)
+        if keep is not None:
+            x *= rng.random(rate.shape) < keep[:, None]
+        out[:, :, m] = np.log1p(opt.scale * x / lib[:, None])
+    return out
 
+
+def _glm_blocks(fit, data, opt: Options, Q: int, key, rng):
+    """GLM stories: one joint posterior draw of every gene's parameters per draw, shared by all rows."""
     S, M = opt.n_draws, opt.n_counts
-    fam = family(fit.spec.likelihood)
     beta, extra = fit.story.split(fit.story.draw_gene_params(fit.params, key, S))
     beta = np.asarray(beta, np.float64)  # (S, P, G)
-    extra = {k: np.asarray(v, np.float64) for k, v in extra.items()}  # dispersions (S, K, G), others (S, G)
-    dispersions = {q.name for q in fam.role(DISPERSION)}
+    extra = {k: np.asarray(v, np.float64) for k, v in extra.items()}  # theta (S, K, G), gate (S, G)
     x = data.design.astype(np.float64)
     lib = data.library_size.astype(np.float64)
     rows = np.arange(data.n_obs)
-    step = max(1, BLOCK_ENTRIES // (S * M * data.n_obs))
+    step = max(1, BLOCK_ENTRIES // (S * Q * M * data.n_obs))
     for g0 in range(0, data.n_genes, step):
         genes = slice(g0, min(g0 + step, data.n_genes))
         eta = np.einsum("np,spg->sng", x, beta[:, :, genes]) + np.log(lib)[None, :, None]
         if data.offset is not None:
             eta = eta + data.offset[None, :, genes]
-        params = {"mu": np.exp(np.minimum(eta, 30.0))}
-        for name, v in extra.items():  # per observation: a dispersion by its group, the rest per gene
-            if name in dispersions:
-                params[name] = v[:, data.groups, genes] if data.groups is not None else v[:, :1, genes]
-            else:
-                params[name] = v[:, None, genes]
-        d = Draws.of(fam, params)
-        y = np.stack([np.log1p(opt.scale * d.sample(rng) / lib[None, :, None]) for _ in range(M)], 1)
+        th = extra.get("theta")
+        if th is not None:
+            th = th[:, data.groups, genes] if data.groups is not None else th[:, :1, genes]
+        gate = extra.get("gate")
+        y = _simulate(np.exp(np.minimum(eta, 30.0)), th, None if gate is None else gate[:, None, genes],
+                      lib[None, :, None], opt, Q, rng)
         yield rows, genes, y[:, None]
 
 
-def _latent_blocks(fit, data, opt: Options, R: int, key, rng):
+def _latent_blocks(fit, data, opt: Options, R: int, Q: int, key, rng):
     """Stories with a latent: S x R latents per row from the conditional prior, rows in blocks."""
     S, M = opt.n_draws, opt.n_counts
     latent_library = fit.spec.library == "latent"
     for rows, d in fit.predictive_blocks(data, S * R, key, from_data=False):
         # the normaliser: the observation's library, or the drawn one of a latent library
         lib = d.mu.sum(-1, keepdims=True) if latent_library else data.library_size[rows].astype(np.float64)[None, :, None]
-        step = max(1, BLOCK_ENTRIES // (S * R * M * len(rows)))
+        step = max(1, BLOCK_ENTRIES // (S * R * Q * M * len(rows)))
         for g0 in range(0, data.n_genes, step):
             genes = slice(g0, min(g0 + step, data.n_genes))
             dg = d.genes(genes)
-            y = np.stack([np.log1p(opt.scale * dg.sample(rng) / lib) for _ in range(M)], 1)  # (S R, M, rows, g)
-            yield rows, genes, y.reshape(S, R, M, len(rows), -1)
+            y = _simulate(dg.mu, dg.params.get("theta"), dg.params.get("gate"), lib, opt, Q, rng)  # (S R, Q, M, rows, g)
+            yield rows, genes, y.reshape(S, R, *y.shape[1:])
 
 
 def _dataset(components: np.ndarray, names: list[str], data, fit, opt: Options, R: int) -> xr.Dataset:

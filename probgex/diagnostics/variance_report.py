@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 N_TOP = 10  # genes listed per term in variance.json
 N_BARS = 20  # genes in the stacked bars
-FIXED = ("latent", "other", "noise")
+FIXED = ("latent", "overdispersion", "other", "noise")
 
 
 def table(ds: xr.Dataset) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def summary(ds: xr.Dataset, n_top: int = N_TOP) -> dict:
 
 
 def _colors(terms) -> dict:
-    fixed = {"latent": "tab:purple", "other": "tab:olive", "noise": "lightgrey"}
+    fixed = {"latent": "tab:purple", "overdispersion": "darkgrey", "other": "tab:olive", "noise": "lightgrey"}
     own = [t for t in terms if t not in fixed]
     return {t: fixed.get(t, f"C{own.index(t) % 10}" if t in own else "grey") for t in terms}
 
