@@ -116,9 +116,13 @@ def fit(
     batch_size: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, OVERWRITE] = False,
+    resume: Annotated[bool, typer.Option(
+        help="continue an interrupted fit from its checkpoint (at --out, or beside it as OUT.partial.npz); "
+             "give the same data and options as the interrupted command")] = False,
 ):
     """Fit a model by SVI and write it, with checkpoints while fitting (to --out, or beside an existing
-    --out with --overwrite, which the finished model then replaces)."""
+    --out with --overwrite, which the finished model then replaces). With --resume, an interrupted fit
+    continues from its last checkpoint and ends as the uninterrupted fit would have."""
     from probgex._outputs import check_output
     from probgex.data import read_h5ad
     from probgex.errors import DataError, SpecError
@@ -129,7 +133,8 @@ def fit(
     try:
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout)
         mean_table = Path(mean) if model is Story.residual and mean not in TRAINED_MEANS else None
-        check_output(out, [data, spec, mean_table], overwrite=overwrite)
+        # resuming continues the checkpoint at --out (or beside it): that file is expected to exist
+        check_output(out, [data, spec, mean_table], overwrite=overwrite or resume)
         if spec is not None:
             if not spec.is_file():
                 raise SpecError(f"--spec {spec}: no such file; pass a model spec TOML (see ModelSpec.save)")
@@ -158,16 +163,27 @@ def fit(
                                           mean if mean in TRAINED_MEANS else "external")
         from probgex.fit import Model  # the options are valid: only now the JAX side
 
+        from probgex import _resume
+
         stage1 = None
         if model_spec.mean == "external":
-            check_output(out, [mean_table], overwrite=overwrite)
+            check_output(out, [mean_table], overwrite=overwrite or resume)
             stage1 = _read_predictions(Path(mean), mean_scale)
+        source = finished = None
+        if resume:
+            source = _resume.checkpoint_of(out)
+            finished = _resume.done(_resume.load(source, stage1))
         adata = read_h5ad(data)
-        fitted = Model.from_spec(model_spec, stage1).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,
-                                                 batch_size=batch_size, checkpoint_path=out)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nothing to resume")  # said below
+            fitted = Model.from_spec(model_spec, stage1).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,
+                                                             batch_size=batch_size, checkpoint_path=out, resume=source)
     except ProbgexError as e:
         raise _fail(e)
-    console.print(f"{fitted!r}\nwrote {out}")
+    if finished:
+        console.print(f"{fitted!r}\n{source} holds the finished fit: nothing to resume")
+    else:
+        console.print(f"{fitted!r}\n" + (f"resumed from {source}, " if resume else "") + f"wrote {out}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from scipy.stats import norm
 
 from probgex.choices import LEARNED_PRIORS
 from probgex.data import CountData, DesignEncoding, from_anndata, group_codes
-from probgex import _memory, library
+from probgex import _memory, _resume, library
 from probgex import mean as stage1_means
 from probgex.errors import DataError, IncompleteFitWarning, ModelFileError, OutputError, SpecError
 from probgex import rng as streams
@@ -26,7 +26,8 @@ from probgex.inference.minibatch import make_batch
 from probgex.inference.prior_stage import fit_prior_stage
 from probgex._checks import check_fit_options, check_levels, check_n_samples  # noqa: F401 (public here)
 from probgex.inference.predictive import Draws, deciles, empirical_intervals, pit_coverage
-from probgex.inference.svi import History, TrainConfig, fit_svi, make_svi
+from probgex.inference.resume import Snapshot
+from probgex.inference.svi import History, Resume, TrainConfig, fit_svi, make_svi
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
 from probgex.models.glm import scale_tril
@@ -79,7 +80,7 @@ class Model:
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
             patience: int | None = None, lr_reductions: int | None = None,
             checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
-            progress: bool = True, empty: str = "warn") -> Fit:
+            progress: bool = True, empty: str = "warn", resume: str | Path | None = None) -> Fit:
         """Fit by SVI on the raw counts of `adata` (X or the spec's layer) with metadata in `adata.obs`.
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
@@ -101,23 +102,54 @@ class Model:
         "not trained", with an IncompleteFitWarning); `Fit.train_prior(adata)` completes it. A periodic
         checkpoint (written before the SVI loop finished) records that (`Fit.finished` False) and warns
         when loaded.
+
+        `resume`: a periodic checkpoint of an interrupted fit to continue (its optimizer state, epoch,
+        early-stopping counters and learning-rate cuts; the random streams are functions of the seed and
+        the epoch), ending with the same parameters as the uninterrupted fit. Pass the same model, data
+        and options (seed, holdout, max_epochs, ...; `checkpoint_every` and `progress` may differ): a
+        mismatch is refused (SpecError / DataError) before any fitting. Without `checkpoint_path`, the
+        checkpoints continue in the `resume` file, which the finished model finally replaces. A checkpoint
+        holding a finished fit is returned as it is, with a warning saying so. With a learned prior only
+        the VAE stage resumes: from a VAE-stage checkpoint (unfinished, or finished before the prior
+        stage) the VAE stage is completed and the prior stage then runs from its start.
         """
         spec = self.spec
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                           checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout)
-        target = checkpoint_target(checkpoint_path)
         seed = streams.seed_int(seed)
+        previous = None
+        if resume is not None:
+            resume = Path(resume)
+            previous = _resume.open_checkpoint(resume, spec, seed, self.stage1)
+            checkpoint_path = resume if checkpoint_path is None else checkpoint_path
+        target = checkpoint_target(checkpoint_path, resume)
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
                             empty=empty, group_key=spec.dispersion_key)
+        if previous is not None:
+            _resume.check_data(resume, previous, data)
         _memory.require(_memory.fit_bytes(spec, data.n_genes, data.n_design, min(batch_size, data.n_obs)),
                         f"a {spec.story} with a {getattr(spec.latent, 'dim', 0)}-dimensional latent on {data.n_genes} "
                         f"genes (batch {batch_size})", "lower the latent dimension (--latent-dim / latent=...(dim=)), "
                         "the network widths or the batch size")
+        glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
         if holdout is None:  # a small GLM keeps every observation; networks keep their early stopping
-            holdout = 0.0 if spec.latent is None and data.n_obs < SMALL_N else 0.1
+            holdout = 0.0 if glm and data.n_obs < SMALL_N else 0.1
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
         if spec.library == "auto":
             spec = replace(spec, library=library.choose(data, train_idx))
+        config = _train_config(glm, len(train_idx), batch_size=batch_size, max_epochs=max_epochs,
+                               patience=patience, learning_rate=learning_rate, lr_reductions=lr_reductions,
+                               checkpoint_every=checkpoint_every, progress=progress)
+        if previous is not None:
+            _resume.check_spec(resume, previous.spec, spec)
+            _resume.check_options(resume, previous, config, np.asarray(data.obs.index[heldout_idx]))
+            if _resume.done(previous):
+                warnings.warn(f"{resume} holds a finished fit (best epoch {previous.history.best_epoch} of "
+                              f"{len(previous.history.train)}): nothing to resume, returning it", UserWarning,
+                              stacklevel=2)
+                if target == resume and target != Path(checkpoint_path):  # finished, but not yet swapped in
+                    os.replace(target, checkpoint_path)
+                return previous
         library_ref = None
         if spec.library == "size_factors":  # median-of-ratios library sizes against the training samples
             library_ref = library.reference(data, train_idx)
@@ -132,7 +164,9 @@ class Model:
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
                     seed=seed)
-        glm = spec.latent is None  # the GLM story, plain or around a stage-1 offset
+        if previous is not None and (previous.dims != dims or not np.array_equal(previous.log_mean, log_mean)):
+            raise DataError(f"cannot resume from {resume}: the library sizes or counts of the training observations "
+                            "differ from those the fit ran on; pass the data the interrupted fit used")
         # the NB mean-dispersion trend placed before SVI, for a family whose counts it describes
         trend = _trend_init(data, train_idx, log_mean, seed) if glm and family(spec.likelihood).nb_trend else None
         # the Laplace start at the trend's dispersions: at a flat 0.1 the guide started (and, Adam
@@ -140,23 +174,6 @@ class Model:
         alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
         tril = _laplace_tril(data, train_idx, beta0, spec, intercept, alpha=alpha0) if glm else None
         story = build_story(spec, dims, log_mean, beta0, tril, trend=trend, fixed_trend=True)
-        steps = -(-len(train_idx) // min(batch_size, len(train_idx)))
-        if max_epochs is None:
-            # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
-            max_epochs = max(100, -(-3000 // steps)) if glm else max(400, -(-4000 // steps))
-        if patience is None:  # epochs; at least ~100 (GLM) / ~500 (networks) steps, so a noisy held-out loss
-            # does not stop a small fit early (a residual fit on 400 cells stopped after 600 steps with its
-            # group effects half learned at 100)
-            patience = max(10, -(-(100 if glm else 500) // steps))
-        if learning_rate is None:
-            learning_rate = 0.02 if glm else 1e-3
-        if lr_reductions is None:  # the GLM's guide scales need small final steps; the cVAE does not
-            lr_reductions = 2 if glm else 0
-        # the cVAE's gene concentrations get 20x the network step (see TrainConfig.param_step_scale)
-        steps_scale = () if glm else (("log_theta", THETA_STEP_SCALE),)
-        config = TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                             patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
-                             progress=progress, param_step_scale=steps_scale)
 
         def make(params, history, prior_history=None, finished=True):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
@@ -165,10 +182,20 @@ class Model:
 
         save = None
         if target is not None:
-            def save(params, history, finished):
-                make(params, history, finished=finished).save(target)
-        # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params
-        params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save)
+            context, context_arrays = _resume.fingerprint(data)
+            context = {"data": context, "options": _resume.options(config)}
+
+            def save(params, history, finished, snapshot=None):
+                fit = make(params, history, finished=finished)
+                if snapshot is not None:  # what resuming from this checkpoint needs
+                    fit.snapshot = replace(snapshot, context=context, context_arrays=context_arrays)
+                fit.save(target)
+        if previous is not None and previous.snapshot is None:  # a finished VAE stage: the prior stage is left
+            params, history = previous.params, previous.history
+        else:  # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params
+            start = None if previous is None else Resume(previous.snapshot, previous.params, previous.history)
+            params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save,
+                                      resume=start)
         if getattr(story, "learned", None) is None:
             fitted = make(params, history)
         else:
@@ -208,6 +235,29 @@ def _as_predictor(mean):
         return stage1_means.External(mean, scale="counts")
     raise SpecError(f"mean must be 'glm', 'mlp', 'external' or a stage-1 predictor (pg.mean.External, GLMMean, "
                     f"MLPMean, a DataFrame of expected counts, a callable); got {type(mean).__name__}")
+
+
+def _train_config(glm: bool, n_train: int, *, batch_size: int, max_epochs: int | None, patience: int | None,
+                  learning_rate: float | None, lr_reductions: int | None, checkpoint_every: int,
+                  progress: bool) -> TrainConfig:
+    """The fit loop's options, with the story's defaults for those left None."""
+    steps = -(-n_train // min(batch_size, n_train))
+    if max_epochs is None:
+        # at least ~3000 (GLM) or ~4000 (cVAE) optimizer steps, however few steps an epoch has (bulk)
+        max_epochs = max(100, -(-3000 // steps)) if glm else max(400, -(-4000 // steps))
+    if patience is None:  # epochs; at least ~100 (GLM) / ~500 (networks) steps, so a noisy held-out loss
+        # does not stop a small fit early (a residual fit on 400 cells stopped after 600 steps with its
+        # group effects half learned at 100)
+        patience = max(10, -(-(100 if glm else 500) // steps))
+    if learning_rate is None:
+        learning_rate = 0.02 if glm else 1e-3
+    if lr_reductions is None:  # the GLM's guide scales need small final steps; the cVAE does not
+        lr_reductions = 2 if glm else 0
+    # the cVAE's gene concentrations get 20x the network step (see TrainConfig.param_step_scale)
+    steps_scale = () if glm else (("log_theta", THETA_STEP_SCALE),)
+    return TrainConfig(max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+                       patience=patience, lr_reductions=lr_reductions, checkpoint_every=checkpoint_every,
+                       progress=progress, param_step_scale=steps_scale)
 
 
 def _split(data: CountData, holdout: float, heldout_obs, seed) -> tuple[np.ndarray, np.ndarray]:
@@ -306,6 +356,8 @@ class Fit:
         # whether the SVI loop ran to its end (early stop or max_epochs): False for a periodic checkpoint
         # written while fitting, None when unknown (a file from before this was recorded)
         self.finished = finished
+        # a periodic checkpoint's loop state, from which `Model.fit(resume=...)` continues (None otherwise)
+        self.snapshot: Snapshot | None = None
 
     def __repr__(self) -> str:
         status = self.learned_prior_status
@@ -575,11 +627,15 @@ class Fit:
         if self.stage1 is not None:
             header["stage1"], stage1_arrays = self.stage1.state()
             arrays |= {STAGE1 + k: v for k, v in stage1_arrays.items()}
+        if self.snapshot is not None:
+            header["resume"], resume_arrays = self.snapshot.to_file()
+            arrays |= resume_arrays
         return checkpoint.write(path, header, arrays)
 
     @classmethod
     def load(cls, path: str | Path, mean=None) -> Fit:
         header, arrays = checkpoint.read(path)
+        snapshot = Snapshot.pop_from_file(header, arrays)
         stage1 = None
         if "stage1" in header:
             own = {k[len(STAGE1):]: arrays.pop(k) for k in list(arrays) if k.startswith(STAGE1)}
@@ -610,6 +666,7 @@ class Fit:
         params = checkpoint.unflatten_params(template, arrays)
         fit = cls(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
                   stage1, library_ref, prior_history, finished=header.get("finished"))
+        fit.snapshot = snapshot
         if fit.finished is False:
             warnings.warn(f"{path} is a checkpoint written at epoch {len(history.train)}, before the fit finished: "
                           "it is valid (the best parameters up to then) but not the finished fit",
@@ -621,16 +678,26 @@ class Fit:
         return fit
 
 
-def checkpoint_target(path: str | Path | None) -> Path | None:
+def checkpoint_target(path: str | Path | None, resume: str | Path | None = None) -> Path | None:
     """Where a fit writes its checkpoints for the model file `path`: `path` itself when nothing is there
     yet, else `<stem>.partial<suffix>` beside it, so an existing model survives until the new one is
-    complete (an interrupted fit leaves both)."""
+    complete (an interrupted fit leaves both). A fit resumed from `path` or from its partial file goes
+    on writing to the file it resumed from."""
     if path is None:
         return None
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"checkpoint_path {path} is a folder; pass a file path such as {path / 'model.npz'}")
-    return path.with_name(f"{path.stem}.partial{path.suffix}") if path.exists() else path
+    partial = partial_path(path)
+    if resume is not None and Path(resume).resolve() in (path.resolve(), partial.resolve()):
+        return Path(resume)
+    return partial if path.exists() else path
+
+
+def partial_path(path: str | Path) -> Path:
+    """The file beside the model file `path` that a fit replacing it checkpoints to: `<stem>.partial<suffix>`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
 def nonfinite(pred: xr.Dataset) -> str:

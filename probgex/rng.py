@@ -24,13 +24,15 @@ from probgex.errors import SpecError
 STREAMS: dict[str, int] = {
     # fitting
     "holdout": 1,  # which observations are held out for early stopping
-    "shuffle": 2,  # minibatch order
+    "shuffle": 2,  # minibatch order: epoch e's permutation is child e of this stream (a pure function of
+    # (seed, epoch), so a resumed fit needs no generator state)
     "init": 3,  # SVI / optimizer initialisation
     "networks": 4,  # initial weights of a story's networks
     "prior_network": 5,  # initial weights of a learned latent prior's network
     "prior_stage": 6,  # training of the learned latent prior
     "trend_rows": 7,  # the training rows the GLM's mean-dispersion trend is placed on
     "stage1": 8,  # the stage-1 mean predictor's own fit
+    "svi_steps": 9,  # the SVI step keys: epoch e starts from fold_in(this stream, e)
     # prediction and scoring
     "predictive": 10,  # parameter and latent draws of the predictive
     "sampling": 11,  # count draws, library sizes and PIT randomisation on the host

@@ -1,5 +1,5 @@
 """The SVI fit loop: Adam with gradient clipping (optax), minibatches, held-out early stopping,
-explicit seeds, a progress bar and periodic checkpoints.
+explicit seeds, a progress bar and periodic checkpoints from which a fit can be resumed.
 
 The loop state is a NamedTuple updated by pure jitted functions (the optax pattern); the step is
 compiled once (fixed batch shapes) and the host reads the losses back once per epoch, not per step.
@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from probgex import rng as streams
 from probgex.data import CountData
 from probgex.inference.minibatch import Minibatches, high_typical, listed
+from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
 
 
@@ -183,19 +184,31 @@ def _progress(enabled: bool) -> Progress:
                     TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), disable=not enabled)
 
 
+class Resume(NamedTuple):
+    """Where a resumed loop starts: the snapshot of a periodic checkpoint, with the best parameters and
+    the history that checkpoint holds."""
+
+    snapshot: Snapshot
+    best_params: dict
+    history: History
+
+
 def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
             config: TrainConfig, seed,
-            on_checkpoint: Callable[[dict, History, bool], None] | None = None) -> tuple[dict, History]:
+            on_checkpoint: Callable[[dict, History, bool, Snapshot | None], None] | None = None,
+            resume: Resume | None = None) -> tuple[dict, History]:
     """Fit `story` (an object with NumPyro `model` and `guide` over a Batch) by SVI.
 
     Returns the parameters with the best held-out loss (the last ones without a held-out split) and
-    the loss history. `seed`: an int or a JAX key (`probgex.rng`). `on_checkpoint(params, history,
-    finished)` is called every `checkpoint_every` epochs
-    (finished=False) and at the end (finished=True) with the best parameters so far.
+    the loss history. `seed`: an int or a JAX key (`probgex.rng`); epoch e's minibatch order and SVI
+    step keys depend on (seed, e) only. `on_checkpoint(params, history, finished, snapshot)` is called
+    every `checkpoint_every` epochs (finished=False, with the loop's `Snapshot` after that epoch) and at
+    the end (finished=True, snapshot None) with the best parameters so far. With `resume`, the loop
+    continues after the snapshot's epoch and ends as the uninterrupted loop would have.
     """
-    rng = streams.host_rng(seed, "shuffle")
     split = bool(config.count_split and getattr(story, "count_split", False))
-    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=rng, high=split)
+    train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=streams.host_rng(seed, "shuffle", 0),
+                        high=split)
     heldout = None
     if len(heldout_idx):
         heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx),
@@ -203,19 +216,29 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
     svi_state = svi.init(streams.stream(seed, "init"), next(iter(train)))
+    steps_key = streams.stream(seed, "svi_steps")
     per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
     fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
     on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
     if on_device:
         dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
         typical = high_typical(train.n_high, train.batch_size) if split else None
-    state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
-    hist = History([], [], 0)
-    reductions = config.lr_reductions
+    if resume is None:
+        state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
+        hist = History([], [], 0)
+        reductions = config.lr_reductions
+    else:
+        snap = resume.snapshot
+        svi_state = svi_state._replace(optim_state=restore_opt_state(svi_state.optim_state, snap.opt_state))
+        state = LoopState(svi_state, snap.epoch, snap.best_loss, resume.best_params, snap.stale)
+        hist = History(list(resume.history.train), list(resume.history.heldout), resume.history.best_epoch)
+        reductions = snap.reductions_left
     n_train = len(train_idx)
     with _progress(config.progress) as bar:
-        task = bar.add_task("fit", total=config.max_epochs, msg="")
-        for epoch in range(1, config.max_epochs + 1):
+        task = bar.add_task("fit", total=config.max_epochs, completed=state.epoch, msg="")
+        for epoch in range(state.epoch + 1, config.max_epochs + 1):
+            train.rng = rng = streams.host_rng(seed, "shuffle", epoch)
+            svi_state = state.svi_state._replace(rng_key=jax.random.fold_in(steps_key, epoch))
             if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
                 order = rng.permutation(len(train.index))
                 blocks = epoch_blocks(order, train.batch_size)
@@ -225,9 +248,9 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                     size = typical if need <= typical else train.high_size
                 if size not in run_epochs:
                     run_epochs[size] = make_epoch(svi, size)
-                svi_state, losses = run_epochs[size](state.svi_state, dev, *blocks)
+                svi_state, losses = run_epochs[size](svi_state, dev, *blocks)
             else:
-                svi_state, losses = state.svi_state, []
+                losses = []
                 for batch in train:
                     svi_state, loss = update(svi_state, batch)
                     losses.append(loss)
@@ -251,15 +274,17 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 state = state._replace(svi_state=svi_state, epoch=epoch, stale=state.stale + 1)
             bar.update(task, completed=epoch, msg=f"loss/obs {train_loss:.1f}"
                        + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
-            if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                on_checkpoint(state.best_params, hist, False)
             if heldout is not None and reductions and state.stale >= max(1, config.patience // 2):
                 reductions -= 1  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
                 state = state._replace(svi_state=scale_learning_rate(state.svi_state, config.lr_factor), stale=0)
             elif heldout is not None and state.stale >= config.patience:
                 break
+            # the checkpoint holds the loop as it enters the next epoch: a resumed loop continues from it
+            if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                snap = Snapshot(epoch=epoch, best_loss=float(state.best_loss), stale=state.stale,
+                                reductions_left=reductions, opt_state=flatten_opt_state(state.svi_state.optim_state))
+                on_checkpoint(state.best_params, hist, False, snap)
     params = state.best_params
     if on_checkpoint:
-        on_checkpoint(params, hist, True)
+        on_checkpoint(params, hist, True, None)
     return params, hist
-
