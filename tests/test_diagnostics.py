@@ -201,7 +201,12 @@ def test_joint_calibration_finds_the_program_and_fails_an_independent_model(prog
     assert set(prog["correlated"]["genes"]) == {f"g{j}" for j in range(10)}
     assert prog["correlated"]["coverage"]["0.9"] < 0.7  # 0.525 when written; nominal 0.9, SE 0.015
     rand = np.mean([v["coverage"]["0.9"] for k, v in prog.items() if k.startswith("random")])
-    assert abs(rand - 0.9) < 0.04
+    # random 10-gene sets of the 40 top genes (a quarter of them in the program, on average): measured
+    # 0.910 / 0.928 / 0.943 / 0.950 at seeds 0-3 of the test's draws with the streams before probgex.rng
+    # and 0.945-0.948 with them (the old bound, |rand - 0.9| < 0.04, held at 2 of those 4 seeds: a lucky
+    # seed, not a property); they over-cover a little and, unlike the program, never under-cover
+    assert 0.88 < rand < 0.97
+    assert rand - prog["correlated"]["coverage"]["0.9"] > 0.25
 
 
 @pytest.mark.slow
