@@ -182,3 +182,25 @@ def test_shell_resume(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "nothing to resume" in msg
     res, msg = _run(*args, "--out", out, "--resume", "--seed", "1")
     assert res.exit_code == 2 and "seed=0" in msg and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_learned_prior_fit_resumes_its_vae_stage_then_trains_the_prior(tmp_path, monkeypatch):
+    """A Flow-prior cVAE killed in its VAE stage, and one whose VAE stage finished before the prior stage,
+    both end with the uninterrupted fit's parameters (the prior stage reruns from its start)."""
+    model = pg.Model("~ group", latent=pg.latent.Flow(dim=2, net=(8,), max_steps=50))
+    options = dict(seed=0, max_epochs=6, batch_size=16, progress=False)
+    full = model.fit(_adata(), **options)
+    path = tmp_path / "m.npz"
+    monkeypatch.setattr(Fit, "save", _killed_at(4))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(_adata(), checkpoint_path=path, checkpoint_every=2, **options)
+    monkeypatch.undo()
+    resumed = model.fit(_adata(), resume=path, **options)
+    assert resumed.learned_prior_status == "trained" and _params_equal(resumed.params, full.params)
+    vae = pg.load(path)  # the VAE stage of the finished fit, as a prior-stage interruption leaves it
+    vae.params = {k: v for k, v in vae.params.items() if k != "learned_prior"}
+    vae.prior_history = None
+    vae.save(tmp_path / "vae.npz")
+    again = model.fit(_adata(), resume=tmp_path / "vae.npz", **options)
+    assert _params_equal(again.params, full.params) and again.history == full.history
