@@ -72,6 +72,20 @@ def probgex_entries(fit, test, rng, n=N_DRAWS_PREDICTIVE):
     return pit, lp
 
 
+def fit_and_score(fit_fn, train, test, formula: str, draw: int, size_factors: str = "ratio"):
+    """(fit, fit seconds, probgex's (PIT, log p), the plug-in's (PIT, log p, info)) on one split; the
+    randomized PITs of both from one generator seeded by the draw."""
+    rng = np.random.default_rng(draw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        fit = fit_fn()
+        seconds = time.perf_counter() - t
+        entries = probgex_entries(fit, test, rng)
+        plugin = deseq_plugin(train, test, formula, rng, size_factors=size_factors)
+    return fit, seconds, entries, plugin
+
+
 def fit_probgex(train, formula: str, seed: int, variant: str):
     import probgex as pg
     import probgex.fit as pgfit
@@ -105,14 +119,9 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int) -> dict
         # decile key: the gene's mean count in training (never the held-out count: binning on the outcome
         # would bias every decile's coverage by itself)
         train_mean = np.asarray(train.X, float).mean(0)
-        rng = np.random.default_rng(draw)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t = time.perf_counter()
-            fit = fit_probgex(train, formula, draw, variant)
-            t_fit += time.perf_counter() - t
-            pit, lp = probgex_entries(fit, test, rng)
-            dpit, dlp, info = deseq_plugin(train, test, formula, rng)
+        fit, seconds, (pit, lp), (dpit, dlp, info) = fit_and_score(
+            lambda: fit_probgex(train, formula, draw, variant), train, test, formula, draw)
+        t_fit += seconds
         gid = np.broadcast_to(genes[sel][None], (len(te), sel.sum()))
         dkey = np.broadcast_to(train_mean[sel][None], (len(te), sel.sum()))
         for key, (p, l) in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp))):
@@ -181,14 +190,9 @@ def sc_row(name: str, story: str) -> dict:
         train, test = train[:, keep].copy(), test[:, keep].copy()
         y = np.asarray(test.X.todense() if hasattr(test.X, "todense") else test.X, float)
         train_mean = np.asarray(train.X.mean(0)).ravel()
-        rng = np.random.default_rng(draw)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t = time.perf_counter()
-            fit = fit_sc(train, formula, story, draw)
-            t_fit += time.perf_counter() - t
-            pit, lp = probgex_entries(fit, test, rng)
-            dpit, dlp, _ = deseq_plugin(train, test, formula, rng, size_factors="poscounts")
+        fit, seconds, (pit, lp), (dpit, dlp, _) = fit_and_score(
+            lambda: fit_sc(train, formula, story, draw), train, test, formula, draw, size_factors="poscounts")
+        t_fit += seconds
         gid = np.broadcast_to(np.flatnonzero(keep)[None], y.shape)
         dkey = np.broadcast_to(train_mean[None], y.shape)
         for key, (p, l) in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp))):
