@@ -1,15 +1,18 @@
-"""examples/latent_diffusion_pbmc.py runs end to end with tiny settings."""
+"""examples/latent_diffusion_pbmc.py runs end to end with tiny settings (17 s: the slow step; the learned
+prior's fit, prediction and model file are tested in test_learned_prior_fit.py)."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import probgex as pg
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "latent_diffusion_pbmc.py"
 
 
+@pytest.mark.slow
 def test_latent_diffusion_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("latent_diffusion_pbmc", EXAMPLE)
     module = importlib.util.module_from_spec(spec)

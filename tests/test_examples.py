@@ -1,8 +1,12 @@
-"""The example scripts run end to end with tiny settings."""
+"""The example scripts run end to end with tiny settings. The two power examples (16-21 s each) run in
+the slow step: their functions are tested on their own in test_power_*.py; the default suite keeps the
+residual example."""
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -23,6 +27,7 @@ def test_residual_around_predictor_runs(tmp_path):
     assert 0 <= summary["coverage"]["0.9"] <= 1
 
 
+@pytest.mark.slow
 def test_power_yeast_pilot_runs(tmp_path):
     summary = _load("power_yeast_pilot").main(
         ["--n", "3,6", "--genes", "300", "--draws", "3", "--reference-n", "10", "--max-epochs", "50",
@@ -36,6 +41,7 @@ def test_power_yeast_pilot_runs(tmp_path):
     assert saved["settings"]["reference_n"] == 10
 
 
+@pytest.mark.slow
 def test_power_pbmc_pseudobulk_runs(tmp_path):
     out = _load("power_pbmc_pseudobulk").main(
         ["--n", "3,5", "--cells", "50,400", "--draws", "2", "--rep", "1", "--max-epochs", "50", "--out", str(tmp_path)])
