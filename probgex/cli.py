@@ -125,7 +125,7 @@ def fit(
     continues from its last checkpoint and ends as the uninterrupted fit would have."""
     from probgex._outputs import check_output
     from probgex.data import read_h5ad
-    from probgex.errors import DataError, SpecError
+    from probgex.errors import SpecError
     from probgex._checks import check_fit_options
     from probgex.latent import LATENT_KINDS as LATENTS
     from probgex.spec import ModelSpec
