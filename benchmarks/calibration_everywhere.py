@@ -88,15 +88,15 @@ def fit_and_score(fit_fn, train, test, formula: str, draw: int, size_factors: st
 
 def fit_probgex(train, formula: str, seed: int, variant: str):
     import probgex as pg
-    import probgex.fit as pgfit
-    if variant == "before":
-        trend_init = pgfit._trend_init
-        pgfit._trend_init = lambda *a: None
+    import probgex.inference.start as pgstart
+    if variant == "before":  # the fit before the trend was placed before SVI
+        trend_start = pgstart.trend_start
+        pgstart.trend_start = lambda *a: None
         try:
             return pg.Model(formula, likelihood="nb", library="observed").fit(train, seed=seed, holdout=0.1,
                                                                             progress=False)
         finally:
-            pgfit._trend_init = trend_init
+            pgstart.trend_start = trend_start
     return pg.Model(formula, likelihood="nb").fit(train, seed=seed, progress=False)
 
 

@@ -97,7 +97,7 @@ def pit90(fit: Fit, test, n=20, seed=0):
 def speed(fit: Fit, test, batch: int, repeats: int):
     """(profiles/s, ms/profile, NFE) of conditional count profiles at this batch size."""
     obs = test.obs.iloc[np.arange(batch) % test.n_obs]
-    data = fit._metadata(obs, np.full(batch, 2000.0))
+    data = fit.metadata(obs, np.full(batch, 2000.0))
     b = make_batch(data, np.arange(batch), batch, 1.0, with_counts=False)
     rng = np.random.default_rng(0)
 

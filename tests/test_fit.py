@@ -15,6 +15,7 @@ from probgex.data import from_anndata
 from probgex.errors import DataError, IncompleteFitWarning
 from probgex.fit import LEVELS, Fit, Model, load
 from probgex.inference.minibatch import Minibatches
+from probgex.inference import plan
 from probgex.inference.svi import TrainConfig, make_svi
 from probgex.latent import Gaussian
 from probgex.models.glm import scale_tril
@@ -160,7 +161,7 @@ def test_early_stopping_returns_best_epoch_params(small_adata, glm_fit, glm_opti
     assert len(h.heldout) == n_epochs
     assert n_epochs < glm_options["max_epochs"]  # stopped early ...
     # ... `patience` epochs after the best, plus patience // 2 for each learning-rate cut on a plateau
-    patience, cuts = glm_options["patience"], TrainConfig().lr_reductions
+    patience, cuts = glm_options["patience"], plan.GLM.lr_reductions
     assert patience <= n_epochs - h.best_epoch <= patience + cuts * (patience // 2)
     assert h.best_epoch == int(np.argmin(h.heldout)) + 1
     assert min(h.heldout[h.best_epoch:]) >= h.heldout[h.best_epoch - 1]

@@ -34,7 +34,7 @@ def shifted_fit(sim):
 
 def _corrections(fit, adata, n=300):
     """Draws of h = log mu - log l - stage-1 offset under the conditional prior: (draws, obs, genes)."""
-    data = fit._metadata(adata.obs, np.ones(adata.n_obs))
+    data = fit.metadata(adata.obs, np.ones(adata.n_obs))
     return np.concatenate([np.log(d.mu) - data.offset[rows][None]
                            for rows, d in fit.predictive_blocks(data, n, jax.random.PRNGKey(1))], axis=1)
 

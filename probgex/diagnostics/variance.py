@@ -247,7 +247,7 @@ def _simulate(mu, theta, gate, lib, opt: Options, Q: int, rng) -> np.ndarray:
 def _glm_blocks(fit, data, opt: Options, Q: int, key, rng):
     """GLM stories: one joint posterior draw of every gene's parameters per draw, shared by all rows."""
     S, M = opt.n_draws, opt.n_counts
-    beta, extra = fit.story.split(fit.story.draw_gene_params(fit.params, key, S))
+    beta, extra = fit.posterior().draws(key, S)
     beta = np.asarray(beta, np.float64)  # (S, P, G)
     extra = {k: np.asarray(v, np.float64) for k, v in extra.items()}  # theta (S, K, G), gate (S, G)
     x = data.design.astype(np.float64)

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex import rng as streams
 from probgex.data import CountData
+from probgex.inference.plan import NETWORK
 from probgex.inference.minibatch import Minibatches, high_typical, listed
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
@@ -28,14 +29,15 @@ from probgex.models.batch import Batch, HighCounts
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Options of the fit loop."""
+    """Options of the fit loop. `Model.fit` builds it from its training plan (`inference.plan`), which
+    owns the story-dependent defaults; the defaults here are the network stories' (`plan.NETWORK`)."""
 
-    max_epochs: int = 200
+    max_epochs: int = NETWORK.min_epochs
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = NETWORK.learning_rate
     clip_norm: float = 10.0
     patience: int = 10  # epochs without held-out improvement before stopping
-    lr_reductions: int = 2  # times the learning rate is cut on a plateau (patience // 2 stale epochs)
+    lr_reductions: int = NETWORK.lr_reductions  # learning-rate cuts on a plateau (patience // 2 stale epochs)
     lr_factor: float = 0.2  # ... by this factor, before early stopping may end the fit
     checkpoint_every: int = 10  # epochs; 0 disables checkpoints
     progress: bool = True
@@ -44,7 +46,7 @@ class TrainConfig:
     # per-parameter multipliers of the Adam step, by NumPyro param name (e.g. {"log_theta": 10.0}): Adam
     # moves every parameter by about the learning rate per step, too slowly for a log-concentration that
     # has to travel several units while the networks need small steps
-    param_step_scale: tuple[tuple[str, float], ...] = ()
+    param_step_scale: tuple[tuple[str, float], ...] = NETWORK.step_scale
     count_split: bool = True  # NB / ZINB cVAE: the lgamma terms of the objective only on entries >= 2
 
     def __post_init__(self):
@@ -206,7 +208,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     the end (finished=True, snapshot None) with the best parameters so far. With `resume`, the loop
     continues after the snapshot's epoch and ends as the uninterrupted loop would have.
     """
-    split = bool(config.count_split and getattr(story, "count_split", False))
+    split = bool(config.count_split and story.count_split)
     train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=streams.host_rng(seed, "shuffle", 0),
                         high=split)
     heldout = None

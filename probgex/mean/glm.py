@@ -31,13 +31,6 @@ class GLMMean(MeanPredictor):
             raise ValueError(f"GLMMean needs a fitted GLM (latent=None); got a {fit.spec.story} fit")
         return cls(fit.encoding, fit.coefficients()["mean"].values, fit.var_names)
 
-    @classmethod
-    def train(cls, adata, formula: str, *, likelihood: str = "nb", seed: int = 0, **fit_options) -> GLMMean:
-        """Fit the GLM story on `adata` and wrap it (fit options as for `Model.fit`)."""
-        from probgex.fit import Model
-
-        return cls.from_fit(Model(formula, likelihood=likelihood).fit(adata, seed=seed, **fit_options))
-
     def log_fraction(self, obs: pd.DataFrame, genes: Sequence[str], library_size=None) -> np.ndarray:
         design = self.encoding.transform(obs)
         return (design @ self.beta[:, gene_positions(self.var_names, genes, "stage-1 GLM")]).astype(np.float32)

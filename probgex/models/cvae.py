@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from flax import nnx
 from numpyro.contrib.module import nnx_module
 
 from probgex.models.batch import Batch
+from probgex.models.dims import Dims
 from probgex import rng as streams
 from probgex.models.distributions import count_term_sum, log_mean_exp
 from probgex.models.families import family
@@ -30,10 +32,12 @@ from probgex.spec import ModelSpec
 class CVAE:
     """NumPyro model and guide of the conditional VAE story."""
 
-    def __init__(self, spec: ModelSpec, n_design: int, n_genes: int, n_groups: int, *,
-                 seed: int, lib_loc: float, lib_scale: float):
+    def __init__(self, spec: ModelSpec, dims: Dims, log_mean: np.ndarray | None = None, start: dict | None = None):
+        """Networks initialised from the dims' seed ("networks" stream); `log_mean` and `start` are
+        unused (the uniform story signature: the GLM starts its guide from them)."""
         self.spec, self.family = spec, family(spec.likelihood)
-        self.P, self.G, self.K = n_design, n_genes, n_groups
+        self.P, self.G, self.K = dims.n_design, dims.n_genes, dims.n_groups
+        seed, lib_loc, lib_scale = dims.seed, dims.lib_loc, dims.lib_scale
         self.dim = spec.latent.dim
         self.latent_library = spec.library == "latent"
         dispersion = self.family.role(DISPERSION)

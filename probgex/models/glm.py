@@ -25,6 +25,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from probgex.models.batch import Batch
+from probgex.models.dims import Dims
 from probgex.models.distributions import log_mean_exp
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
@@ -49,21 +50,39 @@ class GLMInit(NamedTuple):
 class GLM:
     """NumPyro model and guide of the GLM story."""
 
-    def __init__(self, spec: ModelSpec, n_design: int, n_genes: int, n_groups: int,
-                 intercept: int | None, init: GLMInit):
+    count_split = False  # the GLM's objective takes no count-split batches
+    learned = None  # no latent, no learned prior
+
+    def __init__(self, spec: ModelSpec, dims: Dims, log_mean: np.ndarray, start: dict | None = None):
+        """`start`: the guide's start (`inference.start.glm_start`: beta, beta_tril, trend, fixed_trend);
+        None (a loaded model, whose guide parameters come from its file) starts at beta 0."""
         self.spec, self.family = spec, family(spec.likelihood)
-        self.P, self.G, self.K = n_design, n_genes, n_groups
+        self.P, self.G, self.K = dims.n_design, dims.n_genes, dims.n_groups
+        intercept = dims.intercept
+        start = {} if start is None else start
+        beta = start.get("beta")
+        init = GLMInit(beta=np.zeros((self.P, self.G), np.float32) if beta is None else np.asarray(beta, np.float32),
+                       log_mean=np.asarray(log_mean, np.float32), beta_tril=start.get("beta_tril"),
+                       trend=start.get("trend"), fixed_trend=bool(start.get("fixed_trend")) and start.get("trend") is not None)
         # the family's per-gene extra parameters: K columns (log alpha per group) for a dispersion, 1 for a logit
         self.extras = self.family.params[1:]
         if len(self.family.role(DISPERSION)) > 1:
             raise ValueError(f"the GLM supports one dispersion parameter; family {self.family.name!r} has more")
-        self.widths = tuple(n_groups if q.role == DISPERSION else 1 for q in self.extras)
+        self.widths = tuple(self.K if q.role == DISPERSION else 1 for q in self.extras)
         self.D = self.P + sum(self.widths)
         sd = np.full(self.P, spec.prior_scale, np.float32)
         if intercept is not None:
             sd[intercept] = INTERCEPT_SD
         self.beta_sd = jnp.asarray(sd)
         self.init = init
+
+    def prior_template(self) -> dict:
+        """No learned prior: nothing beyond the SVI parameters."""
+        return {}
+
+    def posterior(self, params: dict) -> GLMPosterior:
+        """The fitted posterior of every gene's coefficients and family parameters (the guide)."""
+        return GLMPosterior(self, params)
 
     # ----- parameters of a gene vector
     def split(self, v: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -187,3 +206,24 @@ class GLM:
 def scale_tril(diag: jax.Array, off: jax.Array) -> jax.Array:
     """Lower-triangular Cholesky factor from a positive diagonal and free below-diagonal entries."""
     return jnp.tril(off, -1) + diag[:, :, None] * jnp.eye(diag.shape[-1], dtype=diag.dtype)[None]
+
+
+class GLMPosterior(NamedTuple):
+    """The public view of a fitted GLM's posterior (its full-rank Gaussian guide per gene): what
+    `Fit.coefficients`, power and explanations read instead of the guide's parameter names."""
+
+    story: GLM
+    params: dict
+
+    def coefficient_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and sd of the coefficients, each (P, G), exact from the guide."""
+        P = self.story.P
+        loc = np.asarray(self.params["gp_loc"])[:, :P].T
+        tril = np.asarray(scale_tril(jnp.asarray(self.params["gp_scale_diag"]),
+                                     jnp.asarray(self.params["gp_scale_offdiag"])))
+        return loc, np.sqrt((tril[:, :P, :] ** 2).sum(-1)).T
+
+    def draws(self, key: jax.Array, n: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """n joint draws: coefficients (n, P, G) and the family's extra parameters by name (a dispersion
+        as theta (n, K, G), a logit (n, G))."""
+        return self.story.split(self.story.draw_gene_params(self.params, key, n))

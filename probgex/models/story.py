@@ -1,43 +1,55 @@
-"""Build the generative story a spec names, from the data summaries a fit records."""
+"""The `Story` protocol every generative story implements, and the registry that builds the one a spec
+names. A story is a NumPyro model / guide pair plus what prediction and the fit loop need of it; every
+story is constructed the same way, `Story(spec, dims, log_mean, start)`, and declares its learned prior
+(or None) and whether it takes count-split batches, so nothing probes it with `getattr` / `hasattr`.
+Adding a story: one class implementing the protocol and one row of `STORIES`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
 
+import jax
 import numpy as np
 
+from probgex.models.batch import Batch
 from probgex.models.cvae import CVAE
-from probgex.models.glm import GLM, GLMInit
+from probgex.models.dims import Dims
+from probgex.models.glm import GLM
 from probgex.models.residual import Residual
 from probgex.spec import ModelSpec
 
-
-@dataclass(frozen=True)
-class Dims:
-    """Sizes and data summaries a story needs besides its spec; saved with the model."""
-
-    n_design: int
-    n_genes: int
-    n_groups: int
-    intercept: int | None  # design column of the intercept, if any
-    lib_loc: float  # mean of log library size on the training observations
-    lib_scale: float  # its standard deviation
-    seed: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Dims", "STORIES", "Story", "build_story"]
 
 
-def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np.ndarray | None = None,
-                beta_tril: np.ndarray | None = None, *, trend: tuple[float, float, float] | None = None,
-                fixed_trend: bool = False):
-    """The NumPyro model/guide pair of `spec`. `beta_init` and `beta_tril` only start the GLM guide."""
-    if spec.latent is None:  # the GLM, around a stage-1 offset for "residual_glm"
-        beta = np.zeros((dims.n_design, dims.n_genes), np.float32) if beta_init is None else beta_init
-        return GLM(spec, dims.n_design, dims.n_genes, dims.n_groups, dims.intercept,
-                   GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32),
-                           beta_tril=beta_tril, trend=trend,
-                           fixed_trend=fixed_trend and trend is not None))
-    cls = Residual if spec.story == "residual" else CVAE
-    return cls(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
-               lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)
+@runtime_checkable
+class Story(Protocol):
+    """What the fit, prediction and model files use of a story."""
+
+    spec: ModelSpec
+    count_split: bool  # the loop may hand batches listing their entries >= 2 (`Batch.high`)
+    learned: Any  # the learned latent prior trained after the SVI stage (`prior.learned`), or None
+
+    def model(self, batch: Batch) -> None: ...
+
+    def guide(self, batch: Batch) -> None: ...
+
+    def predictive_params(self, params: dict, key: jax.Array, batch: Batch, n: int, *,
+                          from_data: bool = False) -> dict[str, jax.Array]:
+        """n draws of the count family's parameters for the batch's rows, by name."""
+
+    def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
+        """log p(x_b | c_b) per row of the batch."""
+
+    def prior_template(self) -> dict:
+        """The parameter structure the prior stage adds ({} when it adds none)."""
+
+
+# spec.story -> the class; "residual_glm" is the GLM around a stage-1 offset (it reads Batch.offset)
+STORIES: dict[str, type] = {"glm": GLM, "residual_glm": GLM, "cvae": CVAE, "residual": Residual}
+
+
+def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, start: dict | None = None) -> Story:
+    """The story `spec` names. `start` (`inference.start.glm_start`) starts the GLM's guide; a loaded
+    model passes none (its parameters come from the file)."""
+    return STORIES[spec.story](spec, dims, log_mean, start)

@@ -105,8 +105,8 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key, *,
         raise SpecError(f"power curves simulate NB counts; the model has likelihood "
                         f"{fit.spec.likelihood!r}: refit with likelihood='nb'")
     ref_row, level_row = reference_row(fit, contrast)
-    beta, extra = fit.story.split(fit.story.draw_gene_params(fit.params, streams.stream(key, "posterior"),
-                                                             n_draws))  # (S, P, G), by name
+    posterior = fit.posterior()
+    beta, extra = posterior.draws(streams.stream(key, "posterior"), n_draws)  # (S, P, G), by name
     theta = extra["theta"]  # (S, K, G)
     beta = np.asarray(beta, np.float64)
     log_rate = np.einsum("p,spg->sg", ref_row, beta)
@@ -118,7 +118,7 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key, *,
         from probgex.power.effects import fit_normal_mixture, shrink_draws
 
         k_moments = streams.stream(key, "effect_moments")
-        more, _ = fit.story.split(fit.story.draw_gene_params(fit.params, k_moments, 512))
+        more, _ = posterior.draws(k_moments, 512)
         l2 = np.einsum("p,spg->sg", level_row - ref_row, np.asarray(more, np.float64)) / np.log(2.0)
         b_hat, s = l2.mean(0), l2.std(0)
         pi, grid = fit_normal_mixture(b_hat, s, null_weight=null_weight)
