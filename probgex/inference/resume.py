@@ -26,7 +26,7 @@ class Snapshot:
     """The loop after `epoch` completed epochs (and that epoch's plateau / stopping decision)."""
 
     epoch: int
-    best_loss: float  # the best held-out (or, without a held-out split, the last training) loss; inf: none
+    best_loss: float  # the best held-out loss; inf: none yet (or no held-out split)
     stale: int  # epochs since it
     reductions_left: int  # learning-rate cuts still allowed on a plateau
     opt_state: dict[str, np.ndarray]  # optimizer state leaves by tree path (`flatten_opt_state`)

@@ -17,10 +17,10 @@ import numpy as np
 import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from probgex import rng as streams
 from probgex.data import CountData
+from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
 from probgex.inference.minibatch import Minibatches, high_typical, listed
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
@@ -59,14 +59,6 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
 
-class LoopState(NamedTuple):
-    svi_state: object
-    epoch: int
-    best_loss: float
-    best_params: dict
-    stale: int  # epochs since the best held-out loss
-
-
 class History(NamedTuple):
     """Negative ELBO per observation, up to the data constant sum_g log x_ng! (the training objective
     omits it; scores such as `Fit.log_predictive_density` include it)."""
@@ -94,13 +86,6 @@ def _scale_steps(factors: dict[str, float]) -> optax.GradientTransformation:
         return {k: jax.tree.map(lambda u, f=factors.get(k, 1.0): u * f, v) for k, v in updates.items()}, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def scale_learning_rate(svi_state, factor: float):
-    """The same SVI state with the learning rate (of `make_svi`'s optimizer) multiplied by `factor`."""
-    step, (params, (clip, adam, *rest)) = svi_state.optim_state
-    hyper = dict(adam.hyperparams, learning_rate=adam.hyperparams["learning_rate"] * factor)
-    return svi_state._replace(optim_state=(step, (params, (clip, adam._replace(hyperparams=hyper), *rest))))
 
 
 class DeviceData(NamedTuple):
@@ -181,11 +166,6 @@ def epoch_blocks(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.nda
     return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size), (n / real).astype(np.float32)
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]fit[/] epoch {task.completed}/{task.total}"), BarColumn(),
-                    TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), disable=not enabled)
-
-
 class Resume(NamedTuple):
     """Where a resumed loop starts: the snapshot of a periodic checkpoint, with the best parameters and
     the history that checkpoint holds."""
@@ -221,26 +201,26 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     steps_key = streams.stream(seed, "svi_steps")
     per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
     fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
-    on_device = config.device_data == "always" or (config.device_data == "auto" and fits)
+    # counts streamed from disk stay there unless asked (a device copy would hold them all in memory)
+    on_device = config.device_data == "always" or (config.device_data == "auto" and fits and not data.streamed)
     if on_device:
         dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
         typical = high_typical(train.n_high, train.batch_size) if split else None
     if resume is None:
-        state = LoopState(svi_state, 0, np.inf, jax.device_get(svi.get_params(svi_state)), 0)
+        epoch0, best_params = 0, jax.device_get(svi.get_params(svi_state))
         hist = History([], [], 0)
-        reductions = config.lr_reductions
+        stopper = EarlyStopping(config.patience, config.lr_reductions)
     else:
         snap = resume.snapshot
         svi_state = svi_state._replace(optim_state=restore_opt_state(svi_state.optim_state, snap.opt_state))
-        state = LoopState(svi_state, snap.epoch, snap.best_loss, resume.best_params, snap.stale)
+        epoch0, best_params = snap.epoch, resume.best_params
         hist = History(list(resume.history.train), list(resume.history.heldout), resume.history.best_epoch)
-        reductions = snap.reductions_left
+        stopper = EarlyStopping(config.patience, snap.reductions_left, best=snap.best_loss, stale=snap.stale)
     n_train = len(train_idx)
-    with _progress(config.progress) as bar:
-        task = bar.add_task("fit", total=config.max_epochs, completed=state.epoch, msg="")
-        for epoch in range(state.epoch + 1, config.max_epochs + 1):
+    with reporter(config.progress, "fit", config.max_epochs, epoch0) as bar:
+        for epoch in range(epoch0 + 1, config.max_epochs + 1):
             train.rng = rng = streams.host_rng(seed, "shuffle", epoch)
-            svi_state = state.svi_state._replace(rng_key=jax.random.fold_in(steps_key, epoch))
+            svi_state = svi_state._replace(rng_key=jax.random.fold_in(steps_key, epoch))
             if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
                 order = rng.permutation(len(train.index))
                 blocks = epoch_blocks(order, train.batch_size)
@@ -263,30 +243,26 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                     f"the loss became {train_loss} at epoch {epoch}; lower the learning rate "
                     "(learning_rate=...) or check the counts; the last checkpoint is unchanged")
             hist.train.append(train_loss)
-            loss = train_loss
+            # without a held-out split the last epoch's parameters are the result: each epoch is "best"
+            verdict = "improved"
             if heldout is not None:
                 loss = sum(float(evaluate(svi_state, b)) * b.mask.sum() / n_train for b in heldout)
-                loss = float(loss) / len(heldout_idx)
-                hist.heldout.append(loss)
-            # without a held-out split the last epoch's parameters are the result: each epoch is "best"
-            if heldout is None or loss < state.best_loss:
-                state = LoopState(svi_state, epoch, loss, jax.device_get(svi.get_params(svi_state)), 0)
+                hist.heldout.append(float(loss) / len(heldout_idx))
+                verdict = stopper.observe(hist.heldout[-1])
+            if verdict == "improved":
+                best_params = jax.device_get(svi.get_params(svi_state))
                 hist = hist._replace(best_epoch=epoch)
-            else:
-                state = state._replace(svi_state=svi_state, epoch=epoch, stale=state.stale + 1)
-            bar.update(task, completed=epoch, msg=f"loss/obs {train_loss:.1f}"
-                       + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
-            if heldout is not None and reductions and state.stale >= max(1, config.patience // 2):
-                reductions -= 1  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
-                state = state._replace(svi_state=scale_learning_rate(state.svi_state, config.lr_factor), stale=0)
-            elif heldout is not None and state.stale >= config.patience:
+            bar.update(epoch, f"loss/obs {train_loss:.1f}" + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
+            if verdict == "cut":  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
+                svi_state = svi_state._replace(optim_state=scale_learning_rate(svi_state.optim_state, config.lr_factor))
+            elif verdict == "stop":
                 break
             # the checkpoint holds the loop as it enters the next epoch: a resumed loop continues from it
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                snap = Snapshot(epoch=epoch, best_loss=float(state.best_loss), stale=state.stale,
-                                reductions_left=reductions, opt_state=flatten_opt_state(state.svi_state.optim_state))
-                on_checkpoint(state.best_params, hist, False, snap)
-    params = state.best_params
+                snap = Snapshot(epoch=epoch, best_loss=float(stopper.best), stale=stopper.stale,
+                                reductions_left=stopper.reductions, opt_state=flatten_opt_state(svi_state.optim_state))
+                on_checkpoint(best_params, hist, False, snap)
+    params = best_params
     if on_checkpoint:
         on_checkpoint(params, hist, True, None)
     return params, hist

@@ -65,7 +65,7 @@ class MLPMean(MeanPredictor):
         A fraction `holdout` of the rows is held out for early stopping; the best epoch's weights are kept.
         `seed`: an int or a JAX key (`probgex.rng`).
         """
-        from probgex.inference.svi import _progress
+        from probgex.inference.loop import EarlyStopping, reporter
 
         model = cls(data.encoding, data.var_names, hidden, seed=seed,
                     scale=max(CP, float(np.median(data.library_size))))
@@ -94,10 +94,9 @@ class MLPMean(MeanPredictor):
         params["heads"][0]["bias"] = y[train].mean(0)
         opt_state = opt.init(params)
         bs = min(batch_size, len(train))
-        best, best_params, stale = np.inf, params, 0
-        with _progress(progress) as bar:
-            task = bar.add_task("stage-1 MLP", total=max_epochs, msg="")
-            for _epoch in range(max_epochs):
+        best_params, stopper = params, EarlyStopping(patience, min_delta=1e-6)
+        with reporter(progress, "stage-1 MLP", max_epochs) as bar:
+            for epoch in range(max_epochs):
                 perm = rng.permutation(train)
                 losses = []
                 for start in range(0, len(perm), bs):
@@ -107,12 +106,11 @@ class MLPMean(MeanPredictor):
                     losses.append(float(loss))
                 h = float(held_loss(params, held, np.ones(len(held), np.float32))) if len(held) else np.mean(losses)
                 model.history.append((float(np.mean(losses)), h))
-                if h < best - 1e-6:
-                    best, best_params, stale = h, params, 0
-                else:
-                    stale += 1
-                bar.update(task, advance=1, msg=f"held-out MSE {h:.4f}")
-                if stale >= patience:
+                verdict = stopper.observe(h)
+                if verdict == "improved":
+                    best_params = params
+                bar.update(epoch + 1, f"held-out MSE {h:.4f}")
+                if verdict == "stop":
                     break
         model.params = jax.tree.map(np.asarray, best_params)
         return model

@@ -25,6 +25,7 @@ from probgex.models.distributions import count_term_sum, log_mean_exp
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION, LOGIT
 from probgex.models.nets import MLP, concat, gaussian_head
+from probgex.models.priors import GaussianPrior, LatentPrior, Learned, draw_normal
 from probgex.prior.learned import learned_prior_of
 from probgex.spec import ModelSpec
 
@@ -57,34 +58,19 @@ class CVAE:
         self.prior = MLP(self.P, spec.latent.hidden, (self.dim, self.dim), rngs=rngs)
         # a learned prior (diffusion / flow) replaces the Gaussian one once params["learned_prior"] exists
         self.learned = learned_prior_of(spec.latent, self.P, seed)
+        self.gaussian = GaussianPrior()
+        self.learned_prior = None if self.learned is None else Learned(self.learned, self.dim)
 
     def prior_template(self) -> dict:
         """The learned prior's parameter structure ({} for the Gaussian prior)."""
         return {} if self.learned is None else {"learned_prior": self.learned.template()}
 
-    def _learned(self, params: dict):
-        return self.learned if self.learned is not None and "learned_prior" in params else None
-
-    def _prior_draw(self, params: dict, nets, key, design, n: int):
-        """n latents per row from the conditional prior: the learned one if trained, else the Gaussian."""
-        learned = self._learned(params)
-        if learned is None:
-            return _draw(self._prior_dist(nets["prior"], design), key, n)
-        c = jnp.broadcast_to(design, (n, *design.shape)).reshape(-1, design.shape[-1])
-        return learned.sample(params["learned_prior"], key, c).reshape(n, design.shape[0], self.dim)
-
-    def _prior_log_prob(self, params: dict, nets, key, design, z):
-        learned = self._learned(params)
-        if learned is None:
-            return self._prior_dist(nets["prior"], design).log_prob(z)
-        c = jnp.broadcast_to(design, z.shape[:-1] + design.shape[-1:]).reshape(-1, design.shape[-1])
-        lp = learned.log_prob(params["learned_prior"], z.reshape(-1, self.dim), c, key=key)
-        return lp.reshape(z.shape[:-1])
+    def prior_for(self, params: dict) -> LatentPrior:
+        """The conditional prior these parameters hold: the learned one once trained (the prior stage
+        adds params["learned_prior"]), else the Gaussian prior network (a VAE-stage checkpoint)."""
+        return self.learned_prior if self.learned is not None and "learned_prior" in params else self.gaussian
 
     # ----- pieces shared by model, guide and prediction
-    def _prior_dist(self, prior_net, design):
-        return dist.Normal(*gaussian_head(*prior_net(design))).to_event(1)
-
     def _lib_prior(self):
         return dist.Normal(self.lib_loc, self.lib_scale)
 
@@ -124,7 +110,7 @@ class CVAE:
         log_theta = self._log_theta()
         with numpyro.plate("cells", batch.design.shape[0]), numpyro.handlers.mask(mask=batch.mask), \
                 numpyro.handlers.scale(scale=batch.scale):
-            z = numpyro.sample("z", self._prior_dist(prior_net, batch.design))
+            z = numpyro.sample("z", self.gaussian.distribution(prior_net, batch.design))
             log_lib = batch.log_lib
             if self.latent_library:
                 log_lib = numpyro.sample("log_library", self._lib_prior())
@@ -163,15 +149,15 @@ class CVAE:
         kz, kl = jax.random.split(key)
         if from_data:
             q_z, q_l = self._encode(nets["encoder"], batch)
-            z = _draw(q_z, kz, n)
+            z = draw_normal(q_z, kz, n)
         else:
             q_l = self._lib_prior()
-            z = self._prior_draw(params, nets, kz, batch.design, n)
+            z = self.prior_for(params).draw(params, nets, kz, batch.design, n)
         log_lib = jnp.broadcast_to(batch.log_lib[None], (n, batch.log_lib.shape[0]))
         if self.latent_library:
             q_l = q_l if from_data else dist.Normal(jnp.full_like(batch.log_lib, self.lib_loc),
                                                     jnp.full_like(batch.log_lib, self.lib_scale))
-            log_lib = _draw(q_l, kl, n)
+            log_lib = draw_normal(q_l, kl, n)
         log_theta = None if self.dispersion is None else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
         return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset)[0]
@@ -185,11 +171,11 @@ class CVAE:
         nets = self._nets(params)
         kz, kl, kp = jax.random.split(key, 3)
         q_z, q_l = self._encode(nets["encoder"], batch)
-        z = _draw(q_z, kz, n)
-        log_w = self._prior_log_prob(params, nets, kp, batch.design, z) - q_z.log_prob(z)
+        z = draw_normal(q_z, kz, n)
+        log_w = self.prior_for(params).log_prob(params, nets, kp, batch.design, z) - q_z.log_prob(z)
         log_lib = jnp.broadcast_to(batch.log_lib[None], (n, batch.log_lib.shape[0]))
         if self.latent_library:
-            log_lib = _draw(q_l, kl, n)
+            log_lib = draw_normal(q_l, kl, n)
             log_w = log_w + self._lib_prior().log_prob(log_lib) - q_l.log_prob(log_lib)
         log_theta = None if self.dispersion is None else params["log_theta"]
         design = jnp.broadcast_to(batch.design, (n, *batch.design.shape))
@@ -197,9 +183,3 @@ class CVAE:
         ll = self.family.distribution(p, log_mu=log_mu).log_prob(batch.x[None]).sum(-1)
         return log_mean_exp(ll + log_w, axis=0)
 
-
-def _draw(d: dist.Distribution, key: jax.Array, n: int) -> jax.Array:
-    """n reparameterised draws of a (possibly Independent) Normal, broadcasting explicitly: (n, *shape)."""
-    base = d.base_dist if isinstance(d, dist.Independent) else d
-    eps = jax.random.normal(key, (n, *base.loc.shape), base.loc.dtype)
-    return base.loc[None] + base.scale[None] * eps

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from probgex.inference.loop import EarlyStopping, reporter
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,12 +90,10 @@ def train_network(net: nnx.Module, loss_fn: LossFn, key: jax.Array, z: np.ndarra
 
     k_train, k_eval = jax.random.split(key)
     carry = (params, tx.init(params), params)
-    best, best_loss, stale = params, np.inf, 0
+    best, stopper = params, EarlyStopping(config.patience)
     hist = PriorHistory([], [], 0)
     n_blocks = -(-config.max_steps // config.eval_every)
-    with Progress(TextColumn(f"[bold]{label}[/] step {{task.completed}}/{{task.total}}"), BarColumn(),
-                  TextColumn("{task.fields[msg]}"), TimeElapsedColumn(), disable=not config.progress) as bar:
-        task = bar.add_task(label, total=n_blocks * config.eval_every, msg="")
+    with reporter(config.progress, label, n_blocks * config.eval_every, unit="step") as bar:
         for i in range(n_blocks):
             carry, train_loss = block(carry, jax.random.fold_in(k_train, i), z, c)
             val = float(heldout_loss(carry[2], k_eval, z_val, c_val))
@@ -105,13 +103,11 @@ def train_network(net: nnx.Module, loss_fn: LossFn, key: jax.Array, z: np.ndarra
                                          "steps; lower the learning rate")
             hist.train.append(train_loss)
             hist.heldout.append(val)
-            if val < best_loss:
-                best, best_loss, stale = jax.tree.map(lambda a: a, carry[2]), val, 0
+            verdict = stopper.observe(val)
+            if verdict == "improved":
+                best = jax.tree.map(lambda a: a, carry[2])
                 hist = hist._replace(best_step=(i + 1) * config.eval_every)
-            else:
-                stale += 1
-            bar.update(task, completed=(i + 1) * config.eval_every,
-                       msg=f"loss {train_loss:.4f}  held-out {val:.4f}")
-            if stale >= config.patience:
+            bar.update((i + 1) * config.eval_every, f"loss {train_loss:.4f}  held-out {val:.4f}")
+            if verdict == "stop":
                 break
     return best, hist
