@@ -88,9 +88,26 @@ def _n_samples(n: int, option: str = "--n-samples") -> int:
 OVERWRITE = typer.Option(help="replace an existing output (written beside it first, swapped in at the end)")
 
 
+def _streaming_note(data: Path, layer: str | None, memory_budget: float | None) -> int:
+    """The memory budget in bytes; says when the counts of `data` will be streamed from disk."""
+    from probgex.data import check_store
+    from probgex.errors import DataError
+    from probgex.rowsource import default_memory_budget, open_anndata
+
+    if memory_budget is not None and not memory_budget > 0:
+        raise DataError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget * 2**30)
+    _, counts = open_anndata(check_store(data), layer=layer)
+    need = counts.nbytes()
+    if need > budget:
+        console.print(f"the counts take {need / 2**30:.2f} GiB in memory, over the budget of {budget / 2**30:.2f} GiB "
+                      "(--memory-budget): streaming them from disk in row chunks")
+    return budget
+
+
 @app.command()
 def fit(
-    data: Annotated[Path, typer.Argument(help="AnnData .h5ad with raw counts in X (or --layer)")],
+    data: Annotated[Path, typer.Argument(help="AnnData .h5ad file or .zarr store with raw counts in X (or --layer)")],
     out: Annotated[Path, typer.Option(help="model file to write (.npz)")],
     formula: Annotated[str, typer.Option(help="design over obs, e.g. '~ cell_type + stim'")] = "~ 1",
     likelihood: Annotated[str, typer.Option(help=" | ".join(LIKELIHOODS))] = "nb",
@@ -119,12 +136,14 @@ def fit(
     resume: Annotated[bool, typer.Option(
         help="continue an interrupted fit from its checkpoint (at --out, or beside it as OUT.partial.npz); "
              "give the same data and options as the interrupted command")] = False,
+    memory_budget: Annotated[float | None, typer.Option(
+        help="GiB the counts may take in memory; larger counts are streamed from disk in row chunks "
+             "(default: a quarter of the machine's memory, at most 4)")] = None,
 ):
     """Fit a model by SVI and write it, with checkpoints while fitting (to --out, or beside an existing
     --out with --overwrite, which the finished model then replaces). With --resume, an interrupted fit
     continues from its last checkpoint and ends as the uninterrupted fit would have."""
     from probgex._outputs import check_output
-    from probgex.data import read_h5ad
     from probgex.errors import SpecError
     from probgex._checks import check_fit_options
     from probgex.latent import LATENT_KINDS as LATENTS
@@ -173,11 +192,12 @@ def fit(
         if resume:
             source = _resume.checkpoint_of(out)
             finished = _resume.done(_resume.load(source, stage1))
-        adata = read_h5ad(data)
+        budget = _streaming_note(data, model_spec.layer, memory_budget)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*nothing to resume")  # said below
-            fitted = Model.from_spec(model_spec, stage1).fit(adata, seed=seed, holdout=holdout, max_epochs=max_epochs,
-                                                             batch_size=batch_size, checkpoint_path=out, resume=source)
+            fitted = Model.from_spec(model_spec, stage1).fit(data, seed=seed, holdout=holdout, max_epochs=max_epochs,
+                                                             batch_size=batch_size, checkpoint_path=out, resume=source,
+                                                             memory_budget=budget)
     except ProbgexError as e:
         raise _fail(e)
     if finished:
@@ -433,3 +453,27 @@ def main():  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@app.command()
+def info(model: Annotated[Path, typer.Argument(help="model file (.npz)")]):
+    """Print a model file's header as JSON: the spec, the design encoding, sizes, the training history's
+    summary and how it was fitted (data source, streaming, devices, processes, loop options)."""
+    import json
+
+    from probgex.errors import ModelFileError
+
+    try:
+        if not model.is_file():
+            raise ModelFileError(f"model file {str(model)!r} not found")
+        from probgex.inference.modelfile import header
+
+        h = header(model)
+    except ProbgexError as e:
+        raise _fail(e)
+    hist = h.get("history", {})
+    out = {k: v for k, v in h.items() if k not in ("history", "sha256", "arrays")}
+    out["history"] = {"epochs": len(hist.get("train", [])), "best_epoch": hist.get("best_epoch"),
+                      "final_train_loss": (hist.get("train") or [None])[-1],
+                      "best_heldout_loss": min(hist["heldout"]) if hist.get("heldout") else None}
+    typer.echo(json.dumps(out, indent=2, default=str))

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from probgex.choices import EMPTY_MODES, LIKELIHOODS
 from probgex.errors import DataError, ExtrapolationWarning
+from probgex.rowsource import Disk, RowSource, default_memory_budget, is_store, open_anndata
 
 _BLOCK = 1 << 22  # elements checked at a time (dense row chunks, sparse .data slices)
 # float32 (the likelihood's arithmetic) holds every integer only up to 2**24; beyond it x and x + 1 collide
@@ -299,9 +300,13 @@ def _warn_design(design: np.ndarray, encoding: DesignEncoding, obs: pd.DataFrame
                       DesignWarning, stacklevel=4)
 
 
-def _blocks(matrix: np.ndarray | sp.csr_matrix):
-    """Yield the stored values in chunks: sparse ``.data`` slices or dense row chunks."""
-    if sp.issparse(matrix):
+def _blocks(matrix):
+    """Yield the stored values in chunks: sparse ``.data`` slices, dense row chunks, or a row source's
+    row blocks (read from disk one at a time)."""
+    if isinstance(matrix, RowSource):
+        for _, block in matrix.blocks(_rows_per_block(matrix)):
+            yield block.data if sp.issparse(block) else block
+    elif sp.issparse(matrix):
         for i in range(0, matrix.data.size, _BLOCK):
             yield matrix.data[i:i + _BLOCK]
     else:
@@ -310,9 +315,20 @@ def _blocks(matrix: np.ndarray | sp.csr_matrix):
             yield np.asarray(matrix[i:i + step])
 
 
+def _rows_per_block(source: RowSource) -> int:
+    """Rows per streamed block: about _BLOCK stored values (dense) or 16x that many rows (sparse)."""
+    return max(1, _BLOCK // max(1, source.shape[1]) * (16 if source.sparse else 1))
+
+
 def _locate(matrix, predicate) -> tuple[int, int]:
     """(row, column) of the first stored entry of `matrix` where `predicate(values)` holds."""
-    if sp.issparse(matrix):
+    if isinstance(matrix, RowSource):
+        for start, block in matrix.blocks(_rows_per_block(matrix)):
+            dense = block.toarray() if sp.issparse(block) else np.asarray(block)
+            r, c = np.nonzero(predicate(dense))
+            if r.size:
+                return start + int(r[0]), int(c[0])
+    elif sp.issparse(matrix):
         for i in range(0, matrix.data.size, _BLOCK):
             hit = np.flatnonzero(predicate(matrix.data[i:i + _BLOCK]))
             if hit.size:
@@ -334,7 +350,7 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
     the likelihood's arithmetic, holds every integer)."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
-    matrix = matrix if sp.issparse(matrix) else np.asarray(matrix)
+    matrix = matrix if sp.issparse(matrix) or isinstance(matrix, RowSource) else np.asarray(matrix)
     dtype = matrix.dtype
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DataError(f"counts in {name} have dtype {dtype}; raw counts must be an integer or float "
@@ -373,7 +389,7 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
         where = (f"obs {str(obs_names[row]) if obs_names is not None else row!r}, gene "
                  f"{str(var_names[col]) if var_names is not None else col!r}")
         raise DataError(f"counts in {name} contain {n_bad['huge']} value(s) above {MAX_COUNT:,} (2**31 - 1), e.g. "
-                        f"{matrix[row, col]:g} at {where}: no sequencing run counts that many fragments of one gene, "
+                        f"{_entry(matrix, row, col):g} at {where}: no sequencing run counts that many fragments of one gene, "
                         "and float32, the likelihood's arithmetic, is off by millions of nats there, so a single such "
                         "entry would drive its gene's fit; fix or remove the entry.")
     if n_bad["imprecise"]:
@@ -387,12 +403,18 @@ def validate_counts(matrix: np.ndarray | sp.spmatrix, likelihood: str, *, name: 
                         f"{likelihood!r} likelihood needs raw integer counts; {fix}.")
 
 
-def _as_matrix(x: Any, name: str) -> np.ndarray | sp.csr_matrix:
-    """Dense ndarray or canonical CSR matrix (CSC/backed/other sparse converted)."""
+def _as_matrix(x: Any, name: str, memory_budget: int | None = None):
+    """Dense ndarray or canonical CSR matrix (CSC/backed/other sparse converted); a backed (on-disk)
+    matrix stays on disk as a row source when it would take more than `memory_budget` bytes in memory."""
     if x is None:
         raise DataError(f"{name} is empty (None); store the raw counts there or pass layer=...")
-    if hasattr(x, "to_memory"):  # anndata backed sparse dataset
-        x = x.to_memory()
+    if isinstance(x, RowSource):
+        return x.to_memory() if not x.on_disk or x.nbytes() <= _budget(memory_budget) else x
+    if hasattr(x, "to_memory") or type(x).__module__.startswith(("h5py", "zarr")):  # anndata backed / on disk
+        source = Disk(x, name)
+        if source.nbytes() > _budget(memory_budget):
+            return source
+        x = x.to_memory() if hasattr(x, "to_memory") else np.asarray(x[...])
     if sp.issparse(x):
         x = sp.csr_matrix(x)  # no copy when already a csr_matrix
         if not x.has_canonical_format:
@@ -405,8 +427,25 @@ def _as_matrix(x: Any, name: str) -> np.ndarray | sp.csr_matrix:
     return x
 
 
-def _margins(m: np.ndarray | sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Row sums and column sums as float64, without a full float64 copy."""
+def _budget(memory_budget: int | None) -> int:
+    return default_memory_budget() if memory_budget is None else int(memory_budget)
+
+
+def _entry(matrix, row: int, col: int) -> float:
+    if isinstance(matrix, RowSource):
+        block = matrix.read(np.array([row]))
+        return float((block.toarray() if sp.issparse(block) else block)[0, col])
+    return float(matrix[row, col])
+
+
+def _margins(m) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums and column sums as float64, without a full float64 copy (a row source in one pass)."""
+    if isinstance(m, RowSource):
+        rows, cols = [], np.zeros(m.shape[1])
+        for _, block in m.blocks(_rows_per_block(m)):
+            rows.append(np.asarray(block.sum(axis=1, dtype=np.float64)).ravel())
+            cols += np.asarray(block.sum(axis=0, dtype=np.float64)).ravel()
+        return np.concatenate(rows) if rows else np.zeros(0), cols
     if sp.issparse(m):
         return (np.asarray(m.sum(axis=1, dtype=np.float64)).ravel(),
                 np.asarray(m.sum(axis=0, dtype=np.float64)).ravel())
@@ -437,7 +476,7 @@ def group_codes(obs: pd.DataFrame, key: str, levels: list[str] | None) -> tuple[
 class CountData:
     """Validated counts with their design, ready for the models."""
 
-    counts: np.ndarray | sp.csr_matrix
+    counts: np.ndarray | sp.csr_matrix | RowSource  # a row source: streamed from disk (`probgex.rowsource`)
     library_size: np.ndarray
     design: np.ndarray
     encoding: DesignEncoding
@@ -476,16 +515,23 @@ class CountData:
         """Number of design columns."""
         return self.design.shape[1]
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the counts are read from disk (a row source) rather than held in memory."""
+        return isinstance(self.counts, RowSource) and self.counts.on_disk
+
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Dense float32 counts of the rows ``idx``."""
-        block = self.counts[np.asarray(idx)]
+        idx = np.asarray(idx)
+        block = self.counts.read(idx) if isinstance(self.counts, RowSource) else self.counts[idx]
         return (block.toarray() if sp.issparse(block) else block).astype(np.float32, copy=False)
 
     def subset(self, idx: np.ndarray) -> CountData:
         """The rows ``idx`` (integer indices or boolean mask) as a new CountData."""
         idx = np.asarray(idx)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
-        return replace(self, counts=self.counts[idx], library_size=self.library_size[idx],
+        counts = self.counts.take(rows=idx) if isinstance(self.counts, RowSource) else self.counts[idx]
+        return replace(self, counts=counts, library_size=self.library_size[idx],
                        design=self.design[idx], obs=self.obs.iloc[idx],
                        groups=None if self.groups is None else self.groups[idx],
                        offset=None if self.offset is None else self.offset[idx])
@@ -522,15 +568,23 @@ def _drop_empty(row_sums: np.ndarray, col_sums: np.ndarray, genes_fixed: bool, e
 def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = None,
                  likelihood: str = "nb", empty: str = "warn", encoding: DesignEncoding | None = None,
                  genes: Sequence[str] | None = None, group_key: str | None = None,
-                 group_levels: list[str] | None = None) -> CountData:
-    """Validate an AnnData's counts and metadata and build the design.
+                 group_levels: list[str] | None = None, counts: RowSource | None = None,
+                 memory_budget: int | None = None) -> CountData:
+    """Validate an AnnData's counts and metadata and build the design. `adata` may also be the path of
+    an .h5ad file or a .zarr AnnData store, read without loading its counts first.
 
     With ``encoding`` (a fitted design) the metadata are re-encoded identically; with
     ``genes`` the counts are aligned to those genes, which are never dropped.  With
     neither ``formula`` nor ``encoding`` the design is intercept-only (``"~ 1"``).
+    ``counts``: the counts as a row source (`probgex.rowsource.open_anndata` of an .h5ad or .zarr)
+    in place of ``adata.X``. Counts on disk (that source, or a backed AnnData's X) stay there, read in
+    row chunks, when in memory they would take more than ``memory_budget`` bytes
+    (`rowsource.default_memory_budget()` when None); validation streams over them too.
     """
     import anndata
 
+    if isinstance(adata, str | Path) and counts is None:  # an .h5ad file or .zarr store: counts stay on disk
+        adata, counts = open_anndata(check_store(adata), layer=layer)
     if not isinstance(adata, anndata.AnnData):
         raise DataError(f"expected an AnnData object, got {type(adata).__name__}; load one with "
                         "anndata.read_h5ad(path) or build anndata.AnnData(X=counts, obs=metadata)")
@@ -540,16 +594,23 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
         raise DataError(f"empty={empty!r} is not one of {list(EMPTY_MODES)}")
     if encoding is not None and formula is not None and formula != encoding.formula:
         raise DataError(f"formula {formula!r} differs from the encoding's {encoding.formula!r}; pass only one")
-    if layer is not None and layer not in adata.layers:
+    if counts is None and layer is not None and layer not in adata.layers:
         raise DataError(f"layer {layer!r} not found in adata.layers; available layers: "
                         f"{[k for k in adata.layers.keys() if k is not None]} (use layer=None for adata.X)")
     name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    m = _as_matrix(adata.X if layer is None else adata.layers[layer], name)
+    if counts is not None:
+        name = counts.label
+        if counts.shape != adata.shape:
+            raise DataError(f"shape mismatch: the counts are {counts.shape[0]} x {counts.shape[1]} but the AnnData "
+                            f"is {adata.n_obs} x {adata.n_vars}; pass the counts of the same cells and genes")
+    m = _as_matrix(counts if counts is not None else adata.X if layer is None else adata.layers[layer], name,
+                   memory_budget)
     var_names = pd.Index(adata.var_names)
     if genes is not None:
         idx = _gene_index(var_names, genes)
         if not np.array_equal(idx, np.arange(m.shape[1])):
-            m, var_names = m[:, idx], var_names[idx]
+            m = m.take(cols=idx) if isinstance(m, RowSource) else m[:, idx]
+            var_names = var_names[idx]
     if 0 in m.shape:
         raise DataError(f"{name} is empty ({m.shape[0]} cells x {m.shape[1]} genes); pass a dataset with counts")
     validate_counts(m, likelihood, name=name, obs_names=adata.obs_names, var_names=var_names)
@@ -560,9 +621,13 @@ def from_anndata(adata: Any, formula: str | None = None, *, layer: str | None = 
                         "adata.var_names_make_unique() (or sum the duplicates) first.")
     row_sums, col_sums = _margins(m)
     keep_rows, keep_cols = _drop_empty(row_sums, col_sums, genes is not None, empty, name)
-    if not keep_rows.all():
+    if isinstance(m, RowSource) and not (keep_rows.all() and keep_cols.all()):
+        m = m.take(rows=None if keep_rows.all() else np.flatnonzero(keep_rows),
+                   cols=None if keep_cols.all() else np.flatnonzero(keep_cols))
+        var_names = var_names[keep_cols]
+    if not isinstance(m, RowSource) and not keep_rows.all():
         m = m[keep_rows]
-    if not keep_cols.all():
+    if not isinstance(m, RowSource) and not keep_cols.all():
         m, var_names = m[:, keep_cols], var_names[keep_cols]
     if 0 in m.shape:
         raise DataError(f"nothing is left in {name} after dropping all-zero genes and cells")
@@ -590,21 +655,31 @@ def _warn_shape(shape: tuple[int, int], obs: pd.DataFrame, name: str) -> None:
                       "adata.obs_names_make_unique() first", DesignWarning, stacklevel=4)
 
 
-def read_h5ad(path: str | Path, what: str = "data", *, obs_only: bool = False):
-    """An AnnData from an .h5ad file (its obs only, without reading X, with `obs_only`); a missing,
-    non-h5ad or truncated file is a DataError."""
-    import anndata
-
+def check_store(path: str | Path, what: str = "data", *, zarr: bool = True) -> Path:
+    """`path` if it is an .h5ad (HDF5) file or (with `zarr`) a .zarr AnnData store, else a DataError
+    saying what it is instead."""
     path = Path(path)
+    kinds = "an .h5ad file or a .zarr store" if zarr else "an .h5ad file"
     if not path.exists():
-        raise DataError(f"{what} file {str(path)!r} not found; pass the path of an .h5ad file")
+        raise DataError(f"{what} file {str(path)!r} not found; pass the path of {kinds}")
     if path.is_dir():
-        raise DataError(f"{what} {str(path)!r} is a folder; pass the path of an .h5ad file")
+        if zarr and is_store(path):
+            return path
+        raise DataError(f"{what} {str(path)!r} is a folder; pass the path of {kinds}")
     with open(path, "rb") as f:
         magic = f.read(8)
     if magic != b"\x89HDF\r\n\x1a\n":
         raise DataError(f"{what} file {str(path)!r} is not an .h5ad (HDF5) file; write the AnnData with "
                         "adata.write_h5ad(path), or convert the table first")
+    return path
+
+
+def read_h5ad(path: str | Path, what: str = "data", *, obs_only: bool = False):
+    """An AnnData from an .h5ad file (its obs only, without reading X, with `obs_only`); a missing,
+    non-h5ad or truncated file is a DataError."""
+    import anndata
+
+    path = check_store(path, what, zarr=False)
     try:
         if not obs_only:
             return anndata.read_h5ad(path)

@@ -62,7 +62,8 @@ class Model:
             max_epochs: int | None = None, batch_size: int = 128, learning_rate: float | None = None,
             patience: int | None = None, lr_reductions: int | None = None,
             checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
-            progress: bool = True, empty: str = "warn", resume: str | Path | None = None) -> Fit:
+            progress: bool = True, empty: str = "warn", resume: str | Path | None = None,
+            memory_budget: int | None = None) -> Fit:
         """Fit by SVI on the raw counts of `adata` (X or the spec's layer) with metadata in `adata.obs`.
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
@@ -106,7 +107,10 @@ class Model:
             checkpoint_path = resume if checkpoint_path is None else checkpoint_path
         target = checkpoint_target(checkpoint_path, resume)
         data = from_anndata(adata, spec.formula, layer=spec.layer, likelihood=spec.likelihood,
-                            empty=empty, group_key=spec.dispersion_key)
+                            empty=empty, group_key=spec.dispersion_key, memory_budget=memory_budget)
+        if data.streamed and spec.mean is not None:
+            raise DataError("the residual story trains its stage-1 predictor on counts in memory; pass the AnnData "
+                            "in memory (anndata.read_h5ad(path)) or a larger memory_budget / --memory-budget")
         if previous is not None:
             _resume.check_data(resume, previous, data)
         _memory.require(_memory.fit_bytes(spec, data.n_genes, data.n_design, min(batch_size, data.n_obs)),
@@ -151,11 +155,12 @@ class Model:
         if spec.latent is None:  # the GLM story (plain or around a stage-1 offset) starts near the answer
             glm_start = start.glm_start(data, train_idx, spec, log_mean, beta0, intercept, seed)
         story = build_story(spec, dims, log_mean, glm_start)
+        info = fit_info(data, adata, config)
 
         def make(params, history, prior_history=None, finished=True, snapshot=None):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
                        data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, library_ref,
-                       prior_history, finished=finished, snapshot=snapshot)
+                       prior_history, finished=finished, snapshot=snapshot, fit_info=info)
 
         save = None
         if target is not None:
@@ -211,6 +216,19 @@ def _as_predictor(mean):
         return stage1_means.External(mean, scale="counts")
     raise SpecError(f"mean must be 'glm', 'mlp', 'external' or a stage-1 predictor (pg.mean.External, GLMMean, "
                     f"MLPMean, a DataFrame of expected counts, a callable); got {type(mean).__name__}")
+
+
+def fit_info(data: CountData, adata, config) -> dict:
+    """How a fit ran, recorded in its model file (`probgex info`): the data source, whether the counts
+    were streamed from disk, the devices and processes, the sizes and the loop's options."""
+    import jax
+
+    source = str(adata) if isinstance(adata, str | Path) else "AnnData in memory" if not data.streamed \
+        else str(getattr(data.counts, "label", "backed AnnData"))
+    return {"data_source": source, "streamed": bool(data.streamed), "n_obs": int(data.n_obs),
+            "n_genes": int(data.n_genes), "devices": 1, "processes": int(jax.process_count()),
+            "platform": jax.default_backend(), "batch_size": int(config.batch_size),
+            "max_epochs": int(config.max_epochs), "learning_rate": float(config.learning_rate)}
 
 
 def load(path: str | Path, mean=None) -> Fit:

@@ -59,6 +59,8 @@ class Fit:
     finished: bool | None = True
     # a periodic checkpoint's loop state, from which `Model.fit(resume=...)` continues (None otherwise)
     snapshot: Snapshot | None = None
+    # how the fit ran (data source, streaming, devices, processes, loop options): `probgex info`
+    fit_info: dict | None = None
 
     def __post_init__(self):
         if (self.spec.library == "size_factors") != (self.library_ref is not None):

@@ -8,6 +8,7 @@ sharded across devices: only one (B, G) block is dense at a time, and every bloc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import jax.numpy as jnp
 import numpy as np
@@ -113,7 +114,41 @@ class Minibatches:
         return -(-len(self.index) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.shuffle and self.data.streamed:
+            yield from self._streamed()
+            return
         order = self.rng.permutation(self.index) if self.shuffle else self.index
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             yield make_batch(self.data, rows, self.batch_size, self.n_total / len(rows), high_size=self.high_size)
+
+    def _streamed(self) -> Iterator[Batch]:
+        """Shuffled batches of counts on disk, read as contiguous chunks (the approach of scverse's
+        annbatch): runs of CHUNK_ROWS consecutive rows in random order, WINDOW_BATCHES batches' worth of
+        them read at once (sorted, so each run is one slice) and shuffled row by row in memory."""
+        order = chunked_permutation(self.index, self.rng, CHUNK_ROWS)
+        window = self.batch_size * WINDOW_BATCHES
+        for w in range(0, len(order), window):
+            rows = order[w : w + window]
+            held = np.sort(rows)
+            local = self.data.subset(held)
+            local = replace(local, counts=local.rows(np.arange(len(held))))  # one read of the window
+            pos = np.searchsorted(held, rows)
+            for start in range(0, len(pos), self.batch_size):
+                p = pos[start : start + self.batch_size]
+                yield make_batch(local, p, self.batch_size, self.n_total / len(p), high_size=self.high_size)
+
+
+CHUNK_ROWS = 64  # consecutive rows read together when streaming from disk
+WINDOW_BATCHES = 16  # batches whose rows are read, and shuffled, together
+
+
+def chunked_permutation(index: np.ndarray, rng: np.random.Generator, chunk: int) -> np.ndarray:
+    """`index` cut into runs of `chunk` consecutive entries, the runs in random order, then the entries
+    shuffled within each window of 16 runs: every entry once, reads mostly contiguous."""
+    runs = [index[i : i + chunk] for i in range(0, len(index), chunk)]
+    order = np.concatenate([runs[k] for k in rng.permutation(len(runs))])
+    span = chunk * 16
+    for w in range(0, len(order), span):
+        order[w : w + span] = rng.permutation(order[w : w + span])
+    return order

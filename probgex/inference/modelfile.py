@@ -38,6 +38,8 @@ def save(fit, path: str | Path, *, overwrite: bool = True) -> Path:
                           "best_epoch": fit.history.best_epoch}}
     if fit.finished is not None:
         header["finished"] = bool(fit.finished)
+    if fit.fit_info is not None:
+        header["fit_info"] = fit.fit_info
     if fit.prior_history is not None:
         h = fit.prior_history
         header["prior_history"] = {"train": [float(v) for v in h.train],
@@ -55,6 +57,12 @@ def save(fit, path: str | Path, *, overwrite: bool = True) -> Path:
         header["resume"], resume_arrays = fit.snapshot.to_file()
         arrays |= resume_arrays
     return checkpoint.write(path, header, arrays)
+
+
+def header(path: str | Path) -> dict:
+    """The JSON header of a model file (spec, encoding, sizes, history, how it was fitted), checked
+    like `load` checks it, without building the model."""
+    return checkpoint.read(path)[0]
 
 
 def load(path: str | Path, mean=None):
@@ -93,7 +101,8 @@ def load(path: str | Path, mean=None):
         template = {**template, **story.prior_template()}  # a checkpoint from before the prior stage lacks it
     params = checkpoint.unflatten_params(template, arrays)
     fit = Fit(spec, encoding, var_names, dims, log_mean, params, history, header["group_levels"], heldout,
-              stage1, library_ref, prior_history, finished=header.get("finished"), snapshot=snapshot)
+              stage1, library_ref, prior_history, finished=header.get("finished"), snapshot=snapshot,
+              fit_info=header.get("fit_info"))
     if fit.finished is False:
         warnings.warn(f"{path} is a checkpoint written at epoch {len(history.train)}, before the fit finished: "
                       "it is valid (the best parameters up to then) but not the finished fit",

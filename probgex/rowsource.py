@@ -1,0 +1,202 @@
+"""Where a CountData's counts live, read by rows: in memory (dense or CSR) or on disk, streamed from a
+backed `.h5ad` or a `.zarr` AnnData store in row chunks (anndata's own on-disk elements: an HDF5 / zarr
+array for dense counts, `anndata.io.sparse_dataset` for CSR). The metadata and design stay in memory;
+the counts do not. No JAX here.
+
+A source answers `shape`, `read(rows)` (the rows in the order asked, dense or CSR) and `blocks(n)`
+(contiguous row blocks, for one streaming pass: validation, margins, summaries). `take(rows, cols)`
+is a view: the cells and genes kept after dropping empty ones, or the fitted genes in their order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from probgex.errors import DataError
+
+Block = np.ndarray | sp.csr_matrix
+
+
+def default_memory_budget() -> int:
+    """Bytes the counts may take in memory before a file is streamed instead: a quarter of the
+    machine's physical memory, at most 4 GiB (the rest is for the model, its optimizer and the batches)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return int(min(4 * 2**30, total // 4))
+
+
+class RowSource:
+    """The protocol (and shared behaviour) of every row source."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+    sparse: bool
+    on_disk: bool = False
+    label: str = "memory"
+
+    def read(self, rows: np.ndarray) -> Block:
+        raise NotImplementedError
+
+    def blocks(self, n_rows: int) -> Iterator[tuple[int, Block]]:
+        """(first row, block) over contiguous blocks of at most n_rows rows."""
+        for start in range(0, self.shape[0], n_rows):
+            yield start, self.read(np.arange(start, min(start + n_rows, self.shape[0])))
+
+    def take(self, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> RowSource:
+        return View(self, rows, cols)
+
+    def nbytes(self) -> int:
+        """Bytes the counts take held in memory (CSR: values and column indices; dense: the array)."""
+        raise NotImplementedError
+
+    def to_memory(self) -> np.ndarray | sp.csr_matrix:
+        parts = [b for _, b in self.blocks(max(1, 2**22 // max(1, self.shape[1])))]
+        if self.sparse:
+            return sp.vstack(parts, format="csr") if parts else sp.csr_matrix(self.shape, dtype=self.dtype)
+        return np.concatenate(parts) if parts else np.zeros(self.shape, self.dtype)
+
+
+class Memory(RowSource):
+    """Counts held in memory: a dense ndarray or a canonical CSR matrix."""
+
+    def __init__(self, matrix: np.ndarray | sp.csr_matrix):
+        self.matrix, self.shape, self.dtype = matrix, matrix.shape, matrix.dtype
+        self.sparse = sp.issparse(matrix)
+
+    def read(self, rows):
+        return self.matrix[np.asarray(rows)]
+
+    def nbytes(self) -> int:
+        return int(self.matrix.data.nbytes + self.matrix.indices.nbytes) if self.sparse else int(self.matrix.nbytes)
+
+    def to_memory(self):
+        return self.matrix
+
+
+class Disk(RowSource):
+    """Counts on disk: an HDF5 / zarr array (dense) or an anndata sparse dataset (CSR), read in sorted,
+    de-duplicated row runs (contiguous runs as one slice) and put back in the order asked."""
+
+    on_disk = True
+
+    def __init__(self, elem, label: str):
+        self.elem, self.label = elem, label
+        self.sparse = not hasattr(elem, "ndim")  # anndata's sparse datasets have shape but no ndim
+        if self.sparse and getattr(elem, "format", "csr") != "csr":
+            raise DataError(f"the counts in {label} are stored as {elem.format.upper()}, which cannot be read by "
+                            "rows; write them as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) to stream them")
+        self.shape = tuple(int(s) for s in elem.shape)
+        self.dtype = np.dtype(elem.dtype)
+
+    def read(self, rows):
+        rows = np.asarray(rows, np.int64)
+        if rows.size == 0:
+            return sp.csr_matrix((0, self.shape[1]), dtype=self.dtype) if self.sparse else \
+                np.zeros((0, self.shape[1]), self.dtype)
+        uniq, back = np.unique(rows, return_inverse=True)
+        if uniq[-1] - uniq[0] + 1 == len(uniq):  # one contiguous run: a slice
+            block = self.elem[int(uniq[0]) : int(uniq[-1]) + 1]
+        elif self.sparse:
+            block = self.elem[uniq]
+        else:
+            block = _dense_rows(self.elem, uniq)
+        if self.sparse:
+            block = sp.csr_matrix(block)
+        else:
+            block = np.asarray(block)
+        return block if np.array_equal(uniq, rows) else block[back]
+
+    def nbytes(self) -> int:
+        if self.sparse:
+            nnz = int(self.elem.group["data"].shape[0])
+            return nnz * (self.dtype.itemsize + 4)
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+def _dense_rows(elem, uniq: np.ndarray) -> np.ndarray:
+    """Sorted unique rows of a dense HDF5 / zarr array: the covering slice when it is at most 4x the rows
+    asked (one read), else an orthogonal selection."""
+    lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+    if hi - lo <= 4 * len(uniq):
+        return np.asarray(elem[lo:hi])[uniq - lo]
+    if hasattr(elem, "oindex"):  # zarr
+        return np.asarray(elem.oindex[uniq, :])
+    return np.asarray(elem[uniq])  # h5py: increasing indices
+
+
+class View(RowSource):
+    """Rows `rows` and columns `cols` of another source (None: all)."""
+
+    def __init__(self, base: RowSource, rows: np.ndarray | None, cols: np.ndarray | None):
+        if isinstance(base, View):  # a view of a view reads the base once
+            rows = base.rows if rows is None else (np.asarray(rows) if base.rows is None else base.rows[np.asarray(rows)])
+            cols = base.cols if cols is None else (np.asarray(cols) if base.cols is None else base.cols[np.asarray(cols)])
+            base = base.base
+        self.base, self.rows, self.cols = base, None if rows is None else np.asarray(rows), \
+            None if cols is None else np.asarray(cols)
+        self.sparse, self.dtype, self.on_disk, self.label = base.sparse, base.dtype, base.on_disk, base.label
+        self.shape = (base.shape[0] if self.rows is None else len(self.rows),
+                      base.shape[1] if self.cols is None else len(self.cols))
+
+    def read(self, rows):
+        rows = np.asarray(rows)
+        block = self.base.read(rows if self.rows is None else self.rows[rows])
+        return block if self.cols is None else block[:, self.cols]
+
+    def nbytes(self) -> int:
+        share = (self.shape[0] / max(1, self.base.shape[0])) * (self.shape[1] / max(1, self.base.shape[1]))
+        return int(self.base.nbytes() * share)
+
+
+def as_source(x) -> RowSource:
+    return x if isinstance(x, RowSource) else Memory(x)
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a .zarr AnnData store (a folder) rather than an .h5ad file."""
+    path = Path(path)
+    return path.is_dir() and (path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists())
+
+
+def open_anndata(path: str | Path, *, layer: str | None = None, what: str = "data"):
+    """(an AnnData with the obs and var of the file and no X, the counts as a Disk source) of an .h5ad
+    file or a .zarr store: the counts are not read."""
+    import anndata
+    from anndata.io import read_elem, sparse_dataset
+
+    path = Path(path)
+    try:
+        if is_store(path):
+            import zarr
+
+            store = zarr.open_group(str(path), mode="r")
+        else:
+            import h5py
+
+            store = h5py.File(path, "r")
+        obs, var = read_elem(store["obs"]), read_elem(store["var"])
+        where = "X" if layer is None else f"layers/{layer}"
+        if layer is not None and ("layers" not in store or layer not in store["layers"]):
+            have = list(store["layers"].keys()) if "layers" in store else []
+            raise DataError(f"layer {layer!r} not found in {path}; available layers: {have} (omit --layer for X)")
+        elem = store[where]
+    except DataError:
+        raise
+    except Exception as e:  # h5py / zarr / anndata raise many kinds on damaged stores
+        raise DataError(f"{what} {str(path)!r} cannot be read as an AnnData store ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); write it again with adata.write_h5ad / "
+                        "adata.write_zarr") from e
+    encoding = elem.attrs.get("encoding-type", "array")
+    counts = Disk(sparse_dataset(elem) if encoding in ("csr_matrix", "csc_matrix") else elem,
+                  f"{path}:{where}")
+    if counts.shape != (len(obs), len(var)):
+        raise DataError(f"{path}: the counts are {counts.shape[0]} x {counts.shape[1]} but obs has {len(obs)} rows "
+                        f"and var {len(var)}; the store is inconsistent, write it again")
+    return anndata.AnnData(obs=obs, var=var), counts
