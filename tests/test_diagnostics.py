@@ -1,6 +1,7 @@
 """Diagnostics have power: a correctly specified model passes, misspecified ones fail clearly."""
 
 import json
+import re
 
 import anndata as ad
 import arviz as az
@@ -13,6 +14,7 @@ import probgex as pg
 from probgex import rng
 from probgex import diagnostics as dg
 from probgex.diagnostics.pit import genes_inside_band, simultaneous_band, uniformity
+from probgex.diagnostics.report_html import CAPTIONS
 from probgex.diagnostics.scores import crps_from_samples, interval_score
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -135,7 +137,17 @@ def test_report_files_and_arviz_export(nb_data, nb_fit, tmp_path):
     for key in ("coverage_by_decile", "pit_uniformity", "mean_log_predictive_density", "n_obs", "n_genes"):
         assert key in report
     assert report["n_obs"] == test.n_obs and report["n_genes"] == test.n_vars
-    assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!doctype html>")
+    # reads for a biologist: the verdict agrees with the band test; a sentence per section; captions
+    v = report["verdict"]
+    assert (v["status"] == "miscalibrated") == (not report["pit_uniformity"]["pooled"]["inside_band"])
+    assert f"Verdict: {v['status']}." in page
+    assert page.count("What good looks like:") == len(re.findall(r"<h2>", page)) == 6
+    srcs = re.findall(r"<img src='([^']*)'", page)
+    assert len(srcs) == len(CAPTIONS) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == len(CAPTIONS) and not any(".png" in c or "_" in c for c in captions)
     assert {p.name for p in tmp_path.glob("*.png")} >= {"pit_ecdf.png", "coverage.png", "rootograms_worst_genes.png",
                                                        "summary_statistics.png", "mean_variance.png"}
     dt = dg.to_datatree(f, test, genes=["g0", "g1", "g2"], n_samples=40)

@@ -78,6 +78,6 @@ def to_datatree(fit, heldout, *, genes: Sequence[str] | None = None, n_samples: 
     dt = az.from_dict(
         {"posterior": per_gene(mu[None]), "posterior_predictive": per_gene(pp[None]),
          "log_likelihood": per_gene(ll[None]), "observed_data": per_gene(y)},
-        coords={"obs": np.asarray(data.obs.index, dtype=str)}, dims=dict.fromkeys(keys, ["obs"]))
+        coords={"obs": np.asarray(data.obs.index, dtype=str)}, dims={key: ["obs"] for key in keys})
     dt.attrs["genes"] = names
     return dt
