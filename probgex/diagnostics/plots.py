@@ -14,15 +14,14 @@ def pit_ecdf(u: np.ndarray, prob: float = 0.99):
     u = np.ravel(u)
     band = simultaneous_band(len(u), 100, prob)
     c = ecdf_counts(u, band.z) / band.n
-    fig = Figure(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.8), layout="constrained")
     ax = fig.subplots()
     ax.fill_between(band.z, band.lower / band.n - band.z, band.upper / band.n - band.z, color="C0", alpha=0.2,
                     label=f"{prob:.0%} simultaneous band")
     ax.plot(band.z, c - band.z, color="C0", label="PIT ECDF - uniform")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="PIT", ylabel="ECDF difference", title=f"pooled randomized PIT ({band.n:,} entries)")
-    ax.legend(fontsize=9, loc="best")
-    fig.tight_layout()
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)  # off the curve
     return fig
 
 
@@ -39,15 +38,14 @@ def coverage_curve(levels, pooled):
 
 
 def coverage_by_decile(levels, by_decile):
-    fig = Figure(figsize=(5, 3.5))
+    fig = Figure(figsize=(5.2, 3.8), layout="constrained")
     ax = fig.subplots()
     for i, lv in enumerate(levels):
         ax.plot(np.arange(1, 11), by_decile[:, i] - lv, "o-", label=f"{lv:.0%}")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="decile of predicted mean expression", ylabel="coverage - nominal",
            title="coverage by expression decile")
-    ax.legend(fontsize=9)
-    fig.tight_layout()
+    ax.legend(fontsize=9, title="nominal", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return fig
 
 
