@@ -91,7 +91,7 @@ def rootograms(genes: list[str], observed: list[np.ndarray], expected: list[np.n
         ax.set(title=g, xlabel="count" if b[1] - b[0] == 1 else f"count (bins of {b[1] - b[0]})")
     axes[0, 0].set_ylabel("sqrt(number of observations)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=11, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 GENES_PASSING_MIN = 0.9  # each gene's own 99% band: about 99% of genes pass under calibration
+MARGINAL = 1.25  # an excursion below 1.25 band half-widths is called marginal in the text (status unchanged)
 COVERAGE_CLOSE = 0.02  # a coverage table within 2 points of nominal at every level "looks fine"
 
 
@@ -45,7 +46,8 @@ def verdict(pit_pooled: dict, fraction_genes_passing: float, programs: dict, u: 
         note = ("The coverage table is close to nominal, which does not contradict this: coverage looks at a few "
                 "central intervals, the band at the whole predictive distribution." if close else "")
         return {"status": "miscalibrated",
-                "text": f"Not calibrated: the PIT ECDF of all held-out counts leaves its {band} simultaneous band "
+                "text": f"Not calibrated{', marginally' if pit_pooled['max_excursion'] < MARGINAL else ''}: the "
+                        f"PIT ECDF of all held-out counts leaves its {band} simultaneous band "
                         f"(largest excursion {pit_pooled['max_excursion']:.1f} band half-widths; inside the band "
                         f"is at most 1). {shape[:1].upper() + shape[1:] + ' ' if shape else ''}{note}".strip()}
     problems = []
