@@ -109,6 +109,7 @@ def test_true_nb_model_passes(nb_data, nb_fit):
         assert abs(c - a) < 4 * np.sqrt(a * (1 - a) / n_entries) + 0.005, s["coverage"]
     assert s["pit_uniformity"]["pooled"]["inside_band"]
     assert s["pit_uniformity"]["fraction_genes_passing"] >= 0.9
+    assert s["verdict"]["status"] in ("calibrated", "partly calibrated")  # programs are judged apart
 
 
 def test_poisson_on_overdispersed_counts_fails_clearly(nb_data):
@@ -117,6 +118,7 @@ def test_poisson_on_overdispersed_counts_fails_clearly(nb_data):
     assert s["coverage"]["0.9"] < 0.75
     assert not s["pit_uniformity"]["pooled"]["inside_band"]
     assert s["pit_uniformity"]["fraction_genes_passing"] < 0.3
+    assert s["verdict"]["status"] == "miscalibrated" and "too narrow" in s["verdict"]["text"]
 
 
 def test_nb_on_zero_inflated_counts_fails_and_zinb_passes(zi_data):
