@@ -309,6 +309,7 @@ def _print_report(summary: dict) -> None:
     out.print(f"PIT uniformity: pooled inside 99% band: {pu['pooled']['inside_band']}, "
               f"genes passing: {pu['fraction_genes_passing']:.3f}")
     out.print(f"mean log predictive density per observation: {summary['mean_log_predictive_density']:.2f}")
+    out.print(f"verdict: {summary['verdict']['status']}. {summary['verdict']['text']}", markup=False)
 
 
 @app.command()

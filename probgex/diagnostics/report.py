@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from dataclasses import dataclass, field
@@ -14,8 +13,9 @@ import xarray as xr
 
 from probgex import rng as streams
 from probgex._outputs import atomic_folder, json_ready
-from probgex.diagnostics import plots
+from probgex.diagnostics import plots, report_html
 from probgex.diagnostics.ppc import Summaries
+from probgex.diagnostics.verdict import verdict
 
 FIGURES = ("pit_ecdf", "coverage", "coverage_by_decile", "mean_variance", "mean_zero_fraction",
            "rootograms_worst_genes", "summary_statistics")
@@ -67,6 +67,8 @@ class Report:
         genes_pass = r["gene_pit_inside_band"].values
         return {
             "model": r.attrs["model"],
+            "verdict": verdict(self.pit_pooled, float(genes_pass.mean()), self.programs, r["pit"].values,
+                               {str(a): float(c) for a, c in zip(self.levels, r["coverage"].values)}),
             "n_obs": int(r.sizes["obs"]), "n_genes": int(r.sizes["gene"]), "n_samples": int(r.attrs["n_samples"]),
             "coverage": {str(a): float(c) for a, c in zip(self.levels, r["coverage"].values)},
             "coverage_by_decile": {str(a): [float(v) for v in r["coverage_by_decile"].values[:, i]]
@@ -102,7 +104,7 @@ class Report:
                 "summary_statistics": plots.summary_statistics(
                     {k: v for k, v in stats.items()},
                     {"library_size": (self.ppc.obs_lib, self.ppc.rep_lib),
-                     "zero_fraction_per_obs": (self.ppc.obs_zf, self.ppc.rep_zf)},
+                     "zero_fraction": (self.ppc.obs_zf, self.ppc.rep_zf)},
                     self.ppc.correlations()),
             }
         return self._figures
@@ -115,14 +117,16 @@ class Report:
         data = self.data
         y = np.concatenate([data.rows(np.arange(s, min(s + 4096, data.n_obs)))[:, idx]
                             for s in range(0, data.n_obs, 4096)])
-        edges = [np.unique(np.linspace(0, np.quantile(y[:, j], 0.995) + 1, 31).astype(int)) for j in range(len(idx))]
+        edges = [plots.rootogram_edges(y[:, j]) for j in range(len(idx))]
         expected = [np.zeros(len(e) - 1) for e in edges]
         for rows, d in fit.predictive_blocks(data, 50, streams.stream(self.seed, "rootogram")):
             sub = d.genes(idx)
             for j, e in enumerate(edges):
                 cdf = np.stack([sub.genes([j]).cdf(np.full((len(rows), 1), k - 1.0))[:, 0] for k in e])
-                expected[j] += np.diff(cdf, axis=0).sum(1)
-        observed = [np.histogram(y[:, j], bins=e)[0].astype(float) for j, e in enumerate(edges)]
+                expected[j] += np.diff(cdf, axis=0).sum(1)  # P(e[i] <= x < e[i + 1]) summed over obs
+        # the same half-open integer bins [e[i], e[i + 1]); counts at or beyond the last edge are not shown
+        observed = [np.bincount(y[:, j][y[:, j] < e[-1]].astype(np.int64) // (e[1] - e[0]),
+                                minlength=len(e) - 1).astype(float) for j, e in enumerate(edges)]
         return observed, expected, edges
 
     def save(self, folder: str | Path) -> Path:
@@ -137,45 +141,10 @@ class Report:
                 buf = io.BytesIO()
                 fig.savefig(buf, format="png", dpi=110)
                 images[name] = base64.b64encode(buf.getvalue()).decode()
-            (tmp / "report.html").write_text(_html(summary, images))
+            (tmp / "report.html").write_text(report_html.page(summary, images))
         return folder
 
 
 def _within_3se(per_gene: np.ndarray, levels: list[float], n: int) -> np.ndarray:
     lv = np.array(levels)[:, None]
     return (np.abs(per_gene - lv) <= 3 * np.sqrt(lv * (1 - lv) / n)).mean(1)
-
-
-def _html(summary: dict, images: dict[str, str]) -> str:
-    rows = "".join(f"<tr><td>{a}</td><td>{c:.4f}</td><td>{summary['worst_decile_deviation'][a]:.4f}</td>"
-                   f"<td>{summary['genes_within_3se'][a]:.4f}</td></tr>" for a, c in summary["coverage"].items())
-    worst = "".join(f"<tr><td>{html.escape(w['gene'])}</td><td>{w['decile']}</td><td>{w['max_z']:.1f}</td>"
-                    + "".join(f"<td>{v:.3f}</td>" for v in w["coverage"].values()) + "</tr>"
-                    for w in summary["worst_genes"])
-    stats = "".join(f"<tr><td>{html.escape(k)}</td><td>{v.get('ks', float('nan')):.3f}</td>"
-                    f"<td>{v.get('wasserstein', float('nan')):.4g}</td></tr>"
-                    for k, v in summary["summary_statistics"].items())
-    progs = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{c:.3f}</td>" for c in v["coverage"].values())
-                    + f"<td>{v['uniformity']['inside_band']}</td></tr>" for k, v in summary["gene_programs"].items())
-    imgs = "".join(f"<figure><img src='data:image/png;base64,{b}'><figcaption>{html.escape(n)}</figcaption></figure>"
-                   for n, b in images.items())
-    pu = summary["pit_uniformity"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>probgex calibration report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margin:4px}}img{{max-width:520px}}</style>
-</head><body><h1>probgex calibration report</h1>
-<p>{html.escape(summary['model'])}: {summary['n_obs']} held-out observations x {summary['n_genes']} genes,
-{summary['n_samples']} predictive draws. Mean log predictive density per observation:
-<b>{summary['mean_log_predictive_density']:.2f}</b>; mean CRPS {summary['mean_crps']:.4g}.</p>
-<h2>Coverage of central intervals (randomized PIT)</h2>
-<table><tr><th>nominal</th><th>pooled</th><th>worst decile |dev|</th><th>genes within 3 SE</th></tr>{rows}</table>
-<p>PIT uniformity (99% simultaneous ECDF band): pooled inside band: {pu['pooled']['inside_band']}
-(max excursion {pu['pooled']['max_excursion']:.2f} band half-widths); genes passing: {pu['fraction_genes_passing']:.3f}</p>
-<h2>Worst-calibrated genes</h2><table><tr><th>gene</th><th>decile</th><th>max z</th>
-{''.join(f'<th>{a}</th>' for a in summary['coverage'])}</tr>{worst}</table>
-<h2>Observations least covered (at 90%)</h2><table><tr><th>obs</th><th>coverage</th><th>log p(x | c)</th></tr>
-{''.join(f"<tr><td>{html.escape(w['obs'])}</td><td>{w['coverage_0.9']:.3f}</td><td>{w['log_predictive_density']:.1f}</td></tr>" for w in summary['worst_observations'])}</table>
-<h2>Summary statistics, observed vs replicated</h2><table><tr><th>statistic</th><th>KS</th><th>Wasserstein</th></tr>{stats}</table>
-<h2>Joint calibration: PIT of gene-program sums</h2><table><tr><th>program</th>
-{''.join(f'<th>{a}</th>' for a in summary['coverage'])}<th>uniform</th></tr>{progs}</table>
-<h2>Figures</h2>{imgs}</body></html>"""

@@ -11,6 +11,7 @@ reduces to Monte Carlo error). The smallest n reaching `target` is found per dra
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Sequence
 
@@ -177,7 +178,8 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     return summarize(xr.Dataset(data, coords=coords, attrs={
         "fdr": fdr, "lfc": effect, "de_fraction": de_fraction if truth.lfc is None else float("nan"),
         "depth": float(depth), "depth_sd": float(depth_sd), "test": test, "level": level, "target": target,
-        "n_genes": G, "reference_n": -1 if reference_n is None else reference_n, "nested": int(nested)}),
+        "n_genes": G, "reference_n": -1 if reference_n is None else reference_n, "nested": int(nested),
+        "lfc_per_gene": int(truth.lfc is None and np.ndim(lfc) > 0)}),
         level, target)
 
 
@@ -278,37 +280,49 @@ def check_pilot(fit, pilot) -> None:
                         f"(e.g. {list(extra[:3])}); pass the .h5ad the model was fitted on (with the same genes)")
 
 
-def plot_curve(ds: xr.Dataset, path):
-    """PNG power curve: power with its interval band, per-stratum power and realized FDR against n."""
-    import matplotlib
+def curve_figure(ds: xr.Dataset):
+    """The power curve as a matplotlib Figure (no pyplot): power with its interval band, power by
+    expression stratum (strata without DE genes left out), realized FDR against n; the legend beside the
+    axes (never over the curves), the effect model in the title, and a note under the axes when the
+    realized FDR exceeds the nominal FDR."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from probgex.power.notes import effect_model, short_fdr_note
 
     ns = np.asarray(ds["n"])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    note = short_fdr_note(ds)
+    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    ax = fig.subplots()
     ax.fill_between(ns, ds["power_lower"], ds["power_upper"], alpha=0.25, color="C0",
                     label=f"power, {ds.attrs['level']:.0%} interval")
     ax.plot(ns, ds["power_mean"], "o-", color="C0", label="power (all DE genes)")
     for j, s in enumerate(np.asarray(ds["stratum"])):
-        ax.plot(ns, ds["power_stratum_mean"].isel(stratum=j), ":", color=f"C{j + 2}", label=f"counts {s}")
+        p = np.asarray(ds["power_stratum_mean"].isel(stratum=j), float)
+        if np.isfinite(p).any():  # a stratum without DE genes has no power to show
+            ax.plot(ns, p, ":", color=f"C{j + 2}", label=f"power, genes with {s} expected counts")
     if "power_lfc_mean" in ds:
         for j, m in enumerate(np.asarray(ds["min_abs_lfc"])):
             ax.plot(ns, ds["power_lfc_mean"].isel(min_abs_lfc=j), "^-", color="C0", alpha=0.5,
                     label=f"power, DE genes with |log2FC| > {m:g}")
     ax.plot(ns, ds["fdp_mean"], "s--", color="C1", label="realized FDR")
-    ax.axhline(ds.attrs["target"], color="grey", lw=0.8, ls="--")
-    ax.axhline(ds.attrs["fdr"], color="C1", lw=0.6, ls=":")
+    ax.axhline(ds.attrs["target"], color="grey", lw=0.8, ls="--", label=f"target power {ds.attrs['target']:g}")
+    ax.axhline(ds.attrs["fdr"], color="C1", lw=0.6, ls=":", label=f"nominal FDR {ds.attrs['fdr']:g}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_ylim(0, 1)
     ax.set_xlabel(ds.attrs.get("unit", "replicates per group"))
     ax.set_ylabel("power / FDR")
-    eff = ds.attrs["lfc"]
-    eff = "per-gene log2FC of the truth" if isinstance(eff, str) else f"|log2FC| = {eff:g}"
-    ax.set_title(f"{ds.attrs.get('contrast', '')}  {eff}, FDR {ds.attrs['fdr']:g}")
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    contrast = ds.attrs.get("contrast", "")
+    ax.set_title(f"{contrast + ': ' if contrast else ''}{effect_model(ds.attrs)}\nBH FDR {ds.attrs['fdr']:g}, "
+                 f"{ds.attrs.get('test', 'wald')} test", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    if note:
+        fig.text(0.01, 0.005, textwrap.fill(note, 130), fontsize=8, color="C1", va="bottom")
+        fig.get_layout_engine().set(rect=(0, 0.1, 1, 0.9))
+    return fig
+
+
+def plot_curve(ds: xr.Dataset, path):
+    """Write the power curve (`curve_figure`) as a PNG; returns the path."""
+    curve_figure(ds).savefig(path, dpi=120)
     return path

@@ -11,6 +11,7 @@ import xarray as xr
 
 from probgex._outputs import atomic_folder, json_ready
 from probgex.power.curve import plot_curve
+from probgex.power.notes import effect_model, fdr_notes
 
 POWER_FILES = ("power.json", "power.nc", "power.png")  # what `write` puts in its folder
 
@@ -21,8 +22,9 @@ def _num(x) -> float | None:
 
 
 def summary(ds: xr.Dataset) -> dict:
-    """JSON-ready summary: settings, per-n estimates and intervals, the smallest n reaching the target
-    (None when the grid never reaches it)."""
+    """JSON-ready summary: settings, the effect model in words, per-n estimates and intervals (power by
+    expression stratum for the strata that have DE genes), the smallest n reaching the target (None when
+    the grid never reaches it), and notes (why the realized FDR exceeds nominal, where it does)."""
     rows = []
     for n in ds["n"].values:
         d = ds.sel(n=n)
@@ -30,8 +32,8 @@ def summary(ds: xr.Dataset) -> dict:
                      "power_upper": _num(d["power_upper"]), "power_mc_se": _num(d["power_mc_se"]),
                      "realized_fdr": _num(d["fdp_mean"]), "realized_fdr_lower": _num(d["fdp_lower"]),
                      "realized_fdr_upper": _num(d["fdp_upper"]),
-                     "power_by_stratum": {str(s): _num(d["power_stratum_mean"].sel(stratum=s))
-                                          for s in ds["stratum"].values}})
+                     "power_by_stratum": {str(s): p for s in ds["stratum"].values  # strata with DE genes only
+                                          if (p := _num(d["power_stratum_mean"].sel(stratum=s))) is not None}})
         if "power_lfc_mean" in ds:
             rows[-1]["power_by_min_abs_lfc"] = {
                 f"{m:g}": {k: _num(d[f"power_lfc_{k}"].sel(min_abs_lfc=m)) for k in ("mean", "lower", "upper")}
@@ -41,9 +43,11 @@ def summary(ds: xr.Dataset) -> dict:
                                            "test", "level", "target", "n_genes", "reference_n", "nested", "effects",
                                            "dispersion_level_se", "dispersion_level_df") if k in a}
             | {"n_draws": int(ds.sizes["draw"]), "n_rep": int(ds.sizes["rep"])},
+            "effect_model": effect_model(a),
             "per_n": rows,
             "n_at_target": {"estimate": _num(a["n_at_target"]), "lower": _num(a["n_at_target_lower"]),
-                            "upper": _num(a["n_at_target_upper"])}}
+                            "upper": _num(a["n_at_target_upper"])},
+            "notes": fdr_notes(ds)}
 
 
 def write(ds: xr.Dataset, out: str | Path) -> dict:

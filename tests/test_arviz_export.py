@@ -1,0 +1,49 @@
+"""The ArviZ export works with every ArviZ function the README names, as exported, and the README's
+example gene is in the example data."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probgex.diagnostics.arviz import to_datatree, variable_names
+from probgex.errors import DataError
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_readme_names_arviz_functions_and_an_example_gene_in_the_example_data():
+    import probgex as pg
+
+    assert {"loo_pit", "plot_ppc_pit", "plot_ppc_rootogram"} <= set(re.findall(r"arviz\.(\w+)", README))
+    genes = re.findall(r"to_datatree\([^)]*genes=\[([^\]]*)\]", README)
+    assert genes, "the README shows a to_datatree call with genes=[...]"
+    names = [g.strip().strip("'\"") for g in genes[0].split(",")]
+    assert set(names) <= set(pg.datasets.schurch_yeast().var_names)
+
+
+def test_every_arviz_function_the_readme_names_takes_the_export_as_it_is(glm_fit, small_adata):
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    genes = ["gene0", "gene3"]
+    dt = to_datatree(glm_fit, small_adata, genes=genes, n_samples=40)
+    for name in sorted(set(re.findall(r"arviz\.(\w+)", README))):
+        out = getattr(az, name)(dt)
+        if name.startswith("plot_"):  # one panel per gene
+            assert set(out.viz["plot"].data_vars) == set(genes), name
+        else:  # loo_pit: one PIT value per observation and gene, in [0, 1]
+            assert all(out[g].shape == (small_adata.n_obs,) for g in genes)
+            assert all(float(out[g].min()) >= 0 and float(out[g].max()) <= 1 + 1e-9 for g in genes)
+    plt.close("all")
+
+
+def test_gene_names_with_a_slash_become_valid_variable_names():
+    assert variable_names(["HLA-A/B", "g1"]) == ["HLA-A_B", "g1"]
+    with pytest.raises(DataError, match="same name"):
+        variable_names(["a/b", "a_b"])
+    assert np.all([isinstance(v, str) for v in variable_names([1, 2])])
