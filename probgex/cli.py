@@ -136,6 +136,8 @@ def fit(
     resume: Annotated[bool, typer.Option(
         help="continue an interrupted fit from its checkpoint (at --out, or beside it as OUT.partial.npz); "
              "give the same data and options as the interrupted command")] = False,
+    devices: Annotated[int | None, typer.Option(
+        help="local devices each minibatch is split across, parameters replicated (default: all)")] = None,
     memory_budget: Annotated[float | None, typer.Option(
         help="GiB the counts may take in memory; larger counts are streamed from disk in row chunks "
              "(default: a quarter of the machine's memory, at most 4)")] = None,
@@ -197,7 +199,7 @@ def fit(
             warnings.filterwarnings("ignore", message=".*nothing to resume")  # said below
             fitted = Model.from_spec(model_spec, stage1).fit(data, seed=seed, holdout=holdout, max_epochs=max_epochs,
                                                              batch_size=batch_size, checkpoint_path=out, resume=source,
-                                                             memory_budget=budget)
+                                                             memory_budget=budget, devices=devices)
     except ProbgexError as e:
         raise _fail(e)
     if finished:

@@ -63,7 +63,7 @@ class Model:
             patience: int | None = None, lr_reductions: int | None = None,
             checkpoint_path: str | Path | None = None, checkpoint_every: int = 10,
             progress: bool = True, empty: str = "warn", resume: str | Path | None = None,
-            memory_budget: int | None = None) -> Fit:
+            memory_budget: int | None = None, devices: int | None = None) -> Fit:
         """Fit by SVI on the raw counts of `adata` (X or the spec's layer) with metadata in `adata.obs`.
 
         A fraction `holdout` of the observations (or those named in `heldout_obs`) is held out for
@@ -85,6 +85,10 @@ class Model:
         "not trained", with an IncompleteFitWarning); `Fit.train_prior(adata)` completes it. A periodic
         checkpoint (written before the SVI loop finished) records that (`Fit.finished` False) and warns
         when loaded.
+
+        `memory_budget`: bytes the counts may take in memory; counts on disk (a path to an .h5ad file or a
+        .zarr store, or a backed AnnData) over it are streamed in row chunks. `devices`: the local devices
+        each minibatch is split across (None: all; `inference.sharding`), parameters replicated.
 
         `resume`: a periodic checkpoint of an interrupted fit to continue (its optimizer state, epoch,
         early-stopping counters and learning-rate cuts; the random streams are functions of the seed and
@@ -123,7 +127,7 @@ class Model:
             spec = replace(spec, library=library.choose(data, train_idx))
         config = plan.plan(spec, len(train_idx), holdout=holdout, batch_size=batch_size, max_epochs=max_epochs,
                            patience=patience, learning_rate=learning_rate, lr_reductions=lr_reductions
-                           ).train_config(checkpoint_every=checkpoint_every, progress=progress)
+                           ).train_config(checkpoint_every=checkpoint_every, progress=progress, devices=devices)
         if previous is not None:
             _resume.check_spec(resume, previous.spec, spec)
             _resume.check_options(resume, previous, config, np.asarray(data.obs.index[heldout_idx]))
@@ -223,10 +227,13 @@ def fit_info(data: CountData, adata, config) -> dict:
     were streamed from disk, the devices and processes, the sizes and the loop's options."""
     import jax
 
+    from probgex.inference.sharding import local_mesh, n_devices
+
     source = str(adata) if isinstance(adata, str | Path) else "AnnData in memory" if not data.streamed \
         else str(getattr(data.counts, "label", "backed AnnData"))
     return {"data_source": source, "streamed": bool(data.streamed), "n_obs": int(data.n_obs),
-            "n_genes": int(data.n_genes), "devices": 1, "processes": int(jax.process_count()),
+            "n_genes": int(data.n_genes), "devices": n_devices(local_mesh(config.devices)),
+            "processes": int(jax.process_count()),
             "platform": jax.default_backend(), "batch_size": int(config.batch_size),
             "max_epochs": int(config.max_epochs), "learning_rate": float(config.learning_rate)}
 

@@ -97,14 +97,18 @@ class Minibatches:
     With `shuffle`, the order is a permutation drawn from `rng` anew each pass. `n_total` is the
     number of observations the minibatch ELBO stands for: each block is scaled by n_total / rows in it.
     With `high`, each block also lists its entries >= 2, in a list of one fixed length for all blocks.
+    `multiple`: the block size is rounded up to a multiple of it (the devices a block is split across).
     """
 
     def __init__(self, data: CountData, index: np.ndarray, batch_size: int, *, shuffle: bool,
-                 rng: np.random.Generator | None = None, n_total: int | None = None, high: bool = False):
+                 rng: np.random.Generator | None = None, n_total: int | None = None, high: bool = False,
+                 multiple: int = 1):
         if len(index) == 0:
             raise ValueError("no observations to iterate over")
         self.data, self.index = data, np.asarray(index)
         self.batch_size = min(batch_size, len(self.index))
+        # a multiple of the devices a batch is split across (the last rows padded and masked)
+        self.batch_size = -(-self.batch_size // multiple) * multiple
         self.shuffle, self.rng = shuffle, rng
         self.n_total = len(self.index) if n_total is None else n_total
         self.n_high = high_per_row(data, self.index) if high else None

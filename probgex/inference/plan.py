@@ -55,13 +55,13 @@ class Plan:
     lr_reductions: int
     step_scale: tuple[tuple[str, float], ...]
 
-    def train_config(self, *, checkpoint_every: int, progress: bool):
+    def train_config(self, *, checkpoint_every: int, progress: bool, devices: int | None = 1):
         from probgex.inference.svi import TrainConfig  # the loop's module loads JAX
 
         return TrainConfig(max_epochs=self.max_epochs, batch_size=self.batch_size,
                            learning_rate=self.learning_rate, patience=self.patience,
                            lr_reductions=self.lr_reductions, checkpoint_every=checkpoint_every,
-                           progress=progress, param_step_scale=self.step_scale)
+                           progress=progress, param_step_scale=self.step_scale, devices=devices)
 
 
 def holdout_fraction(spec, n_obs: int, holdout: float | None) -> float:

@@ -22,6 +22,7 @@ from probgex import rng as streams
 from probgex.data import CountData
 from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
+from probgex.inference.sharding import local_mesh, n_devices, replicate, shard_rows
 from probgex.inference.minibatch import Minibatches, high_typical, listed
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
@@ -48,6 +49,7 @@ class TrainConfig:
     # has to travel several units while the networks need small steps
     param_step_scale: tuple[tuple[str, float], ...] = NETWORK.step_scale
     count_split: bool = True  # NB / ZINB cVAE: the lgamma terms of the objective only on entries >= 2
+    devices: int | None = 1  # local devices the minibatches are split across (None: all; `inference.sharding`)
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "patience"):
@@ -189,20 +191,23 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     continues after the snapshot's epoch and ends as the uninterrupted loop would have.
     """
     split = bool(config.count_split and story.count_split)
+    mesh = local_mesh(config.devices)
     train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=streams.host_rng(seed, "shuffle", 0),
-                        high=split)
+                        high=split, multiple=n_devices(mesh))
     heldout = None
     if len(heldout_idx):
         heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx),
-                              high=split)
+                              high=split, multiple=n_devices(mesh))
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
-    svi_state = svi.init(streams.stream(seed, "init"), next(iter(train)))
+    svi_state = replicate(svi.init(streams.stream(seed, "init"), next(iter(train))), mesh)
     steps_key = streams.stream(seed, "svi_steps")
     per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
     fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
     # counts streamed from disk stay there unless asked (a device copy would hold them all in memory)
-    on_device = config.device_data == "always" or (config.device_data == "auto" and fits and not data.streamed)
+    # several devices: sharded minibatches from the host (the device copy would be gathered across them)
+    on_device = mesh is None and (config.device_data == "always"
+                                  or (config.device_data == "auto" and fits and not data.streamed))
     if on_device:
         dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
         typical = high_typical(train.n_high, train.batch_size) if split else None
@@ -234,7 +239,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             else:
                 losses = []
                 for batch in train:
-                    svi_state, loss = update(svi_state, batch)
+                    svi_state, loss = update(svi_state, shard_rows(batch, mesh, train.batch_size))
                     losses.append(loss)
                 losses = jnp.stack(losses)
             train_loss = float(jnp.mean(losses)) / n_train
@@ -246,7 +251,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             # without a held-out split the last epoch's parameters are the result: each epoch is "best"
             verdict = "improved"
             if heldout is not None:
-                loss = sum(float(evaluate(svi_state, b)) * b.mask.sum() / n_train for b in heldout)
+                loss = sum(float(evaluate(svi_state, shard_rows(b, mesh, heldout.batch_size))) * b.mask.sum() / n_train
+                           for b in heldout)
                 hist.heldout.append(float(loss) / len(heldout_idx))
                 verdict = stopper.observe(hist.heldout[-1])
             if verdict == "improved":
