@@ -138,9 +138,14 @@ def fit(
              "give the same data and options as the interrupted command")] = False,
     devices: Annotated[int | None, typer.Option(
         help="local devices each minibatch is split across, parameters replicated (default: all)")] = None,
+    coordinator: Annotated[str | None, typer.Option(
+        help="several processes (hosts): process 0's HOST:PORT; every process runs this command with the same "
+             "data and options and its own --process-id; process 0 writes --out")] = None,
+    num_processes: Annotated[int, typer.Option(help="with --coordinator: the number of processes")] = 1,
+    process_id: Annotated[int, typer.Option(help="with --coordinator: this process's id, 0 .. num-processes - 1")] = 0,
     memory_budget: Annotated[float | None, typer.Option(
         help="GiB the counts may take in memory; larger counts are streamed from disk in row chunks "
-             "(default: a quarter of the machine's memory, at most 4)")] = None,
+             "(default: an eighth of the machine's memory, at most 1)")] = None,
 ):
     """Fit a model by SVI and write it, with checkpoints while fitting (to --out, or beside an existing
     --out with --overwrite, which the finished model then replaces). With --resume, an interrupted fit
@@ -182,6 +187,12 @@ def fit(
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")
+        if coordinator is not None:  # JAX's distributed runtime, before any JAX computation
+            from probgex.inference.sharding import start_processes
+
+            start_processes(coordinator, num_processes, process_id)
+        elif num_processes != 1 or process_id != 0:
+            raise SpecError("--num-processes / --process-id need --coordinator HOST:PORT (process 0's address)")
         from probgex.fit import Model  # the options are valid: only now the JAX side
 
         from probgex import _resume
@@ -454,10 +465,6 @@ def main():  # pragma: no cover
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @app.command()
 def info(model: Annotated[Path, typer.Argument(help="model file (.npz)")]):
     """Print a model file's header as JSON: the spec, the design encoding, sizes, the training history's
@@ -480,3 +487,7 @@ def info(model: Annotated[Path, typer.Argument(help="model file (.npz)")]):
                       "final_train_loss": (hist.get("train") or [None])[-1],
                       "best_heldout_loss": min(hist["heldout"]) if hist.get("heldout") else None}
     typer.echo(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

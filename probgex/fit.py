@@ -167,6 +167,8 @@ class Model:
                        prior_history, finished=finished, snapshot=snapshot, fit_info=info)
 
         save = None
+        if target is not None and not _writer():  # several processes: process 0 writes the model file
+            target = None
         if target is not None:
             context, context_arrays = _resume.fingerprint(data)
             context = {"data": context, "options": _resume.options(config)}
@@ -220,6 +222,13 @@ def _as_predictor(mean):
         return stage1_means.External(mean, scale="counts")
     raise SpecError(f"mean must be 'glm', 'mlp', 'external' or a stage-1 predictor (pg.mean.External, GLMMean, "
                     f"MLPMean, a DataFrame of expected counts, a callable); got {type(mean).__name__}")
+
+
+def _writer() -> bool:
+    """Whether this process writes files (the only one, or process 0 of several)."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def fit_info(data: CountData, adata, config) -> dict:

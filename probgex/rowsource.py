@@ -23,13 +23,14 @@ Block = np.ndarray | sp.csr_matrix
 
 
 def default_memory_budget() -> int:
-    """Bytes the counts may take in memory before a file is streamed instead: a quarter of the
-    machine's physical memory, at most 4 GiB (the rest is for the model, its optimizer and the batches)."""
+    """Bytes the counts may take in memory before a file is streamed instead: an eighth of the
+    machine's physical memory, at most 1 GiB (the rest is for the model, its optimizer, the batches and
+    a device copy of the training counts, which the fit keeps below 1 GiB too)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 16 * 2**30
-    return int(min(4 * 2**30, total // 4))
+    return int(min(2**30, total // 8))
 
 
 class RowSource:

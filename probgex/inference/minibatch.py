@@ -98,11 +98,14 @@ class Minibatches:
     number of observations the minibatch ELBO stands for: each block is scaled by n_total / rows in it.
     With `high`, each block also lists its entries >= 2, in a list of one fixed length for all blocks.
     `multiple`: the block size is rounded up to a multiple of it (the devices a block is split across).
+    `process` = (p, count): with several processes, every process draws the same global order and
+    yields only its p-th part of each global batch (read from its own rows), to be assembled into the
+    global batch across processes (`inference.sharding.global_batch`).
     """
 
     def __init__(self, data: CountData, index: np.ndarray, batch_size: int, *, shuffle: bool,
                  rng: np.random.Generator | None = None, n_total: int | None = None, high: bool = False,
-                 multiple: int = 1):
+                 multiple: int = 1, process: tuple[int, int] = (0, 1)):
         if len(index) == 0:
             raise ValueError("no observations to iterate over")
         self.data, self.index = data, np.asarray(index)
@@ -110,6 +113,8 @@ class Minibatches:
         # a multiple of the devices a batch is split across (the last rows padded and masked)
         self.batch_size = -(-self.batch_size // multiple) * multiple
         self.shuffle, self.rng = shuffle, rng
+        # several processes: each global batch is cut in `count` equal parts, this process reading part `p`
+        self.process, self.local_size = process, self.batch_size // process[1]
         self.n_total = len(self.index) if n_total is None else n_total
         self.n_high = high_per_row(data, self.index) if high else None
         self.high_size = None if self.n_high is None else high_bound(self.n_high, self.batch_size)
@@ -118,12 +123,17 @@ class Minibatches:
         return -(-len(self.index) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        if self.shuffle and self.data.streamed:
+        p, count = self.process
+        if self.shuffle and self.data.streamed and count == 1:
             yield from self._streamed()
             return
         order = self.rng.permutation(self.index) if self.shuffle else self.index
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
+            if count > 1:  # this process's part of the global batch (the ELBO scale is the global batch's)
+                part = rows[p * self.local_size : (p + 1) * self.local_size]
+                yield make_batch(self.data, part, self.local_size, self.n_total / len(rows), high_size=self.high_size)
+                continue
             yield make_batch(self.data, rows, self.batch_size, self.n_total / len(rows), high_size=self.high_size)
 
     def _streamed(self) -> Iterator[Batch]:

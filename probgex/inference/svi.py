@@ -22,7 +22,7 @@ from probgex import rng as streams
 from probgex.data import CountData
 from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
-from probgex.inference.sharding import local_mesh, n_devices, replicate, shard_rows
+from probgex.inference.sharding import fetch, global_batch, local_mesh, n_devices, replicate
 from probgex.inference.minibatch import Minibatches, high_typical, listed
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
@@ -177,6 +177,15 @@ class Resume(NamedTuple):
     history: History
 
 
+def _real_rows(batch: Batch, mesh):
+    """Rows of the global batch this local part belongs to (several processes: their masks summed)."""
+    if jax.process_count() == 1:
+        return batch.mask.sum()
+    from jax.experimental import multihost_utils
+
+    return float(np.sum(multihost_utils.process_allgather(np.asarray(batch.mask).sum())))
+
+
 def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
             config: TrainConfig, seed,
             on_checkpoint: Callable[[dict, History, bool, Snapshot | None], None] | None = None,
@@ -190,17 +199,22 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     the end (finished=True, snapshot None) with the best parameters so far. With `resume`, the loop
     continues after the snapshot's epoch and ends as the uninterrupted loop would have.
     """
-    split = bool(config.count_split and story.count_split)
+    procs = jax.process_count()  # several processes (`sharding.start_processes`): one global program
+    # the count split's entry lists are per process: with several, the plain objective (the same ELBO)
+    split = bool(config.count_split and story.count_split) and procs == 1
     mesh = local_mesh(config.devices)
+    part = (jax.process_index(), procs)
     train = Minibatches(data, train_idx, config.batch_size, shuffle=True, rng=streams.host_rng(seed, "shuffle", 0),
-                        high=split, multiple=n_devices(mesh))
+                        high=split, multiple=n_devices(mesh), process=part)
     heldout = None
     if len(heldout_idx):
         heldout = Minibatches(data, heldout_idx, train.batch_size, shuffle=False, n_total=len(train_idx),
-                              high=split, multiple=n_devices(mesh))
+                              high=split, multiple=n_devices(mesh), process=part)
     svi = make_svi(story, config)
     update, evaluate = jax.jit(svi.update), jax.jit(svi.evaluate)
-    svi_state = replicate(svi.init(streams.stream(seed, "init"), next(iter(train))), mesh)
+    svi_state = replicate(svi.init(streams.stream(seed, "init"), global_batch(next(iter(train)), mesh, train.local_size)),
+                          mesh)
+    host = jax.device_get if procs == 1 else fetch  # replicated arrays spanning other processes: the local copy
     steps_key = streams.stream(seed, "svi_steps")
     per_entry = 4 if data.offset is None else 8  # counts (+ the stage-1 offset), float32
     fits = len(train_idx) * data.n_genes * per_entry <= config.device_budget_bytes
@@ -212,7 +226,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
         dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
         typical = high_typical(train.n_high, train.batch_size) if split else None
     if resume is None:
-        epoch0, best_params = 0, jax.device_get(svi.get_params(svi_state))
+        epoch0, best_params = 0, host(svi.get_params(svi_state))
         hist = History([], [], 0)
         stopper = EarlyStopping(config.patience, config.lr_reductions)
     else:
@@ -239,8 +253,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             else:
                 losses = []
                 for batch in train:
-                    svi_state, loss = update(svi_state, shard_rows(batch, mesh, train.batch_size))
-                    losses.append(loss)
+                    svi_state, loss = update(svi_state, global_batch(batch, mesh, train.local_size))
+                    losses.append(loss if procs == 1 else jnp.asarray(fetch(loss)))
                 losses = jnp.stack(losses)
             train_loss = float(jnp.mean(losses)) / n_train
             if not np.isfinite(train_loss):
@@ -251,12 +265,12 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             # without a held-out split the last epoch's parameters are the result: each epoch is "best"
             verdict = "improved"
             if heldout is not None:
-                loss = sum(float(evaluate(svi_state, shard_rows(b, mesh, heldout.batch_size))) * b.mask.sum() / n_train
-                           for b in heldout)
+                loss = sum(float(host(evaluate(svi_state, global_batch(b, mesh, heldout.local_size))))
+                           * _real_rows(b, mesh) / n_train for b in heldout)
                 hist.heldout.append(float(loss) / len(heldout_idx))
                 verdict = stopper.observe(hist.heldout[-1])
             if verdict == "improved":
-                best_params = jax.device_get(svi.get_params(svi_state))
+                best_params = host(svi.get_params(svi_state))
                 hist = hist._replace(best_epoch=epoch)
             bar.update(epoch, f"loss/obs {train_loss:.1f}" + (f"  held-out {hist.heldout[-1]:.1f}" if hist.heldout else ""))
             if verdict == "cut":  # a plateau: a smaller step before giving up (Adam's jitter ~ its step)
@@ -266,7 +280,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             # the checkpoint holds the loop as it enters the next epoch: a resumed loop continues from it
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 snap = Snapshot(epoch=epoch, best_loss=float(stopper.best), stale=stopper.stale,
-                                reductions_left=stopper.reductions, opt_state=flatten_opt_state(svi_state.optim_state))
+                                reductions_left=stopper.reductions,
+                                opt_state=flatten_opt_state(host(svi_state.optim_state)))
                 on_checkpoint(best_params, hist, False, snap)
     params = best_params
     if on_checkpoint:
