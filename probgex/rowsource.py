@@ -102,8 +102,14 @@ class Disk(RowSource):
             return sp.csr_matrix((0, self.shape[1]), dtype=self.dtype) if self.sparse else \
                 np.zeros((0, self.shape[1]), self.dtype)
         uniq, back = np.unique(rows, return_inverse=True)
-        if uniq[-1] - uniq[0] + 1 == len(uniq):  # one contiguous run: a slice
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)  # runs of consecutive rows
+        if len(starts) == 1:  # one contiguous run: a slice
             block = self.elem[int(uniq[0]) : int(uniq[-1]) + 1]
+        elif len(starts) * 4 <= len(uniq):  # long runs (streamed minibatch windows): a slice each
+            ends = np.r_[starts[1:], len(uniq)]
+            parts = [self.elem[int(uniq[a]) : int(uniq[b - 1]) + 1] for a, b in zip(starts, ends, strict=True)]
+            block = sp.vstack([sp.csr_matrix(q) for q in parts], format="csr") if self.sparse else \
+                np.concatenate([np.asarray(q) for q in parts])
         elif self.sparse:
             block = self.elem[uniq]
         else:

@@ -136,20 +136,29 @@ class Minibatches:
                 continue
             yield make_batch(self.data, rows, self.batch_size, self.n_total / len(rows), high_size=self.high_size)
 
-    def _streamed(self) -> Iterator[Batch]:
-        """Shuffled batches of counts on disk, read as contiguous chunks (the approach of scverse's
+    def windows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Shuffled windows for counts on disk, read as contiguous chunks (the approach of scverse's
         annbatch): runs of CHUNK_ROWS consecutive rows in random order, WINDOW_BATCHES batches' worth of
-        them read at once (sorted, so each run is one slice) and shuffled row by row in memory."""
-        order = chunked_permutation(self.index, self.rng, CHUNK_ROWS)
+        them at a time. Yields (positions in `index` of the window's rows, sorted: one read, each run a
+        slice; the window's shuffled order as positions into those)."""
+        order = chunked_permutation(np.arange(len(self.index)), self.rng, CHUNK_ROWS)
         window = self.batch_size * WINDOW_BATCHES
         for w in range(0, len(order), window):
-            rows = order[w : w + window]
-            held = np.sort(rows)
-            local = self.data.subset(held)
-            local = replace(local, counts=local.rows(np.arange(len(held))))  # one read of the window
-            pos = np.searchsorted(held, rows)
-            for start in range(0, len(pos), self.batch_size):
-                p = pos[start : start + self.batch_size]
+            pos = order[w : w + window]
+            held = np.sort(pos)
+            yield held, np.searchsorted(held, pos)
+
+    def window_data(self, held: np.ndarray) -> CountData:
+        """The rows at positions `held` of `index` with their counts read into memory (one read)."""
+        local = self.data.subset(self.index[held])
+        return replace(local, counts=local.rows(np.arange(len(held))))
+
+    def _streamed(self) -> Iterator[Batch]:
+        """Shuffled batches of counts on disk, one window read at a time (`windows`)."""
+        for held, order in self.windows():
+            local = self.window_data(held)
+            for start in range(0, len(order), self.batch_size):
+                p = order[start : start + self.batch_size]
                 yield make_batch(local, p, self.batch_size, self.n_total / len(p), high_size=self.high_size)
 
 

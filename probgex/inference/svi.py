@@ -157,15 +157,18 @@ def make_epoch(svi: SVI, high_size: int | None = None):
     return jax.jit(epoch, donate_argnums=(0,))
 
 
-def epoch_blocks(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions in `order` as (steps, B) index blocks, the last padded; masks; per-step ELBO scales."""
+def epoch_blocks(order: np.ndarray, batch_size: int, n_total: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions in `order` as (steps, B) index blocks, the last padded; masks; per-step ELBO scales
+    (n_total / rows of the step; n_total the observations the ELBO stands for, len(order) when None)."""
     n = len(order)
     steps = -(-n // batch_size)
     idx = np.zeros(steps * batch_size, np.int32)
     idx[:n] = order
     mask = np.arange(steps * batch_size) < n
     real = mask.reshape(steps, batch_size).sum(1)
-    return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size), (n / real).astype(np.float32)
+    total = n if n_total is None else n_total
+    return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size), (total / real).astype(np.float32)
 
 
 class Resume(NamedTuple):
@@ -222,9 +225,22 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     # several devices: sharded minibatches from the host (the device copy would be gathered across them)
     on_device = mesh is None and (config.device_data == "always"
                                   or (config.device_data == "auto" and fits and not data.streamed))
+    # counts on disk, one device: windows of rows read as contiguous chunks, each scanned on the device
+    windows = data.streamed and mesh is None and not on_device
+    run_epochs = {}
+    typical = high_typical(train.n_high, train.batch_size) if split else None
     if on_device:
-        dev, run_epochs = _to_device(data, np.asarray(train_idx), high=split), {}
-        typical = high_typical(train.n_high, train.batch_size) if split else None
+        dev = _to_device(data, np.asarray(train_idx), high=split)
+
+    def run_blocks(state, dev, blocks, n_high):
+        """One scan over index blocks of device-held rows, with a list length that fits every block."""
+        size = None
+        if split:  # the shorter list unless a batch has more entries >= 2 than it holds
+            need = int(np.where(blocks[1], n_high[blocks[0]], 0).sum(1).max())
+            size = typical if need <= typical else train.high_size
+        if size not in run_epochs:
+            run_epochs[size] = make_epoch(svi, size)
+        return run_epochs[size](state, dev, *blocks)
     if resume is None:
         epoch0, best_params = 0, host(svi.get_params(svi_state))
         hist = History([], [], 0)
@@ -242,14 +258,16 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             svi_state = svi_state._replace(rng_key=jax.random.fold_in(steps_key, epoch))
             if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
                 order = rng.permutation(len(train.index))
-                blocks = epoch_blocks(order, train.batch_size)
-                size = None
-                if split:  # the shorter list unless a batch of this epoch has more entries >= 2 than it holds
-                    need = int(np.where(blocks[1], train.n_high[blocks[0]], 0).sum(1).max())
-                    size = typical if need <= typical else train.high_size
-                if size not in run_epochs:
-                    run_epochs[size] = make_epoch(svi, size)
-                svi_state, losses = run_epochs[size](svi_state, dev, *blocks)
+                svi_state, losses = run_blocks(svi_state, dev, epoch_blocks(order, train.batch_size), train.n_high)
+            elif windows:  # counts on disk: each window of rows read once, put on the device, scanned over
+                losses = []
+                for held, order in train.windows():
+                    blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
+                    n_high = None if train.n_high is None else train.n_high[held]
+                    svi_state, part = run_blocks(svi_state, _to_device(train.window_data(held), np.arange(len(held)),
+                                                                       high=split), blocks, n_high)
+                    losses.append(part)
+                losses = jnp.concatenate(losses)
             else:
                 losses = []
                 for batch in train:
