@@ -242,7 +242,7 @@ def predict(
     try:
         n_samples, lv = _n_samples(n_samples), _levels(levels)
         check_output(out, [model, obs], overwrite=overwrite)
-        from probgex.fit import load, nonfinite  # the options are valid: only now the JAX side
+        from probgex.fit import load  # the options are valid: only now the JAX side
 
         fitted = load(model)
         meta = read_obs_table(obs)
@@ -261,19 +261,15 @@ def predict(
                 except ValueError:
                     raise DataError(f"--library-size {library_size!r} is neither a number nor a column "
                                     f"of the metadata (columns: {list(meta.columns)})") from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # non-finite output is refused just below
-            pred = fitted.predict(meta, n_samples=n_samples, levels=lv, library_size=lib, seed=seed)
-        bad = nonfinite(pred)
-        if bad:
-            raise DataError(f"the prediction has non-finite values ({bad}), so nothing was written: the metadata "
-                            "or library sizes lie where the fitted model overflows; predict within the training "
-                            "range of the covariates and with library sizes like the training ones")
+        from probgex.inference.predict import predict_to_file
+
+        # block by block into the file (never draws x obs x genes in memory); non-finite output is refused
+        # there, and the file then never replaces anything
+        with atomic_file(out) as tmp:
+            sizes = predict_to_file(fitted, meta, tmp, n_samples=n_samples, levels=lv, library_size=lib, seed=seed)
     except ProbgexError as e:
         raise _fail(e)
-    with atomic_file(out) as tmp:
-        pred.to_netcdf(tmp, engine="h5netcdf")
-    console.print(f"wrote {out}: {dict(pred.sizes)}")
+    console.print(f"wrote {out}: {sizes}")
 
 
 @app.command()

@@ -128,3 +128,28 @@ def test_shell_streams_and_info_reports_it(small, tmp_path):
     assert info["spec"]["formula"] == "~ group_id" and info["history"]["epochs"] == 2
     r = CliRunner().invoke(app, ["info", str(tmp_path / "none.npz")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_prediction_written_block_by_block_equals_the_in_memory_one(small, tmp_path):
+    import xarray as xr
+
+    import probgex as pg
+    from probgex.inference import predict as pred_mod
+
+    fit = pg.Model("~ group_id", likelihood="nb", library="observed").fit(small, seed=0, max_epochs=3,
+                                                                          progress=False)
+    obs = small.obs.iloc[:70]
+    old = pred_mod.BLOCK_ENTRIES
+    pred_mod.BLOCK_ENTRIES = 12 * 60 * 8  # blocks of 8 rows (both ways: a block's draws depend on its key)
+    try:
+        mem = fit.predict(obs, n_samples=12, levels=(0.5, 0.9), seed=4)
+        sizes = pred_mod.predict_to_file(fit, obs, tmp_path / "p.nc", n_samples=12, levels=(0.5, 0.9), seed=4)
+    finally:
+        pred_mod.BLOCK_ENTRIES = old
+    assert sizes == {"sample": 12, "obs": 70, "gene": 60, "level": 2}
+    with xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf") as disk:
+        for v in ("counts", "mean", "sd", "lower", "upper"):
+            np.testing.assert_array_equal(disk[v].values, mem[v].values)
+        assert list(disk["obs"].values) == list(mem["obs"].values)
+        assert list(disk["gene"].values) == list(mem["gene"].values)
+        assert disk.attrs["likelihood"] == "nb"

@@ -108,27 +108,84 @@ def reconstruct(fit, adata, *, n_samples: int = 200, levels: Sequence[float] = L
     return assemble(fit, data, draws, rng, levels, n_samples, False)
 
 
-def assemble(fit, data, draws, rng, levels, n_samples, draw_lib) -> xr.Dataset:
-    """Predictive samples, moments and empirical central intervals from blocks of draws; with `draw_lib`
-    each sample's library size drawn from the log-normal of the training library sizes."""
-    n, G = data.n_obs, len(fit.var_names)
-    counts = np.empty((n_samples, n, G), np.int64)
-    mean, sd = np.empty((n, G)), np.empty((n, G))
-    lower, upper = np.empty((len(levels), n, G)), np.empty((len(levels), n, G))
+def summarize(fit, draws, rng, levels, n_samples, draw_lib) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(rows, {"counts", "mean", "sd", "lower", "upper"}) per block of draws: predictive samples, moments
+    and empirical central intervals; with `draw_lib` each sample's library size drawn from the log-normal
+    of the training library sizes."""
     for rows, d in draws:
         if draw_lib:
             d = d.scaled(np.exp(rng.normal(fit.dims.lib_loc, fit.dims.lib_scale, (n_samples, len(rows), 1))))
-        counts[:, rows] = d.sample(rng)
-        mean[rows], sd[rows] = d.moments()
-        lower[:, rows], upper[:, rows] = empirical_intervals(counts[:, rows], levels)
-    coords = {"obs": np.asarray(data.obs.index, dtype=str), "gene": np.asarray(fit.var_names, dtype=str),
-              "level": list(levels)}
-    return xr.Dataset(
-        {"counts": (("sample", "obs", "gene"), counts), "mean": (("obs", "gene"), mean),
-         "sd": (("obs", "gene"), sd), "lower": (("level", "obs", "gene"), lower),
-         "upper": (("level", "obs", "gene"), upper)},
-        coords=coords, attrs={"likelihood": fit.spec.likelihood, "story": fit.spec.story,
-                              "formula": fit.spec.formula})
+        counts = d.sample(rng)
+        mean, sd = d.moments()
+        lower, upper = empirical_intervals(counts, levels)
+        yield rows, {"counts": counts, "mean": mean, "sd": sd, "lower": lower, "upper": upper}
+
+
+DIMS = {"counts": ("sample", "obs", "gene"), "mean": ("obs", "gene"), "sd": ("obs", "gene"),
+        "lower": ("level", "obs", "gene"), "upper": ("level", "obs", "gene")}
+
+
+def assemble(fit, data, draws, rng, levels, n_samples, draw_lib) -> xr.Dataset:
+    """The prediction as one in-memory Dataset (`summarize` over every block)."""
+    n, G = data.n_obs, len(fit.var_names)
+    out = {"counts": np.empty((n_samples, n, G), np.int64), "mean": np.empty((n, G)), "sd": np.empty((n, G)),
+           "lower": np.empty((len(levels), n, G)), "upper": np.empty((len(levels), n, G))}
+    for rows, block in summarize(fit, draws, rng, levels, n_samples, draw_lib):
+        for k, v in block.items():
+            out[k][..., rows, :] = v
+    return xr.Dataset({k: (DIMS[k], v) for k, v in out.items()}, coords=_coords(fit, data, levels),
+                      attrs=_attrs(fit))
+
+
+def _coords(fit, data, levels) -> dict:
+    return {"obs": np.asarray(data.obs.index, dtype=str), "gene": np.asarray(fit.var_names, dtype=str),
+            "level": list(levels)}
+
+
+def _attrs(fit) -> dict:
+    return {"likelihood": fit.spec.likelihood, "story": fit.spec.story, "formula": fit.spec.formula}
+
+
+def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
+                    library_size=None, seed: int | jax.Array = 0) -> dict[str, int]:
+    """`predict`, written block by block to a netCDF file at `path` (never samples x obs x genes in
+    memory); the same values as `predict(...).to_netcdf(path)`. A block with non-finite means or sds
+    stops it with a DataError (the caller's file is then not complete: write to a temporary one)."""
+    import h5netcdf
+    import h5py
+
+    n_samples = check_n_samples(n_samples)
+    levels = check_levels(levels)
+    data = metadata(fit, obs, library_size)
+    rng, key = streams.host_rng(seed, "sampling"), streams.stream(seed, "predictive")
+    draw_lib = library_size is None and fit.spec.library != "latent"
+    sizes = {"sample": n_samples, "obs": data.n_obs, "gene": len(fit.var_names), "level": len(levels)}
+    coords = _coords(fit, data, levels)
+    with h5netcdf.File(path, "w") as f:
+        f.dimensions = sizes
+        for name, values in coords.items():
+            values = np.asarray(values)
+            text = values.dtype.kind == "U"
+            f.create_variable(name, (name,), data=values.astype(object) if text else values,
+                              dtype=h5py.string_dtype() if text else values.dtype)
+        f.attrs.update(_attrs(fit))
+        G = sizes["gene"]
+        out = {k: f.create_variable(k, DIMS[k], dtype="i8" if k == "counts" else "f8",
+                                    chunks=tuple(1 if d == "sample" else min(sizes[d], 256 if d == "obs" else G)
+                                                 for d in DIMS[k]))
+               for k in DIMS}
+        draws = predictive_blocks(fit, data, n_samples, key, from_data=False)
+        for rows, block in summarize(fit, draws, rng, levels, n_samples, draw_lib):
+            bad = {k: int((~np.isfinite(block[k])).sum()) for k in ("mean", "sd")}
+            if any(bad.values()):
+                raise DataError(f"the prediction has non-finite values ({bad} entries in rows {rows[0]}..{rows[-1]}), "
+                                "so nothing was written: the metadata or library sizes lie where the fitted model "
+                                "overflows; predict within the training range of the covariates and with library "
+                                "sizes like the training ones")
+            sl = slice(int(rows[0]), int(rows[-1]) + 1)
+            for k, v in block.items():
+                out[k][..., sl, :] = v
+    return sizes
 
 
 def evaluate(fit, adata, *, n_samples: int = 100, levels: Sequence[float] = LEVELS,
