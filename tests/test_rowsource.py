@@ -97,6 +97,7 @@ def test_missing_and_foreign_files(tmp_path):
         from_anndata(tmp_path / "t.h5ad")
 
 
+@pytest.mark.slow  # a fit (the default suite is near its 10-minute budget)
 def test_streamed_fit_follows_the_in_memory_fit(small, tmp_path):
     import probgex as pg
 
@@ -110,6 +111,7 @@ def test_streamed_fit_follows_the_in_memory_fit(small, tmp_path):
     np.testing.assert_allclose(disk.params["gp_loc"], mem.params["gp_loc"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a fit (the default suite is near its 10-minute budget)
 def test_shell_streams_and_info_reports_it(small, tmp_path):
     import json
 
@@ -130,6 +132,7 @@ def test_shell_streams_and_info_reports_it(small, tmp_path):
     assert r.exit_code == 2 and "not found" in r.output
 
 
+@pytest.mark.slow  # a fit (the default suite is near its 10-minute budget)
 def test_prediction_written_block_by_block_equals_the_in_memory_one(small, tmp_path):
     import xarray as xr
 
@@ -153,3 +156,18 @@ def test_prediction_written_block_by_block_equals_the_in_memory_one(small, tmp_p
         assert list(disk["obs"].values) == list(mem["obs"].values)
         assert list(disk["gene"].values) == list(mem["gene"].values)
         assert disk.attrs["likelihood"] == "nb"
+
+
+def test_info_prints_the_header_of_a_fitted_model(glm_fit, glm_ckpt):
+    import json
+
+    from probgex.cli import app
+
+    r = CliRunner().invoke(app, ["info", str(glm_ckpt)])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["fit_info"]["streamed"] is False and info["fit_info"]["devices"] == 1
+    assert info["fit_info"]["n_obs"] == glm_fit.fit_info["n_obs"] and info["fit_info"]["processes"] == 1
+    assert info["history"]["epochs"] == len(glm_fit.history.train)
+    assert info["history"]["best_epoch"] == glm_fit.history.best_epoch
+    assert info["spec"] == glm_fit.spec.to_dict()
