@@ -265,7 +265,8 @@ def predict(
 
         # block by block into the file (never draws x obs x genes in memory); non-finite output is refused
         # there, and the file then never replaces anything
-        with atomic_file(out) as tmp:
+        with atomic_file(out) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # non-finite output is refused, block by block
             sizes = predict_to_file(fitted, meta, tmp, n_samples=n_samples, levels=lv, library_size=lib, seed=seed)
     except ProbgexError as e:
         raise _fail(e)

@@ -197,9 +197,9 @@ def open_anndata(path: str | Path, *, layer: str | None = None, what: str = "dat
     except DataError:
         raise
     except Exception as e:  # h5py / zarr / anndata raise many kinds on damaged stores
-        raise DataError(f"{what} {str(path)!r} cannot be read as an AnnData store ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); write it again with adata.write_h5ad / "
-                        "adata.write_zarr") from e
+        raise DataError(f"{what} {str(path)!r} cannot be read as an AnnData (truncated or damaged: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); write or copy it again (adata.write_h5ad / "
+                        "adata.write_zarr)") from e
     encoding = elem.attrs.get("encoding-type", "array")
     counts = Disk(sparse_dataset(elem) if encoding in ("csr_matrix", "csc_matrix") else elem,
                   f"{path}:{where}")

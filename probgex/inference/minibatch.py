@@ -136,13 +136,18 @@ class Minibatches:
                 continue
             yield make_batch(self.data, rows, self.batch_size, self.n_total / len(rows), high_size=self.high_size)
 
+    @property
+    def window_rows(self) -> int:
+        """Rows read together when streaming (WINDOW_BATCHES batches)."""
+        return self.batch_size * WINDOW_BATCHES
+
     def windows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Shuffled windows for counts on disk, read as contiguous chunks (the approach of scverse's
         annbatch): runs of CHUNK_ROWS consecutive rows in random order, WINDOW_BATCHES batches' worth of
         them at a time. Yields (positions in `index` of the window's rows, sorted: one read, each run a
         slice; the window's shuffled order as positions into those)."""
         order = chunked_permutation(np.arange(len(self.index)), self.rng, CHUNK_ROWS)
-        window = self.batch_size * WINDOW_BATCHES
+        window = self.window_rows
         for w in range(0, len(order), window):
             pos = order[w : w + window]
             held = np.sort(pos)

@@ -156,6 +156,11 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
 
     n_samples = check_n_samples(n_samples)
     levels = check_levels(levels)
+    G = len(fit.var_names)
+    rows = min(len(obs), block_size(n_samples, G))  # one block is in memory at a time
+    _memory.require(_memory.draws_bytes(n_samples, rows, G, len(levels), True),
+                    f"predicting {n_samples} draws for blocks of {rows} observations x {G} genes",
+                    "lower the number of draws (--n-samples / n_samples=)")
     data = metadata(fit, obs, library_size)
     rng, key = streams.host_rng(seed, "sampling"), streams.stream(seed, "predictive")
     draw_lib = library_size is None and fit.spec.library != "latent"
@@ -169,16 +174,15 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
             f.create_variable(name, (name,), data=values.astype(object) if text else values,
                               dtype=h5py.string_dtype() if text else values.dtype)
         f.attrs.update(_attrs(fit))
-        G = sizes["gene"]
         out = {k: f.create_variable(k, DIMS[k], dtype="i8" if k == "counts" else "f8",
                                     chunks=tuple(1 if d == "sample" else min(sizes[d], 256 if d == "obs" else G)
                                                  for d in DIMS[k]))
                for k in DIMS}
         draws = predictive_blocks(fit, data, n_samples, key, from_data=False)
         for rows, block in summarize(fit, draws, rng, levels, n_samples, draw_lib):
-            bad = {k: int((~np.isfinite(block[k])).sum()) for k in ("mean", "sd")}
-            if any(bad.values()):
-                raise DataError(f"the prediction has non-finite values ({bad} entries in rows {rows[0]}..{rows[-1]}), "
+            bad = _nonfinite({k: block[k] for k in ("mean", "sd")}, coords["gene"])
+            if bad:
+                raise DataError(f"the prediction has non-finite values ({bad}; observations {rows[0]}..{rows[-1]}), "
                                 "so nothing was written: the metadata or library sizes lie where the fitted model "
                                 "overflows; predict within the training range of the covariates and with library "
                                 "sizes like the training ones")
@@ -241,13 +245,16 @@ def log_predictive_density(fit, adata_or_data, *, n_samples: int = 100,
 
 def nonfinite(pred: xr.Dataset) -> str:
     """'' when every mean and sd of a prediction is finite, else a short account of where they are not."""
+    return _nonfinite({v: pred[v].values for v in ("mean", "sd") if v in pred}, np.asarray(pred["gene"]))
+
+
+def _nonfinite(arrays: dict[str, np.ndarray], genes: np.ndarray) -> str:
     parts = []
-    for v in ("mean", "sd"):
-        if v in pred:
-            bad = ~np.isfinite(pred[v].values)
-            if bad.any():
-                genes = np.asarray(pred["gene"])[bad.any(0)]
-                parts.append(f"{v}: {int(bad.sum())} entries, {len(genes)} genes, e.g. {[str(g) for g in genes[:3]]}")
+    for v, a in arrays.items():
+        bad = ~np.isfinite(a)
+        if bad.any():
+            hit = np.asarray(genes)[bad.any(0)]
+            parts.append(f"{v}: {int(bad.sum())} entries, {len(hit)} genes, e.g. {[str(g) for g in hit[:3]]}")
     return "; ".join(parts)
 
 

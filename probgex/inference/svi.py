@@ -23,7 +23,7 @@ from probgex.data import CountData
 from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
 from probgex.inference.sharding import fetch, global_batch, local_mesh, n_devices, replicate
-from probgex.inference.minibatch import Minibatches, high_typical, listed
+from probgex.inference.minibatch import Minibatches, high_bound, high_typical, listed
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
 
@@ -104,7 +104,28 @@ class DeviceData(NamedTuple):
     high_count: jax.Array | None = None
 
 
-def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
+def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False,
+               pad_rows: int | None = None, pad_high: int | None = None) -> DeviceData:
+    """The rows `rows` on the device; with `pad_rows` / `pad_high`, zero-padded to that many rows / listed
+    entries >= 2 (windows of streamed counts keep one shape, so the scan compiles once)."""
+    dev = _device_arrays(data, rows, chunk, high)
+    if pad_rows is None:
+        return dev
+    extra = pad_rows - len(rows)
+
+    def rows_pad(a):
+        return None if a is None else jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1))
+
+    out = dev._replace(x=rows_pad(dev.x), log_lib=rows_pad(dev.log_lib), design=rows_pad(dev.design),
+                       group=rows_pad(dev.group), offset=rows_pad(dev.offset))
+    if high:
+        more = pad_high - dev.high_gene.shape[0]
+        out = out._replace(high_ptr=jnp.pad(dev.high_ptr, (0, extra), mode="edge"),
+                           high_gene=jnp.pad(dev.high_gene, (0, more)), high_count=jnp.pad(dev.high_count, (0, more)))
+    return out
+
+
+def _device_arrays(data: CountData, rows: np.ndarray, chunk: int, high: bool) -> DeviceData:
     x = np.empty((len(rows), data.n_genes), np.float32)
     counts, genes, values = [np.zeros(1, np.int64)], [], []
     for start in range(0, len(rows), chunk):
@@ -231,6 +252,9 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
     typical = high_typical(train.n_high, train.batch_size) if split else None
     if on_device:
         dev = _to_device(data, np.asarray(train_idx), high=split)
+    if windows:  # every window padded to one shape: the rows of a full window, a bound on its entries >= 2
+        window_rows = min(train.window_rows, len(train.index))
+        window_high = high_bound(train.n_high, window_rows) if split else None
 
     def run_blocks(state, dev, blocks, n_high):
         """One scan over index blocks of device-held rows, with a list length that fits every block."""
@@ -264,8 +288,9 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 for held, order in train.windows():
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
-                    svi_state, part = run_blocks(svi_state, _to_device(train.window_data(held), np.arange(len(held)),
-                                                                       high=split), blocks, n_high)
+                    dev = _to_device(train.window_data(held), np.arange(len(held)), high=split,
+                                     pad_rows=window_rows, pad_high=window_high)
+                    svi_state, part = run_blocks(svi_state, dev, blocks, n_high)
                     losses.append(part)
                 losses = jnp.concatenate(losses)
             else:
