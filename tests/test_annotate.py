@@ -199,3 +199,46 @@ def test_shell_coef_refuses_a_model_without_coefficients(cvae_fit, tmp_path):
     assert res.exit_code == 2 and "needs a glm" in res.output and not (tmp_path / "c.csv").exists()
     res = runner.invoke(app, ["coef", str(tmp_path / "c.npz"), "--out", str(tmp_path / "c.npz")])
     assert res.exit_code == 2 and "also an input" in res.output
+
+
+# ----- the shell's fit offers what Python's does
+def test_shell_fit_passes_dispersion_learning_rate_patience_and_prior_steps(files, monkeypatch):
+    folder, _ = files
+    seen = {}
+
+    def fake_fit(self, adata, **options):
+        seen.update(options, spec=self.spec)
+        return "fitted"
+
+    monkeypatch.setattr(pg.Model, "fit", fake_fit)
+    res = runner.invoke(app, ["fit", str(folder / "d.h5ad"), "--out", str(folder / "f.npz"), "--model", "cvae",
+                              "--prior", "flow", "--latent-dim", "2", "--prior-steps", "7", "--dispersion", "gene-group",
+                              "--dispersion-key", "batch", "--learning-rate", "0.005", "--patience", "4"])
+    assert res.exit_code == 0, res.output
+    assert seen["learning_rate"] == 0.005 and seen["patience"] == 4
+    spec = seen["spec"]
+    assert (spec.dispersion, spec.dispersion_key, spec.latent.kind, spec.latent.max_steps) == ("gene-group", "batch",
+                                                                                               "flow", 7)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dispersion", "gene-group"], "dispersion_key"),
+    (["--dispersion", "per-cell"], "per-cell"),
+    (["--prior-steps", "10"], "--prior diffusion"),
+    (["--model", "cvae", "--prior", "flow", "--prior-steps", "0"], "--prior-steps must be a positive"),
+    (["--learning-rate", "0"], "learning_rate must be a positive"),
+    (["--patience", "0"], "patience must be a positive"),
+])
+def test_shell_fit_refuses_bad_new_options_before_any_work(files, args, message):
+    folder, _ = files
+    res = runner.invoke(app, ["fit", str(folder / "d.h5ad"), "--out", str(folder / "bad.npz"), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not (folder / "bad.npz").exists()
+
+
+def test_shell_fit_refuses_new_options_next_to_a_spec_file(files, tmp_path):
+    folder, _ = files
+    pg.ModelSpec.create("~ group").save(tmp_path / "s.toml")
+    res = runner.invoke(app, ["fit", str(folder / "d.h5ad"), "--out", str(tmp_path / "m.npz"), "--spec",
+                              str(tmp_path / "s.toml"), "--dispersion", "gene-group", "--dispersion-key", "batch"])
+    assert res.exit_code == 2 and "--dispersion, --dispersion-key was given too" in res.output
