@@ -28,14 +28,17 @@ Dispersion = Enum("Dispersion", [(k, k) for k in DISPERSIONS], type=str)  # fit 
 Layer = Enum("Layer", [(k, k) for k in ANNOTATE_LAYERS], type=str)  # annotate --layer
 
 
-def _read_predictions(path: Path, scale: str):
-    """A stage-1 prediction table (obs x genes; index = obs names) from .csv/.tsv or .h5ad (X)."""
+def _read_predictions(path: Path, scale: str, key: str | None = None):
+    """A stage-1 prediction table (obs x genes; index = obs names) from .csv/.tsv or .h5ad (X); with `key`
+    (comma-separated obs columns) one row per combination of their values: in the table's columns of those
+    names (.csv/.tsv) or in the obs of the .h5ad."""
     import numpy as np
     import pandas as pd
 
     from probgex.errors import DataError
     from probgex.mean import External
 
+    keys = None if key is None else [k.strip() for k in key.split(",") if k.strip()]
     if not path.is_file():
         raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions "
                         "(.csv/.tsv/.h5ad)")
@@ -44,14 +47,23 @@ def _read_predictions(path: Path, scale: str):
 
         a = read_h5ad(path, "--mean")
         x = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+        if keys:
+            missing = [k for k in keys if k not in a.obs.columns]
+            if missing:
+                raise DataError(f"--mean-key: the obs of {path} lack {missing} (columns: {list(a.obs.columns)})")
+            index = pd.MultiIndex.from_frame(a.obs[keys].astype(str))
+            return External(pd.DataFrame(x, index=index, columns=pd.Index(a.var_names, dtype=str)), scale=scale,
+                            key=keys)
         return External.from_array(x, a.obs_names, a.var_names, scale=scale)
     if path.suffix not in (".csv", ".tsv"):
         raise DataError(f"--mean {path}: unknown table format {path.suffix!r}; use .csv, .tsv or .h5ad")
     try:
-        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=None if keys else 0)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"--mean {path}: cannot read the table ({str(e).splitlines()[0]}); it needs a header "
                         "of gene names and one row per observation") from e
+    if keys:
+        return External(table, scale=scale, key=keys)
     table.index = table.index.astype(str)
     return External(table, scale=scale)
 
@@ -119,6 +131,9 @@ def fit(
         help="residual: the stage-1 mean, glm | mlp | a table of predictions (.csv/.tsv/.h5ad, obs x genes)")] = "glm",
     mean_scale: Annotated[str, typer.Option(
         help="units of a prediction table: " + " | ".join(SCALES))] = "counts",
+    mean_key: Annotated[str | None, typer.Option(
+        help="obs columns (comma-separated) whose values key the rows of the --mean table, one row per "
+             "combination, so the model predicts new metadata; default: rows keyed by obs name")] = None,
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae / residual model; 0 with "
                                             "--model residual: a GLM around stage 1 (bulk data)")] = 10,
     prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
@@ -173,6 +188,9 @@ def fit(
     try:
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout, patience=patience,
                           learning_rate=learning_rate)
+        if mean_key is not None and (model is not Story.residual or mean in TRAINED_MEANS) and spec is None:
+            raise SpecError("--mean-key says which obs columns key a table of predictions: it needs --model "
+                            "residual --mean TABLE")
         if prior_steps is not None and prior_steps < 1:
             raise SpecError(f"--prior-steps must be a positive number of optimizer steps, got {prior_steps}")
         mean_table = Path(mean) if model is Story.residual and mean not in TRAINED_MEANS else None
@@ -186,6 +204,7 @@ def fit(
             given = {"--formula": formula != "~ 1", "--likelihood": likelihood != "nb",
                      "--model": model is not Story.glm, "--mean": mean != "glm" and not table,
                      "--mean-scale": mean_scale != "counts" and not table,
+                     "--mean-key": mean_key is not None and not table,
                      "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
                      "--layer": layer is not None, "--library": library != "auto",
                      "--dispersion": dispersion is not Dispersion.gene, "--dispersion-key": dispersion_key is not None,
@@ -224,7 +243,7 @@ def fit(
         stage1 = None
         if model_spec.mean == "external":
             check_output(out, [mean_table], overwrite=overwrite or resume)
-            stage1 = _read_predictions(Path(mean), mean_scale)
+            stage1 = _read_predictions(Path(mean), mean_scale, mean_key)
         source = finished = None
         if resume:
             source = _resume.checkpoint_of(out)
