@@ -280,5 +280,5 @@ def annotate(fit, adata, *, layers: Sequence[str] | str = (), n_samples: int = 1
     out.uns[key_added] = {"story": fit.spec.story, "likelihood": fit.spec.likelihood, "formula": fit.spec.formula,
                           "n_samples": int(n_samples), "library_size": target,
                           "seed": int(seed) if isinstance(seed, int | np.integer) else "key",
-                          "layers": list(layers)}
+                          "layers": ",".join(layers)}
     return out if copy else None
