@@ -177,16 +177,34 @@ def dispersion(fit) -> pd.DataFrame:
     return pd.DataFrame(np.exp(log_alpha.astype(np.float64)).T, index=index, columns=names)
 
 
-def _prior_parts(fit, obs):
-    """The story, its networks and the encoded design of metadata `obs` (a DataFrame or an AnnData)."""
+def _design(fit, obs):
+    """The encoded design of metadata `obs` (a DataFrame or an AnnData) for a latent story."""
     import jax.numpy as jnp
 
     _check_latent(fit)
     obs = getattr(obs, "obs", obs)
     if not isinstance(obs, pd.DataFrame):
         raise DataError(f"obs must be a pandas DataFrame or an AnnData, got {type(obs).__name__}")
-    story = fit.story
-    return story, story._nets(fit.params), jnp.asarray(fit.encoding.transform(obs))
+    return jnp.asarray(fit.encoding.transform(obs), jnp.float32)
+
+
+def _prior_fns(fit):
+    """Jitted draw and log density of the story's conditional prior (one compile per fit and shape)."""
+    import jax
+
+    cached = fit.__dict__.get("_annotate_prior_fns")
+    if cached is None:
+        story = fit.story
+
+        def draw(params, key, design, n):
+            return story._prior_draw(params, story._nets(params), key, design, n)
+
+        def log_prob(params, key, design, z):
+            return story._prior_log_prob(params, story._nets(params), key, design, z)
+
+        cached = jax.jit(draw, static_argnames=("n",)), jax.jit(log_prob)
+        fit.__dict__["_annotate_prior_fns"] = cached
+    return cached
 
 
 def prior_samples(fit, obs, *, n_samples: int = 1, seed=0) -> np.ndarray:
@@ -196,9 +214,9 @@ def prior_samples(fit, obs, *, n_samples: int = 1, seed=0) -> np.ndarray:
     from probgex._checks import check_n_samples
 
     n_samples = check_n_samples(n_samples)
-    story, nets, design = _prior_parts(fit, obs)
-    z = story._prior_draw(fit.params, nets, streams.stream(seed, "predictive"), design, n_samples)
-    return np.asarray(z)
+    design = _design(fit, obs)
+    draw, _ = _prior_fns(fit)
+    return np.asarray(draw(fit.params, streams.stream(seed, "predictive"), design, n=n_samples))
 
 
 def prior_log_prob(fit, obs, z, *, seed=0) -> np.ndarray:
@@ -209,13 +227,13 @@ def prior_log_prob(fit, obs, z, *, seed=0) -> np.ndarray:
 
     from probgex import rng as streams
 
-    story, nets, design = _prior_parts(fit, obs)
+    design = _design(fit, obs)
     z = jnp.asarray(z, jnp.float32)
     if z.ndim < 2 or z.shape[-1] != fit.spec.latent.dim or z.shape[-2] != design.shape[0]:
         raise DataError(f"z must have shape (..., {design.shape[0]}, {fit.spec.latent.dim}) (one latent per "
                         f"observation of obs), got {tuple(z.shape)}")
-    lp = story._prior_log_prob(fit.params, nets, streams.stream(seed, "log_density"), design, z)
-    return np.asarray(lp)
+    _, log_prob = _prior_fns(fit)
+    return np.asarray(log_prob(fit.params, streams.stream(seed, "log_density"), design, z))
 
 
 def annotate(fit, adata, *, layers: Sequence[str] | str = (), n_samples: int = 100, library_size: float = 1e4,
