@@ -254,6 +254,12 @@ def annotate(fit, adata, *, layers: Sequence[str] | str = (), n_samples: int = 1
     if adata.is_view and not copy:
         raise DataError("adata is a view (a subset of another AnnData): annotate it with copy=True, or pass "
                         "adata.copy()")
+    if layers:
+        from probgex import _memory
+
+        _memory.require(4.0 * adata.n_obs * adata.n_vars * (len(layers) + (1 if copy else 0)),
+                        f"{len(layers)} layer(s) of {adata.n_obs} x {adata.n_vars} float32 values",
+                        "ask for fewer layers, or annotate a subset of the observations at a time")
     data = fit.data(adata)
     rows = adata.obs_names.get_indexer(data.obs.index)
     cols = adata.var_names.get_indexer(pd.Index(fit.var_names))
@@ -264,25 +270,21 @@ def annotate(fit, adata, *, layers: Sequence[str] | str = (), n_samples: int = 1
         full[rows] = values
         return full
 
-    def per_entry(values: np.ndarray) -> np.ndarray:
-        full = np.full((n, G), np.nan, np.float32)
-        full[np.ix_(rows, cols)] = values
-        return full
-
     results = {}
     if fit.spec.latent is not None:
         results["obsm"] = per_obs(latent(fit, data))
     results["lpd"] = per_obs(fit.log_predictive_density(data, n_samples=n_samples, seed=seed).values)
     results["outlier"] = per_obs(outlier_score(fit, data, n_samples=n_samples, seed=seed).values)
     disp = dispersion(fit)
-    if layers:
-        mean, freq = np.empty((data.n_obs, len(fit.var_names))), np.empty((data.n_obs, len(fit.var_names)))
+    if layers:  # float32 (n_obs, n_vars) each, filled block by block
+        full = {name: np.full((n, G), np.nan, np.float32) for name in layers}
         for r, m, f in _expected(fit, data, n_samples, seed):
-            mean[r], freq[r] = m, f
-        if "mean" in layers:
-            results["mean"] = per_entry(mean)
-        if "normalized" in layers:
-            results["normalized"] = per_entry(freq * target)
+            where = np.ix_(rows[r], cols)
+            if "mean" in full:
+                full["mean"][where] = m
+            if "normalized" in full:
+                full["normalized"][where] = f * target
+        results.update(full)
     out = adata.copy() if copy else adata
     if "obsm" in results:
         out.obsm[f"X_{key_added}"] = results["obsm"]
