@@ -135,6 +135,17 @@ def test_dropped_empty_observation_gets_nan(glm_fit, small_adata):
     assert np.isnan(out.obs["probgex_lpd"].iloc[5]) and np.isfinite(out.obs["probgex_lpd"].drop("cell5")).all()
 
 
+def test_genes_the_model_was_not_fitted_on_get_nan(annotated):
+    fit, adata, _, out = annotated
+    extra = ad.AnnData(np.ones((adata.n_obs, 1), np.float32), obs=adata.obs[[]],
+                       var=pd.DataFrame(index=["not_fitted"]))
+    wider = ad.concat([extra, adata], axis=1, merge="first")  # the unknown gene first: columns are matched by name
+    got = fit.annotate(wider, layers=("mean", "normalized"), n_samples=N_SAMPLES, copy=True, seed=3)
+    assert np.isnan(got.layers["probgex_normalized"][:, 0]).all() and got.var.iloc[0].isna().all()
+    np.testing.assert_array_equal(got.layers["probgex_normalized"][:, 1:], out.layers["probgex_normalized"])
+    pd.testing.assert_frame_equal(got.var.iloc[1:], out.var)
+
+
 # ----- the shell
 @pytest.fixture(scope="module")
 def files(small_adata, glm_fit, glm_ckpt, tmp_path_factory):
