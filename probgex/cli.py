@@ -504,7 +504,8 @@ def annotate(
             raise DataError(f"--library-size must be a positive number (e.g. 10000), got {library_size}")
         check_output(out, [model, data], overwrite=overwrite)
         if out.suffix != ".h5ad":
-            raise DataError(f"--out {out}: write the annotated AnnData to an .h5ad file (e.g. {out.with_suffix('.h5ad')})")
+            raise DataError(f"--out {out}: write the annotated AnnData to an .h5ad file "
+                            f"(e.g. {out.with_suffix('.h5ad')})")
         adata = read_h5ad(data)
         from probgex.annotate import annotate as run_annotate
         from probgex.fit import load
@@ -515,7 +516,8 @@ def annotate(
         raise _fail(e)
     with atomic_file(out) as tmp:
         adata.write_h5ad(tmp)
-    added = (["obsm['X_probgex']"] if "X_probgex" in adata.obsm else []) + ["obs['probgex_lpd']", "obs['probgex_outlier']"]
+    added = ["obsm['X_probgex']"] if "X_probgex" in adata.obsm else []
+    added += ["obs['probgex_lpd']", "obs['probgex_outlier']"]
     added += [f"var[{c!r}]" for c in adata.var.columns if c.startswith("probgex_")]
     added += [f"layers['probgex_{v}']" for v in layers]
     console.print(f"wrote {out}: {adata.n_obs} obs x {adata.n_vars} genes with {', '.join(added)}")

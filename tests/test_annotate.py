@@ -198,7 +198,7 @@ def test_shell_coef_matches_fit_coefficients(files, glm_fit):
     assert list(table.columns) == ["gene", "term", "mean", "sd", "lower_0.8", "upper_0.8", "lower_0.95", "upper_0.95"]
     assert len(table) == ds.sizes["gene"] * ds.sizes["coef"]
     for _, row in table.sample(10, random_state=0).iterrows():
-        sel = dict(gene=row["gene"], coef=row["term"])
+        sel = {"gene": row["gene"], "coef": row["term"]}
         assert row["mean"] == pytest.approx(float(ds["mean"].sel(**sel)), rel=1e-6)
         assert row["sd"] == pytest.approx(float(ds["sd"].sel(**sel)), rel=1e-6)
         assert row["upper_0.95"] == pytest.approx(float(ds["upper"].sel(level=0.95, **sel)), rel=1e-6)
@@ -223,8 +223,8 @@ def test_shell_fit_passes_dispersion_learning_rate_patience_and_prior_steps(file
 
     monkeypatch.setattr(pg.Model, "fit", fake_fit)
     res = runner.invoke(app, ["fit", str(folder / "d.h5ad"), "--out", str(folder / "f.npz"), "--model", "cvae",
-                              "--prior", "flow", "--latent-dim", "2", "--prior-steps", "7", "--dispersion", "gene-group",
-                              "--dispersion-key", "batch", "--learning-rate", "0.005", "--patience", "4"])
+                              "--prior", "flow", "--latent-dim", "2", "--prior-steps", "7", "--dispersion",
+                              "gene-group", "--dispersion-key", "batch", "--learning-rate", "0.005", "--patience", "4"])
     assert res.exit_code == 0, res.output
     assert seen["learning_rate"] == 0.005 and seen["patience"] == 4
     spec = seen["spec"]
