@@ -164,13 +164,12 @@ def dispersion(fit) -> pd.DataFrame:
     if not fam.role(DISPERSION):
         return pd.DataFrame(index=index)
     K = fit.dims.n_groups
-    if fit.spec.latent is None:  # gp_loc columns: P coefficients, then the extras in layout order
-        start = fit.dims.n_design
-        for q in fam.params[1:]:
-            if q.role == DISPERSION:
-                break
-            start += 1
-        log_alpha = np.asarray(fit.params["gp_loc"])[:, start : start + K].T  # (K, G)
+    if fit.spec.latent is None:  # theta at the guide's mean of log alpha: 1 / the posterior median of alpha
+        import jax.numpy as jnp
+
+        post = fit.posterior()
+        _, extra = post.story.split(jnp.asarray(post.params["gp_loc"]))
+        log_alpha = -np.log(np.asarray(extra[fam.role(DISPERSION)[0].name], np.float64))  # (K, G)
     else:
         log_alpha = -np.asarray(fit.params["log_theta"])  # (K, G)
     names = ["dispersion"] if K == 1 else [f"dispersion_{level}" for level in fit.group_levels]
@@ -197,10 +196,10 @@ def _prior_fns(fit):
         story = fit.story
 
         def draw(params, key, design, n):
-            return story._prior_draw(params, story._nets(params), key, design, n)
+            return story.prior_for(params).draw(params, story._nets(params), key, design, n)
 
         def log_prob(params, key, design, z):
-            return story._prior_log_prob(params, story._nets(params), key, design, z)
+            return story.prior_for(params).log_prob(params, story._nets(params), key, design, z)
 
         cached = jax.jit(draw, static_argnames=("n",)), jax.jit(log_prob)
         fit.__dict__["_annotate_prior_fns"] = cached

@@ -76,7 +76,7 @@ def test_a_residual_fit_around_a_table_keyed_by_metadata_predicts_new_metadata(g
     np.testing.assert_allclose(fit.data(small_adata).offset,
                                np.log(group_table.loc[small_adata.obs["group"]].to_numpy()), rtol=1e-6)
     new = pd.DataFrame({"group": ["b", "a"]}, index=["unseen1", "unseen2"])  # names the table never saw
-    np.testing.assert_allclose(fit._metadata(new, None).offset, np.log(group_table.loc[["b", "a"]].to_numpy()),
+    np.testing.assert_allclose(fit.metadata(new, None).offset, np.log(group_table.loc[["b", "a"]].to_numpy()),
                                rtol=1e-6)
     pred = fit.predict(new, n_samples=20, library_size=1e3)
     assert pred["mean"].shape == (2, small_adata.n_vars) and np.isfinite(pred["mean"]).all()

@@ -70,7 +70,7 @@ def test_fit_trains_the_prior_on_the_encoder_means(learned_fit, small_adata):
     nets = fit.story._nets(gaussian)
     design = data.design[rows]
     z_learned = np.asarray(learned.sample(fit.params["learned_prior"], jax.random.PRNGKey(0), design))
-    z_gauss = np.asarray(fit.story._prior_draw(gaussian, nets, jax.random.PRNGKey(0), design, 1))[0]
+    z_gauss = np.asarray(fit.story.gaussian.draw(gaussian, nets, jax.random.PRNGKey(0), design, 1))[0]
     for g in ("a", "b", "c"):
         m = np.asarray(small_adata.obs["group"] == g)
         assert energy_distance(z_learned[m], z[m]) < energy_distance(z_gauss[m], z[m])
@@ -107,8 +107,8 @@ def test_prior_samples_and_log_prob_come_from_the_learned_prior(learned_fit, sma
     z = fit.latent(small_adata)
     gaussian = {k: v for k, v in fit.params.items() if k != "learned_prior"}
     design = fit.data(small_adata).design
-    z_gauss = np.asarray(fit.story._prior_draw(gaussian, fit.story._nets(gaussian), jax.random.PRNGKey(0), design,
-                                               1))[0]
+    z_gauss = np.asarray(fit.story.gaussian.draw(gaussian, fit.story._nets(gaussian), jax.random.PRNGKey(0), design,
+                                                 1))[0]
     for g in ("a", "b", "c"):
         m = np.asarray(obs["group"] == g)
         assert energy_distance(zs[m], z[m]) < energy_distance(z_gauss[m], z[m])
