@@ -485,7 +485,7 @@ def annotate(
     layer: Annotated[list[Layer] | None, typer.Option(
         help="also add layers['probgex_mean'] (predictive mean) and / or layers['probgex_normalized'] "
              "(expected frequencies x --library-size); repeat for both")] = None,
-    n_samples: Annotated[int, typer.Option(help="draws per observation")] = 100,
+    n_samples: Annotated[int, typer.Option(help="draws per observation (time grows in proportion)")] = 30,
     library_size: Annotated[float, typer.Option(help="row total of the normalized layer")] = 1e4,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, OVERWRITE] = False,
