@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "datasets": "probgex.datasets", "diagnostics": "probgex.diagnostics", "latent": "probgex.latent",
     "mean": "probgex.mean", "power": "probgex.power",
     "explain": "probgex.diagnostics.variance",  # issue 16: variance explained per term
+    "annotate": "probgex.annotate",  # issue 17: results into an AnnData (the module: fit.annotate(adata))
 }
 
 __all__ = sorted(_EXPORTS)
@@ -56,4 +57,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager form
                                 ProbgexError, SpecError)
     from probgex.fit import Fit, Model, load
     from probgex.diagnostics.variance import explain
+    from probgex import annotate
     from probgex.spec import ModelSpec

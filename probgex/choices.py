@@ -8,6 +8,7 @@ MEANS = ("glm", "mlp", "external")  # stage-1 mean predictors of the residual st
 TRAINED_MEANS = ("glm", "mlp")  # the stage-1 predictors probgex trains itself
 SCALES = ("counts", "fraction", "log1p_cp10k", "log_fraction")  # units of an external stage-1 prediction
 EMPTY_MODES = ("warn", "error", "keep")  # what ingestion does with all-zero genes / observations
+ANNOTATE_LAYERS = ("mean", "normalized")  # layers `annotate` can add (predictive mean, normalized expression)
 
 MODELS = ("glm", "cvae", "residual")  # the shell's --model: the stories one picks
 LATENT_KINDS = ("gaussian", "diffusion", "flow")  # latent priors of the cVAE

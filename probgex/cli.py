@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from probgex.choices import LATENT_KINDS, LIKELIHOODS, MODELS, SCALES, TRAINED_MEANS
+from probgex.choices import ANNOTATE_LAYERS, DISPERSIONS, LATENT_KINDS, LIKELIHOODS, MODELS, SCALES, TRAINED_MEANS
 from probgex.errors import ProbgexError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,16 +24,21 @@ console = Console(stderr=True)
 
 Story = Enum("Story", [(m, m) for m in MODELS], type=str)  # --model
 Prior = Enum("Prior", [(k, k) for k in LATENT_KINDS], type=str)  # --prior
+Dispersion = Enum("Dispersion", [(k, k) for k in DISPERSIONS], type=str)  # fit --dispersion
+Layer = Enum("Layer", [(k, k) for k in ANNOTATE_LAYERS], type=str)  # annotate --layer
 
 
-def _read_predictions(path: Path, scale: str):
-    """A stage-1 prediction table (obs x genes; index = obs names) from .csv/.tsv or .h5ad (X)."""
+def _read_predictions(path: Path, scale: str, key: str | None = None):
+    """A stage-1 prediction table (obs x genes; index = obs names) from .csv/.tsv or .h5ad (X); with `key`
+    (comma-separated obs columns) one row per combination of their values: in the table's columns of those
+    names (.csv/.tsv) or in the obs of the .h5ad."""
     import numpy as np
     import pandas as pd
 
     from probgex.errors import DataError
     from probgex.mean import External
 
+    keys = None if key is None else [k.strip() for k in key.split(",") if k.strip()]
     if not path.is_file():
         raise DataError(f"--mean {path}: no such file; pass {' or '.join(TRAINED_MEANS)} or a table of predictions "
                         "(.csv/.tsv/.h5ad)")
@@ -42,14 +47,23 @@ def _read_predictions(path: Path, scale: str):
 
         a = read_h5ad(path, "--mean")
         x = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+        if keys:
+            missing = [k for k in keys if k not in a.obs.columns]
+            if missing:
+                raise DataError(f"--mean-key: the obs of {path} lack {missing} (columns: {list(a.obs.columns)})")
+            index = pd.MultiIndex.from_frame(a.obs[keys].astype(str))
+            return External(pd.DataFrame(x, index=index, columns=pd.Index(a.var_names, dtype=str)), scale=scale,
+                            key=keys)
         return External.from_array(x, a.obs_names, a.var_names, scale=scale)
     if path.suffix not in (".csv", ".tsv"):
         raise DataError(f"--mean {path}: unknown table format {path.suffix!r}; use .csv, .tsv or .h5ad")
     try:
-        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=0)
+        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", index_col=None if keys else 0)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"--mean {path}: cannot read the table ({str(e).splitlines()[0]}); it needs a header "
                         "of gene names and one row per observation") from e
+    if keys:
+        return External(table, scale=scale, key=keys)
     table.index = table.index.astype(str)
     return External(table, scale=scale)
 
@@ -117,6 +131,9 @@ def fit(
         help="residual: the stage-1 mean, glm | mlp | a table of predictions (.csv/.tsv/.h5ad, obs x genes)")] = "glm",
     mean_scale: Annotated[str, typer.Option(
         help="units of a prediction table: " + " | ".join(SCALES))] = "counts",
+    mean_key: Annotated[str | None, typer.Option(
+        help="obs columns (comma-separated) whose values key the rows of the --mean table, one row per "
+             "combination, so the model predicts new metadata; default: rows keyed by obs name")] = None,
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae / residual model; 0 with "
                                             "--model residual: a GLM around stage 1 (bulk data)")] = 10,
     prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
@@ -129,8 +146,20 @@ def fit(
     library: Annotated[str, typer.Option(
         help="library size: auto (size_factors for bulk-like counts, else observed) | observed (total "
              "counts) | size_factors (median of ratios) | latent (cvae)")] = "auto",
+    dispersion: Annotated[Dispersion, typer.Option(
+        help="gene (one NB dispersion per gene) | gene-group (one per gene and level of --dispersion-key)")
+    ] = Dispersion.gene,
+    dispersion_key: Annotated[str | None, typer.Option(
+        help="obs column whose levels get their own dispersions (with --dispersion gene-group)")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
+    learning_rate: Annotated[float | None, typer.Option(
+        help="Adam step size (default: 0.02 for a glm, 1e-3 for the networks)")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="epochs without held-out improvement before early stopping (default: by story and size)")] = None,
+    prior_steps: Annotated[int | None, typer.Option(
+        help="optimizer steps of a learned --prior diffusion / flow (default 20000; held-out early stopping "
+             "may end it sooner)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, OVERWRITE] = False,
     resume: Annotated[bool, typer.Option(
@@ -157,7 +186,13 @@ def fit(
     from probgex.spec import ModelSpec
 
     try:
-        check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout)
+        check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout, patience=patience,
+                          learning_rate=learning_rate)
+        if mean_key is not None and (model is not Story.residual or mean in TRAINED_MEANS) and spec is None:
+            raise SpecError("--mean-key says which obs columns key a table of predictions: it needs --model "
+                            "residual --mean TABLE")
+        if prior_steps is not None and prior_steps < 1:
+            raise SpecError(f"--prior-steps must be a positive number of optimizer steps, got {prior_steps}")
         mean_table = Path(mean) if model is Story.residual and mean not in TRAINED_MEANS else None
         # resuming continues the checkpoint at --out (or beside it): that file is expected to exist
         check_output(out, [data, spec, mean_table], overwrite=overwrite or resume)
@@ -169,8 +204,11 @@ def fit(
             given = {"--formula": formula != "~ 1", "--likelihood": likelihood != "nb",
                      "--model": model is not Story.glm, "--mean": mean != "glm" and not table,
                      "--mean-scale": mean_scale != "counts" and not table,
+                     "--mean-key": mean_key is not None and not table,
                      "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
-                     "--layer": layer is not None, "--library": library != "auto"}
+                     "--layer": layer is not None, "--library": library != "auto",
+                     "--dispersion": dispersion is not Dispersion.gene, "--dispersion-key": dispersion_key is not None,
+                     "--prior-steps": prior_steps is not None}
             clash = [k for k, v in given.items() if v]
             if clash:
                 raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
@@ -183,8 +221,13 @@ def fit(
             if prior is not Prior.gaussian and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
             no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
-            latent = None if no_latent else LATENTS[prior.value](dim=latent_dim)
+            if prior_steps is not None and prior is Prior.gaussian:
+                raise SpecError("--prior-steps sets the training of a learned prior: it needs --prior diffusion or "
+                                "--prior flow")
+            steps = {} if prior_steps is None else {"max_steps": prior_steps}
+            latent = None if no_latent else LATENTS[prior.value](dim=latent_dim, **steps)
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
+                                          dispersion=dispersion.value, dispersion_key=dispersion_key,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")
         if coordinator is not None:  # JAX's distributed runtime, before any JAX computation
@@ -200,7 +243,7 @@ def fit(
         stage1 = None
         if model_spec.mean == "external":
             check_output(out, [mean_table], overwrite=overwrite or resume)
-            stage1 = _read_predictions(Path(mean), mean_scale)
+            stage1 = _read_predictions(Path(mean), mean_scale, mean_key)
         source = finished = None
         if resume:
             source = _resume.checkpoint_of(out)
@@ -209,6 +252,7 @@ def fit(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*nothing to resume")  # said below
             fitted = Model.from_spec(model_spec, stage1).fit(data, seed=seed, holdout=holdout, max_epochs=max_epochs,
+                                                             learning_rate=learning_rate, patience=patience,
                                                              batch_size=batch_size, checkpoint_path=out, resume=source,
                                                              memory_budget=budget, devices=devices)
     except ProbgexError as e:
@@ -432,6 +476,98 @@ def explain(
         table.add_row(str(t), f"{np.median(s):.3f}", f"{s.mean():.3f}")
     Console().print(table)
     console.print(f"wrote {out}/variance.csv, variance.json, violins.png, top_genes.png")
+
+
+@app.command()
+def annotate(
+    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    data: Annotated[Path, typer.Argument(help="AnnData .h5ad with raw counts (X or the model's layer) and metadata")],
+    out: Annotated[Path, typer.Option(help="annotated AnnData to write (.h5ad); never the input")],
+    layer: Annotated[list[Layer] | None, typer.Option(
+        help="also add layers['probgex_mean'] (predictive mean) and / or layers['probgex_normalized'] "
+             "(expected frequencies x --library-size); repeat for both")] = None,
+    n_samples: Annotated[int, typer.Option(help="draws per observation (time grows in proportion)")] = 30,
+    library_size: Annotated[float, typer.Option(help="row total of the normalized layer")] = 1e4,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
+):
+    """The data with the model's results added, for a scanpy session: obsm['X_probgex'] (latent means of a
+    cvae / residual model), obs['probgex_lpd'] and obs['probgex_outlier'], var['probgex_dispersion'], and the
+    --layer's; counts and metadata are copied unchanged."""
+    from probgex._outputs import atomic_file, check_output
+    from probgex.data import read_h5ad
+    from probgex.errors import DataError
+
+    layers = tuple(v.value for v in layer or ())
+    try:
+        n_samples = _n_samples(n_samples)
+        if not library_size > 0 or library_size == float("inf"):
+            raise DataError(f"--library-size must be a positive number (e.g. 10000), got {library_size}")
+        check_output(out, [model, data], overwrite=overwrite)
+        if out.suffix != ".h5ad":
+            raise DataError(f"--out {out}: write the annotated AnnData to an .h5ad file "
+                            f"(e.g. {out.with_suffix('.h5ad')})")
+        adata = read_h5ad(data)
+        from probgex.annotate import annotate as run_annotate
+        from probgex.fit import load
+
+        fitted = load(model)
+        run_annotate(fitted, adata, layers=layers, n_samples=n_samples, library_size=library_size, seed=seed)
+    except ProbgexError as e:
+        raise _fail(e)
+    with atomic_file(out) as tmp:
+        adata.write_h5ad(tmp)
+    added = ["obsm['X_probgex']"] if "X_probgex" in adata.obsm else []
+    added += ["obs['probgex_lpd']", "obs['probgex_outlier']"]
+    added += [f"var[{c!r}]" for c in adata.var.columns if c.startswith("probgex_")]
+    added += [f"layers['probgex_{v}']" for v in layers]
+    console.print(f"wrote {out}: {adata.n_obs} obs x {adata.n_vars} genes with {', '.join(added)}")
+
+
+@app.command()
+def coef(
+    model: Annotated[Path, typer.Argument(help="GLM model file written by `probgex fit` (--model glm, or residual "
+                                            "with --latent-dim 0)")],
+    out: Annotated[Path, typer.Option(help="coefficient table (.csv or .tsv)")],
+    levels: Annotated[str, typer.Option(help="central interval levels")] = "0.9",
+    overwrite: Annotated[bool, OVERWRITE] = False,
+):
+    """The GLM's coefficients (natural-log scale, per gene and design term): posterior mean, sd and central
+    intervals, one row per gene and term."""
+    from probgex._outputs import atomic_file, check_output
+    from probgex.errors import DataError, SpecError
+
+    try:
+        lv = _levels(levels)
+        check_output(out, [model], overwrite=overwrite)
+        if out.suffix not in (".csv", ".tsv"):
+            raise DataError(f"--out {out}: write the table as .csv or .tsv")
+        from probgex.fit import load
+
+        fitted = load(model)
+        if fitted.spec.latent is not None:
+            raise SpecError(f"{model} is a {fitted.spec.story} model with a latent: its effects live in networks, "
+                            "not coefficients; `probgex coef` needs a glm (--model glm, or residual with "
+                            "--latent-dim 0). Use `probgex predict` to compare conditions")
+        table = coefficient_table(fitted.coefficients(lv))
+    except ProbgexError as e:
+        raise _fail(e)
+    with atomic_file(out) as tmp:
+        table.to_csv(tmp, sep="\t" if out.suffix == ".tsv" else ",", index=False)
+    console.print(f"wrote {out}: {len(table)} rows ({table['gene'].nunique()} genes x {table['term'].nunique()} terms)")
+
+
+def coefficient_table(ds):
+    """`Fit.coefficients` as a long table: gene, term, mean, sd, then lower_<level>, upper_<level>."""
+    import pandas as pd
+
+    genes, terms = [str(g) for g in ds["gene"].values], [str(t) for t in ds["coef"].values]
+    cols = {"gene": [g for g in genes for _ in terms], "term": terms * len(genes),
+            "mean": ds["mean"].values.T.ravel(), "sd": ds["sd"].values.T.ravel()}
+    for i, a in enumerate(ds["level"].values):
+        cols[f"lower_{a:g}"] = ds["lower"].values[i].T.ravel()
+        cols[f"upper_{a:g}"] = ds["upper"].values[i].T.ravel()
+    return pd.DataFrame(cols)
 
 
 @app.command()

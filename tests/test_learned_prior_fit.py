@@ -70,7 +70,7 @@ def test_fit_trains_the_prior_on_the_encoder_means(learned_fit, small_adata):
     nets = fit.story._nets(gaussian)
     design = data.design[rows]
     z_learned = np.asarray(learned.sample(fit.params["learned_prior"], jax.random.PRNGKey(0), design))
-    z_gauss = np.asarray(fit.story._prior_draw(gaussian, nets, jax.random.PRNGKey(0), design, 1))[0]
+    z_gauss = np.asarray(fit.story.gaussian.draw(gaussian, nets, jax.random.PRNGKey(0), design, 1))[0]
     for g in ("a", "b", "c"):
         m = np.asarray(small_adata.obs["group"] == g)
         assert energy_distance(z_learned[m], z[m]) < energy_distance(z_gauss[m], z[m])
@@ -94,6 +94,31 @@ def test_predict_evaluate_and_model_file_with_a_learned_prior(learned_fit, small
     again = back.predict(small_adata.obs.iloc[:12], n_samples=20, seed=1)
     np.testing.assert_array_equal(again["counts"].values, pred["counts"].values)
     np.testing.assert_allclose(back.log_predictive_density(small_adata[:16], n_samples=8), lpd, rtol=1e-5)
+
+
+@pytest.mark.slow  # ODE sampling and log densities compiled for three shapes: 12-22 s per prior on 2 cores
+def test_prior_samples_and_log_prob_come_from_the_learned_prior(learned_fit, small_adata):
+    """`Fit.prior_samples` draws from the learned prior (closer to each group's encoder means than the
+    VAE-stage Gaussian prior), and `Fit.prior_log_prob` is a normalised density: on a grid over the
+    draws' range exp(log p(z | c)) integrates to 1."""
+    fit = learned_fit
+    obs = small_adata.obs
+    zs = fit.prior_samples(obs, n_samples=1, seed=0)[0]
+    z = fit.latent(small_adata)
+    gaussian = {k: v for k, v in fit.params.items() if k != "learned_prior"}
+    design = fit.data(small_adata).design
+    z_gauss = np.asarray(fit.story.gaussian.draw(gaussian, fit.story._nets(gaussian), jax.random.PRNGKey(0), design,
+                                                 1))[0]
+    for g in ("a", "b", "c"):
+        m = np.asarray(obs["group"] == g)
+        assert energy_distance(zs[m], z[m]) < energy_distance(z_gauss[m], z[m])
+    draws = fit.prior_samples(obs.iloc[:1], n_samples=400, seed=1)[:, 0]
+    lo, hi = draws.min(0) - 3 * draws.std(0), draws.max(0) + 3 * draws.std(0)
+    axes = [np.linspace(lo[i], hi[i], 50) for i in range(2)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 1, 2)
+    lp = fit.prior_log_prob(obs.iloc[:1], grid, seed=2)[:, 0]
+    cell = (axes[0][1] - axes[0][0]) * (axes[1][1] - axes[1][0])
+    assert np.exp(lp).sum() * cell == pytest.approx(1.0, abs=0.05)
 
 
 def test_shell_prior_option_needs_the_cvae(tmp_path, small_adata):

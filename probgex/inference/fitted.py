@@ -203,6 +203,33 @@ class Fit:
                            "lower": (("level", "coef", "gene"), loc - z * sd),
                            "upper": (("level", "coef", "gene"), loc + z * sd)}, coords=coords)
 
+    # ----- into an AnnData (scanpy / scvi-tools conventions; the logic lives in `probgex.annotate`)
+    def annotate(self, adata, **options):
+        """Results into `adata` (obsm X_probgex, obs probgex_lpd / probgex_outlier, var probgex_dispersion,
+        optional layers), in place (returns None) or with copy=True into a returned copy: `probgex.annotate`."""
+        from probgex.annotate import annotate
+        return annotate(self, adata, **options)
+
+    def latent(self, adata) -> np.ndarray:
+        """Encoder means E[z | x, c], (n_obs, dim), as scvi's get_latent_representation (latent stories only)."""
+        from probgex.annotate import latent
+        return latent(self, adata)
+
+    def normalized(self, adata, *, library_size: float = 1e4, **options):
+        """Expected frequencies x `library_size` (obs x genes), as scvi's get_normalized_expression."""
+        from probgex.annotate import normalized
+        return normalized(self, adata, library_size=library_size, **options)
+
+    def prior_samples(self, obs, **options) -> np.ndarray:
+        """Latents drawn from the conditional prior p(z | c) (learned or Gaussian): (n_samples, n_obs, dim)."""
+        from probgex.annotate import prior_samples
+        return prior_samples(self, obs, **options)
+
+    def prior_log_prob(self, obs, z, **options) -> np.ndarray:
+        """log p(z | c) under the conditional prior (learned or Gaussian)."""
+        from probgex.annotate import prior_log_prob
+        return prior_log_prob(self, obs, z, **options)
+
     # ----- files (`inference.modelfile`)
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
         """Write the model to one `.npz` file (no pickle); `probgex.load` reads it back exactly.
