@@ -332,7 +332,7 @@ def check(
 ):
     """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
     from probgex._outputs import check_output_folder
-    from probgex.data import read_h5ad
+    from probgex.data import check_store
     from probgex.diagnostics import check as run_check
     from probgex.diagnostics.report import REPORT_FILES
     from probgex.fit import load
@@ -341,8 +341,9 @@ def check(
         n_samples, lv = _n_samples(n_samples), _levels(levels)
         check_output_folder(out, REPORT_FILES, [model, data, reference], overwrite=overwrite)
         fitted = load(model)
-        ref = None if reference is None else read_h5ad(reference, "--reference")
-        report = run_check(fitted, read_h5ad(data), n_samples=n_samples, levels=lv, seed=seed, reference=ref)
+        # the paths: the counts are read in row chunks (streamed from disk when over the memory budget)
+        ref = None if reference is None else check_store(reference, "--reference")
+        report = run_check(fitted, check_store(data), n_samples=n_samples, levels=lv, seed=seed, reference=ref)
     except ProbgexError as e:
         raise _fail(e)
     report.save(out)
