@@ -24,6 +24,9 @@ from probgex.mean.base import CP, MeanPredictor, gene_positions, to_log_fraction
 from probgex.models.nets import MLP
 
 
+DEVICE_BUDGET = 2**30  # bytes of dense targets kept on the device; above, minibatches are read from the host
+
+
 def log1p_normalized(data: CountData, rows: np.ndarray, scale: float = CP) -> np.ndarray:
     """The MLP's target: log1p(x / library size * scale) of `rows`, float32."""
     return np.log1p(data.rows(rows) / data.library_size[rows, None] * scale).astype(np.float32)
@@ -73,25 +76,53 @@ class MLPMean(MeanPredictor):
         rng = streams.host_rng(seed, "shuffle")
         k = int(round(holdout * data.n_obs)) if data.n_obs > 10 else 0
         held, train = order[:k], order[k:]
-        y = jnp.asarray(log1p_normalized(data, np.arange(data.n_obs), model.scale))
-        d = jnp.asarray(data.design, jnp.float32)
+        # the targets on the device when they fit its budget (as the SVI fit keeps its counts), else each
+        # minibatch's read and normalized on the host (counts streamed from disk, large data)
+        on_device = data.n_obs * data.n_genes * 4 <= DEVICE_BUDGET and not data.streamed
+        design = np.asarray(data.design, np.float32)
+        if on_device:
+            y = jnp.asarray(log1p_normalized(data, np.arange(data.n_obs), model.scale))
+            d = jnp.asarray(design)
+
+            def rows(idx):
+                return d[idx], y[idx]
+        else:
+            def rows(idx):
+                return design[idx], log1p_normalized(data, np.asarray(idx), model.scale)
         opt = optax.adam(learning_rate)
         graph = model._graph
 
-        def loss_fn(params, idx, mask):
-            err = (_apply(graph, params, d[idx]) - y[idx]) ** 2
+        def loss_fn(params, d_b, y_b, mask):
+            err = (_apply(graph, params, d_b) - y_b) ** 2
             return jnp.sum(err.mean(-1) * mask) / jnp.maximum(mask.sum(), 1.0)
 
         @jax.jit
-        def step(params, opt_state, idx, mask):
-            loss, grads = jax.value_and_grad(loss_fn)(params, idx, mask)
+        def step(params, opt_state, d_b, y_b, mask):
+            loss, grads = jax.value_and_grad(loss_fn)(params, d_b, y_b, mask)
             updates, opt_state = opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
-        held_loss = jax.jit(loss_fn)
+        batch_loss = jax.jit(loss_fn)
+
+        def held_loss(params):
+            """The mean squared error over the held-out rows (in blocks when they are read from the host)."""
+            if on_device:
+                return float(batch_loss(params, *rows(held), np.ones(len(held), np.float32)))
+            total = 0.0
+            for s in range(0, len(held), 4096):
+                r = held[s : s + 4096]
+                total += float(batch_loss(params, *rows(r), np.ones(len(r), np.float32))) * len(r)
+            return total / len(held)
+
         params = jax.tree.map(jnp.asarray, model.params)
         # start from the per-gene mean target: the output bias need not walk to log1p(cp10k) ~ 9 from 0
-        params["heads"][0]["bias"] = y[train].mean(0)
+        if on_device:
+            params["heads"][0]["bias"] = y[train].mean(0)
+        else:
+            total = np.zeros(data.n_genes)
+            for s in range(0, len(train), 4096):
+                total += rows(np.sort(train[s : s + 4096]))[1].sum(0, dtype=np.float64)
+            params["heads"][0]["bias"] = jnp.asarray((total / len(train)).astype(np.float32))
         opt_state = opt.init(params)
         bs = min(batch_size, len(train))
         best_params, stopper = params, EarlyStopping(patience, min_delta=1e-6)
@@ -102,9 +133,9 @@ class MLPMean(MeanPredictor):
                 for start in range(0, len(perm), bs):
                     idx = np.resize(perm[start:start + bs], bs)  # fixed shape: pad by wrapping, masked
                     mask = (np.arange(bs) < min(bs, len(perm) - start)).astype(np.float32)
-                    params, opt_state, loss = step(params, opt_state, idx, mask)
+                    params, opt_state, loss = step(params, opt_state, *rows(idx), mask)
                     losses.append(float(loss))
-                h = float(held_loss(params, held, np.ones(len(held), np.float32))) if len(held) else np.mean(losses)
+                h = held_loss(params) if len(held) else np.mean(losses)
                 model.history.append((float(np.mean(losses)), h))
                 verdict = stopper.observe(h)
                 if verdict == "improved":

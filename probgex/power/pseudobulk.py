@@ -14,6 +14,8 @@ does not import JAX.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -60,21 +62,39 @@ def select_cells(obs: pd.DataFrame, subject: str, cell_type) -> tuple[np.ndarray
     return idx, subj.to_numpy()[idx], None
 
 
-def _counts(adata, layer: str | None, idx: np.ndarray):
-    from probgex.data import validate_counts
+def _counts(adata, layer: str | None, idx: np.ndarray, counts=None, memory_budget: int | None = None):
+    """The selected cells' counts, validated: in memory, or a row source on disk (`probgex.rowsource`)
+    when a backed / on-disk matrix would take more than the memory budget (validated in row chunks)."""
+    from probgex.data import _as_matrix, validate_counts
+    from probgex.rowsource import RowSource
 
-    if layer is not None and layer not in adata.layers:
+    if counts is None and layer is not None and layer not in adata.layers:
         raise DataError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-    x = adata.X if layer is None else adata.layers[layer]
-    name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    x = counts if counts is not None else adata.X if layer is None else adata.layers[layer]
+    name = getattr(counts, "label", None) or ("adata.X" if layer is None else f"adata.layers[{layer!r}]")
     if x is None:
         raise DataError(f"{name} is empty (None); store the raw counts there or pass layer=...")
-    if hasattr(x, "to_memory"):  # backed sparse dataset
-        x = x.to_memory()
-    x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
-    x = x[idx]
+    x = _as_matrix(x, name, memory_budget)
+    x = x.take(rows=idx) if isinstance(x, RowSource) else x[idx]
     validate_counts(x, "nb", name=name)
     return x
+
+
+def _sums(x, codes: np.ndarray, n_groups: int, chunk: int = 8192) -> np.ndarray:
+    """Summed counts per group (codes: each row's group), in row chunks for counts on disk."""
+    from probgex.rowsource import RowSource
+
+    def agg(c):
+        return sp.csr_matrix((np.ones(c.size), (c, np.arange(c.size))), shape=(n_groups, c.size))
+
+    if not isinstance(x, RowSource):
+        sums = agg(codes) @ x
+        return np.asarray(sums.toarray() if sp.issparse(sums) else sums)
+    sums = np.zeros((n_groups, x.shape[1]))
+    for start in range(0, x.shape[0], chunk):
+        part = agg(codes[start : start + chunk]) @ x.read(np.arange(start, min(start + chunk, x.shape[0])))
+        sums += np.asarray(part.toarray() if sp.issparse(part) else part)
+    return sums
 
 
 def subject_metadata(obs: pd.DataFrame, codes: np.ndarray, order: list[str]) -> pd.DataFrame:
@@ -93,16 +113,25 @@ def subject_metadata(obs: pd.DataFrame, codes: np.ndarray, order: list[str]) -> 
     return pd.DataFrame(keep, index=pd.Index(order))
 
 
-def pseudobulk(adata, subject: str, *, cell_type=None, min_cells: int = 10, layer: str | None = None):
+def pseudobulk(adata, subject: str, *, cell_type=None, min_cells: int = 10, layer: str | None = None,
+               memory_budget: int | None = None):
     """Summed raw counts per subject (or per subject x cell type): an AnnData with X the integer sums
     (dense int64), obs the metadata constant within each row's cells plus `n_cells`, var = adata.var.
 
     `subject`: the obs column naming each cell's subject (donor or sample); `cell_type`: None (all
     cells), an obs column (one row per subject x its level) or a (column, level) pair (that level's cells
     only); every row needs at least `min_cells` cells (a DataError names the ones short of it).
-    Accepts dense or sparse (CSR/CSC) counts in adata.X or `layer`."""
+    Accepts dense or sparse (CSR/CSC) counts in adata.X or `layer`; `adata` may also be the path of an
+    .h5ad file or a .zarr store (or a backed AnnData), whose counts are then summed in row chunks from disk
+    when they exceed the memory budget (`probgex.rowsource`)."""
     import anndata
 
+    counts = None
+    if isinstance(adata, str | Path):  # an .h5ad file or .zarr store: counts summed in row chunks from disk
+        from probgex.data import check_store
+        from probgex.rowsource import open_anndata
+
+        adata, counts = open_anndata(check_store(adata), layer=layer)
     if not isinstance(adata, anndata.AnnData):
         raise DataError(f"expected an AnnData of raw counts, got {type(adata).__name__}")
     if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 1:
@@ -112,7 +141,7 @@ def pseudobulk(adata, subject: str, *, cell_type=None, min_cells: int = 10, laye
     if idx.size == 0:
         by = "" if cell_type is None else f" by cell_type={cell_type!r}"
         raise DataError(f"no cells selected{by}: adata has {adata.n_obs} cells")
-    x = _counts(adata, layer, idx)
+    x = _counts(adata, layer, idx, counts, memory_budget)
     order = list(pd.unique(labels))
     codes = pd.Categorical(labels, categories=order).codes
     n_cells = np.bincount(codes, minlength=len(order))
@@ -122,10 +151,7 @@ def pseudobulk(adata, subject: str, *, cell_type=None, min_cells: int = 10, laye
         raise DataError(f"{len(short)} {what} row(s) have fewer than min_cells={min_cells} cells: "
                         f"{_fmt([f'{g} ({k} cells)' for g, k in short], 10)}; drop those cells, choose "
                         "another cell type, or lower min_cells")
-    agg = sp.csr_matrix((np.ones(idx.size), (codes, np.arange(idx.size))), shape=(len(order), idx.size))
-    sums = agg @ x
-    sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums)
-    sums = np.rint(sums).astype(np.int64)
+    sums = np.rint(_sums(x, np.asarray(codes), len(order))).astype(np.int64)
     meta = subject_metadata(obs.iloc[idx], codes, order)
     meta["n_cells"] = n_cells.astype(np.int64)
     return anndata.AnnData(X=sums, obs=meta, var=adata.var.copy())
