@@ -30,6 +30,7 @@ from probgex.inference.resume import Snapshot
 from probgex.inference.svi import History, Resume, TrainConfig, fit_svi, make_svi
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
+from probgex.models import quality
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
 from probgex.prior.train import PriorHistory
@@ -137,6 +138,8 @@ class Model:
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
         if spec.library == "auto":
             spec = replace(spec, library=library.choose(data, train_idx))
+        if spec.sample_quality == "auto":
+            spec = replace(spec, sample_quality=quality.choose(spec, len(train_idx), data.n_design, spec.library))
         config = _train_config(glm, len(train_idx), batch_size=batch_size, max_epochs=max_epochs,
                                patience=patience, learning_rate=learning_rate, lr_reductions=lr_reductions,
                                checkpoint_every=checkpoint_every, progress=progress)
@@ -163,7 +166,7 @@ class Model:
         dims = Dims(n_design=data.n_design, n_genes=data.n_genes,
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
-                    seed=seed)
+                    seed=seed, n_obs=data.n_obs if spec.sample_quality == "on" else 0)
         if previous is not None and (previous.dims != dims or not np.array_equal(previous.log_mean, log_mean)):
             raise DataError(f"cannot resume from {resume}: the library sizes or counts of the training observations "
                             "differ from those the fit ran on; pass the data the interrupted fit used")
@@ -718,6 +721,8 @@ def _with_file_defaults(spec: dict) -> dict:
     a library was fitted with total counts (the default before "auto")."""
     if isinstance(spec, dict) and "library" not in spec:
         spec = {**spec, "library": "observed"}
+    if isinstance(spec, dict) and "sample_quality" not in spec:  # written before per-sample quality existed
+        spec = {**spec, "sample_quality": "off"}
     latent = spec.get("latent") if isinstance(spec, dict) else None
     if isinstance(latent, dict) and latent.get("kind") == "diffusion" and "parametrization" not in latent:
         return {**spec, "latent": {**latent, "parametrization": "eps"}}

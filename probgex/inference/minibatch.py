@@ -87,6 +87,7 @@ def make_batch(data: CountData, rows: np.ndarray, size: int, scale: float, *,
         offset=None if data.offset is None else jnp.asarray(
             np.pad(data.offset[rows].astype(np.float32), ((0, pad), (0, 0)))),
         high=high,
+        row=jnp.asarray(np.pad(np.asarray(rows, np.int32), (0, pad))),
     )
 
 

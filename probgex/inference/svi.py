@@ -113,6 +113,7 @@ class DeviceData(NamedTuple):
     high_ptr: jax.Array | None = None
     high_gene: jax.Array | None = None
     high_count: jax.Array | None = None
+    row: jax.Array | None = None  # each row's position in the data (the GLM's per-sample quality)
 
 
 def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
@@ -132,8 +133,11 @@ def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bo
         ptr = np.cumsum(np.concatenate(counts)).astype(np.int32)
         extra = tuple(jnp.asarray(np.concatenate(a)) for a in ([ptr], genes + [np.zeros(0, np.int32)],
                                                                 values + [np.zeros(0, np.float32)]))
+    if not high:
+        extra = (None, None, None)
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
-                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset, *extra)
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset, *extra,
+                      row=jnp.asarray(np.asarray(rows, np.int32)))
 
 
 def device_high(dev: DeviceData, idx: jax.Array, mask: jax.Array, size: int) -> HighCounts:
@@ -161,7 +165,7 @@ def make_epoch(svi: SVI, high_size: int | None = None):
             offset = None if dev.offset is None else dev.offset[i]
             high = None if high_size is None else device_high(dev, i, m, high_size)
             return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s,
-                                           offset=offset, high=high))
+                                           offset=offset, high=high, row=dev.row[i]))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 

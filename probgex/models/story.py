@@ -23,6 +23,7 @@ class Dims:
     lib_loc: float  # mean of log library size on the training observations
     lib_scale: float  # its standard deviation
     seed: int
+    n_obs: int = 0  # observations of the fitted data (the GLM's per-sample quality has one latent each)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,7 +38,7 @@ def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, beta_init: np
         return GLM(spec, dims.n_design, dims.n_genes, dims.n_groups, dims.intercept,
                    GLMInit(beta=beta.astype(np.float32), log_mean=log_mean.astype(np.float32),
                            beta_tril=beta_tril, trend=trend,
-                           fixed_trend=fixed_trend and trend is not None))
+                           fixed_trend=fixed_trend and trend is not None, n_obs=dims.n_obs))
     cls = Residual if spec.story == "residual" else CVAE
     return cls(spec, dims.n_design, dims.n_genes, dims.n_groups, seed=dims.seed,
                lib_loc=dims.lib_loc, lib_scale=dims.lib_scale)
