@@ -112,6 +112,9 @@ def fit(
     library: Annotated[str, typer.Option(
         help="library size: auto (size_factors for bulk-like counts, else observed) | observed (total "
              "counts) | size_factors (median of ratios) | latent (cvae)")] = "auto",
+    sample_quality: Annotated[str | None, typer.Option(
+        help="glm: a per-sample dispersion scale, integrated over for new samples: on | off | auto (on for "
+             "bulk-like counts with enough residual df); default: the spec's default")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int, typer.Option()] = 0,
@@ -144,7 +147,8 @@ def fit(
                      "--model": model is not Story.glm, "--mean": mean != "glm" and not table,
                      "--mean-scale": mean_scale != "counts" and not table,
                      "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
-                     "--layer": layer is not None, "--library": library != "auto"}
+                     "--layer": layer is not None, "--library": library != "auto",
+                     "--sample-quality": sample_quality is not None}
             clash = [k for k, v in given.items() if v]
             if clash:
                 raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
@@ -158,7 +162,8 @@ def fit(
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
             no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
             latent = None if no_latent else LATENTS[prior.value](dim=latent_dim)
-            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
+            quality = {} if sample_quality is None else {"sample_quality": sample_quality}
+            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library, **quality,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")
         from probgex.fit import Model  # the options are valid: only now the JAX side
