@@ -88,3 +88,31 @@ def test_new_samples_with_quality_spread_are_covered_near_nominal(tmp_path):
     assert again.spec.sample_quality == "on"
     np.testing.assert_allclose(again.log_predictive_density(test, n_samples=50).values,
                                fit.log_predictive_density(test, n_samples=50).values, rtol=1e-6)
+
+
+def test_shell_option_is_checked_before_any_fitting(tmp_path):
+    from typer.testing import CliRunner
+
+    from probgex.cli import app
+
+    a, _ = simulate(6, 0.0, n_genes=20)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "a.h5ad"), "--formula", "~ g", "--sample-quality", "yes",
+                                   "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 2 and "unknown sample_quality 'yes'" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.slow
+def test_shell_fit_with_sample_quality(tmp_path):
+    from typer.testing import CliRunner
+
+    from probgex.cli import app
+
+    a, _ = simulate(8, 0.5, n_genes=40)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    res = CliRunner().invoke(app, ["fit", str(tmp_path / "a.h5ad"), "--formula", "~ g", "--sample-quality", "on",
+                                   "--max-epochs", "50", "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 0, res.output
+    fit = pg.load(tmp_path / "m.npz")
+    assert fit.spec.sample_quality == "on" and fit.params["quality_loc"].shape == (8,)
