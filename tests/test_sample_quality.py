@@ -116,3 +116,19 @@ def test_shell_fit_with_sample_quality(tmp_path):
     assert res.exit_code == 0, res.output
     fit = pg.load(tmp_path / "m.npz")
     assert fit.spec.sample_quality == "on" and fit.params["quality_loc"].shape == (8,)
+
+
+def test_power_simulation_draws_each_sample_quality():
+    """A Truth with quality (df, m, s): each simulated sample's dispersion is alpha exp(w_n). With s tiny and
+    m = log 2 the counts' variance is mu + 2 alpha mu^2 (within 5% over 20,000 samples); without quality it
+    is mu + alpha mu^2."""
+    from dataclasses import replace
+
+    from probgex.power.simulate import Truth, simulate_counts
+
+    truth = Truth.fixed([0.01, 0.02], [0.1, 0.2])
+    for quality, factor in ((None, 1.0), ((4.0, float(np.log(2.0)), 1e-6), 2.0)):
+        y, _, mu = simulate_counts(replace(truth, quality=quality), 0, 10_000, depth=1e4, depth_sd=0.0,
+                                   lfc=np.zeros(2), de_fraction=1.0, rng=np.random.default_rng(0))
+        var = y.var(0)
+        np.testing.assert_allclose(var, mu + factor * np.array([0.1, 0.2]) * mu**2, rtol=0.05)
