@@ -235,7 +235,7 @@ def main():
     ap.add_argument("--df", nargs="*", type=int, default=None, help="only these residual df")
     ap.add_argument("--variant", choices=("after", "before"), default="after")
     ap.add_argument("--draws", type=int, default=DRAWS)
-    ap.add_argument("--sample-quality", choices=("on", "off", "auto"), default=None,
+    ap.add_argument("--sample-quality", choices=("on", "off"), default=None,
                     help="bulk rows: fit with this sample_quality (results: calibration_everywhere_quality_X.json)")
     args = ap.parse_args()
     variant = args.variant if args.sample_quality is None else f"quality_{args.sample_quality}"

@@ -113,8 +113,8 @@ def fit(
         help="library size: auto (size_factors for bulk-like counts, else observed) | observed (total "
              "counts) | size_factors (median of ratios) | latent (cvae)")] = "auto",
     sample_quality: Annotated[str | None, typer.Option(
-        help="glm: a per-sample dispersion scale, integrated over for new samples: on | off | auto (on for "
-             "bulk-like counts with enough residual df); default: the spec's default")] = None,
+        help="glm: a per-sample dispersion scale with a fitted prior, integrated over for new samples: "
+             "on | off (default off)")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     seed: Annotated[int, typer.Option()] = 0,

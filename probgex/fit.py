@@ -30,7 +30,6 @@ from probgex.inference.resume import Snapshot
 from probgex.inference.svi import History, Resume, TrainConfig, fit_svi, make_svi
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
-from probgex.models import quality
 from probgex.models.glm import scale_tril
 from probgex.models.story import Dims, build_story
 from probgex.prior.train import PriorHistory
@@ -138,8 +137,6 @@ class Model:
         train_idx, heldout_idx = _split(data, holdout, heldout_obs, seed)
         if spec.library == "auto":
             spec = replace(spec, library=library.choose(data, train_idx))
-        if spec.sample_quality == "auto":
-            spec = replace(spec, sample_quality=quality.choose(spec, len(train_idx), data.n_design, spec.library))
         config = _train_config(glm, len(train_idx), batch_size=batch_size, max_epochs=max_epochs,
                                patience=patience, learning_rate=learning_rate, lr_reductions=lr_reductions,
                                checkpoint_every=checkpoint_every, progress=progress)

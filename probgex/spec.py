@@ -10,7 +10,7 @@ way on every path.  TOML layout::
     encoder = [128]
     decoder = [128]
     library = "auto"     # resolved when fitted: "size_factors" (bulk-like) or "observed"
-    sample_quality = "off"  # GLM: per-sample dispersion scales "on" | "off" | "auto" (resolved when fitted)
+    sample_quality = "off"  # GLM: per-sample dispersion scales "on" | "off"
     prior_scale = 3.0
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
@@ -86,7 +86,7 @@ class ModelSpec:
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
     # GLM: a per-sample scale of the NB overdispersion with a learned prior, integrated over for a new
-    # sample (probgex.quality): "on", "off", or "auto" (resolved at fit time by `probgex.models.quality.choose`)
+    # sample (probgex.models.quality): "off" (default) or "on"
     sample_quality: str = "off"
 
     # ------------------------------------------------------------------ validation

@@ -15,7 +15,9 @@ the trend's prior on the per-gene dispersions keeps m identifiable. The guide is
 observation; a NEW observation's quality is unknown, so prediction draws w from the fitted prior per
 observation and posterior draw: its predictive is the scale mixture the training samples' spread implies.
 
-`choose` is what sample_quality="auto" means for a data set (the rule and its evidence in its docstring).
+Off by default: on the bulk rows of benchmarks/calibration_everywhere.py it helped where a poor
+replicate was held out (yeast, 1 residual df) and cost a little elsewhere (benchmarks/README.md,
+"Sample quality"); no rule on the data that separates the two was found yet.
 """
 
 from __future__ import annotations
@@ -60,17 +62,3 @@ def new_quality(params: dict, key: jax.Array, shape: tuple[int, ...]) -> jax.Arr
     """Multipliers of new observations drawn from the fitted prior."""
     return prior(params).sample(key, shape)
 
-
-MIN_RESIDUAL_DF = 3  # sample_quality="auto": on from this many residual degrees of freedom (see `choose`)
-
-
-def choose(spec, n_train: int, n_design: int, library: str) -> str:
-    """What sample_quality="auto" means for a fit: "on" for the GLM story with an NB-type dispersion on
-    bulk-like counts (library "auto" resolved to size factors) with at least MIN_RESIDUAL_DF residual
-    degrees of freedom (training observations minus design columns), else "off"."""
-    from probgex.models.families import family
-    from probgex.models.families.base import DISPERSION
-
-    ok = (spec.latent is None and bool(family(spec.likelihood).role(DISPERSION)) and library == "size_factors"
-          and n_train - n_design >= MIN_RESIDUAL_DF)
-    return "on" if ok else "off"
