@@ -16,8 +16,9 @@ observation; a NEW observation's quality is unknown, so prediction draws w from 
 observation and posterior draw: its predictive is the scale mixture the training samples' spread implies.
 
 Off by default: on the bulk rows of benchmarks/calibration_everywhere.py it helped where a poor
-replicate was held out (yeast, 1 residual df) and cost a little elsewhere (benchmarks/README.md,
-"Sample quality"); no rule on the data that separates the two was found yet.
+replicate was among the samples (yeast df 1 and 6, bottomly df 1-2: +0.02 to +0.51 nats per entry) and
+harmed elsewhere (gse60450 df 6 -0.53, whose held-out samples are shifted; bottomly df 6 -0.07, too
+narrow); no rule on the data separates the two yet (benchmarks/README.md, "Sample quality").
 """
 
 from __future__ import annotations
