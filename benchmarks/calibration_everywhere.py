@@ -27,6 +27,7 @@ Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows kang_ctrl5 kang_muscat \
       kang_harmony ziegenhain_scrbseq ziegenhain_celseq2 ziegenhain_dropseq ziegenhain_marsseq
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows gse60450 --variant before
+  PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows schurch_yeast --sample-quality on
 Results: benchmarks/results/calibration_everywhere_<variant>.json, and a markdown table on stdout.
 """
 
@@ -86,9 +87,12 @@ def fit_and_score(fit_fn, train, test, formula: str, draw: int, size_factors: st
     return fit, seconds, entries, plugin
 
 
-def fit_probgex(train, formula: str, seed: int, variant: str):
+def fit_probgex(train, formula: str, seed: int, variant: str, quality: str | None = None):
+    """`quality`: the spec's sample_quality ("on", "off", "auto"), or None for the default."""
     import probgex as pg
     import probgex.inference.start as pgstart
+    if quality is not None:
+        return pg.Model(formula, likelihood="nb", sample_quality=quality).fit(train, seed=seed, progress=False)
     if variant == "before":  # the fit before the trend was placed before SVI
         trend_start = pgstart.trend_start
         pgstart.trend_start = lambda *a: None
@@ -100,7 +104,7 @@ def fit_probgex(train, formula: str, seed: int, variant: str):
     return pg.Model(formula, likelihood="nb").fit(train, seed=seed, progress=False)
 
 
-def bulk_row(name: str, formula: str, df: int, variant: str, draws: int) -> dict:
+def bulk_row(name: str, formula: str, df: int, variant: str, draws: int, quality: str | None = None) -> dict:
     a = load(name)
     a.X = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
     acc = {"probgex": [], "deseq2_plugin": []}
@@ -120,7 +124,7 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int) -> dict
         # would bias every decile's coverage by itself)
         train_mean = np.asarray(train.X, float).mean(0)
         fit, seconds, (pit, lp), (dpit, dlp, info) = fit_and_score(
-            lambda: fit_probgex(train, formula, draw, variant), train, test, formula, draw)
+            lambda: fit_probgex(train, formula, draw, variant, quality), train, test, formula, draw)
         t_fit += seconds
         gid = np.broadcast_to(genes[sel][None], (len(te), sel.sum()))
         dkey = np.broadcast_to(train_mean[sel][None], (len(te), sel.sum()))
@@ -129,8 +133,11 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int) -> dict
         par = fit.params
         trends.append({"probgex": [float(np.asarray(par[k])) for k in
                                    ("disp_asymptote", "disp_extra_poisson", "disp_trend_sd")],
-                       "deseq2": info["trend"] + [info["prior_sd"]], "library": fit.spec.library})
+                       "deseq2": info["trend"] + [info["prior_sd"]], "library": fit.spec.library,
+                       "sample_quality": fit.spec.sample_quality,
+                       "quality_sd": float(np.asarray(par["quality_sd"])) if "quality_sd" in par else None})
         splits.append({"train": list(a.obs_names[tr]), "test": list(a.obs_names[te])})
+    variant = variant if quality is None else f"quality_{quality}"
     row = {"dataset": name, "formula": formula, "df": df, "variant": variant, "draws": len(splits),
            "splits": splits, "trends": trends, "fit_seconds": round(t_fit, 1)}
     entries = {}
@@ -228,8 +235,11 @@ def main():
     ap.add_argument("--df", nargs="*", type=int, default=None, help="only these residual df")
     ap.add_argument("--variant", choices=("after", "before"), default="after")
     ap.add_argument("--draws", type=int, default=DRAWS)
+    ap.add_argument("--sample-quality", choices=("on", "off"), default=None,
+                    help="bulk rows: fit with this sample_quality (results: calibration_everywhere_quality_X.json)")
     args = ap.parse_args()
-    path = RESULTS / f"calibration_everywhere_{args.variant}.json"
+    variant = args.variant if args.sample_quality is None else f"quality_{args.sample_quality}"
+    path = RESULTS / f"calibration_everywhere_{variant}.json"
     (RESULTS / "calibration_everywhere").mkdir(exist_ok=True)
     stored = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows = {(r["dataset"], r["df"]): r for r in stored["rows"]}
@@ -248,7 +258,7 @@ def main():
             if args.df and df not in args.df:
                 continue
             t = time.perf_counter()
-            row = bulk_row(name, formula, df, args.variant, args.draws)
+            row = bulk_row(name, formula, df, args.variant, args.draws, args.sample_quality)
             row["seconds"] = round(time.perf_counter() - t, 1)
             rows[(name, df)] = row
             print(table([row]).splitlines()[-1], flush=True)

@@ -4,6 +4,7 @@ validation, the latent priors, the learned-prior internals and the shell's optio
 from probgex.models.families import NAMES as LIKELIHOODS  # noqa: E402  the count families' registry (no JAX)
 DISPERSIONS = ("gene", "gene-group")
 LIBRARIES = ("auto", "observed", "latent", "size_factors")  # library-size treatments
+SAMPLE_QUALITIES = ("off", "on")  # the GLM's per-sample dispersion scales (probgex.models.quality)
 MEANS = ("glm", "mlp", "external")  # stage-1 mean predictors of the residual story
 TRAINED_MEANS = ("glm", "mlp")  # the stage-1 predictors probgex trains itself
 SCALES = ("counts", "fraction", "log1p_cp10k", "log_fraction")  # units of an external stage-1 prediction

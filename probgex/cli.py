@@ -151,6 +151,9 @@ def fit(
     ] = Dispersion.gene,
     dispersion_key: Annotated[str | None, typer.Option(
         help="obs column whose levels get their own dispersions (with --dispersion gene-group)")] = None,
+    sample_quality: Annotated[str | None, typer.Option(
+        help="glm: a per-sample dispersion scale with a fitted prior, integrated over for new samples: "
+             "on | off (default off)")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float | None, typer.Option(
@@ -208,7 +211,8 @@ def fit(
                      "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
                      "--layer": layer is not None, "--library": library != "auto",
                      "--dispersion": dispersion is not Dispersion.gene, "--dispersion-key": dispersion_key is not None,
-                     "--prior-steps": prior_steps is not None}
+                     "--prior-steps": prior_steps is not None,
+                     "--sample-quality": sample_quality is not None}
             clash = [k for k, v in given.items() if v]
             if clash:
                 raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
@@ -226,7 +230,8 @@ def fit(
                                 "--prior flow")
             steps = {} if prior_steps is None else {"max_steps": prior_steps}
             latent = None if no_latent else LATENTS[prior.value](dim=latent_dim, **steps)
-            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library,
+            quality = {} if sample_quality is None else {"sample_quality": sample_quality}
+            model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library, **quality,
                                           dispersion=dispersion.value, dispersion_key=dispersion_key,
                                           mean=None if model is not Story.residual else
                                           mean if mean in TRAINED_MEANS else "external")

@@ -151,7 +151,7 @@ class Model:
         dims = Dims(n_design=data.n_design, n_genes=data.n_genes,
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
-                    seed=seed)
+                    seed=seed, n_obs=data.n_obs if spec.sample_quality == "on" else 0)
         if previous is not None and (previous.dims != dims or not np.array_equal(previous.log_mean, log_mean)):
             raise DataError(f"cannot resume from {resume}: the library sizes or counts of the training observations "
                             "differ from those the fit ran on; pass the data the interrupted fit used")

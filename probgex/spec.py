@@ -10,6 +10,7 @@ way on every path.  TOML layout::
     encoder = [128]
     decoder = [128]
     library = "auto"     # resolved when fitted: "size_factors" (bulk-like) or "observed"
+    sample_quality = "off"  # GLM: per-sample dispersion scales "on" | "off"
     prior_scale = 3.0
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import tomli_w
 
-from probgex.choices import DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS
+from probgex.choices import DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS, SAMPLE_QUALITIES
 from probgex.errors import SpecError
 from probgex.latent import LATENT_TYPES, Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
 
@@ -84,6 +85,9 @@ class ModelSpec:
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
+    # GLM: a per-sample scale of the NB overdispersion with a learned prior, integrated over for a new
+    # sample (probgex.models.quality): "off" (default) or "on"
+    sample_quality: str = "off"
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -146,6 +150,11 @@ class ModelSpec:
 
         if self.mean is not None:
             _check_choice("mean", self.mean, MEANS)
+
+        _check_choice("sample_quality", self.sample_quality, SAMPLE_QUALITIES)
+        if self.sample_quality == "on" and self.latent is not None:
+            raise SpecError("sample_quality='on' (per-sample dispersion scales) is a GLM option: drop the latent, "
+                            "or use sample_quality='off' for the cVAE")
 
         ps = self.prior_scale
         if (

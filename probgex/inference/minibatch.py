@@ -64,7 +64,7 @@ def host_high(x: np.ndarray, size: int) -> HighCounts:
 
 def make_batch(data: CountData, rows: np.ndarray, size: int, scale: float, *,
                with_counts: bool = True, log_lib: np.ndarray | None = None,
-               high_size: int | None = None) -> Batch:
+               high_size: int | None = None, row_ids: np.ndarray | None = None) -> Batch:
     """The rows `rows` of `data` as a Batch of exactly `size` rows (zero-padded, masked). With
     `high_size`, the batch also lists its entries >= 2 (`HighCounts`, that many entries)."""
     n = len(rows)
@@ -88,6 +88,7 @@ def make_batch(data: CountData, rows: np.ndarray, size: int, scale: float, *,
         offset=None if data.offset is None else jnp.asarray(
             np.pad(data.offset[rows].astype(np.float32), ((0, pad), (0, 0)))),
         high=high,
+        row=jnp.asarray(np.pad(np.asarray(rows if row_ids is None else row_ids, np.int32), (0, pad))),
     )
 
 
@@ -164,7 +165,8 @@ class Minibatches:
             local = self.window_data(held)
             for start in range(0, len(order), self.batch_size):
                 p = order[start : start + self.batch_size]
-                yield make_batch(local, p, self.batch_size, self.n_total / len(p), high_size=self.high_size)
+                yield make_batch(local, p, self.batch_size, self.n_total / len(p), high_size=self.high_size,
+                                 row_ids=self.index[held][p])
 
 
 CHUNK_ROWS = 64  # consecutive rows read together when streaming from disk

@@ -142,6 +142,8 @@ def _with_file_defaults(spec: dict) -> dict:
     a library was fitted with total counts (the default before "auto")."""
     if isinstance(spec, dict) and "library" not in spec:
         spec = {**spec, "library": "observed"}
+    if isinstance(spec, dict) and "sample_quality" not in spec:  # written before per-sample quality existed
+        spec = {**spec, "sample_quality": "off"}
     latent = spec.get("latent") if isinstance(spec, dict) else None
     if isinstance(latent, dict) and latent.get("kind") == "diffusion" and "parametrization" not in latent:
         return {**spec, "latent": {**latent, "parametrization": "eps"}}

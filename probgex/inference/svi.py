@@ -102,13 +102,16 @@ class DeviceData(NamedTuple):
     high_ptr: jax.Array | None = None
     high_gene: jax.Array | None = None
     high_count: jax.Array | None = None
+    row: jax.Array | None = None  # each row's position in the data (the GLM's per-sample quality)
 
 
 def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False,
-               pad_rows: int | None = None, pad_high: int | None = None) -> DeviceData:
+               pad_rows: int | None = None, pad_high: int | None = None, row_ids: np.ndarray | None = None
+               ) -> DeviceData:
     """The rows `rows` on the device; with `pad_rows` / `pad_high`, zero-padded to that many rows / listed
-    entries >= 2 (windows of streamed counts keep one shape, so the scan compiles once)."""
-    dev = _device_arrays(data, rows, chunk, high)
+    entries >= 2 (windows of streamed counts keep one shape, so the scan compiles once). `row_ids`: the
+    rows' positions in the fitted data (a window's rows are a subset of it), `rows` when None."""
+    dev = _device_arrays(data, rows, chunk, high, rows if row_ids is None else row_ids)
     if pad_rows is None:
         return dev
     extra = pad_rows - len(rows)
@@ -117,7 +120,7 @@ def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bo
         return None if a is None else jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1))
 
     out = dev._replace(x=rows_pad(dev.x), log_lib=rows_pad(dev.log_lib), design=rows_pad(dev.design),
-                       group=rows_pad(dev.group), offset=rows_pad(dev.offset))
+                       group=rows_pad(dev.group), offset=rows_pad(dev.offset), row=rows_pad(dev.row))
     if high:
         more = pad_high - dev.high_gene.shape[0]
         out = out._replace(high_ptr=jnp.pad(dev.high_ptr, (0, extra), mode="edge"),
@@ -125,7 +128,7 @@ def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bo
     return out
 
 
-def _device_arrays(data: CountData, rows: np.ndarray, chunk: int, high: bool) -> DeviceData:
+def _device_arrays(data: CountData, rows: np.ndarray, chunk: int, high: bool, row_ids: np.ndarray) -> DeviceData:
     x = np.empty((len(rows), data.n_genes), np.float32)
     counts, genes, values = [np.zeros(1, np.int64)], [], []
     for start in range(0, len(rows), chunk):
@@ -142,8 +145,11 @@ def _device_arrays(data: CountData, rows: np.ndarray, chunk: int, high: bool) ->
         ptr = np.cumsum(np.concatenate(counts)).astype(np.int32)
         extra = tuple(jnp.asarray(np.concatenate(a)) for a in ([ptr], genes + [np.zeros(0, np.int32)],
                                                                 values + [np.zeros(0, np.float32)]))
+    if not high:
+        extra = (None, None, None)
     return DeviceData(jnp.asarray(x), jnp.asarray(np.log(data.library_size[rows]).astype(np.float32)),
-                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset, *extra)
+                      jnp.asarray(data.design[rows]), jnp.asarray(groups.astype(np.int32)), offset, *extra,
+                      row=jnp.asarray(np.asarray(row_ids, np.int32)))
 
 
 def device_high(dev: DeviceData, idx: jax.Array, mask: jax.Array, size: int) -> HighCounts:
@@ -171,7 +177,7 @@ def make_epoch(svi: SVI, high_size: int | None = None):
             offset = None if dev.offset is None else dev.offset[i]
             high = None if high_size is None else device_high(dev, i, m, high_size)
             return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s,
-                                           offset=offset, high=high))
+                                           offset=offset, high=high, row=dev.row[i]))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 
@@ -289,7 +295,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
                     dev = _to_device(train.window_data(held), np.arange(len(held)), high=split,
-                                     pad_rows=window_rows, pad_high=window_high)
+                                     pad_rows=window_rows, pad_high=window_high, row_ids=train.index[held])
                     svi_state, part = run_blocks(svi_state, dev, blocks, n_high)
                     losses.append(part)
                 losses = jnp.concatenate(losses)

@@ -32,3 +32,4 @@ class Batch(NamedTuple):
     scale: jax.Array  # () float32
     offset: jax.Array | None = None  # (B, G) float32 log stage-1 mean fraction (residual story only)
     high: HighCounts | None = None  # the entries x >= 2 (training objective's fast path), or None
+    row: jax.Array | None = None  # (B,) int32 position of each row in the data (per-sample latents), or None

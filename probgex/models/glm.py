@@ -11,6 +11,8 @@ around a DESeq2-style mean-dispersion trend (m_g the gene's mean normalised coun
 fitted by empirical Bayes, so genes seen in few replicates are shrunk toward the trend; a logit parameter
 has the prior its family declares (`Param.prior`; the ZINB gate N(-2, 2^2)).
 The guide is a full-rank Gaussian per gene (the coefficients of one gene are correlated; genes are not).
+With `spec.sample_quality == "on"` each observation n also scales the NB overdispersion by exp(w_n),
+w_n ~ N(0, s^2) (`probgex.models.quality`); a new observation's w is drawn from that prior.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from probgex.models.dims import Dims
 from probgex.models.distributions import log_mean_exp
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
+from probgex.models import quality
 from probgex.spec import ModelSpec
 
 INTERCEPT_SD = 10.0
@@ -45,6 +48,7 @@ class GLMInit(NamedTuple):
     # ELBO's empirical Bayes
     trend: tuple[float, float, float] | None = None
     fixed_trend: bool = False  # a0 and a1 held at `trend` (s always refined by the ELBO)
+    n_obs: int = 0  # observations of the fitted data: one quality multiplier each (sample_quality "on")
 
 
 class GLM:
@@ -63,7 +67,8 @@ class GLM:
         beta = start.get("beta")
         init = GLMInit(beta=np.zeros((self.P, self.G), np.float32) if beta is None else np.asarray(beta, np.float32),
                        log_mean=np.asarray(log_mean, np.float32), beta_tril=start.get("beta_tril"),
-                       trend=start.get("trend"), fixed_trend=bool(start.get("fixed_trend")) and start.get("trend") is not None)
+                       trend=start.get("trend"), fixed_trend=bool(start.get("fixed_trend")) and start.get("trend") is not None,
+                       n_obs=dims.n_obs)
         # the family's per-gene extra parameters: K columns (log alpha per group) for a dispersion, 1 for a logit
         self.extras = self.family.params[1:]
         if len(self.family.role(DISPERSION)) > 1:
@@ -75,6 +80,10 @@ class GLM:
             sd[intercept] = INTERCEPT_SD
         self.beta_sd = jnp.asarray(sd)
         self.init = init
+        # per-observation dispersion scales (`probgex.models.quality`), for a family with a dispersion
+        self.quality = spec.sample_quality == "on"
+        if self.quality and not self.family.role(DISPERSION):
+            raise ValueError(f"sample_quality needs a family with a dispersion; {self.family.name!r} has none")
 
     def prior_template(self) -> dict:
         """No learned prior: nothing beyond the SVI parameters."""
@@ -120,20 +129,31 @@ class GLM:
             scales.append(jnp.broadcast_to(s, (self.G, w)))
         return dist.Normal(jnp.concatenate(locs, -1), jnp.concatenate(scales, -1)).to_event(1)
 
-    def likelihood(self, v: jax.Array, batch: Batch) -> dist.Distribution:
+    def likelihood(self, v: jax.Array, batch: Batch, w: jax.Array | None = None) -> dist.Distribution:
+        """The counts' law given gene vectors v; `w` (B,) the rows' log dispersion multipliers, if any."""
         beta, extra = self.split(v)
         log_mu = batch.log_lib[:, None] + batch.design @ beta
         if batch.offset is not None:  # the residual GLM: stage 1's log mean fraction
             log_mu = log_mu + batch.offset
         p = {"mu": jnp.exp(log_mu), **self._rows(extra, batch.group)}
+        if w is not None:
+            p = self._scaled(p, w)
         return self.family.distribution(p, normalized=False, log_mu=log_mu).to_event(1)
+
+    def _scaled(self, p: dict, w: jax.Array) -> dict:
+        """Dispersions times exp(w) (concentrations times exp(-w)); w broadcasts against the rows (..., B)."""
+        out = dict(p)
+        for q in self.family.role(DISPERSION):
+            out[q.name] = p[q.name] * jnp.exp(-w)[..., None]
+        return out
 
     def model(self, batch: Batch):
         with numpyro.plate("genes", self.G):
             v = numpyro.sample("gene_params", self._prior())
+        w = quality.model_quality(self.init.n_obs)[batch.row] if self.quality else None
         with numpyro.plate("cells", batch.design.shape[0]), numpyro.handlers.mask(mask=batch.mask), \
                 numpyro.handlers.scale(scale=batch.scale):
-            numpyro.sample("x", self.likelihood(v, batch), obs=batch.x)
+            numpyro.sample("x", self.likelihood(v, batch, w), obs=batch.x)
 
     def guide(self, batch: Batch):
         loc0 = [jnp.asarray(self.init.beta.T)]
@@ -151,6 +171,8 @@ class GLM:
         off = numpyro.param("gp_scale_offdiag", off0)
         with numpyro.plate("genes", self.G):
             numpyro.sample("gene_params", dist.MultivariateNormal(loc, scale_tril=scale_tril(diag, off)))
+        if self.quality:
+            quality.guide_quality(self.init.n_obs)
 
     def _scale_init(self) -> tuple[jax.Array, jax.Array]:
         """Start of the guide's Cholesky factor: the Laplace approximation for the coefficients (when
@@ -178,8 +200,12 @@ class GLM:
         """n draws of the family's parameters for the batch's rows, by name: mu (n, B, G), a dispersion
         (n, B, G) or, with one dispersion group, (n, 1, G), a logit (n, 1, G).
 
-        The GLM has no per-observation latent, so `from_data` changes nothing: both are p(x | c, data).
+        The GLM's only per-observation latent is the quality multiplier, drawn from its prior for every row
+        (a new sample's quality is unknown), so `from_data` changes nothing: both are p(x | c, data). With
+        quality, every dispersion is (n, B, G).
         """
+        if self.quality:
+            key, key_w = jax.random.split(key)
         beta, extra = self.split(self.draw_gene_params(params, key, n))
         # a broadcast product summed over the few design columns: XLA's CPU dot for this einsum
         # ("bp,spg->sbg") was 2-2.5x slower on 200 draws x 32 rows x 2,000 genes (check_speed)
@@ -194,6 +220,8 @@ class GLM:
                 out[q.name] = a[:, batch.group, :] if self.K > 1 else a
             else:
                 out[q.name] = a[:, None, :]
+        if self.quality:
+            out = self._scaled(out, quality.new_quality(params, key_w, (n, batch.design.shape[0])))
         return out
 
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:

@@ -31,12 +31,15 @@ from probgex.errors import DataError, SpecError
 class Truth:
     """Parameters of the reference group: log_rate (S, G) log mean per unit library, alpha (S, G)
     NB dispersions (variance mu + alpha mu^2); optionally lfc (S, G), the tested group's log2 fold
-    changes per draw (None: `power_grid`'s `lfc` and `de_fraction` set them per experiment)."""
+    changes per draw (None: `power_grid`'s `lfc` and `de_fraction` set them per experiment);
+    optionally quality (df, m, s): a GLM fitted with sample quality, whose dispersions are those of a
+    sample with multiplier w = 0; each simulated sample then gets alpha exp(w_n), w_n ~ t(df, m, s)."""
 
     log_rate: np.ndarray
     alpha: np.ndarray
     genes: np.ndarray
     lfc: np.ndarray | None = None
+    quality: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.lfc is not None:
@@ -123,7 +126,11 @@ def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key, *,
         b_hat, s = l2.mean(0), l2.std(0)
         pi, grid = fit_normal_mixture(b_hat, s, null_weight=null_weight)
         lfc = shrink_draws(lfc, b_hat, s, pi, grid, streams.host_rng(key, "shrinkage"))
-    return Truth(log_rate, alpha, np.asarray(fit.var_names, dtype=str), lfc)
+    quality = None
+    if "quality_sd" in fit.params:  # per-sample dispersion scales (probgex.models.quality)
+        from probgex.models.quality import QUALITY_DF
+        quality = (QUALITY_DF, float(fit.params["quality_mean"]), float(fit.params["quality_sd"]))
+    return Truth(log_rate, alpha, np.asarray(fit.var_names, dtype=str), lfc, quality)
 
 
 def effect_sizes(lfc, n_genes: int, de_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -155,6 +162,9 @@ def simulate_counts(truth: Truth, draw: int, n_per_group: int, *, depth: float, 
     lib = depth * np.exp(rng.normal(0.0, depth_sd, 2 * n_per_group))
     log_mu = np.log(lib)[:, None] + truth.log_rate[draw][None] + grp[:, None] * l2fc[None] * np.log(2.0)
     mu = np.exp(np.minimum(log_mu, 30.0))
-    r = 1.0 / truth.alpha[draw]
-    counts = rng.poisson(rng.gamma(r[None], mu / r[None]))
+    r = 1.0 / truth.alpha[draw][None]
+    if truth.quality is not None:  # each sample's quality drawn from the fitted prior
+        df, m, s = truth.quality
+        r = r * np.exp(-(m + s * rng.standard_t(df, 2 * n_per_group)))[:, None]
+    counts = rng.poisson(rng.gamma(r, mu / r))
     return counts.astype(np.float32), l2fc, depth * np.exp(truth.log_rate[draw])
