@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "datasets": "probgex.datasets", "diagnostics": "probgex.diagnostics", "latent": "probgex.latent",
     "mean": "probgex.mean", "power": "probgex.power",
     "explain": "probgex.diagnostics.variance",  # issue 16: variance explained per term
+    "sample": "probgex.synthetic",  # issue 16: synthetic profiles for augmentation
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,3 +58,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager form
     from probgex.fit import Fit, Model, load
     from probgex.diagnostics.variance import explain
     from probgex.spec import ModelSpec
+    from probgex.synthetic import sample

@@ -517,8 +517,8 @@ class Fit:
         lower, upper = np.empty((len(levels), n, G)), np.empty((len(levels), n, G))
         for rows, d in draws:
             if draw_lib:
-                d = d.scaled(np.exp(rng.normal(self.dims.lib_loc, self.dims.lib_scale,
-                                               (n_samples, len(rows), 1))))
+                d = d.scaled(library.draw_training(rng, self.dims.lib_loc, self.dims.lib_scale,
+                                                   (n_samples, len(rows), 1)))
             counts[:, rows] = d.sample(rng)
             mean[rows], sd[rows] = d.moments()
             lower[:, rows], upper[:, rows] = empirical_intervals(counts[:, rows], levels)
@@ -530,6 +530,12 @@ class Fit:
              "upper": (("level", "obs", "gene"), upper)},
             coords=coords, attrs={"likelihood": self.spec.likelihood, "story": self.spec.story,
                                   "formula": self.spec.formula})
+
+    def sample(self, metadata, n: int, *, seed: int | jax.Array = 0, library_size=None, sparse: bool = True):
+        """`n` synthetic count profiles per row of `metadata` as an AnnData (`probgex.synthetic.sample`)."""
+        from probgex.synthetic import sample
+
+        return sample(self, metadata, n, seed=seed, library_size=library_size, sparse=sparse)
 
     # ----- scoring observed data
     def evaluate(self, adata, *, n_samples: int = 100, levels: Sequence[float] = LEVELS,
