@@ -22,7 +22,8 @@ Scores on the held-out cells: macro-F1 over the 4 types and the rare type's F1; 
     PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/augmentation.py --k 5 20 50 --seeds 0 1 2 3 4
 
 Needs scikit-learn and imbalanced-learn (the `bench` extra). Writes benchmarks/results/augmentation.json
-(one record per k, seed, method and classifier, appended as they finish) and prints a markdown table.
+(one record per k, seed, method and classifier, written as each seed and k finishes) and prints a markdown
+table; `--report` prints the table of that file and draws benchmarks/results/augmentation.png.
 """
 
 from __future__ import annotations
@@ -157,6 +158,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def figure(rows: list[dict], path: Path) -> None:
+    """Rare-type F1 against k, one panel per classifier, mean and sd over seeds per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, (clf, g) in zip(axes, df.groupby("classifier"), strict=True):
+        for i, method in enumerate([m for m in ["real", "oversample", "smote", "glm", "cvae", "flow"]
+                                    if m in set(g.method)]):
+            m = g[g.method == method].groupby("k").rare_f1
+            ks = np.array(sorted(m.groups))
+            ax.errorbar(ks * (1 + 0.04 * (i - 2)), m.mean().loc[ks], yerr=m.std(ddof=1).fillna(0).loc[ks],
+                        marker="o", capsize=3, label=method)
+        ax.set(xscale="log", xticks=ks, xticklabels=[str(k) for k in ks], xlabel="real rare-type training cells (k)",
+               title=clf)
+    axes[0].set_ylabel("rare-type F1 (held-out cells)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rare", default="NK cells")
@@ -167,13 +192,19 @@ def main():
     p.add_argument("--methods", nargs="+", default=["oversample", "smote", "glm", "cvae"])
     p.add_argument("--epochs", type=int, default=40, help="max epochs of the cVAE generators (the GLM: twice)")
     p.add_argument("--out", default=str(RESULTS / "augmentation.json"))
+    p.add_argument("--report", action="store_true", help="only print the table and draw the figure of --out")
     args = p.parse_args()
+    out = Path(args.out)
+    if args.report:
+        rows = json.loads(out.read_text())["rows"]
+        print(table(rows))
+        figure(rows, out.with_suffix(".png"))
+        return
 
     adata = load("kang_ctrl5")
     train_all, test = fixed_split(adata, "kang_ctrl5_heldout.txt")
     genes = variable_genes(train_all, args.genes)
     train_all, test = train_all[:, genes].copy(), test[:, genes].copy()
-    out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {"rows": []}
     record.update({"args": vars(args), "machine": machine(), "n_test": int(test.n_obs),
                    "n_test_rare": int((test.obs[LABEL] == args.rare).sum())})
