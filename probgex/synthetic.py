@@ -91,6 +91,7 @@ def sample(fit, metadata, n: int, *, seed=0, library_size=None, sparse: bool = T
     fitted model `fit`, as an AnnData (see the module's docstring). `seed`: an int or a JAX key.
     `library_size`: a column of `metadata`, a number or one value per row (default: drawn as the model
     learned them). `sparse`: X as CSR (default) or a dense array; int32 counts either way."""
+    metadata, n, lib = _check(fit, metadata, n, library_size)  # before any JAX work
     import anndata as ad
     import jax
     from scipy import sparse as sp
@@ -99,7 +100,6 @@ def sample(fit, metadata, n: int, *, seed=0, library_size=None, sparse: bool = T
     from probgex import rng as streams
     from probgex.fit import BLOCK_ENTRIES
 
-    metadata, n, lib = _check(fit, metadata, n, library_size)
     R, G = len(metadata), len(fit.var_names)
     chunk = int(min(n, max(1, BLOCK_ENTRIES // (8 * G))))  # draws per pass: a block of >= 8 rows stays bounded
     _memory.require(4.0 * R * n * G + 3 * 8.0 * max(2**24, chunk * 8 * G),
