@@ -162,6 +162,8 @@ def figure(rows: list[dict], path: Path) -> None:
     """Rare-type F1 against k, one panel per classifier, mean and sd over seeds per method."""
     import matplotlib
 
+    import matplotlib.ticker
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -176,6 +178,7 @@ def figure(rows: list[dict], path: Path) -> None:
                         marker="o", capsize=3, label=method)
         ax.set(xscale="log", xticks=ks, xticklabels=[str(k) for k in ks], xlabel="real rare-type training cells (k)",
                title=clf)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0].set_ylabel("rare-type F1 (held-out cells)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
