@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "mean": "probgex.mean", "power": "probgex.power",
     "explain": "probgex.diagnostics.variance",  # issue 16: variance explained per term
     "annotate": "probgex.annotate",  # issue 17: results into an AnnData (the module: fit.annotate(adata))
+    "sample": "probgex.synthetic",  # issue 16: synthetic profiles for augmentation
 }
 
 __all__ = sorted(_EXPORTS)
@@ -59,3 +60,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager form
     from probgex.diagnostics.variance import explain
     from probgex import annotate
     from probgex.spec import ModelSpec
+    from probgex.synthetic import sample

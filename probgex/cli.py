@@ -1,4 +1,4 @@
-"""The `probgex` shell command: fit, predict and demo over the same API as Python.
+"""The `probgex` shell command: fit, predict, sample and demo over the same API as Python.
 
 Importing this module (and `probgex --help`) loads no JAX: each command imports what it runs.
 """
@@ -320,6 +320,50 @@ def predict(
     except ProbgexError as e:
         raise _fail(e)
     console.print(f"wrote {out}: {sizes}")
+
+
+@app.command()
+def sample(
+    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    obs: Annotated[Path, typer.Option(help="metadata: .h5ad (its obs) or .csv/.tsv table, one row per kind of profile")],
+    n: Annotated[int, typer.Option(help="synthetic profiles per metadata row")],
+    out: Annotated[Path, typer.Option(help="synthetic AnnData to write (.h5ad): raw counts in X, the metadata in obs")],
+    library_size: Annotated[str | None, typer.Option(
+        help="an obs column of library sizes, or one number; default: drawn as the model learned them")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, OVERWRITE] = False,
+):
+    """Draw N synthetic count profiles per metadata row from p(x | metadata), flagged `synthetic`, ready to
+    concatenate with real data (anndata.concat)."""
+    from probgex._outputs import atomic_file, check_output
+    from probgex.data import read_obs_table
+    from probgex.errors import DataError
+
+    try:
+        n = _n_samples(n, "--n")
+        if out.suffix != ".h5ad":
+            raise DataError(f"--out {out}: the synthetic data are written as an AnnData; give a path ending in .h5ad")
+        check_output(out, [model, obs], overwrite=overwrite)
+        meta = read_obs_table(obs)
+        lib = library_size
+        if library_size is not None and library_size not in meta.columns:
+            try:
+                lib = float(library_size)
+            except ValueError:
+                raise DataError(f"--library-size {library_size!r} is neither a number nor a column "
+                                f"of the metadata (columns: {list(map(str, meta.columns))})") from None
+        from probgex.synthetic import library_sizes, sample as draw
+
+        library_sizes(meta, lib)  # bad library sizes are refused before the model is loaded
+        from probgex.fit import load  # the options are valid: only now the JAX side
+
+        synth = draw(load(model), meta, n, seed=seed, library_size=lib)
+    except ProbgexError as e:
+        raise _fail(e)
+    with atomic_file(out) as tmp:
+        synth.write_h5ad(tmp)
+    console.print(f"wrote {out}: {synth.n_obs:,} synthetic profiles x {synth.n_vars:,} genes "
+                  f"({n} per metadata row, library sizes {synth.uns['probgex_sample']['library_size']})")
 
 
 @app.command()

@@ -82,3 +82,9 @@ def sizes(data, ref: np.ndarray) -> np.ndarray:
                             "of the size factors; drop it or use library='observed'")
         out.append(np.exp(np.nanmedian(ratio, axis=1)))
     return np.concatenate(out)
+
+
+def draw_training(rng: np.random.Generator, loc: float, scale: float, shape) -> np.ndarray:
+    """Library sizes for profiles predicted from metadata alone: draws from the log-normal of the training
+    library sizes that a fit stores (`Dims.lib_loc`, `Dims.lib_scale`: the mean and sd of their logs)."""
+    return np.exp(rng.normal(loc, scale, shape))

@@ -51,6 +51,9 @@ STREAMS: dict[str, int] = {
     "explain_obs": 30,  # the subset of observations beyond max_obs
     "explain_counts": 31,  # count draws of the decomposition
     "explain_draws": 32,  # posterior and latent draws of the decomposition
+    # synthetic data
+    "synthetic": 40,  # parameter and latent draws of `sample`
+    "synthetic_counts": 41,  # library sizes and counts of `sample` (child (chunk, block) per block)
 }
 
 

@@ -181,6 +181,12 @@ class Fit:
         """log p(x_n | c_n) per observation (`inference.predict.log_predictive_density`)."""
         return _predict.log_predictive_density(self, adata_or_data, n_samples=n_samples, seed=seed)
 
+    def sample(self, metadata, n: int, *, seed: int | jax.Array = 0, library_size=None, sparse: bool = True):
+        """`n` synthetic count profiles per row of `metadata` as an AnnData (`probgex.synthetic.sample`)."""
+        from probgex.synthetic import sample
+
+        return sample(self, metadata, n, seed=seed, library_size=library_size, sparse=sparse)
+
     # ----- the GLM's posterior
     def posterior(self) -> GLMPosterior:
         """The GLM story's posterior over every gene's coefficients and family parameters (`GLMPosterior`:

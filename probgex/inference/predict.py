@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from probgex import _memory
+from probgex import _memory, library
 from probgex import rng as streams
 from probgex._checks import check_levels, check_n_samples
 from probgex.data import CountData, group_codes
@@ -114,7 +114,7 @@ def summarize(fit, draws, rng, levels, n_samples, draw_lib) -> Iterator[tuple[np
     of the training library sizes."""
     for rows, d in draws:
         if draw_lib:
-            d = d.scaled(np.exp(rng.normal(fit.dims.lib_loc, fit.dims.lib_scale, (n_samples, len(rows), 1))))
+            d = d.scaled(library.draw_training(rng, fit.dims.lib_loc, fit.dims.lib_scale, (n_samples, len(rows), 1)))
         counts = d.sample(rng)
         mean, sd = d.moments()
         lower, upper = empirical_intervals(counts, levels)
