@@ -76,9 +76,9 @@ def test_draws_match_the_fitted_predictive(which, depth, glm_fit, cvae_fit, meta
 def test_profiles_stay_with_their_row_when_draws_are_chunked(glm_fit, meta, monkeypatch):
     """With the draw budget cut so that 7 profiles take 3 passes, every profile still sits under its own
     metadata row: totals follow the rows' library sizes (300 / 1,000 / 3,000)."""
-    import probgex.fit
+    import probgex.inference.predict
 
-    monkeypatch.setattr(probgex.fit, "BLOCK_ENTRIES", 8 * len(glm_fit.var_names) * 3)  # 3 draws per pass
+    monkeypatch.setattr(probgex.inference.predict, "BLOCK_ENTRIES", 8 * len(glm_fit.var_names) * 3)  # 3 draws per pass
     s = pg.sample(glm_fit, meta, 7, seed=0, library_size="depth")
     total = np.asarray(s.X.sum(1)).ravel().reshape(3, 7)
     assert total[0].max() < total[1].min() and total[1].max() < total[2].min()
