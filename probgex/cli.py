@@ -416,6 +416,20 @@ def _print_report(summary: dict) -> None:
     out.print(f"verdict: {summary['verdict']['status']}. {summary['verdict']['text']}", markup=False)
 
 
+def _print_power(s: dict | None) -> None:
+    """The demo's power curve: power with its interval and the realized FDR per group size."""
+    if not s:
+        return
+    table = Table(title="power from a 3-vs-3 pilot (Snf2 vs WT, FDR 0.05)")
+    for col in ("n per group", "power", "interval", "realized FDR"):
+        table.add_column(col)
+    for r in s["per_n"]:
+        table.add_row(str(r["n_per_group"]), f"{r['power']:.3f}", f"[{r['power_lower']:.3f}, {r['power_upper']:.3f}]",
+                      f"{r['realized_fdr']:.3f}")
+    Console().print(table)
+    Console().print(f"smallest n reaching the target power: {s['n_at_target']}")
+
+
 @app.command()
 def power(
     model: Annotated[Path, typer.Argument(help="NB GLM model file written by `probgex fit`")],
@@ -640,6 +654,7 @@ def demo(
         raise _fail(e)
     summary = run_demo(out, max_epochs=max_epochs, seed=seed)
     _print_report(summary)
+    _print_power(summary.get("power"))
     Console().print(f"results in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 

@@ -40,8 +40,9 @@ def run_demo(out: Path, *, max_epochs: int | None = None, seed: int = 0, progres
         fit.predict(test.obs, n_samples=200, library_size=lib, seed=seed).to_netcdf(tmp, engine="h5netcdf")
     report = check(fit, test, n_samples=200, seed=seed, progress=progress, reference=train)
     report.save(out)
-    power_from_pilot(train, out / "power", seed=seed, progress=progress)
-    return report.summary()
+    summary = report.summary()
+    summary["power"] = power_from_pilot(train, out / "power", seed=seed, progress=progress)
+    return summary
 
 
 def power_from_pilot(train, out: Path, *, seed: int = 0, progress: bool = True, n_per_group=(3, 6, 12),

@@ -85,6 +85,7 @@ def test_demo_runs_end_to_end_and_is_calibrated(tmp_path):
     est = [r["power"] for r in power["per_n"]]
     assert [r["n_per_group"] for r in power["per_n"]] == [3, 6, 12]
     assert all(0 < p < 1 for p in est) and est[0] < est[-1]  # more replicates, more power
+    assert "power from a 3-vs-3 pilot" in res.output and f"{est[0]:.3f}" in res.output  # printed, not only written
 
 
 def test_prediction_arguments_are_checked_before_any_jax_work(fitted, yeast_small):
