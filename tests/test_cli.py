@@ -99,6 +99,7 @@ def test_prediction_arguments_are_checked_before_any_jax_work(fitted, yeast_smal
         fit.predict(obs, n_samples=5, library_size=-1.0)
 
 
+@pytest.mark.slow  # 14-18 s: the default suite stays under its 10 minutes
 def test_fit_from_a_spec_file_and_check_writes_the_report(yeast_small, tmp_path):
     folder, a = yeast_small
     spec = pg.ModelSpec.create("~ strain", "nb", dispersion="gene-group", dispersion_key="strain")

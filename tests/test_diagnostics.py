@@ -121,6 +121,7 @@ def test_poisson_on_overdispersed_counts_fails_clearly(nb_data):
     assert s["verdict"]["status"] == "miscalibrated" and "too narrow" in s["verdict"]["text"]
 
 
+@pytest.mark.slow  # 14-18 s: the default suite stays under its 10 minutes
 def test_nb_on_zero_inflated_counts_fails_and_zinb_passes(zi_data):
     train, test = zi_data
     nb = dg.check(fit(train, "nb"), test, n_samples=100, progress=False).summary()
@@ -206,6 +207,7 @@ def program_check(f, train, test):
     return s.summary()["gene_programs"]
 
 
+@pytest.mark.slow  # 14-18 s: the default suite stays under its 10 minutes
 def test_joint_calibration_finds_the_program_and_fails_an_independent_model(program_data):
     """Per-entry PIT cannot see gene-gene covariance; the PIT of program sums can. Chosen on the training
     data (`reference`), net of the library size and the design, the correlated program is the simulated

@@ -18,6 +18,7 @@ def _load(name):
     return module
 
 
+@pytest.mark.slow  # 14-18 s: the default suite stays under its 10 minutes
 def test_residual_around_predictor_runs(tmp_path):
     summary = _load("residual_around_predictor").main(
         ["--genes", "40", "--max-epochs", "5", "--mlp-epochs", "5", "--n-samples", "30", "--out", str(tmp_path)])
