@@ -63,12 +63,45 @@ def score(pred_counts: np.ndarray, obs_counts: np.ndarray, deg: np.ndarray) -> d
             "r2_sd_deg": r2(ps[deg], os_[deg])}
 
 
+def report(path: Path) -> Path:
+    """A figure of a results file: R^2 of per-gene means (all genes, top-100 DE genes) per cell type and model."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads(path.read_text())["rows"]
+    types = sorted({r["cell_type"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    width = 0.8 / len(models)
+    for ax, key, title in zip(axes, ("r2_mean", "r2_mean_deg"), ("all genes", "top 100 DE genes of the type")):
+        for k, m in enumerate(models):
+            vals = [next(r[key] for r in rows if r["cell_type"] == t and r["model"] == m) for t in types]
+            ax.bar(np.arange(len(types)) + k * width, vals, width, label=m.split(" (")[0])
+        ax.set_xticks(np.arange(len(types)) + width * (len(models) - 1) / 2, types, rotation=20, ha="right")
+        ax.set_title(f"stimulated cells of an unseen type: R^2 of means, {title}", fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("R^2, predicted vs observed means")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--report", type=Path, help="draw the figure of a results file and stop")
     p.add_argument("--learned", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "unseen_combinations.json")
     args = p.parse_args()
+    if args.report is not None:
+        print(report(args.report))
+        return
     warnings.simplefilter("ignore")
     a = load("kang_muscat")
     x = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
