@@ -198,9 +198,9 @@ def test_learned_prior_fit_resumes_its_vae_stage_then_trains_the_prior(tmp_path,
     monkeypatch.undo()
     resumed = model.fit(_adata(), resume=path, **options)
     assert resumed.learned_prior_status == "trained" and _params_equal(resumed.params, full.params)
-    vae = pg.load(path)  # the VAE stage of the finished fit, as a prior-stage interruption leaves it
-    vae.params = {k: v for k, v in vae.params.items() if k != "learned_prior"}
-    vae.prior_history = None
+    full_fit = pg.load(path)  # the VAE stage of the finished fit, as a prior-stage interruption leaves it
+    vae = dataclasses.replace(full_fit, params={k: v for k, v in full_fit.params.items() if k != "learned_prior"},
+                              prior_history=None)  # a Fit is a frozen value
     vae.save(tmp_path / "vae.npz")
     again = model.fit(_adata(), resume=tmp_path / "vae.npz", **options)
     assert _params_equal(again.params, full.params) and again.history == full.history
