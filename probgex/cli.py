@@ -416,18 +416,18 @@ def _print_report(summary: dict) -> None:
     out.print(f"verdict: {summary['verdict']['status']}. {summary['verdict']['text']}", markup=False)
 
 
-def _print_power(s: dict | None) -> None:
-    """The demo's power curve: power with its interval and the realized FDR per group size."""
+def _print_power(s: dict | None, title: str = "power from a 3-vs-3 pilot (Snf2 vs WT, FDR 0.05)") -> None:
+    """A power curve's summary (`power.report.write`): power with its interval and the realized FDR per
+    group size (the demo's and `probgex power`'s)."""
     if not s:
         return
-    table = Table(title="power from a 3-vs-3 pilot (Snf2 vs WT, FDR 0.05)")
+    table = Table(title=title)
     for col in ("n per group", "power", "interval", "realized FDR"):
         table.add_column(col)
     for r in s["per_n"]:
         table.add_row(str(r["n_per_group"]), f"{r['power']:.3f}", f"[{r['power_lower']:.3f}, {r['power_upper']:.3f}]",
                       f"{r['realized_fdr']:.3f}")
     Console().print(table)
-    Console().print(f"smallest n reaching the target power: {s['n_at_target']}")
 
 
 @app.command()
@@ -493,13 +493,7 @@ def power(
     except ProbgexError as e:
         raise _fail(e)
     s = write(ds, out)
-    table = Table(title=f"power at FDR {fdr}, |log2FC| = {lfc}")
-    for col in ("n per group", "power", "interval", "realized FDR"):
-        table.add_column(col)
-    for r in s["per_n"]:
-        table.add_row(str(r["n_per_group"]), f"{r['power']:.3f}", f"[{r['power_lower']:.3f}, {r['power_upper']:.3f}]",
-                      f"{r['realized_fdr']:.3f}")
-    Console().print(table)
+    _print_power(s, f"power at FDR {fdr}, |log2FC| = {lfc}")
     console.print(f"smallest n reaching {target:.0%} power: {s['n_at_target']}; wrote {out}/power.json, power.nc, power.png")
 
 
@@ -655,6 +649,8 @@ def demo(
     summary = run_demo(out, max_epochs=max_epochs, seed=seed)
     _print_report(summary)
     _print_power(summary.get("power"))
+    if summary.get("power"):
+        Console().print(f"smallest n reaching the target power: {summary['power']['n_at_target']}")
     Console().print(f"results in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
