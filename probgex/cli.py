@@ -228,7 +228,7 @@ def fit(
             if prior_steps is not None and prior is Prior.gaussian:
                 raise SpecError("--prior-steps sets the training of a learned prior: it needs --prior diffusion or "
                                 "--prior flow")
-            steps = {} if prior_steps is None else {"max_steps": prior_steps}
+            steps = {} if prior_steps is None else {"training": {"max_steps": prior_steps}}
             latent = None if no_latent else LATENTS[prior.value](dim=latent_dim, **steps)
             quality = {} if sample_quality is None else {"sample_quality": sample_quality}
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library, **quality,
