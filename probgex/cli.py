@@ -99,17 +99,26 @@ def _n_samples(n: int, option: str = "--n-samples") -> int:
     return n
 
 
+def _seed(seed: int) -> int:
+    """--seed checked (SpecError) before any JAX work: an int in [0, 2**31)."""
+    from probgex._checks import check_seed
+    from probgex.errors import SpecError
+
+    try:
+        check_seed(seed)
+    except SpecError as e:
+        raise SpecError(f"--{e}") from None
+    return seed
+
+
 OVERWRITE = typer.Option(help="replace an existing output (written beside it first, swapped in at the end)")
 
 
 def _streaming_note(data: Path, layer: str | None, memory_budget: float | None) -> int:
     """The memory budget in bytes; says when the counts of `data` will be streamed from disk."""
     from probgex.data import check_store
-    from probgex.errors import DataError
     from probgex.rowsource import default_memory_budget, open_anndata
 
-    if memory_budget is not None and not memory_budget > 0:
-        raise DataError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")
     budget = default_memory_budget() if memory_budget is None else int(memory_budget * 2**30)
     _, counts = open_anndata(check_store(data), layer=layer)
     need = counts.nbytes()
@@ -190,7 +199,10 @@ def fit(
 
     try:
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout, patience=patience,
-                          learning_rate=learning_rate)
+                          learning_rate=learning_rate, devices=devices)
+        seed = _seed(seed)
+        if memory_budget is not None and not 0 < memory_budget < float("inf"):
+            raise SpecError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")
         if mean_key is not None and (model is not Story.residual or mean in TRAINED_MEANS) and spec is None:
             raise SpecError("--mean-key says which obs columns key a table of predictions: it needs --model "
                             "residual --mean TABLE")
@@ -289,7 +301,7 @@ def predict(
     from probgex.errors import DataError
 
     try:
-        n_samples, lv = _n_samples(n_samples), _levels(levels)
+        n_samples, lv, seed = _n_samples(n_samples), _levels(levels), _seed(seed)
         check_output(out, [model, obs], overwrite=overwrite)
         from probgex.fit import load  # the options are valid: only now the JAX side
 
@@ -340,7 +352,7 @@ def sample(
     from probgex.errors import DataError
 
     try:
-        n = _n_samples(n, "--n")
+        n, seed = _n_samples(n, "--n"), _seed(seed)
         if out.suffix != ".h5ad":
             raise DataError(f"--out {out}: the synthetic data are written as an AnnData; give a path ending in .h5ad")
         check_output(out, [model, obs], overwrite=overwrite)
@@ -380,15 +392,15 @@ def check(
     overwrite: Annotated[bool, OVERWRITE] = False,
 ):
     """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
-    from probgex._outputs import check_output_folder
+    from probgex._outputs import REPORT_FILES, check_output_folder
     from probgex.data import check_store
-    from probgex.diagnostics import check as run_check
-    from probgex.diagnostics.report import REPORT_FILES
-    from probgex.fit import load
 
     try:
-        n_samples, lv = _n_samples(n_samples), _levels(levels)
+        n_samples, lv, seed = _n_samples(n_samples), _levels(levels), _seed(seed)
         check_output_folder(out, REPORT_FILES, [model, data, reference], overwrite=overwrite)
+        from probgex.diagnostics import check as run_check  # the options are valid: only now the JAX side
+        from probgex.fit import load
+
         fitted = load(model)
         # the paths: the counts are read in row chunks (streamed from disk when over the memory budget)
         ref = None if reference is None else check_store(reference, "--reference")
@@ -458,12 +470,10 @@ def power(
 ):
     """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
 
-    from probgex._outputs import check_output_folder
+    from probgex._checks import check_power_options
+    from probgex._outputs import POWER_FILES, check_output_folder
     from probgex.data import read_h5ad
     from probgex.errors import SpecError
-    from probgex.fit import load
-    from probgex.power import curve
-    from probgex.power.report import POWER_FILES, write
 
     try:
         parts = contrast.split(":")
@@ -475,7 +485,6 @@ def power(
         if effects is not None and reference_n is None:
             raise SpecError("--effects needs --reference-n: with effects from the fit every gene has some fold "
                             "change, and the reference experiment (reference_n per group) calls each draw's DE genes")
-        check_output_folder(out, POWER_FILES, [model, pilot], overwrite=overwrite)
         try:
             grid = [int(t) for t in n.split(",") if t.strip()]
         except ValueError:
@@ -484,6 +493,14 @@ def power(
             thresholds = [float(t) for t in min_abs_lfc.split(",") if t.strip()]
         except ValueError:
             raise SpecError(f"--min-abs-lfc must be comma-separated numbers, got {min_abs_lfc!r}") from None
+        seed = _seed(seed)
+        check_power_options(n_per_group=grid, fdr=fdr, target=target, n_draws=n_draws, n_rep=n_rep, depth=depth,
+                            lfc=lfc, de_fraction=de_fraction, effects=effects, reference_n=reference_n,
+                            min_abs_lfc=thresholds, nested=nested)
+        check_output_folder(out, POWER_FILES, [model, pilot], overwrite=overwrite)
+        from probgex.fit import load  # the options are valid: only now the JAX side
+        from probgex.power import curve
+
         fitted = load(model)
         pilot_data = None if pilot is None else read_h5ad(pilot, "--pilot")
         ds = curve(fitted, tuple(parts), grid, key=seed, fdr=fdr, lfc=lfc,
@@ -492,6 +509,8 @@ def power(
                    nested=nested)
     except ProbgexError as e:
         raise _fail(e)
+    from probgex.power.report import write
+
     s = write(ds, out)
     _print_power(s, f"power at FDR {fdr}, |log2FC| = {lfc}")
     console.print(f"smallest n reaching {target:.0%} power: {s['n_at_target']}; wrote {out}/power.json, power.nc, power.png")
@@ -513,13 +532,15 @@ def explain(
     and count noise."""
     import numpy as np
 
-    from probgex._outputs import check_output_folder
+    from probgex._checks import check_explain_options
+    from probgex._outputs import EXPLAIN_FILES, check_output_folder
     from probgex.data import read_h5ad
 
     try:
-        check_output_folder(out, ("variance.csv", "variance.json", "violins.png", "top_genes.png"), [model, data],
-                            overwrite=overwrite)
-        from probgex.diagnostics.variance import explain as run_explain
+        check_explain_options(n_draws=n_draws, n_counts=n_counts, level=level, max_obs=max_obs)
+        seed = _seed(seed)
+        check_output_folder(out, EXPLAIN_FILES, [model, data], overwrite=overwrite)
+        from probgex.diagnostics.variance import explain as run_explain  # the options are valid: the JAX side
         from probgex.fit import load
 
         ds = run_explain(load(model), read_h5ad(data), n_draws=n_draws, n_counts=n_counts, level=level,
@@ -533,7 +554,7 @@ def explain(
         s = ds.share.sel(term=t).values
         table.add_row(str(t), f"{np.median(s):.3f}", f"{s.mean():.3f}")
     Console().print(table)
-    console.print(f"wrote {out}/variance.csv, variance.json, violins.png, top_genes.png")
+    console.print(f"wrote {out}/{', '.join(EXPLAIN_FILES)}")
 
 
 @app.command()
@@ -558,7 +579,7 @@ def annotate(
 
     layers = tuple(v.value for v in layer or ())
     try:
-        n_samples = _n_samples(n_samples)
+        n_samples, seed = _n_samples(n_samples), _seed(seed)
         if not library_size > 0 or library_size == float("inf"):
             raise DataError(f"--library-size must be a positive number (e.g. 10000), got {library_size}")
         check_output(out, [model, data], overwrite=overwrite)
@@ -637,15 +658,17 @@ def demo(
 ):
     """The main job on the embedded yeast dataset: fit an NB GLM `~ strain` on the clean replicates,
     predict held-out replicates from their metadata, and end with the calibration report."""
-    from probgex._outputs import check_output_folder
-    from probgex.demo import DEMO_FILES, run_demo
     from probgex._checks import check_fit_options
+    from probgex._outputs import DEMO_FILES, check_output_folder
 
     try:
         check_fit_options(max_epochs=max_epochs)
+        seed = _seed(seed)
         check_output_folder(out, DEMO_FILES, overwrite=overwrite)
     except ProbgexError as e:
         raise _fail(e)
+    from probgex.demo import run_demo  # the options are valid: only now the JAX side
+
     summary = run_demo(out, max_epochs=max_epochs, seed=seed)
     _print_report(summary)
     _print_power(summary.get("power"))
