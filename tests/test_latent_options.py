@@ -80,3 +80,14 @@ def test_a_flat_spec_table_reads_without_a_warning():
         spec = ModelSpec.from_toml(text)
     assert spec.latent == Flow(dim=2, net=Network(hidden=(8,), cond_dropout=0.0), training=Training(max_steps=100),
                                ode=ODE(atol=1e-3))
+
+
+def test_the_latent_kinds_are_one_list():
+    """The shell's --prior and the spec's kinds (choices), the spec classes (latent) and the learned priors'
+    dynamics (prior.learned) name the same priors."""
+    from probgex import choices, latent
+    from probgex.prior.learned import DYNAMICS
+
+    assert tuple(latent.LATENT_KINDS) == choices.LATENT_KINDS
+    assert tuple(DYNAMICS) == choices.LEARNED_PRIORS
+    assert all(latent.LATENT_KINDS[k].sampler in choices.SAMPLERS for k in choices.LEARNED_PRIORS)

@@ -14,6 +14,8 @@ import numpy as np
 from flax import nnx
 
 from probgex import rng as streams
+from probgex.choices import SAMPLERS
+from probgex.errors import SpecError
 from probgex.prior.dynamics import VPSDE, FlowMatching
 from probgex.prior.nets import VectorFieldNet
 from probgex.prior.ode import EXACT_TRACE_MAX_DIM, nfe, ode_log_prob, ode_sample
@@ -65,14 +67,14 @@ class LearnedPrior:
         d = self.dynamics
         if sampler == "sde":
             if self.sde is None:
-                raise ValueError("the reverse-SDE sampler exists for the diffusion prior only; use sampler='ode'")
+                raise SpecError("the reverse-SDE sampler exists for the diffusion prior only; use sampler='ode'")
             u = sde_sample(d, net, key, c, self.dim, self.sde, w)
             evals = jnp.asarray(self.sde.n_steps * self.sde.evals_per_step + int(self.sde.denoise))
         elif sampler == "ode":
             u, evals = ode_sample(d.velocity, net, key, c, self.dim, d.t_noise, d.t_data, self.ode, w,
                                   return_nfe=True)
         else:
-            raise ValueError(f"sampler must be 'ode' or 'sde', got {sampler!r}")
+            raise SpecError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         evals = evals * (2 if w else 1)
         z = params["loc"] + params["scale"] * u
         return (z, evals) if return_nfe else z
