@@ -91,3 +91,23 @@ def test_the_latent_kinds_are_one_list():
     assert tuple(latent.LATENT_KINDS) == choices.LATENT_KINDS
     assert tuple(DYNAMICS) == choices.LEARNED_PRIORS
     assert all(latent.LATENT_KINDS[k].sampler in choices.SAMPLERS for k in choices.LEARNED_PRIORS)
+
+
+def test_a_model_file_written_before_the_nested_options_loads_and_predicts_as_then():
+    """tests/data/flat_latent_diffusion.npz was written by the code of 820707a (the flat latent layout);
+    it loads without a warning to the nested spec and predicts what that code predicted."""
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    data = Path(__file__).parent / "data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = pg.load(data / "flat_latent_diffusion.npz")
+    assert fit.spec.latent == Diffusion(dim=2, net=Network(hidden=(8,)), training=Training(max_steps=40, batch_size=64),
+                                        ode=ODE(rtol=1e-3, atol=1e-3), sampler="sde", sde=SDE(n_steps=5))
+    assert fit.learned_prior_status == "trained"
+    obs = pd.DataFrame({"group": ["a", "b", "c"]}, index=["o1", "o2", "o3"])
+    pred = fit.predict(obs, n_samples=16, seed=0, library_size=500.0)
+    np.testing.assert_allclose(pred["mean"].values, np.load(data / "flat_latent_diffusion_pred_mean.npy"), rtol=1e-6)
