@@ -11,13 +11,19 @@ from probgex.models import likelihoods as lk
 from probgex.models.families.base import DISPERSION, MEAN, Family, Param, gp_zero_prob
 
 
-class NegativeBinomial(Family):
-    name = "nb"
-    params = (Param("mu", MEAN), Param("theta", DISPERSION))
+class NBCounts(Family):
+    """What the families whose counts are an NB (or its zero-gated form) share: the count split, the NB
+    stage-1 mean and mean-dispersion trend, the Gamma-Poisson kernels."""
+
     count_split = True
     mean_family = "nb"
     nb_trend = True
     gamma_poisson = True
+
+
+class NegativeBinomial(NBCounts):
+    name = "nb"
+    params = (Param("mu", MEAN), Param("theta", DISPERSION))
 
     def log_prob(self, x, p, *, normalized=True, log_mu=None, count_term=True):
         self.check_split(normalized, count_term)

@@ -6,18 +6,15 @@ import numpy as np
 from scipy.special import expit
 
 from probgex.models import likelihoods as lk
-from probgex.models.families.base import DISPERSION, LOGIT, MEAN, Family, Param, gp_zero_prob
+from probgex.models.families.base import DISPERSION, LOGIT, MEAN, Param, gp_zero_prob
+from probgex.models.families.nb import NBCounts
 
 
-class ZeroInflatedNB(Family):
+class ZeroInflatedNB(NBCounts):
     name = "zinb"
     # the GLM's gate: prior N(-2, 2^2) per gene, guide started at -3 (pi ~ 0.05)
     params = (Param("mu", MEAN), Param("theta", DISPERSION),
               Param("gate", LOGIT, prior=(-2.0, 2.0), start=-3.0, start_scale=1.0))
-    count_split = True
-    mean_family = "nb"
-    nb_trend = True
-    gamma_poisson = True
 
     def log_prob(self, x, p, *, normalized=True, log_mu=None, count_term=True):
         self.check_split(normalized, count_term)
