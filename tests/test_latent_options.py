@@ -5,6 +5,7 @@ trip through TOML; no JAX is needed for any of it."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -93,21 +94,33 @@ def test_the_latent_kinds_are_one_list():
     assert all(latent.LATENT_KINDS[k].sampler in choices.SAMPLERS for k in choices.LEARNED_PRIORS)
 
 
-def test_a_model_file_written_before_the_nested_options_loads_and_predicts_as_then():
-    """tests/data/flat_latent_diffusion.npz was written by the code of 820707a (the flat latent layout);
-    it loads without a warning to the nested spec and predicts what that code predicted."""
-    from pathlib import Path
+OLD_FILE = Path(__file__).parent / "data" / "flat_latent_diffusion.npz"  # written by 820707a, flat layout
 
-    import numpy as np
-    import pandas as pd
 
-    data = Path(__file__).parent / "data"
+def _load_old_file():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fit = pg.load(data / "flat_latent_diffusion.npz")
+        return pg.load(OLD_FILE)
+
+
+def test_a_model_file_written_before_the_nested_options_loads_to_the_nested_spec():
+    """tests/data/flat_latent_diffusion.npz was written by the code of 820707a (the flat latent layout):
+    it loads without a warning, its options nested as they were given flat."""
+    from probgex.inference.modelfile import header
+
+    assert isinstance(header(OLD_FILE)["spec"]["latent"]["net"], list)  # the flat layout on disk
+    fit = _load_old_file()
     assert fit.spec.latent == Diffusion(dim=2, net=Network(hidden=(8,)), training=Training(max_steps=40, batch_size=64),
                                         ode=ODE(rtol=1e-3, atol=1e-3), sampler="sde", sde=SDE(n_steps=5))
     assert fit.learned_prior_status == "trained"
+
+
+@pytest.mark.slow
+def test_the_old_model_file_predicts_what_the_old_code_predicted():
+    import numpy as np
+    import pandas as pd
+
+    fit, data = _load_old_file(), OLD_FILE.parent
     obs = pd.DataFrame({"group": ["a", "b", "c"]}, index=["o1", "o2", "o3"])
     pred = fit.predict(obs, n_samples=16, seed=0, library_size=500.0)
     np.testing.assert_allclose(pred["mean"].values, np.load(data / "flat_latent_diffusion_pred_mean.npy"), rtol=1e-6)
