@@ -144,7 +144,7 @@ def run_row(name: str, seed: int, patience: int | None, n_samples: int) -> dict:
     if story in ("glm", "glm_sf"):
         model = Model(formula, likelihood="nb", library="size_factors" if story == "glm_sf" else "observed")
     else:
-        latent = (Diffusion(dim=opts["dim"], max_steps=DIFFUSION_STEPS) if story == "diffusion"
+        latent = (Diffusion(dim=opts["dim"], training={"max_steps": DIFFUSION_STEPS}) if story == "diffusion"
                   else Gaussian(dim=opts["dim"]))
         mean = None
         if story == "residual":  # stage 1: the GLM's posterior-mean prediction, fitted on the same cells

@@ -102,7 +102,8 @@ class Model:
         """
         spec = self.spec
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, patience=patience,
-                          checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout)
+                          checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout,
+                          devices=devices)
         seed = streams.seed_int(seed)
         previous = None
         if resume is not None:

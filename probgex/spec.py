@@ -19,6 +19,10 @@ way on every path.  TOML layout::
     dim = 10
     hidden = []
 
+A learned prior (kind = "diffusion" / "flow") adds its options as sub-tables ``[latent.net]``,
+``[latent.training]``, ``[latent.ode]`` (and ``[latent.sde]``); the flat keys of files written before
+them (``max_steps = ...`` in ``[latent]``) are still read.
+
 Keys whose value is None (``dispersion_key``, ``layer``, ``latent``, ``mean``) are omitted.
 """
 
@@ -36,7 +40,10 @@ import tomli_w
 
 from probgex.choices import DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS, SAMPLE_QUALITIES
 from probgex.errors import SpecError
-from probgex.latent import LATENT_TYPES, Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
+from probgex._validate import check_sizes as _check_sizes
+from probgex._validate import is_int as _is_int
+from probgex._validate import unknown_keys_message as _unknown_keys_message
+from probgex.latent import LATENT_TYPES, Gaussian, latent_from_dict
 
 __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
@@ -237,7 +244,10 @@ class ModelSpec:
         latent = d.pop("latent", None)
         text = _toml_lines(d)
         if latent is not None:
+            options = {k: latent.pop(k) for k in list(latent) if isinstance(latent[k], dict)}
             text += "\n[latent]\n" + _toml_lines(latent)
+            for name, values in options.items():  # a learned prior's options: [latent.net], [latent.training], ...
+                text += f"\n[latent.{name}]\n" + _toml_lines(values)
         return text
 
     @classmethod
