@@ -15,6 +15,9 @@ the trend's prior on the per-gene dispersions keeps m identifiable. The guide is
 observation; a NEW observation's quality is unknown, so prediction draws w from the fitted prior per
 observation and posterior draw: its predictive is the scale mixture the training samples' spread implies.
 
+The cVAE uses the same prior per cell (`sample_quality="on"` with a latent; `probgex.models.cvae`), with
+the location held at 0 and the encoder proposing w_n (issue 13 item 3, the top expression decile).
+
 Off by default: on the bulk rows of benchmarks/calibration_everywhere.py it helped where a poor
 replicate was among the samples (yeast df 1 and 6, bottomly df 1-2: +0.02 to +0.51 nats per entry) and
 harmed elsewhere (gse60450 df 6 -0.53, whose held-out samples are shifted; bottomly df 6 -0.07, too
