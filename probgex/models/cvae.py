@@ -9,8 +9,8 @@ proposes it too; otherwise l_n is the observed total count.
 
 With `spec.sample_quality == "on"` each cell n also scales every gene's NB overdispersion by exp(w_n)
 (concentration theta_g exp(-w_n)), w_n ~ Student-t(4, 0, s) with s by empirical Bayes
-(`probgex.models.quality`, the GLM's per-sample scale; the location is held at 0, absorbed by theta_g); the encoder proposes w_n for a training cell and
-a new cell's w is drawn from the fitted prior, so its predictive is a scale mixture of NBs shared by all
+(`probgex.models.quality`, the GLM's per-sample scale; the location is held at 0, absorbed by theta_g);
+the encoder proposes w_n for a training cell and a new cell's w is drawn from the fitted prior, so its predictive is a scale mixture of NBs shared by all
 its genes: a tight bulk of cells and rare noisy ones (the top expression decile's shape, issue 13).
 """
 
@@ -170,8 +170,10 @@ class CVAE:
         (1, G)): z from the conditional prior p(z | c), or,
         with `from_data`, from the encoder q(z | x, c) (the reconstruction predictive)."""
         nets = self._nets(params)
-        kz, kl, kw = jax.random.split(key, 3)
-        w = None
+        w = kw = None
+        if self.quality:  # its own key first, so the draws without the option are main's, unchanged
+            key, kw = jax.random.split(key)
+        kz, kl = jax.random.split(key)
         if from_data:
             q_z, q_l, q_w = self._encode(nets["encoder"], batch)
             z = draw_normal(q_z, kz, n)
@@ -198,7 +200,10 @@ class CVAE:
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """Importance-sampling estimate of log p(x_b | c_b) per row with the encoder as proposal: (B,)."""
         nets = self._nets(params)
-        kz, kl, kp, kw = jax.random.split(key, 4)
+        kw = None
+        if self.quality:  # its own key first, so the estimate without the option is main's, unchanged
+            key, kw = jax.random.split(key)
+        kz, kl, kp = jax.random.split(key, 3)
         q_z, q_l, q_w = self._encode(nets["encoder"], batch)
         z = draw_normal(q_z, kz, n)
         log_w = self.prior_for(params).log_prob(params, nets, kp, batch.design, z) - q_z.log_prob(z)
