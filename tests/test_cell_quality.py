@@ -114,3 +114,16 @@ def test_no_spread_gives_a_small_prior_scale():
     a, _ = simulate(240, 0.0)
     s = float(_fit(a, max_epochs=120).params["quality_sd"])
     assert s < 0.25, s
+
+
+@pytest.mark.slow
+def test_saved_model_predicts_the_same(tmp_path):
+    """A cVAE fitted with the option, saved and loaded, gives the same held-out log predictive density."""
+    a, _ = simulate(120, 0.8, n_genes=20)
+    fit = _fit(a[:100].copy(), max_epochs=10)
+    fit.save(tmp_path / "m.npz")
+    again = pg.load(tmp_path / "m.npz")
+    assert again.spec.sample_quality == "on" and again.spec.latent is not None
+    test = a[100:].copy()
+    np.testing.assert_allclose(again.log_predictive_density(test, n_samples=20).values,
+                               fit.log_predictive_density(test, n_samples=20).values, rtol=1e-5)
