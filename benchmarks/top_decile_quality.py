@@ -24,6 +24,7 @@ from _common import RESULTS  # noqa: E402
 OUT = RESULTS / "check"
 LEVELS = ("0.5", "0.8", "0.9", "0.95")
 PAIRS = [("harmony_cvae", "harmony_cvae_quality"), ("harmony_cvae_seed1", "harmony_cvae_quality_seed1"),
+         ("harmony_cvae_seed2", "harmony_cvae_quality_seed2"),
          ("ctrl5_cvae", "ctrl5_cvae_quality"), ("muscat_cvae", "muscat_cvae_quality"),
          ("harmony_glm_seed1", "harmony_glm_quality_seed1"), ("ctrl5_glm_cluster", "ctrl5_glm_cluster_quality")]
 
