@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS  # noqa: E402
+from _common import RESULTS
 
 OUT = RESULTS / "check"
 LEVELS = ("0.5", "0.8", "0.9", "0.95")
@@ -36,7 +36,7 @@ def line(name: str, rows: dict) -> str | None:
     s, r = json.loads(path.read_text()), rows[name]
     progs = s["gene_programs"]
     rand = np.mean([v["coverage"]["0.9"] for k, v in progs.items() if k.startswith("random")])
-    f = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
+    f = lambda v: " / ".join(f"{x:.3f}" for x in v)
     sd = r.get("quality_sd")
     return (f"| {name} | {r['model']} `{r['formula']}` | {'-' if sd is None else f'{sd:.2f}'} "
             f"| {s['mean_log_predictive_density']:.2f} | {f(s['coverage'][a] for a in LEVELS)} "

@@ -20,8 +20,8 @@ from scipy import stats
 from scipy.special import gammaln
 
 import probgex as pg
-from probgex.models.batch import HighCounts
 from probgex.inference.minibatch import make_batch
+from probgex.models.batch import HighCounts
 from probgex.models.distributions import count_term_sum
 
 
