@@ -177,7 +177,7 @@ def fit(
     dispersion_key: Annotated[str | None, typer.Option(
         help="obs column whose levels get their own dispersions (with --dispersion gene-group)")] = None,
     sample_quality: Annotated[str | None, typer.Option(
-        help="glm: a per-sample dispersion scale with a fitted prior, integrated over for new samples: "
+        help="a per-sample (per-cell) dispersion scale with a fitted prior, integrated over for new ones: "
              "on | off (default off)")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,

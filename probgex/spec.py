@@ -10,7 +10,7 @@ way on every path.  TOML layout::
     encoder = [128]
     decoder = [128]
     library = "auto"     # resolved when fitted: "size_factors" (bulk-like) or "observed"
-    sample_quality = "off"  # GLM: per-sample dispersion scales "on" | "off"
+    sample_quality = "off"  # GLM and cVAE: per-observation dispersion scales "on" | "off"
     prior_scale = 3.0
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
@@ -92,8 +92,8 @@ class ModelSpec:
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
-    # GLM: a per-sample scale of the NB overdispersion with a learned prior, integrated over for a new
-    # sample (probgex.models.quality): "off" (default) or "on"
+    # a per-observation (sample, cell) scale of the NB overdispersion with a learned prior, integrated over
+    # for a new observation (probgex.models.quality; GLM and cVAE stories): "off" (default) or "on"
     sample_quality: str = "off"
 
     # ------------------------------------------------------------------ validation
@@ -159,9 +159,6 @@ class ModelSpec:
             _check_choice("mean", self.mean, MEANS)
 
         _check_choice("sample_quality", self.sample_quality, SAMPLE_QUALITIES)
-        if self.sample_quality == "on" and self.latent is not None:
-            raise SpecError("sample_quality='on' (per-sample dispersion scales) is a GLM option: drop the latent, "
-                            "or use sample_quality='off' for the cVAE")
 
         ps = self.prior_scale
         if (
