@@ -51,6 +51,23 @@ def test_streamed_rows_match_memory(small, tmp_path, name, dense):
     assert not from_anndata(path, "~ group_id", empty="keep").streamed
 
 
+@pytest.mark.parametrize("name,dense", [("c.h5ad", False), ("d.h5ad", True), ("c.zarr", False), ("d.zarr", True)])
+def test_disk_reads_any_row_pattern_exactly(small, tmp_path, name, dense):
+    """Runs of rows broken by gaps shorter and longer than GAP_ROWS (a streamed window of training rows),
+    one contiguous block, a single row, repeats out of order, no rows: the rows of the matrix in memory."""
+    from probgex.rowsource import GAP_ROWS
+
+    _, disk = open_anndata(_write(small, tmp_path / name, dense))
+    x = small.X.toarray()
+    window = np.r_[3:20, 25:40, 41:43, 43 + GAP_ROWS + 5:200]  # gaps of 5, 1, 0 and GAP_ROWS + 5 rows
+    for rows in (window, np.arange(17, 150), np.array([239]), np.array([90, 3, 90, 3, 200, 0]),
+                 np.zeros(0, np.int64)):
+        block = disk.read(rows)
+        assert sp.issparse(block) != dense
+        got = block.toarray() if sp.issparse(block) else np.asarray(block)
+        np.testing.assert_array_equal(got, x[rows])
+
+
 def test_dropping_empty_genes_and_aligning_genes_streams(small, tmp_path):
     a = small.copy()
     x = np.asarray(a.X.todense())
