@@ -190,7 +190,7 @@ def fit(
 
     try:
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout, patience=patience,
-                          learning_rate=learning_rate)
+                          learning_rate=learning_rate, devices=devices, count_devices=coordinator is None)
         if mean_key is not None and (model is not Story.residual or mean in TRAINED_MEANS) and spec is None:
             raise SpecError("--mean-key says which obs columns key a table of predictions: it needs --model "
                             "residual --mean TABLE")
