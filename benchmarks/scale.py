@@ -1,8 +1,8 @@
 """Scale past memory (issue 14): the cVAE-NB fit on counts streamed from disk (.h5ad, .zarr) against the
 same counts in memory, at growing numbers of cells.
 
-Data: kang_ctrl5's cells (8,684 PBMCs) resampled with replacement to N cells, on its 2,000 genes of
-highest total count, written once as CSR to an .h5ad and a .zarr store (`make`).
+Data: kang_ctrl5's cells (8,684 PBMCs) resampled with replacement to N cells in random order, on its 2,000
+genes of highest total count, written once as CSR to an .h5ad and a .zarr store, 100k rows at a time (`make`).
 Each row (`run`) fits `~ cluster_id`, cVAE-NB (latent 10, encoder/decoder (128,)), batch 128, in a fresh
 process, for `--epochs` epochs (patience above it, so every epoch runs) with the default 10% held out:
   - "memory": anndata.read_h5ad(path) (the counts in memory; the default fit copies them to the device
@@ -10,13 +10,21 @@ process, for `--epochs` epochs (patience above it, so every epoch runs) with the
   - "h5ad" / "zarr": Model.fit(path, memory_budget=0): the counts stay on disk, read in row chunks
     (the default budget, an eighth of the machine's memory up to 1 GiB, streams 1M cells by itself).
 Seconds per epoch: the time between the ends of the last two epochs (steady state: compilation and the
-first epoch's reads excluded), from a progress reporter injected into the fit. Peak memory: the fit
-process's peak resident set (ru_maxrss), everything included (Python, JAX, the model, the data).
+first epoch's reads excluded), wall clock and the process's CPU time (all its threads: the machine is
+shared, so wall times depend on the load, recorded too), from a progress reporter injected into the fit.
+Peak memory: the fit process's peak resident set (ru_maxrss), everything included (Python, JAX, the model,
+the data).
+`predict`: one epoch's cVAE-NB saved, then `predict_to_file` of `--draws` draws for the first N cells'
+metadata, in a fresh process per N (seconds, CPU seconds, file size, peak RSS).
+`devices`: the same cVAE-NB on kang_ctrl5 in memory (batch 256) on 1, 2, 4 host devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N), seconds per epoch.
 
 Usage:
   python benchmarks/scale.py make --sizes 100000 300000 1000000
   python benchmarks/scale.py run --sizes 100000 300000 1000000 --sources memory h5ad zarr --epochs 3 \
       --out benchmarks/results/scale.json
+  python benchmarks/scale.py predict --sizes 500 2000 --draws 200 --out benchmarks/results/scale.json
+  python benchmarks/scale.py devices --devices 1 2 4 --epochs 3 --out benchmarks/results/scale_devices.json
 """
 
 from __future__ import annotations
@@ -128,22 +136,113 @@ def one(n: int, source: str, epochs: int) -> dict:
 
 
 def run(sizes: list[int], sources: list[str], epochs: int, out: Path) -> None:
-    rows = []
+    """Each (size, source) in a fresh process; its row replaces any row of the same size and source in
+    `out` (so that sizes can be measured in separate runs)."""
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for n in sizes:
         for source in sources:
             r = subprocess.run([sys.executable, __file__, "one", "--n", str(n), "--source", source,
                                 "--epochs", str(epochs)], capture_output=True, text=True)
             if r.returncode:
-                rows.append({"cells": n, "source": source, "error": r.stderr.strip().splitlines()[-1][:300]})
+                row = {"cells": n, "source": source, "error": r.stderr.strip().splitlines()[-1][:300]}
             else:
-                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+                row = json.loads(r.stdout.strip().splitlines()[-1])
+            rows = [q for q in rows if (q["cells"], q["source"]) != (n, source)] + [row]
+            rows.sort(key=lambda q: (q["cells"], ["memory", "h5ad", "zarr"].index(q["source"])
+                                     if q["source"] in ("memory", "h5ad", "zarr") else 9))
+            print(json.dumps(row), flush=True)
             write(out, {"machine": machine(), "rows": rows, "epochs": epochs})
+
+
+def predict_one(n: int, draws: int) -> dict:
+    """`predict` of `draws` draws for the first n cells' metadata of the 100k file, written block by block
+    to a netCDF file (`inference.predict.predict_to_file`), in this process: wall and CPU seconds, the
+    file's size, the process's peak resident set. The file is deleted afterwards."""
+    import h5py
+    from anndata.io import read_elem
+
+    import probgex as pg
+    from probgex.inference.predict import predict_to_file
+
+    with h5py.File(path_of(100_000, "h5ad"), "r") as f:
+        obs = read_elem(f["obs"]).iloc[:n]
+    fit = pg.load(WORK / "model.npz")
+    out = WORK / f"predict_{n}.nc"
+    t0, c0 = time.perf_counter(), time.process_time()
+    predict_to_file(fit, obs, out, n_samples=draws)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    size = out.stat().st_size
+    out.unlink()
+    return {"cells": n, "source": "predict", "draws": draws, "genes": GENES, "s": wall, "cpu_s": cpu,
+            "file_gb": size / 2**30, "load_1min": os.getloadavg()[0],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def predict(sizes: list[int], draws: int, out: Path) -> None:
+    """Fit the benchmark's cVAE-NB for one epoch on the 100k .h5ad (streamed) and save it, then one
+    `predict_one` per size in a fresh process; rows added to `out` as source "predict"."""
+    import probgex as pg
+
+    model = WORK / "model.npz"
+    if not model.exists():
+        spec = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
+                        decoder=(128,), library="observed")
+        spec.fit(path_of(100_000, "h5ad"), seed=0, max_epochs=1, batch_size=128, progress=False,
+                 memory_budget=0).save(model)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    for n in sizes:
+        r = subprocess.run([sys.executable, __file__, "predict_one", "--n", str(n), "--draws", str(draws)],
+                           capture_output=True, text=True)
+        row = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else \
+            {"cells": n, "source": "predict", "error": r.stderr.strip().splitlines()[-1][:300]}
+        rows = [q for q in rows if (q["cells"], q["source"]) != (n, "predict")] + [row]
+        print(json.dumps(row), flush=True)
+        write(out, {"machine": machine(), "rows": rows})
+
+
+def devices_one(n_dev: int, epochs: int) -> dict:
+    """The benchmark's cVAE-NB on kang_ctrl5's 8,684 cells x 2,000 genes in memory, batch 256, on
+    `n_dev` host devices (this process started with XLA_FLAGS=--xla_force_host_platform_device_count)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    import probgex as pg
+
+    a = load("kang_ctrl5")
+    x = sp.csr_matrix(a.X)
+    a = a[:, np.sort(np.argsort(-np.asarray(x.sum(0)).ravel())[:GENES])].copy()
+    model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
+                     decoder=(128,), library="observed")
+    t0 = time.perf_counter()
+    fit = model.fit(a, seed=0, max_epochs=epochs, patience=epochs + 1, batch_size=256, progress=Clock,
+                    devices=n_dev)
+    (w1, c1), (w2, c2) = Clock.ends[-2:]
+    return {"devices": fit.fit_info["devices"], "cells": a.n_obs, "s_per_epoch": w2 - w1, "cpu_s_per_epoch": c2 - c1,
+            "total_s": time.perf_counter() - t0, "final_train_loss": fit.history.train[-1],
+            "load_1min": os.getloadavg()[0]}
+
+
+def devices(counts: list[int], epochs: int, out: Path) -> None:
+    """`devices_one` for each number of host devices, each in a fresh process."""
+    import os as _os
+
+    rows = []
+    for n_dev in counts:
+        env = dict(_os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}", JAX_PLATFORMS="cpu")
+        r = subprocess.run([sys.executable, __file__, "devices_one", "--n", str(n_dev), "--epochs", str(epochs)],
+                           capture_output=True, text=True, env=env)
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
+                    {"devices": n_dev, "error": r.stderr.strip().splitlines()[-1][:300]})
+        print(json.dumps(rows[-1]), flush=True)
+        write(out, {"machine": machine(), "rows": rows, "epochs": epochs})
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["make", "run", "one"])
+    p.add_argument("what", choices=["make", "run", "one", "predict", "predict_one", "devices",
+                                       "devices_one"])
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--draws", type=int, default=200)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     p.add_argument("--sources", nargs="+", default=["memory", "h5ad", "zarr"])
     p.add_argument("--epochs", type=int, default=3)
@@ -155,6 +254,14 @@ def main() -> None:
         make(a.sizes)
     elif a.what == "run":
         run(a.sizes, a.sources, a.epochs, a.out)
+    elif a.what == "predict":
+        predict(a.sizes, a.draws, a.out)
+    elif a.what == "devices":
+        devices(a.devices, a.epochs, a.out)
+    elif a.what == "devices_one":
+        print(json.dumps(devices_one(a.n, a.epochs)))
+    elif a.what == "predict_one":
+        print(json.dumps(predict_one(a.n, a.draws)))
     else:
         print(json.dumps(one(a.n, a.source, a.epochs)))
 
