@@ -173,7 +173,6 @@ WARM = 3  # windows of the first epoch not timed (compilation)
 def run(sizes: list[int], sources: list[str], epochs: int, out: Path, max_windows: int = 0) -> None:
     """Each (size, source) in a fresh process; its row replaces any row of the same size and source in
     `out` (so that sizes can be measured in separate runs)."""
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for n in sizes:
         for source in sources:
             r = subprocess.run([sys.executable, __file__, "one", "--n", str(n), "--source", source,
@@ -184,6 +183,7 @@ def run(sizes: list[int], sources: list[str], epochs: int, out: Path, max_window
             else:
                 row = json.loads(r.stdout.strip().splitlines()[-1])
             key = (n, source, bool(max_windows))
+            rows = json.loads(out.read_text())["rows"] if out.exists() else []  # read anew: runs may share it
             rows = [q for q in rows if (q["cells"], q["source"], q.get("extrapolated", False)) != key] + [row]
             rows.sort(key=lambda q: (q["cells"], ["memory", "h5ad", "zarr"].index(q["source"])
                                      if q["source"] in ("memory", "h5ad", "zarr") else 9))
