@@ -216,3 +216,21 @@ def test_stage1_mlp_trains_from_minibatches_of_counts_on_disk(small, tmp_path):
     b = MLPMean.train(disk, seed=0, max_epochs=4, progress=False)  # targets read batch by batch
     np.testing.assert_allclose(np.array(b.history), np.array(a.history), rtol=1e-4)
     np.testing.assert_allclose(b.predict_log1p(mem.design[:5]), a.predict_log1p(mem.design[:5]), rtol=1e-3, atol=1e-4)
+
+
+def test_streamed_windows_visit_every_row_once_and_read_it_exactly(small, tmp_path):
+    """A streamed epoch (`Minibatches.windows`) over training rows broken by held-out ones: every row once,
+    each window read from the .zarr store in one go equal to the rows in memory."""
+    from probgex.inference.minibatch import Minibatches
+
+    path = _write(small, tmp_path / "w.zarr", dense=False)
+    disk = from_anndata(path, "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)  # every 10th row held out
+    mb = Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(5))
+    seen = []
+    for held, order in mb.windows():
+        assert np.all(np.diff(held) > 0) and sorted(order) == list(range(len(held)))
+        np.testing.assert_array_equal(mb.window_data(held).rows(order), mem.rows(train[held][order]))
+        seen.append(train[held][order])
+    assert sorted(np.concatenate(seen).tolist()) == train.tolist()
