@@ -234,3 +234,11 @@ def test_streamed_windows_visit_every_row_once_and_read_it_exactly(small, tmp_pa
         np.testing.assert_array_equal(mb.window_data(held).rows(order), mem.rows(train[held][order]))
         seen.append(train[held][order])
     assert sorted(np.concatenate(seen).tolist()) == train.tolist()
+
+
+def test_entries_above_one_are_counted_from_csr_blocks_on_disk(small, tmp_path):
+    from probgex.inference.minibatch import high_per_row
+
+    disk = from_anndata(_write(small, tmp_path / "h.h5ad", dense=False), "~ 1", memory_budget=0, empty="keep")
+    rows = np.random.default_rng(2).permutation(small.n_obs)[:200]
+    np.testing.assert_array_equal(high_per_row(disk, rows, chunk=16), (small.X.toarray()[rows] >= 2).sum(1))
