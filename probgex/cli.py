@@ -215,7 +215,7 @@ def fit(
 
     with _shell_errors():
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout, patience=patience,
-                          learning_rate=learning_rate, devices=devices)
+                          learning_rate=learning_rate, devices=devices, count_devices=coordinator is None)
         seed = _seed(seed)
         if memory_budget is not None and not 0 < memory_budget < float("inf"):
             raise SpecError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")

@@ -294,6 +294,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             elif windows:  # counts on disk: each window of rows read once, put on the device, scanned over
                 losses = []
                 for held, order in train.windows():
+                    if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
+                        losses[-2].block_until_ready()  # would hold every window read so far in memory
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
                     dev = _to_device(train.window_data(held), np.arange(len(held)), high=split,
