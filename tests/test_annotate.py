@@ -228,7 +228,7 @@ def test_shell_fit_passes_dispersion_learning_rate_patience_and_prior_steps(file
     assert res.exit_code == 0, res.output
     assert seen["learning_rate"] == 0.005 and seen["patience"] == 4
     spec = seen["spec"]
-    assert (spec.dispersion, spec.dispersion_key, spec.latent.kind, spec.latent.max_steps) == ("gene-group", "batch",
+    assert (spec.dispersion, spec.dispersion_key, spec.latent.kind, spec.latent.training.max_steps) == ("gene-group", "batch",
                                                                                                "flow", 7)
 
 
