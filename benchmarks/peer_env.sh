@@ -7,9 +7,10 @@
 #
 # scGen: PyPI's scgen 2.1.0 (2022, the last release) imports names that scvi-tools removed in 1.0
 # (`scvi._compat.Literal`, `scvi.module.base.LossRecorder`): `import scgen` fails beside the scvi-tools
-# 1.4.2 of .peer-venv (`ModuleNotFoundError: No module named 'scvi._compat'`). So `scgen` builds a second venv, benchmarks/.scgen-venv, on the
-# same CPU torch with scvi-tools 0.19.0 (the last release with LossRecorder) and that era's stack pinned
-# by a constraints file (pytorch-lightning 1.7.7, numpy < 2, pandas < 2, anndata < 0.10, jax < 0.4.14, ...).
+# 1.4.2 of .peer-venv (`ModuleNotFoundError: No module named 'scvi._compat'`). So `scgen` builds a second
+# venv, benchmarks/.scgen-venv, on the same CPU torch with scvi-tools 0.19.0 (the last release with LossRecorder) and that era's stack pinned
+# by a constraints file (pytorch-lightning 1.7.7, numpy < 2, pandas < 2, anndata < 0.10, jax < 0.4.14, ...),
+# and setuptools < 70 (pytorch-lightning 1.7.7 imports pkg_resources).
 #
 # torch==2.13.0 is installed FIRST and then pinned with a constraints file, so pip never swaps it for
 # a (multi-GB) CUDA build while resolving scvi-tools. Override the versions with TORCH_VERSION /
@@ -93,6 +94,11 @@ if ! have scvi-tools "$SCVI_VERSION"; then
 fi
 if [[ $SCGEN == 1 ]] && ! have scgen 2.1.0; then
     "$PY" -m pip install -q -c "$CONSTRAINTS" "scgen==2.1.0"
+fi
+if [[ $SCGEN == 1 ]] && ! "$PY" -c "import pkg_resources" 2>/dev/null; then
+    # pytorch-lightning 1.7.7 imports pkg_resources, which setuptools >= 81 no longer ships (torch's own
+    # setuptools>=77 requirement is for building extensions only, never used here)
+    "$PY" -m pip install -q "setuptools<70"
 fi
 
 "$PY" - <<'EOF'
