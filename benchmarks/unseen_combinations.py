@@ -102,6 +102,23 @@ def run_scgen(path: Path, epochs: int, seed: int, types: list[str]) -> tuple[dic
     return preds, record
 
 
+def table(rows: list[dict]) -> str:
+    """The README's markdown table of a results file's rows."""
+    def f(r, k):
+        return f"{r[k]:.3f}" if k in r else "-"
+
+    out = ["| cell type | model | R² mean (all) | R² sd (all) | R² mean (top 100 DEG) | R² sd (top 100 DEG) "
+           "| coverage 50 / 90 (all) | coverage 50 / 90 (top 100 DEG) | log p / cell |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cov = f"{f(r, 'coverage_50')} / {f(r, 'coverage_90')}" if "coverage_50" in r else "-"
+        deg = f"{f(r, 'coverage_50_deg')} / {f(r, 'coverage_90_deg')}" if "coverage_50_deg" in r else "-"
+        lpd = f"{r['lpd_per_cell']:.1f}" if "lpd_per_cell" in r else "-"
+        out.append(f"| {r['cell_type']} | {r['model']} | {f(r, 'r2_mean')} | {f(r, 'r2_sd')} | {f(r, 'r2_mean_deg')} "
+                   f"| {f(r, 'r2_sd_deg')} | {cov} | {deg} | {lpd} |")
+    return "\n".join(out)
+
+
 def report(path: Path) -> Path:
     """A figure of a results file: R^2 of per-gene means (all genes, top-100 DE genes) per cell type and model."""
     import json
@@ -142,6 +159,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "unseen_combinations.json")
     args = p.parse_args()
     if args.report is not None:
+        print(table(json.loads(args.report.read_text())["rows"]))
         print(report(args.report))
         return
     warnings.simplefilter("ignore")
