@@ -127,7 +127,7 @@ def generator(kind: str, epochs: int):
     if kind == "glm":
         return pg.Model(formula, likelihood="nb"), {"max_epochs": 2 * epochs, "batch_size": 512}
     latent = {"cvae": pg.latent.Gaussian(dim=10),
-              "flow": pg.latent.Flow(dim=10, max_steps=2000)}[kind]
+              "flow": pg.latent.Flow(dim=10, training={"max_steps": 2000})}[kind]
     return pg.Model(formula, likelihood="nb", latent=latent), {"max_epochs": epochs, "batch_size": 512}
 
 

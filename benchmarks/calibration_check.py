@@ -26,6 +26,13 @@ Rows (select with --rows):
   yeast_glm_sf / gtex_glm_sf the GLM with median-of-ratios library sizes (library="size_factors").
   ctrl5_diffusion            the cVAE with a learned diffusion prior (VP-SDE score model, 6,000 steps;
                              probability-flow ODE sampling).
+  harmony_glm / harmony_cvae kang_harmony `~ condition` (2,000 PBMCs, ctrl / stim; the formula does not
+                             name the cell types): a random 10% of cells held out (numpy seed 0), the
+                             2,000 genes with the largest variance of log1p(counts per 10,000) over the
+                             training cells. GLM NB; cVAE NB (dim 10, (128,), max_epochs 100).
+  *_quality                  the same row with sample_quality="on": a per-cell scale of the NB
+                             overdispersion with a fitted Student-t prior, integrated over for a held-out
+                             cell (probgex.models.quality; issue 13 item 3, the top expression decile).
 
 Joint calibration: the gene programs (the 20 most correlated of the 50 most variable genes, and random
 sets of 20) are chosen on the training cells (`check(..., reference=train)`), on library-normalized
@@ -97,7 +104,25 @@ ROWS = {
     "yeast_glm_sf": ("schurch_yeast", "yeast", "~ strain", "glm_sf", None),
     "gtex_glm_sf": ("gtex_brain", "gtex", "~ class + sex + age", "glm_sf", None),
     "ctrl5_diffusion": ("kang_ctrl5", "kang_ctrl5_heldout.txt", "~ cluster_id + sample_id", "diffusion", CVAE_SC),
+    "harmony_glm": ("kang_harmony", "harmony", "~ condition", "glm", None),
+    "harmony_cvae": ("kang_harmony", "harmony", "~ condition", "cvae", CVAE_SC),
 }
+for _base in ("ctrl5_glm_cluster", "ctrl5_cvae", "muscat_cvae", "harmony_glm", "harmony_cvae"):
+    ROWS[_base + "_quality"] = ROWS[_base]  # the same row with sample_quality="on"
+HARMONY_GENES = 2000
+
+
+def harmony_split():
+    """kang_harmony: a random 10% of cells held out (seed 0), the HARMONY_GENES genes with the largest
+    variance of log1p(counts per 10,000) over the training cells."""
+    a = load("kang_harmony")
+    test = np.zeros(a.n_obs, bool)
+    test[np.random.default_rng(0).permutation(a.n_obs)[: round(0.1 * a.n_obs)]] = True
+    x = a.X[~test]
+    x = np.asarray(x.todense() if hasattr(x, "todense") else x, float)
+    v = np.log1p(x / x.sum(1, keepdims=True) * 1e4).var(0)
+    genes = np.sort(np.argsort(-v)[:HARMONY_GENES])
+    return a[~test][:, genes].copy(), a[test][:, genes].copy()
 DIFFUSION_STEPS = 6000  # prior optimizer steps, as in benchmarks/sampling.py
 
 
@@ -106,6 +131,8 @@ def split_for(dataset: str, split: str):
         return yeast_split()
     if split == "gtex":
         return gtex_split()
+    if split == "harmony":
+        return harmony_split()
     return fixed_split(load(dataset), split)
 
 
@@ -125,6 +152,7 @@ def headline(s: dict) -> dict:
         "pit_pooled_ks": pooled["ks_statistic"],
         "fraction_genes_passing": s["pit_uniformity"]["fraction_genes_passing"],
         "lpd": s["mean_log_predictive_density"], "crps": s["mean_crps"],
+        "top_decile_coverage": {a: s["coverage_by_decile"][a][-1] for a in LEVELS},
         "program_correlated_cov90": progs["correlated"]["coverage"]["0.9"] if "correlated" in progs else None,
         "program_correlated_coverage": progs["correlated"]["coverage"] if "correlated" in progs else None,
         "program_random_cov90_mean": float(np.mean([v["coverage"]["0.9"] for v in rand])) if rand else None,
@@ -141,16 +169,18 @@ def run_row(name: str, seed: int, patience: int | None, n_samples: int) -> dict:
     dataset, split, formula, story, opts = ROWS[name]
     train, test = split_for(dataset, split)
     kw = {}
+    quality = "on" if name.endswith("_quality") else "off"
     if story in ("glm", "glm_sf"):
-        model = Model(formula, likelihood="nb", library="size_factors" if story == "glm_sf" else "observed")
+        model = Model(formula, likelihood="nb", library="size_factors" if story == "glm_sf" else "observed",
+                      sample_quality=quality)
     else:
-        latent = (Diffusion(dim=opts["dim"], max_steps=DIFFUSION_STEPS) if story == "diffusion"
+        latent = (Diffusion(dim=opts["dim"], training={"max_steps": DIFFUSION_STEPS}) if story == "diffusion"
                   else Gaussian(dim=opts["dim"]))
         mean = None
         if story == "residual":  # stage 1: the GLM's posterior-mean prediction, fitted on the same cells
             mean = GLMMean.from_fit(Model(formula, likelihood="nb").fit(train, seed=seed, progress=False))
         model = Model(formula, likelihood="nb", latent=latent, encoder=opts["hidden"], decoder=opts["hidden"],
-                      mean=mean)
+                      mean=mean, sample_quality=quality)
         if opts["max_epochs"] is not None:
             kw["max_epochs"] = opts["max_epochs"]
     note = None
@@ -162,15 +192,19 @@ def run_row(name: str, seed: int, patience: int | None, n_samples: int) -> dict:
         fit, t_fit = timed(model.fit, train, seed=seed, patience=patience, progress=False, learning_rate=1e-4, **kw)
     report, t_check = timed(check, fit, test, n_samples=n_samples, seed=seed, progress=False, reference=train)
     s = report.summary()
-    folder = OUT / name
+    folder = OUT / (name if seed == 0 else f"{name}_seed{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(s, indent=2, default=_jsonable))
-    row = {"name": name, "dataset": dataset, "model": f"{story} nb"
+    row = {"name": name, "dataset": dataset, "sample_quality": quality, "model": f"{story} nb"
            + ("" if opts is None else f" (dim {opts['dim']}, {opts['hidden']})"), "formula": formula,
            "programs_chosen_on": "training data",
            "n_train": int(train.n_obs), "epochs_run": len(fit.history.train), "best_epoch": fit.history.best_epoch,
            "fit_seconds": t_fit, "check_seconds": t_check, "seed": seed, "n_samples": n_samples}
     row.update(headline(s))
+    if quality == "on":
+        row["quality_sd"] = float(fit.params["quality_sd"])
+        if "quality_mean" in fit.params:
+            row["quality_mean"] = float(fit.params["quality_mean"])
     if note:
         row["note"] = note
     row["worst_genes"] = s["worst_genes"][:5]
@@ -220,10 +254,15 @@ def main(argv=None):
             row = run_row(name, args.seed, args.patience, args.n_samples)
             row["machine"] = machine()
             stored = json.loads(path.read_text()) if path.exists() else {"rows": {}}  # re-read: merge
-            stored["rows"][name] = row
+            stored["rows"][name if args.seed == 0 else f"{name}_seed{args.seed}"] = row  # other seeds: own rows
             write(path, stored)
             print(f"{name}: fit {row['fit_seconds']:.0f} s ({row['epochs_run']} epochs) + check "
-                  f"{row['check_seconds']:.0f} s", flush=True)
+                  f"{row['check_seconds']:.0f} s; LPD {row['lpd']:.2f}, pooled "
+                  f"{' / '.join(f'{v:.3f}' for v in row['coverage'].values())}, top decile "
+                  f"{' / '.join(f'{v:.3f}' for v in row['top_decile_coverage'].values())}, worst decile "
+                  f"{row['worst_decile_deviation_max']:.3f}, genes in 3 SE {row['genes_within_3se_90']:.3f}, "
+                  f"programs corr / rand {row['program_correlated_cov90']} / {row['program_random_cov90_mean']}",
+                  flush=True)
     stored = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     print(table([stored["rows"][k] for k in ROWS if k in stored["rows"]]))
 

@@ -44,8 +44,9 @@ import numpy as np
 from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bulk_protocol import MIN_TEST_MEAN, bulk_split, deseq_plugin, expressed, scores  # noqa: E402
+from _bulk_protocol import LEVELS, MIN_TEST_MEAN, bulk_split, deseq_plugin, expressed, scores  # noqa: E402
 from _common import RESULTS, fixed_split, load, machine  # noqa: E402
+from calibration_noise import clustered  # noqa: E402
 
 N_GENES = 1000
 DRAWS = 5
@@ -108,7 +109,7 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int, quality
     a = load(name)
     a.X = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
     acc = {"probgex": [], "deseq2_plugin": []}
-    splits, trends, t_fit = [], [], 0.0
+    splits, trends, held, t_fit = [], [], [], 0.0
     for draw in range(draws):
         sp = bulk_split(a, formula, df, seed=1000 * df + draw)
         if sp is None:
@@ -128,6 +129,7 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int, quality
         t_fit += seconds
         gid = np.broadcast_to(genes[sel][None], (len(te), sel.sum()))
         dkey = np.broadcast_to(train_mean[sel][None], (len(te), sel.sum()))
+        held.append(np.broadcast_to((len(te) * draw + np.arange(len(te)))[:, None], gid.shape).ravel())
         for key, (p, l) in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp))):
             acc[key].append((p[:, sel].ravel(), l[:, sel].ravel(), dkey.ravel(), gid.ravel()))
         par = fit.params
@@ -145,7 +147,11 @@ def bulk_row(name: str, formula: str, df: int, variant: str, draws: int, quality
         if parts:
             cat = [np.concatenate([p[i] for p in parts]) for i in range(4)]
             row[key] = scores(*cat)
+            # the pooled coverages' SEs clustered by held-out sample (`calibration_noise.py`)
+            row[key]["coverage_se"] = [round(clustered(np.abs(cat[0] - 0.5) <= lv / 2, np.concatenate(held))[1], 4)
+                                       for lv in LEVELS]
             entries.update({f"{key}_{n}": c for n, c in zip(("pit", "logp", "decile_key", "gene"), cat, strict=True)})
+    entries["sample"] = np.concatenate(held)  # the held-out sample of every entry (split len(test) draw + position)
     # the scored entries, so other scores can be computed without refitting
     np.savez_compressed(RESULTS / "calibration_everywhere" / f"{name}_df{df}_{variant}.npz", **entries)
     return row

@@ -31,8 +31,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     a = ad.read_h5ad(DATA)
     rows = {}
-    for name, latent in (("gaussian", pg.latent.Gaussian(dim=4)), ("diffusion", pg.latent.Diffusion(dim=4, max_steps=500)),
-                         ("flow", pg.latent.Flow(dim=4, max_steps=500))):
+    for name, latent in (("gaussian", pg.latent.Gaussian(dim=4)), ("diffusion", pg.latent.Diffusion(dim=4, training={"max_steps": 500})),
+                         ("flow", pg.latent.Flow(dim=4, training={"max_steps": 500}))):
         fit = pg.Model("~ group_id", likelihood="nb", latent=latent).fit(a, seed=0, max_epochs=5, progress=False)
         times = []
         for rep in range(3):

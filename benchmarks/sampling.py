@@ -191,8 +191,8 @@ def main():
     out = Path(args.out) if args.out else RESULTS / out_name
     adata = load(args.dataset)
     train, test = fixed_split(adata, split_file)
-    diff = pg.latent.Diffusion(dim=10, net=(256, 256, 256), max_steps=args.prior_steps)
-    flow = pg.latent.Flow(dim=10, net=(256, 256, 256), max_steps=args.prior_steps)
+    diff = pg.latent.Diffusion(dim=10, net={"hidden": (256, 256, 256)}, training={"max_steps": args.prior_steps})
+    flow = pg.latent.Flow(dim=10, net={"hidden": (256, 256, 256)}, training={"max_steps": args.prior_steps})
     fit_d, fit_f, t_fit, t_flow = fit_models(train, formula, diff, flow, args)
     vae = {k: v for k, v in fit_d.params.items() if k != "learned_prior"}
     variants = {

@@ -1,8 +1,8 @@
 """Scale past memory (issue 14): the cVAE-NB fit on counts streamed from disk (.h5ad, .zarr) against the
 same counts in memory, at growing numbers of cells.
 
-Data: kang_ctrl5's cells (8,684 PBMCs) resampled with replacement to N cells, on its 2,000 genes of
-highest total count, written once as CSR to an .h5ad and a .zarr store (`make`).
+Data: kang_ctrl5's cells (8,684 PBMCs) resampled with replacement to N cells in random order, on its 2,000
+genes of highest total count, written once as CSR to an .h5ad and a .zarr store, 100k rows at a time (`make`).
 Each row (`run`) fits `~ cluster_id`, cVAE-NB (latent 10, encoder/decoder (128,)), batch 128, in a fresh
 process, for `--epochs` epochs (patience above it, so every epoch runs) with the default 10% held out:
   - "memory": anndata.read_h5ad(path) (the counts in memory; the default fit copies them to the device
@@ -10,19 +10,28 @@ process, for `--epochs` epochs (patience above it, so every epoch runs) with the
   - "h5ad" / "zarr": Model.fit(path, memory_budget=0): the counts stay on disk, read in row chunks
     (the default budget, an eighth of the machine's memory up to 1 GiB, streams 1M cells by itself).
 Seconds per epoch: the time between the ends of the last two epochs (steady state: compilation and the
-first epoch's reads excluded), from a progress reporter injected into the fit. Peak memory: the fit
-process's peak resident set (ru_maxrss), everything included (Python, JAX, the model, the data).
+first epoch's reads excluded), wall clock and the process's CPU time (all its threads: the machine is
+shared, so wall times depend on the load, recorded too), from a progress reporter injected into the fit.
+Peak memory: the fit process's peak resident set (ru_maxrss), everything included (Python, JAX, the model,
+the data).
+`predict`: one epoch's cVAE-NB saved, then `predict_to_file` of `--draws` draws for the first N cells'
+metadata, in a fresh process per N (seconds, CPU seconds, file size, peak RSS).
+`devices`: the same cVAE-NB on kang_ctrl5 in memory (batch 256) on 1, 2, 4 host devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N), seconds per epoch.
 
 Usage:
   python benchmarks/scale.py make --sizes 100000 300000 1000000
   python benchmarks/scale.py run --sizes 100000 300000 1000000 --sources memory h5ad zarr --epochs 3 \
       --out benchmarks/results/scale.json
+  python benchmarks/scale.py predict --sizes 500 2000 --draws 200 --out benchmarks/results/scale.json
+  python benchmarks/scale.py devices --devices 1 2 4 --epochs 3 --out benchmarks/results/scale_devices.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -41,31 +50,55 @@ def path_of(n: int, kind: str) -> Path:
 
 
 def make(sizes: list[int]) -> None:
+    """Write N resampled cells (in random order: the copies of one cell are not neighbours, so the zarr
+    store compresses like real counts) to an .h5ad and a .zarr store, 100k rows at a time (the counts are
+    appended on disk, `anndata.io.sparse_dataset(...).append`), so that 1M cells need no 3 GB in memory."""
+    import anndata as ad
+    import h5py
     import numpy as np
     import scipy.sparse as sp
+    import zarr
+    from anndata.io import sparse_dataset, write_elem
 
     a = load("kang_ctrl5")
     x = sp.csr_matrix(a.X)
     top = np.argsort(-np.asarray(x.sum(0)).ravel())[:GENES]
     a = a[:, np.sort(top)].copy()
-    a.X = sp.csr_matrix(a.X)
+    x = sp.csr_matrix(a.X)
     WORK.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
     for n in sizes:
         if path_of(n, "h5ad").exists() and path_of(n, "zarr").exists():
             continue
-        b = a[np.sort(rng.choice(a.n_obs, n, replace=True))].copy()
-        b.obs_names = [f"c{i}" for i in range(n)]
-        b.X = sp.csr_matrix(b.X)
-        b.write_h5ad(path_of(n, "h5ad"))
-        b.write_zarr(path_of(n, "zarr"))
-        print(f"wrote {n} cells: {b.X.nnz / n:.0f} non-zero counts per cell", flush=True)
+        rng = np.random.default_rng(n)
+        pick = rng.choice(a.n_obs, n, replace=True)
+        obs = a.obs.iloc[pick].copy()
+        obs.index = [f"c{i}" for i in range(n)]
+        meta = ad.AnnData(obs=obs, var=a.var)
+        for kind in ("h5ad", "zarr"):
+            path = path_of(n, kind)
+            meta.write_h5ad(path) if kind == "h5ad" else meta.write_zarr(path)
+            store = h5py.File(path, "a") if kind == "h5ad" else \
+                zarr.open_group(str(path), mode="a", use_consolidated=False)
+            for start in range(0, n, CHUNK):
+                part = x[pick[start : start + CHUNK]]
+                if start == 0:
+                    write_elem(store, "X", part)
+                else:
+                    sparse_dataset(store["X"]).append(part)
+            if kind == "h5ad":
+                store.close()
+            else:
+                zarr.consolidate_metadata(str(path))
+        print(f"wrote {n} cells: {x[pick[:CHUNK]].nnz / min(n, CHUNK):.0f} non-zero counts per cell", flush=True)
+
+
+CHUNK = 100_000  # rows written at a time
 
 
 class Clock:
-    """A progress reporter that records when each epoch ends."""
+    """A progress reporter that records when each epoch ends (wall clock and the process's CPU time)."""
 
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
 
     def __init__(self, label, total, completed=0, *, unit="epoch"):
         Clock.ends = []
@@ -77,14 +110,37 @@ class Clock:
         return None
 
     def update(self, completed, msg=""):
-        Clock.ends.append(time.perf_counter())
+        Clock.ends.append((time.perf_counter(), time.process_time()))
 
 
-def one(n: int, source: str, epochs: int) -> dict:
+class Enough(Exception):
+    """Raised after the windows to time (`one(..., max_windows=K)`)."""
+
+
+def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
+    """One fit; with `max_windows` K (counts on disk), only the first K + WARM windows of the first epoch
+    run, each finished before the next starts (JAX's CPU async dispatch off, so that a window's time is its
+    reads and its steps), and the seconds per epoch are extrapolated from the last K windows' times to the
+    epoch's windows (labelled "extrapolated"; the held-out evaluation at the epoch's end not included)."""
     import anndata as ad
+    import jax
 
     import probgex as pg
+    from probgex.inference import minibatch
 
+    marks: list[tuple[float, float]] = []
+    if max_windows:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        windows = minibatch.Minibatches.windows
+
+        def timed(self):
+            for item in windows(self):
+                marks.append((time.perf_counter(), time.process_time()))
+                if len(marks) > max_windows + WARM:
+                    raise Enough
+                yield item
+
+        minibatch.Minibatches.windows = timed
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
                      decoder=(128,), library="observed")
     t0 = time.perf_counter()
@@ -92,32 +148,145 @@ def one(n: int, source: str, epochs: int) -> dict:
         data, budget = ad.read_h5ad(path_of(n, "h5ad")), None
     else:
         data, budget = path_of(n, source), 0
-    fit = model.fit(data, seed=0, max_epochs=epochs, patience=epochs + 1, batch_size=128, progress=Clock,
-                    memory_budget=budget)
-    total = time.perf_counter() - t0
-    per_epoch = Clock.ends[-1] - Clock.ends[-2]
-    return {"cells": n, "source": source, "epochs": len(fit.history.train), "streamed": fit.fit_info["streamed"],
-            "s_per_epoch": per_epoch, "cells_per_s": 0.9 * n / per_epoch, "total_s": total,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    row = {"cells": n, "source": source}
+    try:
+        fit = model.fit(data, seed=0, max_epochs=epochs, patience=epochs + 1, batch_size=128, progress=Clock,
+                        memory_budget=budget)
+    except Enough:
+        (w1, c1), (w2, c2) = marks[WARM], marks[-1]
+        per_epoch = -(-int(0.9 * n) // (128 * minibatch.WINDOW_BATCHES))  # windows in an epoch
+        row.update(extrapolated=True, windows_timed=max_windows, streamed=True, setup_s=marks[0][0] - t0,
+                   s_per_epoch=(w2 - w1) / max_windows * per_epoch,
+                   cpu_s_per_epoch=(c2 - c1) / max_windows * per_epoch)
+    else:
+        (w1, c1), (w2, c2) = Clock.ends[-2:]
+        row.update(epochs=len(fit.history.train), streamed=fit.fit_info["streamed"], s_per_epoch=w2 - w1,
+                   cpu_s_per_epoch=c2 - c1)
+    row.update(cells_per_s=0.9 * n / row["s_per_epoch"], total_s=time.perf_counter() - t0,
+               load_1min=os.getloadavg()[0], peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return row
 
 
-def run(sizes: list[int], sources: list[str], epochs: int, out: Path) -> None:
-    rows = []
+WARM = 3  # windows of the first epoch not timed (compilation)
+
+
+def run(sizes: list[int], sources: list[str], epochs: int, out: Path, max_windows: int = 0) -> None:
+    """Each (size, source) in a fresh process; its row replaces any row of the same size and source in
+    `out` (so that sizes can be measured in separate runs)."""
     for n in sizes:
         for source in sources:
             r = subprocess.run([sys.executable, __file__, "one", "--n", str(n), "--source", source,
-                                "--epochs", str(epochs)], capture_output=True, text=True)
+                                "--epochs", str(epochs), "--max-windows", str(max_windows)],
+                               capture_output=True, text=True)
             if r.returncode:
-                rows.append({"cells": n, "source": source, "error": r.stderr.strip().splitlines()[-1][:300]})
+                row = {"cells": n, "source": source, "error": r.stderr.strip().splitlines()[-1][:300]}
             else:
-                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+                row = json.loads(r.stdout.strip().splitlines()[-1])
+            key = (n, source, bool(max_windows))
+            rows = json.loads(out.read_text())["rows"] if out.exists() else []  # read anew: runs may share it
+            rows = [q for q in rows if (q["cells"], q["source"], q.get("extrapolated", False)) != key] + [row]
+            rows.sort(key=lambda q: (q["cells"], ["memory", "h5ad", "zarr"].index(q["source"])
+                                     if q["source"] in ("memory", "h5ad", "zarr") else 9))
+            print(json.dumps(row), flush=True)
             write(out, {"machine": machine(), "rows": rows, "epochs": epochs})
+
+
+def predict_one(n: int, draws: int) -> dict:
+    """`predict` of `draws` draws for the first n cells' metadata of the 100k file, written block by block
+    to a netCDF file (`inference.predict.predict_to_file`), in this process: wall and CPU seconds, the
+    file's size, the process's peak resident set. The file is deleted afterwards."""
+    import h5py
+    from anndata.io import read_elem
+
+    import probgex as pg
+    from probgex.inference.predict import predict_to_file
+
+    with h5py.File(path_of(100_000, "h5ad"), "r") as f:
+        obs = read_elem(f["obs"]).iloc[:n]
+    fit = pg.load(WORK / "model.npz")
+    out = WORK / f"predict_{n}.nc"
+    t0, c0 = time.perf_counter(), time.process_time()
+    predict_to_file(fit, obs, out, n_samples=draws)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    size = out.stat().st_size
+    out.unlink()
+    return {"cells": n, "source": "predict", "draws": draws, "genes": GENES, "s": wall, "cpu_s": cpu,
+            "file_gb": size / 2**30, "load_1min": os.getloadavg()[0],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def predict(sizes: list[int], draws: int, out: Path) -> None:
+    """Fit the benchmark's cVAE-NB for 3 epochs on kang_ctrl5's cells (the 2,000 genes, in memory: the cost
+    of predicting does not depend on how long the model was fitted) and save it, then one `predict_one` per
+    size in a fresh process; rows added to `out` as source "predict"."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    import probgex as pg
+
+    model = WORK / "model.npz"
+    if not model.exists():
+        a = load("kang_ctrl5")
+        a = a[:, np.sort(np.argsort(-np.asarray(sp.csr_matrix(a.X).sum(0)).ravel())[:GENES])].copy()
+        spec = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
+                        decoder=(128,), library="observed")
+        spec.fit(a, seed=0, max_epochs=3, batch_size=128, progress=False).save(model)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    for n in sizes:
+        r = subprocess.run([sys.executable, __file__, "predict_one", "--n", str(n), "--draws", str(draws)],
+                           capture_output=True, text=True)
+        row = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else \
+            {"cells": n, "source": "predict", "error": r.stderr.strip().splitlines()[-1][:300]}
+        rows = [q for q in rows if (q["cells"], q["source"]) != (n, "predict")] + [row]
+        print(json.dumps(row), flush=True)
+        write(out, {"machine": machine(), "rows": rows})
+
+
+def devices_one(n_dev: int, epochs: int) -> dict:
+    """The benchmark's cVAE-NB on kang_ctrl5's 8,684 cells x 2,000 genes in memory, batch 256, on
+    `n_dev` host devices (this process started with XLA_FLAGS=--xla_force_host_platform_device_count)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    import probgex as pg
+
+    a = load("kang_ctrl5")
+    x = sp.csr_matrix(a.X)
+    a = a[:, np.sort(np.argsort(-np.asarray(x.sum(0)).ravel())[:GENES])].copy()
+    model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
+                     decoder=(128,), library="observed")
+    t0 = time.perf_counter()
+    fit = model.fit(a, seed=0, max_epochs=epochs, patience=epochs + 1, batch_size=256, progress=Clock,
+                    devices=n_dev)
+    (w1, c1), (w2, c2) = Clock.ends[-2:]
+    return {"devices": fit.fit_info["devices"], "cells": a.n_obs, "s_per_epoch": w2 - w1, "cpu_s_per_epoch": c2 - c1,
+            "total_s": time.perf_counter() - t0, "final_train_loss": fit.history.train[-1],
+            "load_1min": os.getloadavg()[0]}
+
+
+def devices(counts: list[int], epochs: int, out: Path) -> None:
+    """`devices_one` for each number of host devices, each in a fresh process."""
+    import os as _os
+
+    rows = []
+    for n_dev in counts:
+        env = dict(_os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}", JAX_PLATFORMS="cpu")
+        r = subprocess.run([sys.executable, __file__, "devices_one", "--n", str(n_dev), "--epochs", str(epochs)],
+                           capture_output=True, text=True, env=env)
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
+                    {"devices": n_dev, "error": r.stderr.strip().splitlines()[-1][:300]})
+        print(json.dumps(rows[-1]), flush=True)
+        write(out, {"machine": machine(), "rows": rows, "epochs": epochs})
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["make", "run", "one"])
+    p.add_argument("what", choices=["make", "run", "one", "predict", "predict_one", "devices",
+                                       "devices_one"])
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--draws", type=int, default=200)
+    p.add_argument("--max-windows", type=int, default=0,
+                   help="time only this many windows of the first epoch and extrapolate (0: whole epochs)")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     p.add_argument("--sources", nargs="+", default=["memory", "h5ad", "zarr"])
     p.add_argument("--epochs", type=int, default=3)
@@ -128,9 +297,17 @@ def main() -> None:
     if a.what == "make":
         make(a.sizes)
     elif a.what == "run":
-        run(a.sizes, a.sources, a.epochs, a.out)
+        run(a.sizes, a.sources, a.epochs, a.out, a.max_windows)
+    elif a.what == "predict":
+        predict(a.sizes, a.draws, a.out)
+    elif a.what == "devices":
+        devices(a.devices, a.epochs, a.out)
+    elif a.what == "devices_one":
+        print(json.dumps(devices_one(a.n, a.epochs)))
+    elif a.what == "predict_one":
+        print(json.dumps(predict_one(a.n, a.draws)))
     else:
-        print(json.dumps(one(a.n, a.source, a.epochs)))
+        print(json.dumps(one(a.n, a.source, a.epochs, a.max_windows)))
 
 
 if __name__ == "__main__":

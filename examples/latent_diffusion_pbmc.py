@@ -51,7 +51,8 @@ def main(argv=None) -> dict:
     held = adata.obs_names.isin((DATA / "kang_muscat_heldout.txt").read_text().split())
     train, test = adata[~held].copy(), adata[held].copy()
 
-    prior = pg.latent.Diffusion(dim=args.dim, net=(128, 128, 128), max_steps=args.prior_steps)
+    prior = pg.latent.Diffusion(dim=args.dim, net=pg.latent.Network(hidden=(128, 128, 128)),
+                                training=pg.latent.Training(max_steps=args.prior_steps))
     fit = pg.Model("~ cluster_id + group_id", likelihood="nb", latent=prior).fit(
         train, seed=args.seed, max_epochs=args.epochs, progress=not args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)

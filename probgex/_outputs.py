@@ -15,6 +15,15 @@ from pathlib import Path
 
 from probgex.errors import OutputError
 
+# what each writer puts in its output folder (checked before a command starts: existing ones need
+# --overwrite); here, with no JAX, so the shell checks its outputs before it loads the writers
+FIGURES = ("pit_ecdf", "coverage", "coverage_by_decile", "mean_variance", "mean_zero_fraction",
+           "rootograms_worst_genes", "summary_statistics")  # the calibration report's figures
+REPORT_FILES = ("report.json", "report.html") + tuple(f"{f}.png" for f in FIGURES)  # `Report.save`
+POWER_FILES = ("power.json", "power.nc", "power.png")  # `power.report.write`
+EXPLAIN_FILES = ("variance.csv", "variance.json", "violins.png", "top_genes.png")  # `variance_report.write`
+DEMO_FILES = ("model.npz", "predictions.nc", "power") + REPORT_FILES  # `probgex demo`
+
 
 def _same(a: Path, b: Path) -> bool:
     try:

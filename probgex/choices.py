@@ -18,3 +18,6 @@ SAMPLERS = ("ode", "sde")  # how a diffusion prior draws
 SDE_SOLVERS = ("euler", "heun")
 PARAMETRIZATIONS = ("v", "eps")  # what a diffusion prior's network predicts
 ODE_SOLVERS = ("tsit5", "dopri5", "euler")
+EFFECTS = ("posterior", "shrunk")  # power curves: fold changes from the fit's posterior (None: a fixed lfc)
+DE_TESTS = ("wald", "lrt")  # the DESeq2-style tests of power.de
+DEVICE_DATA = ("auto", "always", "never")  # whether the SVI fit keeps the counts on the device

@@ -6,6 +6,7 @@ Importing this module (and `probgex --help`) loads no JAX: each command imports 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -68,6 +69,16 @@ def _read_predictions(path: Path, scale: str, key: str | None = None):
     return External(table, scale=scale)
 
 
+@contextmanager
+def _shell_errors():
+    """Bad input inside the block (a ProbgexError) ends the command with its one-line message and exit
+    code 2, never a traceback."""
+    try:
+        yield
+    except ProbgexError as e:
+        raise _fail(e) from None
+
+
 def _fail(e: Exception) -> typer.Exit:
     from rich.markup import escape
 
@@ -99,17 +110,31 @@ def _n_samples(n: int, option: str = "--n-samples") -> int:
     return n
 
 
+def _seed(seed: int) -> int:
+    """--seed checked (SpecError) before any JAX work: an int in [0, 2**31)."""
+    from probgex._checks import check_seed
+    from probgex.errors import SpecError
+
+    try:
+        check_seed(seed)
+    except SpecError as e:
+        raise SpecError(f"--{e}") from None
+    return seed
+
+
+# the options several commands share, declared once
 OVERWRITE = typer.Option(help="replace an existing output (written beside it first, swapped in at the end)")
+Overwrite = Annotated[bool, OVERWRITE]
+ModelFile = Annotated[Path, typer.Argument(help="model file written by `probgex fit`")]
+Seed = Annotated[int, typer.Option(help="random seed, an int in [0, 2**31): the same seed, the same result")]
+Levels = Annotated[str, typer.Option(help="central interval levels, comma-separated fractions")]
 
 
 def _streaming_note(data: Path, layer: str | None, memory_budget: float | None) -> int:
     """The memory budget in bytes; says when the counts of `data` will be streamed from disk."""
     from probgex.data import check_store
-    from probgex.errors import DataError
     from probgex.rowsource import default_memory_budget, open_anndata
 
-    if memory_budget is not None and not memory_budget > 0:
-        raise DataError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")
     budget = default_memory_budget() if memory_budget is None else int(memory_budget * 2**30)
     _, counts = open_anndata(check_store(data), layer=layer)
     need = counts.nbytes()
@@ -152,7 +177,7 @@ def fit(
     dispersion_key: Annotated[str | None, typer.Option(
         help="obs column whose levels get their own dispersions (with --dispersion gene-group)")] = None,
     sample_quality: Annotated[str | None, typer.Option(
-        help="glm: a per-sample dispersion scale with a fitted prior, integrated over for new samples: "
+        help="a per-sample (per-cell) dispersion scale with a fitted prior, integrated over for new ones: "
              "on | off (default off)")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
@@ -163,8 +188,8 @@ def fit(
     prior_steps: Annotated[int | None, typer.Option(
         help="optimizer steps of a learned --prior diffusion / flow (default 20000; held-out early stopping "
              "may end it sooner)")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
     resume: Annotated[bool, typer.Option(
         help="continue an interrupted fit from its checkpoint (at --out, or beside it as OUT.partial.npz); "
              "give the same data and options as the interrupted command")] = False,
@@ -188,9 +213,12 @@ def fit(
     from probgex.latent import LATENT_KINDS as LATENTS
     from probgex.spec import ModelSpec
 
-    try:
+    with _shell_errors():
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, holdout=holdout, patience=patience,
-                          learning_rate=learning_rate)
+                          learning_rate=learning_rate, devices=devices, count_devices=coordinator is None)
+        seed = _seed(seed)
+        if memory_budget is not None and not 0 < memory_budget < float("inf"):
+            raise SpecError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")
         if mean_key is not None and (model is not Story.residual or mean in TRAINED_MEANS) and spec is None:
             raise SpecError("--mean-key says which obs columns key a table of predictions: it needs --model "
                             "residual --mean TABLE")
@@ -228,7 +256,7 @@ def fit(
             if prior_steps is not None and prior is Prior.gaussian:
                 raise SpecError("--prior-steps sets the training of a learned prior: it needs --prior diffusion or "
                                 "--prior flow")
-            steps = {} if prior_steps is None else {"max_steps": prior_steps}
+            steps = {} if prior_steps is None else {"training": {"max_steps": prior_steps}}
             latent = None if no_latent else LATENTS[prior.value](dim=latent_dim, **steps)
             quality = {} if sample_quality is None else {"sample_quality": sample_quality}
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library, **quality,
@@ -260,8 +288,6 @@ def fit(
                                                              learning_rate=learning_rate, patience=patience,
                                                              batch_size=batch_size, checkpoint_path=out, resume=source,
                                                              memory_budget=budget, devices=devices)
-    except ProbgexError as e:
-        raise _fail(e)
     if finished:
         console.print(f"{fitted!r}\n{source} holds the finished fit: nothing to resume")
     else:
@@ -270,15 +296,15 @@ def fit(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    model: ModelFile,
     obs: Annotated[Path, typer.Option(help="metadata: .h5ad (its obs) or .csv/.tsv table")],
     out: Annotated[Path, typer.Option(help="predictions as netCDF (.nc)")],
     n_samples: Annotated[int, typer.Option()] = 200,
-    levels: Annotated[str, typer.Option(help="central interval levels")] = "0.5,0.8,0.9,0.95",
+    levels: Levels = "0.5,0.8,0.9,0.95",
     library_size: Annotated[str | None, typer.Option(
         help="a number, or an obs column of library sizes; default: drawn from the training ones")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ):
     """Draw count profiles from p(x | metadata) with their mean, sd and central intervals."""
     import numpy as np
@@ -288,8 +314,8 @@ def predict(
     from probgex.data import read_obs_table
     from probgex.errors import DataError
 
-    try:
-        n_samples, lv = _n_samples(n_samples), _levels(levels)
+    with _shell_errors():
+        n_samples, lv, seed = _n_samples(n_samples), _levels(levels), _seed(seed)
         check_output(out, [model, obs], overwrite=overwrite)
         from probgex.fit import load  # the options are valid: only now the JAX side
 
@@ -317,21 +343,19 @@ def predict(
         with atomic_file(out) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # non-finite output is refused, block by block
             sizes = predict_to_file(fitted, meta, tmp, n_samples=n_samples, levels=lv, library_size=lib, seed=seed)
-    except ProbgexError as e:
-        raise _fail(e)
     console.print(f"wrote {out}: {sizes}")
 
 
 @app.command()
 def sample(
-    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    model: ModelFile,
     obs: Annotated[Path, typer.Option(help="metadata: .h5ad (its obs) or .csv/.tsv table, one row per kind of profile")],
     n: Annotated[int, typer.Option(help="synthetic profiles per metadata row")],
     out: Annotated[Path, typer.Option(help="synthetic AnnData to write (.h5ad): raw counts in X, the metadata in obs")],
     library_size: Annotated[str | None, typer.Option(
         help="an obs column of library sizes, or one number; default: drawn as the model learned them")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ):
     """Draw N synthetic count profiles per metadata row from p(x | metadata), flagged `synthetic`, ready to
     concatenate with real data (anndata.concat)."""
@@ -339,8 +363,8 @@ def sample(
     from probgex.data import read_obs_table
     from probgex.errors import DataError
 
-    try:
-        n = _n_samples(n, "--n")
+    with _shell_errors():
+        n, seed = _n_samples(n, "--n"), _seed(seed)
         if out.suffix != ".h5ad":
             raise DataError(f"--out {out}: the synthetic data are written as an AnnData; give a path ending in .h5ad")
         check_output(out, [model, obs], overwrite=overwrite)
@@ -358,8 +382,6 @@ def sample(
         from probgex.fit import load  # the options are valid: only now the JAX side
 
         synth = draw(load(model), meta, n, seed=seed, library_size=lib)
-    except ProbgexError as e:
-        raise _fail(e)
     with atomic_file(out) as tmp:
         synth.write_h5ad(tmp)
     console.print(f"wrote {out}: {synth.n_obs:,} synthetic profiles x {synth.n_vars:,} genes "
@@ -368,33 +390,31 @@ def sample(
 
 @app.command()
 def check(
-    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    model: ModelFile,
     data: Annotated[Path, typer.Option(help="held-out AnnData .h5ad with raw counts and metadata")],
     out: Annotated[Path, typer.Option(help="folder for report.json, report.html and the figures")],
     n_samples: Annotated[int, typer.Option(help="predictive draws")] = 200,
-    levels: Annotated[str, typer.Option(help="central interval levels")] = "0.5,0.8,0.9,0.95",
-    seed: Annotated[int, typer.Option()] = 0,
+    levels: Levels = "0.5,0.8,0.9,0.95",
+    seed: Seed = 0,
     reference: Annotated[Path | None, typer.Option(
         help="training AnnData .h5ad on which to choose the gene programs of the joint-calibration check "
              "(default: the held-out data, which biases program coverage low)")] = None,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    overwrite: Overwrite = False,
 ):
     """Calibration and posterior predictive checks on held-out data, predicting from metadata only."""
-    from probgex._outputs import check_output_folder
+    from probgex._outputs import REPORT_FILES, check_output_folder
     from probgex.data import check_store
-    from probgex.diagnostics import check as run_check
-    from probgex.diagnostics.report import REPORT_FILES
-    from probgex.fit import load
 
-    try:
-        n_samples, lv = _n_samples(n_samples), _levels(levels)
+    with _shell_errors():
+        n_samples, lv, seed = _n_samples(n_samples), _levels(levels), _seed(seed)
         check_output_folder(out, REPORT_FILES, [model, data, reference], overwrite=overwrite)
+        from probgex.diagnostics import check as run_check  # the options are valid: only now the JAX side
+        from probgex.fit import load
+
         fitted = load(model)
         # the paths: the counts are read in row chunks (streamed from disk when over the memory budget)
         ref = None if reference is None else check_store(reference, "--reference")
         report = run_check(fitted, check_store(data), n_samples=n_samples, levels=lv, seed=seed, reference=ref)
-    except ProbgexError as e:
-        raise _fail(e)
     report.save(out)
     _print_report(report.summary())
     console.print(f"wrote {out}/report.html, report.json and figures")
@@ -453,19 +473,17 @@ def power(
         help="with --effects: replicates per group of the simulated reference experiment that calls the DE genes")] = None,
     min_abs_lfc: Annotated[str, typer.Option(help="also report power among DE genes with |log2FC| above these, comma-separated")] = "",
     nested: Annotated[bool, typer.Option(help="experiments are subsamples of the reference experiment")] = False,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ):
     """Power curve of a two-group experiment simulated from the model's posterior (see pg.power.curve)."""
 
-    from probgex._outputs import check_output_folder
+    from probgex._checks import check_power_options
+    from probgex._outputs import POWER_FILES, check_output_folder
     from probgex.data import read_h5ad
     from probgex.errors import SpecError
-    from probgex.fit import load
-    from probgex.power import curve
-    from probgex.power.report import POWER_FILES, write
 
-    try:
+    with _shell_errors():
         parts = contrast.split(":")
         if len(parts) != 3 or not all(parts):
             raise SpecError(f"--contrast must be column:level:reference (e.g. strain:Snf2:WT), got {contrast!r}")
@@ -475,7 +493,6 @@ def power(
         if effects is not None and reference_n is None:
             raise SpecError("--effects needs --reference-n: with effects from the fit every gene has some fold "
                             "change, and the reference experiment (reference_n per group) calls each draw's DE genes")
-        check_output_folder(out, POWER_FILES, [model, pilot], overwrite=overwrite)
         try:
             grid = [int(t) for t in n.split(",") if t.strip()]
         except ValueError:
@@ -484,14 +501,22 @@ def power(
             thresholds = [float(t) for t in min_abs_lfc.split(",") if t.strip()]
         except ValueError:
             raise SpecError(f"--min-abs-lfc must be comma-separated numbers, got {min_abs_lfc!r}") from None
+        seed = _seed(seed)
+        check_power_options(n_per_group=grid, fdr=fdr, target=target, n_draws=n_draws, n_rep=n_rep, depth=depth,
+                            lfc=lfc, de_fraction=de_fraction, effects=effects, reference_n=reference_n,
+                            min_abs_lfc=thresholds, nested=nested)
+        check_output_folder(out, POWER_FILES, [model, pilot], overwrite=overwrite)
+        from probgex.fit import load  # the options are valid: only now the JAX side
+        from probgex.power import curve
+
         fitted = load(model)
         pilot_data = None if pilot is None else read_h5ad(pilot, "--pilot")
         ds = curve(fitted, tuple(parts), grid, key=seed, fdr=fdr, lfc=lfc,
                    de_fraction=de_fraction, depth=depth, n_draws=n_draws, n_rep=n_rep, target=target,
                    effects=effects, reference_n=reference_n, min_abs_lfc=thresholds, pilot=pilot_data,
                    nested=nested)
-    except ProbgexError as e:
-        raise _fail(e)
+    from probgex.power.report import write
+
     s = write(ds, out)
     _print_power(s, f"power at FDR {fdr}, |log2FC| = {lfc}")
     console.print(f"smallest n reaching {target:.0%} power: {s['n_at_target']}; wrote {out}/power.json, power.nc, power.png")
@@ -499,33 +524,33 @@ def power(
 
 @app.command()
 def explain(
-    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    model: ModelFile,
     data: Annotated[Path, typer.Option(help="AnnData .h5ad: the observations whose variance is split (raw counts, metadata)")],
     out: Annotated[Path, typer.Option(help="folder for variance.csv, variance.json, violins.png, top_genes.png")],
     n_draws: Annotated[int, typer.Option(help="posterior draws (GLM) / Monte Carlo replicates (latent stories)")] = 50,
     n_counts: Annotated[int | None, typer.Option(help="Poisson count draws per Gamma rate (default: by size)")] = None,
     level: Annotated[float, typer.Option(help="central interval level")] = 0.9,
     max_obs: Annotated[int, typer.Option(help="most observations used (a random subset beyond)")] = 2000,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ):
     """Share of each gene's log1p CP10k variance explained by each formula term, the latent, NB overdispersion
     and count noise."""
     import numpy as np
 
-    from probgex._outputs import check_output_folder
+    from probgex._checks import check_explain_options
+    from probgex._outputs import EXPLAIN_FILES, check_output_folder
     from probgex.data import read_h5ad
 
-    try:
-        check_output_folder(out, ("variance.csv", "variance.json", "violins.png", "top_genes.png"), [model, data],
-                            overwrite=overwrite)
-        from probgex.diagnostics.variance import explain as run_explain
+    with _shell_errors():
+        check_explain_options(n_draws=n_draws, n_counts=n_counts, level=level, max_obs=max_obs)
+        seed = _seed(seed)
+        check_output_folder(out, EXPLAIN_FILES, [model, data], overwrite=overwrite)
+        from probgex.diagnostics.variance import explain as run_explain  # the options are valid: the JAX side
         from probgex.fit import load
 
         ds = run_explain(load(model), read_h5ad(data), n_draws=n_draws, n_counts=n_counts, level=level,
                          max_obs=max_obs, seed=seed, out=out)
-    except ProbgexError as e:
-        raise _fail(e)
     table = Table(title=f"variance explained, {ds.sizes['gene']:,} genes x {ds.attrs['n_obs']} observations")
     for col in ("term", "median share", "mean share"):
         table.add_column(col)
@@ -533,12 +558,12 @@ def explain(
         s = ds.share.sel(term=t).values
         table.add_row(str(t), f"{np.median(s):.3f}", f"{s.mean():.3f}")
     Console().print(table)
-    console.print(f"wrote {out}/variance.csv, variance.json, violins.png, top_genes.png")
+    console.print(f"wrote {out}/{', '.join(EXPLAIN_FILES)}")
 
 
 @app.command()
 def annotate(
-    model: Annotated[Path, typer.Argument(help="model file written by `probgex fit`")],
+    model: ModelFile,
     data: Annotated[Path, typer.Argument(help="AnnData .h5ad with raw counts (X or the model's layer) and metadata")],
     out: Annotated[Path, typer.Option(help="annotated AnnData to write (.h5ad); never the input")],
     layer: Annotated[list[Layer] | None, typer.Option(
@@ -546,8 +571,8 @@ def annotate(
              "(expected frequencies x --library-size); repeat for both")] = None,
     n_samples: Annotated[int, typer.Option(help="draws per observation (time grows in proportion)")] = 30,
     library_size: Annotated[float, typer.Option(help="row total of the normalized layer")] = 1e4,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ):
     """The data with the model's results added, for a scanpy session: obsm['X_probgex'] (latent means of a
     cvae / residual model), obs['probgex_lpd'] and obs['probgex_outlier'], var['probgex_dispersion'], and the
@@ -557,8 +582,8 @@ def annotate(
     from probgex.errors import DataError
 
     layers = tuple(v.value for v in layer or ())
-    try:
-        n_samples = _n_samples(n_samples)
+    with _shell_errors():
+        n_samples, seed = _n_samples(n_samples), _seed(seed)
         if not library_size > 0 or library_size == float("inf"):
             raise DataError(f"--library-size must be a positive number (e.g. 10000), got {library_size}")
         check_output(out, [model, data], overwrite=overwrite)
@@ -571,8 +596,6 @@ def annotate(
 
         fitted = load(model)
         run_annotate(fitted, adata, layers=layers, n_samples=n_samples, library_size=library_size, seed=seed)
-    except ProbgexError as e:
-        raise _fail(e)
     with atomic_file(out) as tmp:
         adata.write_h5ad(tmp)
     added = ["obsm['X_probgex']"] if "X_probgex" in adata.obsm else []
@@ -587,15 +610,15 @@ def coef(
     model: Annotated[Path, typer.Argument(help="GLM model file written by `probgex fit` (--model glm, or residual "
                                             "with --latent-dim 0)")],
     out: Annotated[Path, typer.Option(help="coefficient table (.csv or .tsv)")],
-    levels: Annotated[str, typer.Option(help="central interval levels")] = "0.9",
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    levels: Levels = "0.9",
+    overwrite: Overwrite = False,
 ):
     """The GLM's coefficients (natural-log scale, per gene and design term): posterior mean, sd and central
     intervals, one row per gene and term."""
     from probgex._outputs import atomic_file, check_output
     from probgex.errors import DataError, SpecError
 
-    try:
+    with _shell_errors():
         lv = _levels(levels)
         check_output(out, [model], overwrite=overwrite)
         if out.suffix not in (".csv", ".tsv"):
@@ -608,8 +631,6 @@ def coef(
                             "not coefficients; `probgex coef` needs a glm (--model glm, or residual with "
                             "--latent-dim 0). Use `probgex predict` to compare conditions")
         table = coefficient_table(fitted.coefficients(lv))
-    except ProbgexError as e:
-        raise _fail(e)
     with atomic_file(out) as tmp:
         table.to_csv(tmp, sep="\t" if out.suffix == ".tsv" else ",", index=False)
     console.print(f"wrote {out}: {len(table)} rows ({table['gene'].nunique()} genes x {table['term'].nunique()} terms)")
@@ -632,20 +653,20 @@ def coefficient_table(ds):
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the results")] = Path("probgex-demo"),
     max_epochs: Annotated[int | None, typer.Option(help="cap the fit (for a quick look)")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    overwrite: Annotated[bool, OVERWRITE] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
 ):
     """The main job on the embedded yeast dataset: fit an NB GLM `~ strain` on the clean replicates,
     predict held-out replicates from their metadata, and end with the calibration report."""
-    from probgex._outputs import check_output_folder
-    from probgex.demo import DEMO_FILES, run_demo
     from probgex._checks import check_fit_options
+    from probgex._outputs import DEMO_FILES, check_output_folder
 
-    try:
+    with _shell_errors():
         check_fit_options(max_epochs=max_epochs)
+        seed = _seed(seed)
         check_output_folder(out, DEMO_FILES, overwrite=overwrite)
-    except ProbgexError as e:
-        raise _fail(e)
+    from probgex.demo import run_demo  # the options are valid: only now the JAX side
+
     summary = run_demo(out, max_epochs=max_epochs, seed=seed)
     _print_report(summary)
     _print_power(summary.get("power"))
@@ -667,14 +688,12 @@ def info(model: Annotated[Path, typer.Argument(help="model file (.npz)")]):
 
     from probgex.errors import ModelFileError
 
-    try:
+    with _shell_errors():
         if not model.is_file():
             raise ModelFileError(f"model file {str(model)!r} not found")
         from probgex.inference.modelfile import header
 
         h = header(model)
-    except ProbgexError as e:
-        raise _fail(e)
     hist = h.get("history", {})
     out = {k: v for k, v in h.items() if k not in ("history", "sha256", "arrays")}
     out["history"] = {"epochs": len(hist.get("train", [])), "best_epoch": hist.get("best_epoch"),

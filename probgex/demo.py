@@ -6,14 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from probgex._outputs import atomic_file
+from probgex._outputs import DEMO_FILES, atomic_file  # noqa: F401  (what the demo writes)
 from probgex.datasets import schurch_yeast
 from probgex.diagnostics import check
-from probgex.diagnostics.report import REPORT_FILES
 from probgex.fit import Model
 
-# what the demo writes into its folder (checked before it starts: existing ones need --overwrite)
-DEMO_FILES = ("model.npz", "predictions.nc", "power") + REPORT_FILES
 
 
 def heldout_replicates(adata) -> list[str]:

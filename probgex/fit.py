@@ -100,9 +100,12 @@ class Model:
         the VAE stage resumes: from a VAE-stage checkpoint (unfinished, or finished before the prior
         stage) the VAE stage is completed and the prior stage then runs from its start.
         """
+        import jax
+
         spec = self.spec
         check_fit_options(max_epochs=max_epochs, batch_size=batch_size, patience=patience,
-                          checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout)
+                          checkpoint_every=checkpoint_every, learning_rate=learning_rate, holdout=holdout,
+                          devices=devices, count_devices=jax.process_count() == 1)
         seed = streams.seed_int(seed)
         previous = None
         if resume is not None:

@@ -6,51 +6,20 @@ Plain data only (no JAX): a latent prior is a small frozen dataclass that
 
 from __future__ import annotations
 
-import difflib
 import math
-import numbers
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
-from probgex.choices import PARAMETRIZATIONS, SAMPLERS, SDE_SOLVERS
+from probgex._validate import check_choice, check_number, check_sizes, from_mapping, is_int
+from probgex._validate import unknown_keys_message as _unknown_keys_message
+from probgex.choices import PARAMETRIZATIONS, SAMPLERS
 from probgex.errors import SpecError
+from probgex.prior.options import ODE, SDE, Network, Training
 
-__all__ = ["Diffusion", "Flow", "Gaussian", "LATENT_KINDS", "LATENT_TYPES", "latent_from_dict"]
-
-
-def _is_int(value: Any) -> bool:
-    """True for Python/NumPy integers, False for bools and everything else."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_sizes(value: Any, field: str, owner: str) -> tuple[int, ...]:
-    """Validate a sequence of layer widths; return it as a tuple of plain ints."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise SpecError(
-            f"{owner}.{field} must be a sequence of positive ints (e.g. (128,) or () for none); "
-            f"got {value!r}"
-        )
-    sizes = tuple(value)
-    for size in sizes:
-        if not _is_int(size) or size < 1:
-            raise SpecError(
-                f"{owner}.{field} must contain positive ints (layer widths >= 1); "
-                f"got {size!r} in {value!r}"
-            )
-    return tuple(int(s) for s in sizes)
-
-
-def _unknown_keys_message(where: str, unknown: list[str], allowed: list[str]) -> str:
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        parts.append(f"{key!r}{hint}")
-    return (
-        f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(parts)}; "
-        f"allowed keys: {', '.join(allowed)}"
-    )
+__all__ = ["Diffusion", "Flow", "Gaussian", "LATENT_KINDS", "LATENT_TYPES", "Network", "ODE", "SDE", "Training",
+           "latent_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -62,12 +31,12 @@ class Gaussian:
     kind: ClassVar[str] = "gaussian"
 
     def __post_init__(self) -> None:
-        if not _is_int(self.dim) or self.dim < 1:
+        if not is_int(self.dim) or self.dim < 1:
             raise SpecError(
                 f"Gaussian.dim must be an int >= 1 (the latent dimension, e.g. 10); got {self.dim!r}"
             )
         object.__setattr__(self, "dim", int(self.dim))
-        object.__setattr__(self, "hidden", _check_sizes(self.hidden, "hidden", "Gaussian"))
+        object.__setattr__(self, "hidden", check_sizes(self.hidden, "hidden", "Gaussian"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form: ``{"kind": "gaussian", "dim": ..., "hidden": [...]}``."""
@@ -79,112 +48,136 @@ class Gaussian:
         return _from_mapping(cls, d)
 
 
-def _check_number(owner: str, field: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        bound = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if math.isfinite(hi) else "")
-        raise SpecError(f"{owner}.{field} must be a number {bound}; got {value!r}")
-    return float(value)
+# the flat keyword arguments of the learned priors before the nested options (still read from model files
+# and spec tables written then; a deprecated path in Python): flat name -> (option field, its field)
+_FLAT = {"cond_dropout": ("net", "cond_dropout"), "max_steps": ("training", "max_steps"),
+         "batch_size": ("training", "batch_size"), "learning_rate": ("training", "learning_rate"),
+         "rtol": ("ode", "rtol"), "atol": ("ode", "atol"), "sde_solver": ("sde", "solver"),
+         "sde_steps": ("sde", "n_steps")}
+_OPTIONS = {"net": Network, "training": Training, "ode": ODE, "sde": SDE}
 
 
-def _check_count(owner: str, field: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise SpecError(f"{owner}.{field} must be a positive int; got {value!r}")
-    return int(value)
+def _nest(cls, kw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Keyword arguments with the old flat names (and `net` as a tuple of widths) folded into the nested
+    option objects; returns them with the flat names that were used."""
+    kw, used = dict(kw), []
+    if "net" in kw and not isinstance(kw["net"], (Network, Mapping)):
+        used.append("net")
+        kw["net"] = {"hidden": kw["net"]}
+    nested: dict[str, dict[str, Any]] = {}
+    for flat, (option, name) in _FLAT.items():
+        if flat in kw and option in {f.name for f in fields(cls)}:
+            used.append(flat)
+            nested.setdefault(option, {})[name] = kw.pop(flat)
+    for option, values in nested.items():
+        given = kw.get(option)
+        base = _OPTIONS[option]() if given is None else from_mapping(_OPTIONS[option], given, f"{cls.__name__}.{option}")
+        kw[option] = replace(base, **values)
+    return kw, used
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class _Learned:
     """Fields shared by the learned priors (Flow, Diffusion). During the VAE fit the Gaussian prior
     network (`hidden`) is used; afterwards the learned prior, trained on the encoder means of the training
-    cells, replaces it for prediction, diagnostics and log p(x | c)."""
+    cells, replaces it for prediction, diagnostics and log p(x | c).
+
+    net: the vector-field network (`Network`: hidden widths, condition dropout); training: its schedule
+    (`Training`: steps, batch, learning rate, early stopping); ode: the ODE solves for sampling and
+    log p(z | c) (`ODE`: solver, tolerances); guidance: the classifier-free guidance weight w at sampling,
+    (1 + w) v(z, t, c) - w v(z, t, null). Each option may also be given as a mapping of its fields."""
 
     dim: int = 10
     hidden: tuple[int, ...] = ()  # the VAE-stage Gaussian prior network, as in Gaussian
-    net: tuple[int, ...] = (128, 128, 128)  # hidden sizes of the vector-field network
-    max_steps: int = 20_000  # optimizer steps of the prior (held-out early stopping may end it sooner)
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    cond_dropout: float = 0.1  # probability of dropping the condition in training (classifier-free guidance)
-    guidance: float = 0.0  # guidance weight w at sampling: (1 + w) v(z, t, c) - w v(z, t, null)
-    rtol: float = 1e-4  # ODE tolerances (Tsit5 + PID controller) for sampling and log p(z | c)
-    atol: float = 1e-4
+    net: Network = Network()
+    training: Training = Training()
+    ode: ODE = ODE()
+    guidance: float = 0.0
     kind: ClassVar[str] = "learned"
+    sampler: ClassVar[str] = "ode"  # the Flow's; a field of the Diffusion
+    sde: ClassVar[SDE | None] = None  # the Flow has no reverse SDE; a field of the Diffusion
+
+    def __init__(self, dim: int = 10, **kw: Any) -> None:
+        kw, used = _nest(type(self), kw)
+        if used:
+            warnings.warn(f"{type(self).__name__}({', '.join(f'{k}=' for k in used)}...): the flat options are "
+                          "deprecated; pass the nested ones (net=Network(...), training=Training(...), "
+                          "ode=ODE(...), sde=SDE(...) from probgex.latent)", DeprecationWarning, stacklevel=2)
+        _init_fields(self, {"dim": dim, **kw})
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if not _is_int(self.dim) or self.dim < 1:
+        if not is_int(self.dim) or self.dim < 1:
             raise SpecError(f"{name}.dim must be an int >= 1 (the latent dimension, e.g. 10); got {self.dim!r}")
         object.__setattr__(self, "dim", int(self.dim))
-        object.__setattr__(self, "hidden", _check_sizes(self.hidden, "hidden", name))
-        net = _check_sizes(self.net, "net", name)
-        if not net:
-            raise SpecError(f"{name}.net needs at least one hidden layer, e.g. (128, 128, 128); got {self.net!r}")
-        object.__setattr__(self, "net", net)
-        for f in ("max_steps", "batch_size"):
-            object.__setattr__(self, f, _check_count(name, f, getattr(self, f)))
-        object.__setattr__(self, "learning_rate", _check_number(name, "learning_rate", self.learning_rate, 0, 1,
-                                                                lo_open=True))
-        object.__setattr__(self, "cond_dropout", _check_number(name, "cond_dropout", self.cond_dropout, 0, 0.9))
-        object.__setattr__(self, "guidance", _check_number(name, "guidance", self.guidance, 0, math.inf))
-        if self.guidance > 0 and self.cond_dropout == 0:
-            raise SpecError(f"{name}.guidance > 0 needs cond_dropout > 0 (the unconditional model is learned by "
-                            "dropping the condition in training); set cond_dropout=0.1 or guidance=0")
-        for f in ("rtol", "atol"):
-            object.__setattr__(self, f, _check_number(name, f, getattr(self, f), 0, 1, lo_open=True))
+        object.__setattr__(self, "hidden", check_sizes(self.hidden, "hidden", name))
+        for option in fields(self):
+            if option.name in _OPTIONS:
+                object.__setattr__(self, option.name, from_mapping(_OPTIONS[option.name], getattr(self, option.name),
+                                                                   f"{name}.{option.name}"))
+        object.__setattr__(self, "guidance", check_number(name, "guidance", self.guidance, 0, math.inf))
+        if self.guidance > 0 and self.net.cond_dropout == 0:
+            raise SpecError(f"{name}.guidance > 0 needs net.cond_dropout > 0 (the unconditional model is learned "
+                            "by dropping the condition in training); set Network(cond_dropout=0.1) or guidance=0")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form: the options as nested dicts."""
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            out[f.name] = value.to_dict() if f.name in _OPTIONS else list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
+        """Inverse of :meth:`to_dict`; also reads the flat layout written before the nested options."""
+        if isinstance(d, Mapping):
+            d = _nest(cls, d)[0]
         return _from_mapping(cls, d)
 
 
-@dataclass(frozen=True)
+def _init_fields(obj, kw: dict[str, Any]) -> None:
+    """The dataclass __init__ of a class with init=False: defaults, then unknown keys refused, then checks."""
+    names = [f.name for f in fields(obj)]
+    unknown = [k for k in kw if k not in names]
+    if unknown:
+        raise SpecError(_unknown_keys_message(type(obj).__name__, unknown,
+                                             names + [k for k, (o, _) in _FLAT.items() if o in names]))
+    for f in fields(obj):
+        object.__setattr__(obj, f.name, kw.get(f.name, f.default))
+    obj.__post_init__()
+
+
+@dataclass(frozen=True, init=False)
 class Flow(_Learned):
     """A learned conditional prior: a continuous normalizing flow trained by flow matching (conditional
     optimal-transport path; no ODE solve in training), sampled and scored through a diffrax ODE
-    (Tsit5 + PID controller with tolerances `rtol`, `atol`). Fields as in :class:`Diffusion`."""
+    (`ode`). Fields as in :class:`Diffusion` but the sampler (always the ODE)."""
 
     kind: ClassVar[str] = "flow"
 
 
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Diffusion(_Learned):
     """A learned conditional prior: a VP-SDE score model s(z, t, c) trained by denoising score matching
     on the encoder means of the training cells after the VAE is fitted (latent diffusion).
 
-    `sampler = "ode"` draws by the probability-flow ODE (adaptive, `rtol`/`atol`); `"sde"` by the
-    reverse-time SDE with `sde_solver` ("euler" or "heun") in `sde_steps` steps. log p(z | c) always
-    goes through the ODE. `parametrization`: what the network predicts, "v" (v-prediction: the noise
-    predictor is sigma_t z_t + alpha_t v_hat; the default, more accurate log p through the ODE) or "eps"
-    (the noise itself; model files written before the option existed are read as "eps").
+    `sampler = "ode"` draws by the probability-flow ODE (`ode`: adaptive, tolerances); `"sde"` by the
+    reverse-time SDE (`sde`: solver "euler" or "heun", steps). log p(z | c) always goes through the ODE.
+    `parametrization`: what the network predicts, "v" (v-prediction: the noise predictor is
+    sigma_t z_t + alpha_t v_hat; the default, more accurate log p through the ODE) or "eps" (the noise
+    itself; model files written before the option existed are read as "eps").
     """
 
-    sampler: str = "ode"
-    sde_solver: str = "euler"
-    sde_steps: int = 500
+    sampler: str = "ode"  # type: ignore[misc]
+    sde: SDE = SDE()  # type: ignore[misc]
     parametrization: str = "v"
     kind: ClassVar[str] = "diffusion"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sampler not in SAMPLERS:
-            raise SpecError(f"Diffusion.sampler must be one of {SAMPLERS}; got {self.sampler!r}")
-        if self.sde_solver not in SDE_SOLVERS:
-            raise SpecError(f"Diffusion.sde_solver must be one of {SDE_SOLVERS}; got {self.sde_solver!r}")
-        object.__setattr__(self, "sde_steps", _check_count("Diffusion", "sde_steps", self.sde_steps))
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise SpecError(f"Diffusion.parametrization must be one of {PARAMETRIZATIONS}; got "
-                            f"{self.parametrization!r}")
+        check_choice("Diffusion", "sampler", self.sampler, SAMPLERS)
+        check_choice("Diffusion", "parametrization", self.parametrization, PARAMETRIZATIONS)
 
 
 LATENT_KINDS: dict[str, type] = {Gaussian.kind: Gaussian, Diffusion.kind: Diffusion, Flow.kind: Flow}

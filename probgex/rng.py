@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgex._checks import check_seed
 from probgex.errors import SpecError
 
 # stream name -> the integer folded into the root key; never reuse or renumber a row (results move)
@@ -70,13 +71,7 @@ def as_key(seed) -> jax.Array:
                     f"got {type(seed).__name__} {getattr(seed, 'shape', '')}".rstrip())
 
 
-def _is_int(seed) -> bool:
-    """True for an int seed (checked, without JAX), False for anything else."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        return False
-    if not 0 <= int(seed) < 2**31:
-        raise SpecError(f"seed must be an int in [0, 2**31) or a JAX PRNG key, got {seed!r}")
-    return True
+_is_int = check_seed  # True for an int seed (checked, without JAX), False for anything else
 
 
 def stream(seed, name: str) -> jax.Array:

@@ -82,8 +82,9 @@ class Memory(RowSource):
 
 
 class Disk(RowSource):
-    """Counts on disk: an HDF5 / zarr array (dense) or an anndata sparse dataset (CSR), read in sorted,
-    de-duplicated row runs (contiguous runs as one slice) and put back in the order asked."""
+    """Counts on disk: an HDF5 / zarr array (dense) or an anndata sparse dataset (CSR), read as sorted,
+    de-duplicated rows (runs of rows as one slice each; CSR from its stored arrays, `_csr_rows`) and put
+    back in the order asked."""
 
     on_disk = True
 
@@ -95,6 +96,7 @@ class Disk(RowSource):
                             "rows; write them as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) to stream them")
         self.shape = tuple(int(s) for s in elem.shape)
         self.dtype = np.dtype(elem.dtype)
+        self._indptr: np.ndarray | None = None  # the CSR row pointers, read on first use
 
     def read(self, rows):
         rows = np.asarray(rows, np.int64)
@@ -102,29 +104,67 @@ class Disk(RowSource):
             return sp.csr_matrix((0, self.shape[1]), dtype=self.dtype) if self.sparse else \
                 np.zeros((0, self.shape[1]), self.dtype)
         uniq, back = np.unique(rows, return_inverse=True)
-        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)  # runs of consecutive rows
-        if len(starts) == 1:  # one contiguous run: a slice
-            block = self.elem[int(uniq[0]) : int(uniq[-1]) + 1]
-        elif len(starts) * 4 <= len(uniq):  # long runs (streamed minibatch windows): a slice each
-            ends = np.r_[starts[1:], len(uniq)]
-            parts = [self.elem[int(uniq[a]) : int(uniq[b - 1]) + 1] for a, b in zip(starts, ends, strict=True)]
-            block = sp.vstack([sp.csr_matrix(q) for q in parts], format="csr") if self.sparse else \
-                np.concatenate([np.asarray(q) for q in parts])
-        elif self.sparse:
-            block = self.elem[uniq]
-        else:
-            block = _dense_rows(self.elem, uniq)
-        if self.sparse:
-            block = sp.csr_matrix(block)
-        else:
-            block = np.asarray(block)
+        block = self._csr_rows(uniq) if self.sparse else self._dense_rows(uniq)
         return block if np.array_equal(uniq, rows) else block[back]
+
+    def _csr_rows(self, uniq: np.ndarray) -> sp.csr_matrix:
+        """Sorted unique rows of the CSR counts, read from the stored arrays: the row pointers once (held,
+        8 bytes a row), then only the values and column indices of the rows asked: a .zarr store in one
+        coordinate selection per array (zarr decodes each stored chunk it touches once, concurrently),
+        an .h5ad file in one slice per run of rows (`_ranges`)."""
+        indptr = self._row_pointers()
+        lo, hi = indptr[uniq], indptr[uniq + 1]
+        lens = hi - lo
+        out_ptr = np.r_[0, np.cumsum(lens)]
+        data, indices = self.elem.group["data"], self.elem.group["indices"]
+        if uniq[-1] - uniq[0] + 1 == len(uniq):  # one contiguous run: one slice
+            a, b = int(lo[0]), int(hi[-1])
+            values, cols = np.asarray(data[a:b]), np.asarray(indices[a:b])
+        else:
+            want = np.repeat(lo - out_ptr[:-1], lens) + np.arange(out_ptr[-1])  # stored positions, increasing
+            if hasattr(data, "get_coordinate_selection"):  # zarr
+                values, cols = (np.asarray(x.get_coordinate_selection(want)) if want.size else
+                                np.zeros(0, x.dtype) for x in (data, indices))
+            else:  # h5py: a slice per run of rows, then the positions asked within them
+                first, last = _ranges(uniq)
+                a, b = indptr[first], indptr[last]
+                offset = np.r_[0, np.cumsum(b - a)[:-1]]
+                k = np.searchsorted(a, want, side="right") - 1
+                local = want - a[k] + offset[k]
+                values = np.concatenate([np.asarray(data[int(i):int(j)]) for i, j in zip(a, b, strict=True)])[local]
+                cols = np.concatenate([np.asarray(indices[int(i):int(j)]) for i, j in zip(a, b, strict=True)])[local]
+        return sp.csr_matrix((values.astype(self.dtype, copy=False), cols, out_ptr), shape=(len(uniq), self.shape[1]))
+
+    def _row_pointers(self) -> np.ndarray:
+        if self._indptr is None:
+            self._indptr = np.asarray(self.elem.group["indptr"][:], np.int64)
+        return self._indptr
+
+    def _dense_rows(self, uniq: np.ndarray) -> np.ndarray:
+        first, last = _ranges(uniq)
+        if len(first) == 1 or len(first) * 4 <= len(uniq):  # few runs (streamed minibatch windows): a slice each
+            block = np.concatenate([np.asarray(self.elem[int(a):int(b)]) for a, b in zip(first, last, strict=True)])
+            offset = np.r_[0, np.cumsum(last - first)[:-1]]
+            k = np.searchsorted(first, uniq, side="right") - 1
+            return block[uniq - first[k] + offset[k]]
+        return _dense_rows(self.elem, uniq)
 
     def nbytes(self) -> int:
         if self.sparse:
             nnz = int(self.elem.group["data"].shape[0])
             return nnz * (self.dtype.itemsize + 4)
         return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+GAP_ROWS = 64  # rows between two runs of wanted rows read over rather than skipped (one read, not two)
+
+
+def _ranges(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first rows, ends) of the row ranges read for the sorted unique rows `uniq`: runs of consecutive
+    rows, joined where at most GAP_ROWS rows lie between them (a window of a chunked permutation of the
+    training rows: its 64-row runs are broken by the held-out rows between them)."""
+    cut = np.flatnonzero(np.diff(uniq) > GAP_ROWS + 1) + 1
+    return uniq[np.r_[0, cut]], uniq[np.r_[cut, len(uniq)] - 1] + 1
 
 
 def _dense_rows(elem, uniq: np.ndarray) -> np.ndarray:

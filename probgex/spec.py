@@ -10,7 +10,7 @@ way on every path.  TOML layout::
     encoder = [128]
     decoder = [128]
     library = "auto"     # resolved when fitted: "size_factors" (bulk-like) or "observed"
-    sample_quality = "off"  # GLM: per-sample dispersion scales "on" | "off"
+    sample_quality = "off"  # GLM and cVAE: per-observation dispersion scales "on" | "off"
     prior_scale = 3.0
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
@@ -18,6 +18,10 @@ way on every path.  TOML layout::
     kind = "gaussian"
     dim = 10
     hidden = []
+
+A learned prior (kind = "diffusion" / "flow") adds its options as sub-tables ``[latent.net]``,
+``[latent.training]``, ``[latent.ode]`` (and ``[latent.sde]``); the flat keys of files written before
+them (``max_steps = ...`` in ``[latent]``) are still read.
 
 Keys whose value is None (``dispersion_key``, ``layer``, ``latent``, ``mean``) are omitted.
 """
@@ -36,7 +40,10 @@ import tomli_w
 
 from probgex.choices import DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS, SAMPLE_QUALITIES
 from probgex.errors import SpecError
-from probgex.latent import LATENT_TYPES, Gaussian, _check_sizes, _is_int, _unknown_keys_message, latent_from_dict
+from probgex._validate import check_sizes as _check_sizes
+from probgex._validate import is_int as _is_int
+from probgex._validate import unknown_keys_message as _unknown_keys_message
+from probgex.latent import LATENT_TYPES, Gaussian, latent_from_dict
 
 __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
@@ -85,8 +92,8 @@ class ModelSpec:
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
-    # GLM: a per-sample scale of the NB overdispersion with a learned prior, integrated over for a new
-    # sample (probgex.models.quality): "off" (default) or "on"
+    # a per-observation (sample, cell) scale of the NB overdispersion with a learned prior, integrated over
+    # for a new observation (probgex.models.quality; GLM and cVAE stories): "off" (default) or "on"
     sample_quality: str = "off"
 
     # ------------------------------------------------------------------ validation
@@ -152,9 +159,6 @@ class ModelSpec:
             _check_choice("mean", self.mean, MEANS)
 
         _check_choice("sample_quality", self.sample_quality, SAMPLE_QUALITIES)
-        if self.sample_quality == "on" and self.latent is not None:
-            raise SpecError("sample_quality='on' (per-sample dispersion scales) is a GLM option: drop the latent, "
-                            "or use sample_quality='off' for the cVAE")
 
         ps = self.prior_scale
         if (
@@ -237,7 +241,10 @@ class ModelSpec:
         latent = d.pop("latent", None)
         text = _toml_lines(d)
         if latent is not None:
+            options = {k: latent.pop(k) for k in list(latent) if isinstance(latent[k], dict)}
             text += "\n[latent]\n" + _toml_lines(latent)
+            for name, values in options.items():  # a learned prior's options: [latent.net], [latent.training], ...
+                text += f"\n[latent.{name}]\n" + _toml_lines(values)
         return text
 
     @classmethod

@@ -93,6 +93,26 @@ def test_registry_rows_are_complete_families():
         ModelSpec("~ 1", likelihood="gaussian")
 
 
+def test_likelihoods_by_name_route_through_the_registry(fam):
+    """`likelihoods.logpmf / pmf / cdf / zero_prob(name, x, mu, ...)` (`log_prob`: test_likelihoods) are the family's own
+    methods, for every registered family (a new one needs no edit there), with the parameters in the
+    layout's order; a missing one is named in the error."""
+    p = grid_params(fam)
+    args = [p[n] for n in fam.names]
+    x = XS[:, None]
+    np.testing.assert_array_equal(lk.logpmf(fam.name, x, *args), fam.logpmf(x, p))
+    np.testing.assert_array_equal(lk.pmf(fam.name, x, *args), fam.pmf(x, p))
+    np.testing.assert_array_equal(lk.cdf(fam.name, x, *args), fam.cdf(x, p))
+    np.testing.assert_array_equal(lk.zero_prob(fam.name, *args), fam.zero_prob(p))
+    if len(args) > 1:
+        with pytest.raises(ValueError, match=f"needs {fam.names[-1]}"):
+            lk.pmf(fam.name, x, *args[:-1])
+    # the Gamma-Poisson kernels (and `explain`) apply to the families that say so; theirs agree
+    if fam.gamma_poisson:
+        theta, gate = p.get("theta"), next((p[q.name] for q in fam.role(LOGIT)), None)
+        np.testing.assert_allclose(lk.gp_pmf(x, p["mu"], theta, gate), fam.pmf(x, p), rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- JAX log-pmf
 def test_log_prob_matches_scipy(fam):
     """JAX in float64 (1e-8 relative), the host logpmf (1e-9) and exp(logpmf) = pmf."""

@@ -58,3 +58,30 @@ def test_public_names_are_the_defining_objects():
     assert pg.power is probgex.power and pg.load is probgex.fit.load
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         pg.Nope  # noqa: B018
+
+
+SHELL_BAD_INPUT = [
+    ["check", "{m}", "--data", "{x}", "--out", "{o}", "--n-samples", "0"],
+    ["check", "{m}", "--data", "{x}", "--out", "{o}", "--seed", "-1"],
+    ["power", "{m}", "--contrast", "g:a:b", "--out", "{o}", "--fdr", "2"],
+    ["power", "{m}", "--contrast", "g:a:b", "--out", "{o}", "--n", "1,3"],
+    ["power", "{m}", "--contrast", "g:a:b", "--out", "{o}", "--effects", "posterior", "--reference-n", "1"],
+    ["explain", "{m}", "--data", "{x}", "--out", "{o}", "--level", "2"],
+    ["demo", "--out", "{o}", "--seed", "-1"],
+    ["demo", "--out", "{o}", "--max-epochs", "0"],
+    ["fit", "{x}", "--out", "{o}.npz", "--devices", "0"],
+]
+
+
+def test_shell_input_validation_runs_before_any_jax_import(tmp_path):
+    """`probgex check`, `power`, `demo`, `explain`, `fit` refuse bad options (exit code 2, one message) with the
+    JAX stack still unloaded, one fresh interpreter for all: the checks run before the heavy imports."""
+    (tmp_path / "m.npz").write_bytes(b"not read")
+    (tmp_path / "x.h5ad").write_bytes(b"not read")
+    runs = [[a.format(m=tmp_path / "m.npz", x=tmp_path / "x.h5ad", o=tmp_path / "out") for a in argv]
+            for argv in SHELL_BAD_INPUT]
+    code = ("from typer.testing import CliRunner; from probgex.cli import app\n"
+            f"for args in {runs!r}:\n"
+            "    r = CliRunner().invoke(app, args)\n"
+            "    assert r.exit_code == 2 and r.output.startswith('error: '), (args, r.output)")
+    assert _loaded(code) == []

@@ -4,6 +4,8 @@ file (parameters in the npz, no pickle) and the shell."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -20,10 +22,11 @@ def energy_distance(x, y):
     return float(2 * d(x, y) - d(x, x) - d(y, y))
 
 
-@pytest.mark.parametrize("latent", [pg.latent.Diffusion(dim=3, net=(16,), sampler="sde", sde_solver="heun",
-                                                        sde_steps=50, guidance=0.5),
+@pytest.mark.parametrize("latent", [pg.latent.Diffusion(dim=3, net=pg.latent.Network(hidden=(16,)), sampler="sde",
+                                                        sde=pg.latent.SDE(solver="heun", n_steps=50), guidance=0.5),
                                     pg.latent.Diffusion(dim=2, parametrization="eps"),
-                                    pg.latent.Flow(dim=4, net=(32, 32), rtol=1e-3, cond_dropout=0.0)])
+                                    pg.latent.Flow(dim=4, net=pg.latent.Network(hidden=(32, 32), cond_dropout=0.0),
+                                                   ode=pg.latent.ODE(rtol=1e-3))])
 def test_learned_latent_toml_round_trip(latent, tmp_path):
     spec = ModelSpec.create("~ group", "zinb", latent, encoder=(8,))
     assert ModelSpec.from_toml(spec.to_toml()) == spec
@@ -34,15 +37,22 @@ def test_learned_latent_toml_round_trip(latent, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     (dict(kind="diffusion", sampler="langevin"), "sampler"),
-    (dict(kind="diffusion", sde_solver="rk4"), "sde_solver"),
+    (dict(kind="diffusion", sde={"solver": "rk4"}), "SDE.solver"),
     (dict(kind="flow", sampler="sde"), "unknown key"),
-    (dict(kind="flow", net=[]), "at least one hidden layer"),
-    (dict(kind="flow", guidance=1.0, cond_dropout=0.0), "cond_dropout"),
-    (dict(kind="diffusion", learning_rate=0), "learning_rate"),
-    (dict(kind="diffusion", max_steps=0), "max_steps"),
+    (dict(kind="flow", sde={"solver": "heun"}), "unknown key"),
+    (dict(kind="flow", net={"hidden": []}), "at least one hidden layer"),
+    (dict(kind="flow", guidance=1.0, net={"cond_dropout": 0.0}), "cond_dropout"),
+    (dict(kind="diffusion", training={"learning_rate": 0}), "learning_rate"),
+    (dict(kind="diffusion", training={"max_steps": 0}), "max_steps"),
+    (dict(kind="diffusion", training={"max_step": 10}), "did you mean 'max_steps'"),
     (dict(kind="diffusion", parametrization="x0"), "parametrization"),
     (dict(kind="flow", parametrization="v"), "unknown key"),
-    (dict(kind="diffusion", cond_dropout=1.0), "cond_dropout"),
+    (dict(kind="diffusion", net={"cond_dropout": 1.0}), "cond_dropout"),
+    (dict(kind="diffusion", ode={"solver": "rk4"}), "ODE.solver"),
+    # the flat layout of files written before the nested options is read, and checked the same way
+    (dict(kind="diffusion", sde_solver="rk4"), "SDE.solver"),
+    (dict(kind="flow", net=[]), "at least one hidden layer"),
+    (dict(kind="diffusion", max_steps=0), "max_steps"),
 ])
 def test_learned_latent_rejects_bad_options(bad, match):
     with pytest.raises(pg.SpecError, match=match):
@@ -52,7 +62,9 @@ def test_learned_latent_rejects_bad_options(bad, match):
 @pytest.fixture(scope="module", params=["diffusion", "flow"])
 def learned_fit(request, small_adata):
     cls = {"diffusion": pg.latent.Diffusion, "flow": pg.latent.Flow}[request.param]
-    model = pg.Model("~ group", likelihood="nb", latent=cls(dim=2, net=(32, 32), max_steps=1500, learning_rate=4e-3),
+    model = pg.Model("~ group", likelihood="nb", latent=cls(dim=2, net=pg.latent.Network(hidden=(32, 32)),
+                                                                 training=pg.latent.Training(max_steps=1500,
+                                                                                             learning_rate=4e-3)),
                      encoder=(16,), decoder=(16,))
     return model.fit(small_adata, seed=0, max_epochs=8, progress=False)
 
@@ -132,7 +144,8 @@ def test_shell_prior_option_needs_the_cvae(tmp_path, small_adata):
 def test_shell_fit_with_a_learned_prior_spec(tmp_path, small_adata):
     small_adata.write_h5ad(tmp_path / "x.h5ad")
     runner = CliRunner()
-    spec = ModelSpec.create("~ group", "nb", pg.latent.Flow(dim=2, net=(8,), max_steps=100), encoder=(8,),
+    spec = ModelSpec.create("~ group", "nb", pg.latent.Flow(dim=2, net={"hidden": (8,)}, training={"max_steps": 100}),
+                            encoder=(8,),
                             decoder=(8,))
     spec.save(tmp_path / "m.toml")
     res = runner.invoke(app, ["fit", str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "m.npz"), "--spec",
@@ -212,6 +225,35 @@ def test_a_diffusion_model_file_from_before_the_parametrization_option_reads_as_
     assert pg.load(tmp_path / "new.npz").story.learned.dynamics.parametrization == "v"
 
 
+def _flat_latent(latent: dict) -> dict:
+    """A latent table in the flat layout the code wrote before the nested options (its field order)."""
+    flat = {"kind": latent["kind"], "dim": latent["dim"], "hidden": latent["hidden"], "net": latent["net"]["hidden"],
+            **{k: latent["training"][k] for k in ("max_steps", "batch_size", "learning_rate")},
+            "cond_dropout": latent["net"]["cond_dropout"], "guidance": latent["guidance"],
+            "rtol": latent["ode"]["rtol"], "atol": latent["ode"]["atol"]}
+    if latent["kind"] == "diffusion":
+        flat |= {"sampler": latent["sampler"], "sde_solver": latent["sde"]["solver"],
+                 "sde_steps": latent["sde"]["n_steps"], "parametrization": latent["parametrization"]}
+    return flat
+
+
+def test_a_model_file_with_the_flat_latent_layout_loads_and_predicts_the_same(learned_fit, small_adata, tmp_path):
+    """Model files written before the nested prior options store them flat in the latent table: they load
+    without a warning, to the same spec, and predict the same draws."""
+    from probgex.inference import checkpoint
+
+    header, arrays = checkpoint.read(learned_fit.save(tmp_path / "new.npz"))
+    header = {k: v for k, v in header.items() if k not in ("format", "version", "sha256")}
+    header["spec"]["latent"] = _flat_latent(header["spec"]["latent"])
+    assert "training" not in header["spec"]["latent"] and isinstance(header["spec"]["latent"]["net"], list)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = pg.load(checkpoint.write(tmp_path / "old.npz", header, arrays))
+    assert old.spec == learned_fit.spec
+    new, before = (f.predict(small_adata.obs.iloc[:6], n_samples=8, seed=0) for f in (learned_fit, old))
+    np.testing.assert_array_equal(before["mean"], new["mean"])
+
+
 def test_checkpoint_from_the_middle_of_the_vae_stage(small_adata, tmp_path, monkeypatch):
     """Ctrl-C in the VAE stage after a periodic checkpoint: that checkpoint loads (saying it is unfinished
     and the prior untrained) and predicts; train_prior refuses it (the prior is trained on a finished VAE)."""
@@ -224,7 +266,8 @@ def test_checkpoint_from_the_middle_of_the_vae_stage(small_adata, tmp_path, monk
         return real_save(self, where)
 
     monkeypatch.setattr(pg.Fit, "save", interrupted_save)
-    model = pg.Model("~ group", likelihood="nb", latent=pg.latent.Flow(dim=2, net=(8,), max_steps=50), encoder=(8,),
+    model = pg.Model("~ group", likelihood="nb", latent=pg.latent.Flow(dim=2, net={"hidden": (8,)},
+                                                                            training={"max_steps": 50}), encoder=(8,),
                      decoder=(8,))
     with pytest.raises(KeyboardInterrupt):
         model.fit(small_adata, seed=0, max_epochs=20, progress=False, checkpoint_path=path, checkpoint_every=2)

@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from probgex.prior import LearnedPrior, ODEOptions, PriorTrainConfig, SDEOptions
+from probgex.latent import LATENT_KINDS
+from probgex.prior import LearnedPrior
+from probgex.prior.options import ODE as ODEOptions
+from probgex.prior.options import SDE as SDEOptions
+from probgex.prior.options import Network, Training
 from probgex.prior.dynamics import VPSDE
 from probgex.prior.ode import ode_log_prob, ode_sample
 from probgex.prior.sde_sampler import sde_sample
@@ -141,9 +145,9 @@ def trained_2d(request):
     rng = np.random.default_rng(0)
     cond = rng.integers(0, 2, 2000)
     z = MIX2.sample(rng, cond)
-    prior = LearnedPrior(request.param, 2, 2, (128, 128), seed=0)
-    config = PriorTrainConfig(max_steps=3000, eval_every=250, learning_rate=4e-3, progress=False)
-    params, hist = prior.fit(jax.random.PRNGKey(0), z, one_hot(cond, 2), config=config)
+    prior = LearnedPrior(LATENT_KINDS[request.param](dim=2, net=Network(hidden=(128, 128))), 2, seed=0)
+    config = Training(max_steps=3000, eval_every=250, learning_rate=4e-3)
+    params, hist = prior.fit(jax.random.PRNGKey(0), z, one_hot(cond, 2), config=config, progress=False)
     return prior, params, hist
 
 
@@ -208,9 +212,9 @@ def test_learned_prior_on_a_16d_mixture(kind):
     mix = Mixture(dim=16, n_cond=3, n_comp=3, sd=0.6, seed=5)
     rng = np.random.default_rng(0)
     cond = rng.integers(0, 3, 6000)
-    prior = LearnedPrior(kind, 16, 3, (256, 256, 256), seed=0)
+    prior = LearnedPrior(LATENT_KINDS[kind](dim=16, net=Network(hidden=(256, 256, 256))), 3, seed=0)
     params, _ = prior.fit(jax.random.PRNGKey(0), mix.sample(rng, cond), one_hot(cond, 3),
-                          config=PriorTrainConfig(max_steps=12000, progress=False))
+                          config=Training(max_steps=12000), progress=False)
     draw = jax.jit(lambda key, c: prior.sample(params, key, c))
     for k in range(3):
         cond_k = np.full(800, k)

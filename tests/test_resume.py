@@ -188,7 +188,7 @@ def test_shell_resume(tmp_path, monkeypatch):
 def test_learned_prior_fit_resumes_its_vae_stage_then_trains_the_prior(tmp_path, monkeypatch):
     """A Flow-prior cVAE killed in its VAE stage, and one whose VAE stage finished before the prior stage,
     both end with the uninterrupted fit's parameters (the prior stage reruns from its start)."""
-    model = pg.Model("~ group", latent=pg.latent.Flow(dim=2, net=(8,), max_steps=50))
+    model = pg.Model("~ group", latent=pg.latent.Flow(dim=2, net={"hidden": (8,)}, training={"max_steps": 50}))
     options = dict(seed=0, max_epochs=6, batch_size=16, progress=False)
     full = model.fit(_adata(), **options)
     path = tmp_path / "m.npz"

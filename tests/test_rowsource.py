@@ -51,6 +51,23 @@ def test_streamed_rows_match_memory(small, tmp_path, name, dense):
     assert not from_anndata(path, "~ group_id", empty="keep").streamed
 
 
+@pytest.mark.parametrize("name,dense", [("c.h5ad", False), ("d.h5ad", True), ("c.zarr", False), ("d.zarr", True)])
+def test_disk_reads_any_row_pattern_exactly(small, tmp_path, name, dense):
+    """Runs of rows broken by gaps shorter and longer than GAP_ROWS (a streamed window of training rows),
+    one contiguous block, a single row, repeats out of order, no rows: the rows of the matrix in memory."""
+    from probgex.rowsource import GAP_ROWS
+
+    _, disk = open_anndata(_write(small, tmp_path / name, dense))
+    x = small.X.toarray()
+    window = np.r_[3:20, 25:40, 41:43, 43 + GAP_ROWS + 5:200]  # gaps of 5, 1, 0 and GAP_ROWS + 5 rows
+    for rows in (window, np.arange(17, 150), np.array([239]), np.array([90, 3, 90, 3, 200, 0]),
+                 np.zeros(0, np.int64)):
+        block = disk.read(rows)
+        assert sp.issparse(block) != dense
+        got = block.toarray() if sp.issparse(block) else np.asarray(block)
+        np.testing.assert_array_equal(got, x[rows])
+
+
 def test_dropping_empty_genes_and_aligning_genes_streams(small, tmp_path):
     a = small.copy()
     x = np.asarray(a.X.todense())
@@ -199,3 +216,29 @@ def test_stage1_mlp_trains_from_minibatches_of_counts_on_disk(small, tmp_path):
     b = MLPMean.train(disk, seed=0, max_epochs=4, progress=False)  # targets read batch by batch
     np.testing.assert_allclose(np.array(b.history), np.array(a.history), rtol=1e-4)
     np.testing.assert_allclose(b.predict_log1p(mem.design[:5]), a.predict_log1p(mem.design[:5]), rtol=1e-3, atol=1e-4)
+
+
+def test_streamed_windows_visit_every_row_once_and_read_it_exactly(small, tmp_path):
+    """A streamed epoch (`Minibatches.windows`) over training rows broken by held-out ones: every row once,
+    each window read from the .zarr store in one go equal to the rows in memory."""
+    from probgex.inference.minibatch import Minibatches
+
+    path = _write(small, tmp_path / "w.zarr", dense=False)
+    disk = from_anndata(path, "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)  # every 10th row held out
+    mb = Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(5))
+    seen = []
+    for held, order in mb.windows():
+        assert np.all(np.diff(held) > 0) and sorted(order) == list(range(len(held)))
+        np.testing.assert_array_equal(mb.window_data(held).rows(order), mem.rows(train[held][order]))
+        seen.append(train[held][order])
+    assert sorted(np.concatenate(seen).tolist()) == train.tolist()
+
+
+def test_entries_above_one_are_counted_from_csr_blocks_on_disk(small, tmp_path):
+    from probgex.inference.minibatch import high_per_row
+
+    disk = from_anndata(_write(small, tmp_path / "h.h5ad", dense=False), "~ 1", memory_budget=0, empty="keep")
+    rows = np.random.default_rng(2).permutation(small.n_obs)[:200]
+    np.testing.assert_array_equal(high_per_row(disk, rows, chunk=16), (small.X.toarray()[rows] >= 2).sum(1))

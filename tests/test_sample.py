@@ -88,7 +88,7 @@ def test_profiles_stay_with_their_row_when_draws_are_chunked(glm_fit, meta, monk
 @pytest.mark.slow
 def test_learned_prior_story_samples(small_adata, meta):
     """A cVAE with a flow prior samples through the same path (its latents from the learned prior)."""
-    flow = pg.Model("~ group", latent=pg.latent.Flow(dim=2, net=(8,), max_steps=20), encoder=(8,), decoder=(8,))
+    flow = pg.Model("~ group", latent=pg.latent.Flow(dim=2, net={"hidden": (8,)}, training={"max_steps": 20}), encoder=(8,), decoder=(8,))
     fit = flow.fit(small_adata, seed=0, max_epochs=2, progress=False)
     assert fit.learned_prior_status == "trained"
     s = fit.sample(meta, 3, seed=0)

@@ -14,7 +14,7 @@ from rich.progress import Progress
 
 from probgex import rng as streams
 from probgex.diagnostics import pit as pitmod
-from probgex.errors import DataError
+from probgex.errors import DataError, SpecError
 from probgex.diagnostics.ppc import Summaries, gene_programs
 from probgex.diagnostics.report import Report
 from probgex.diagnostics.scores import coverage_table, crps_from_samples, interval_score, sample_pit
@@ -142,7 +142,7 @@ def _workers(workers: int | None) -> int:
     if workers is None:
         return max(1, min(4, os.cpu_count() or 1))
     if not isinstance(workers, int | np.integer) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise SpecError(f"workers must be a positive integer, got {workers!r}")
     return int(workers)
 
 

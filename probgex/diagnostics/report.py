@@ -12,14 +12,11 @@ import numpy as np
 import xarray as xr
 
 from probgex import rng as streams
-from probgex._outputs import atomic_folder, json_ready
+from probgex._outputs import REPORT_FILES, atomic_folder, json_ready  # noqa: F401  (REPORT_FILES: what save writes)
 from probgex.diagnostics import plots, report_html
 from probgex.diagnostics.ppc import Summaries
 from probgex.diagnostics.verdict import verdict
 
-FIGURES = ("pit_ecdf", "coverage", "coverage_by_decile", "mean_variance", "mean_zero_fraction",
-           "rootograms_worst_genes", "summary_statistics")
-REPORT_FILES = ("report.json", "report.html") + tuple(f"{f}.png" for f in FIGURES)  # what `Report.save` writes
 
 
 @dataclass

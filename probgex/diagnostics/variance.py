@@ -72,11 +72,13 @@ import numpy as np
 import xarray as xr
 
 from probgex.diagnostics.partition import Partition, formula_terms
+from probgex._checks import check_explain_options
 from probgex.errors import DataError, SpecError
+from probgex.models.families import NAMES, family
+from probgex.models.families.base import DISPERSION
 
 SCALE = 1e4  # counts per 10k
 BLOCK_ENTRIES = 2**22  # simulated entries (draws x latents x counts x rows x genes) held at once
-EXPLAINED = ("poisson", "nb", "zinb")  # the families whose count noise is Poisson over a Gamma layer (+ a gate)
 RESERVED = ("latent", "overdispersion", "other", "noise")
 RATES = 4  # Gamma rates drawn per NB / ZINB mean (the overdispersion layer)
 
@@ -92,21 +94,10 @@ class Options:
 
 
 def _check(n_draws, n_counts, n_latent, level, max_obs, scale, n_obs: int) -> Options:
-    def whole(name, v, least):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < least:
-            raise SpecError(f"{name} must be an integer >= {least}, got {v!r}")
-        return int(v)
-
-    whole("n_draws", n_draws, 2)
-    whole("n_latent", n_latent, 2)
-    whole("max_obs", max_obs, 3)
+    check_explain_options(n_draws=n_draws, n_counts=n_counts, n_latent=n_latent, level=level, max_obs=max_obs,
+                          scale=scale)
     if n_counts is None:  # enough count draws per rate that ~400 simulated values (4 rates) enter each gene's noise
         n_counts = int(np.clip(np.ceil(100 / max(min(n_obs, max_obs), 1)), 2, 4))
-    whole("n_counts", n_counts, 2)
-    if not isinstance(level, float | int) or not 0 < level < 1:
-        raise SpecError(f"level must lie strictly between 0 and 1, got {level!r}")
-    if not isinstance(scale, float | int) or not np.isfinite(scale) or scale <= 0:
-        raise SpecError(f"scale must be a positive number (1e4 for CP10k), got {scale!r}")
     return Options(int(n_draws), int(n_counts), int(n_latent), float(level), int(max_obs), float(scale))
 
 
@@ -135,9 +126,11 @@ def explain(fit, adata, *, n_draws: int = 50, n_counts: int | None = None, n_lat
     if not isinstance(adata, ad.AnnData):
         raise DataError(f"adata must be an AnnData with raw counts and the formula's metadata, got "
                         f"{type(adata).__name__}")
-    if fit.spec.likelihood not in EXPLAINED:
+    fam = family(fit.spec.likelihood)
+    if not fam.gamma_poisson:  # the families whose count noise is Poisson over a Gamma layer (+ a gate)
+        explained = [n for n in NAMES if family(n).gamma_poisson]
         raise SpecError(f"explain splits count noise into Gamma and Poisson layers, which the {fit.spec.likelihood!r} "
-                        f"likelihood does not have; it supports {', '.join(EXPLAINED)}")
+                        f"likelihood does not have; it supports {', '.join(explained)}")
     opt = _check(n_draws, n_counts, n_latent, level, max_obs, scale, adata.n_obs)
     if adata.n_obs > opt.max_obs:  # a random subset of observations (the stage-1 offset only for those)
         keep = np.sort(streams.host_rng(seed, "explain_obs").choice(adata.n_obs, opt.max_obs, replace=False))
@@ -152,7 +145,7 @@ def explain(fit, adata, *, n_draws: int = 50, n_counts: int | None = None, n_lat
                         "rename the obs column(s)")
     latent = fit.spec.latent is not None
     R = opt.n_latent if latent else 1
-    Q = 1 if fit.spec.likelihood == "poisson" else RATES
+    Q = RATES if fam.role(DISPERSION) else 1  # a Gamma layer to draw rates from (Poisson: none)
     acc = _Accumulator(Partition(data.design, terms, opt.n_draws, data.n_genes), opt, R, Q)
     rng = streams.host_rng(seed, "explain_counts")
     key = streams.stream(seed, "explain_draws")

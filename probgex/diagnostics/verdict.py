@@ -16,19 +16,21 @@ def pit_shape(u: np.ndarray) -> str:
     u = np.ravel(u)
     tails = float(np.mean((u < 0.05) | (u > 0.95)))
     below = float(np.mean(u < 0.5))
-    words = []
-    if tails > 0.12:
-        words.append(f"{tails:.0%} of held-out counts fall in the outer 10% of their predictive distributions "
-                     "(10% expected): the predictions are too narrow (overconfident)")
-    elif tails < 0.08:
-        words.append(f"only {tails:.0%} of held-out counts fall in the outer 10% of their predictive "
-                     "distributions (10% expected): the predictions are too wide")
-    if below > 0.55:
-        words.append(f"{below:.0%} of held-out counts lie below their predictive median (50% expected): "
-                     "the model over-predicts")
-    elif below < 0.45:
-        words.append(f"{1 - below:.0%} of held-out counts lie above their predictive median (50% expected): "
-                     "the model under-predicts")
+    # (share, above this: the first reading, below this: the second)
+    readings = [
+        (tails, 0.12, 0.08,
+         f"{tails:.0%} of held-out counts fall in the outer 10% of their predictive distributions "
+         "(10% expected): the predictions are too narrow (overconfident)",
+         f"only {tails:.0%} of held-out counts fall in the outer 10% of their predictive "
+         "distributions (10% expected): the predictions are too wide"),
+        (below, 0.55, 0.45,
+         f"{below:.0%} of held-out counts lie below their predictive median (50% expected): "
+         "the model over-predicts",
+         f"{1 - below:.0%} of held-out counts lie above their predictive median (50% expected): "
+         "the model under-predicts"),
+    ]
+    words = [high_text if share > high else low_text
+             for share, high, low, high_text, low_text in readings if share > high or share < low]
     return "; ".join(words) + ("." if words else "")
 
 

@@ -199,7 +199,7 @@ class Fit:
     def coefficients(self, levels: Sequence[float] = (0.9,)) -> xr.Dataset:
         """GLM coefficients: posterior mean, sd and central intervals per (coef, gene)."""
         if self.spec.latent is not None:
-            raise ValueError("coefficients exist only for the GLM story (latent=None)")
+            raise SpecError("coefficients exist only for the GLM story (latent=None)")
         loc, sd = self.posterior().coefficient_moments()
         levels = check_levels(levels)
         z = np.array([norm.ppf((1 + a) / 2) for a in levels])[:, None, None]

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from probgex.data import CountData
+from probgex.rowsource import RowSource
 from probgex.models.batch import Batch, HighCounts
 
 
@@ -28,10 +29,17 @@ def high_per_row(data: CountData, rows: np.ndarray, chunk: int = 4096) -> np.nda
     """Number of entries with count >= 2 in each of `rows`: (len(rows),) int64."""
     rows = np.asarray(rows)
     if sp.issparse(data.counts):
-        sub = data.counts[rows]
-        return np.diff(np.r_[0, np.cumsum(listed(sub.data))][sub.indptr]).astype(np.int64)
+        return _high_csr(data.counts[rows]).astype(np.int64)
+    if isinstance(data.counts, RowSource) and data.counts.sparse:  # CSR on disk: counted in CSR blocks
+        return np.concatenate([_high_csr(sp.csr_matrix(data.counts.read(rows[s : s + 4 * chunk])))
+                               for s in range(0, len(rows), 4 * chunk)] + [np.zeros(0, np.int64)]).astype(np.int64)
     return np.concatenate([listed(data.rows(rows[s : s + chunk])).sum(1) for s in range(0, len(rows), chunk)]
                           + [np.zeros(0, np.int64)]).astype(np.int64)
+
+
+def _high_csr(m: sp.csr_matrix) -> np.ndarray:
+    """Entries >= 2 in each row of a CSR block (one block read at a time)."""
+    return np.diff(np.r_[0, np.cumsum(listed(m.data))][m.indptr])
 
 
 def high_bound(n_high: np.ndarray, batch_size: int) -> int:

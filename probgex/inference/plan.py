@@ -32,10 +32,13 @@ class StoryDefaults:
 
 # the GLM's guide scales need small final steps (two cuts); networks do not. ~3000 (GLM) / ~4000 (cVAE)
 # steps; patience ~100 / ~500 steps (a residual fit on 400 cells stopped after 600 steps with its group
-# effects half learned at 100); the cVAE's gene concentrations get 20x the network step
+# effects half learned at 100); the cVAE's gene concentrations get 20x the network step, and so do the
+# location and scale of its per-cell dispersion scales' prior (sample_quality "on"; at the network's
+# step s moved from 0.1 to 0.13 in 600 steps on a simulation whose true spread is 0.7)
 GLM = StoryDefaults(min_steps=3000, min_epochs=100, patience_steps=100, learning_rate=0.02, lr_reductions=2)
 NETWORK = StoryDefaults(min_steps=4000, min_epochs=400, patience_steps=500, learning_rate=1e-3, lr_reductions=0,
-                        step_scale=(("log_theta", THETA_STEP_SCALE),))
+                        step_scale=(("log_theta", THETA_STEP_SCALE), ("quality_mean", THETA_STEP_SCALE),
+                                    ("quality_sd", THETA_STEP_SCALE)))
 
 
 def defaults(spec) -> StoryDefaults:

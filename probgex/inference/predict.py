@@ -16,7 +16,7 @@ from probgex import _memory, library
 from probgex import rng as streams
 from probgex._checks import check_levels, check_n_samples
 from probgex.data import CountData, group_codes
-from probgex.errors import DataError
+from probgex.errors import DataError, SpecError
 from probgex.inference.minibatch import make_batch
 from probgex.inference.predictive import Draws, deciles, empirical_intervals, pit_coverage
 
@@ -57,7 +57,7 @@ def predictive_blocks(fit, data: CountData, n: int, key, *, from_data: bool = Fa
     """(rows, Draws) over blocks of `data`'s rows: n draws of the count distribution's parameters,
     latents from the conditional prior (or, with `from_data`, from the encoder)."""
     if not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"the number of predictive draws must be a positive integer, got {n!r}")
+        raise SpecError(f"the number of predictive draws must be a positive integer, got {n!r}")
     size = block_size(n, len(fit.var_names))
     for i, start in enumerate(range(0, data.n_obs, size)):
         rows = np.arange(start, min(start + size, data.n_obs))

@@ -80,7 +80,7 @@ class Draws:
 
     def below_and_at(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mixture F(y - 1) = P(X < y) and p(y) = P(X = y) per entry: everything PIT and tails need
-        (for Poisson / NB / ZINB by the pmf recursion for small counts, `likelihoods.mixture_below_and_at`)."""
+        (for Poisson / NB / ZINB by the pmf recursion for small counts, `likelihoods.gp_mixture_below_and_at`)."""
         return self.family.mixture_below_and_at(y, self.params, self._cache)
 
     def randomized_pit(self, y: np.ndarray, rng: np.random.Generator, below_and_at=None) -> np.ndarray:

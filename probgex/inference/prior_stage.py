@@ -13,7 +13,6 @@ import numpy as np
 from probgex.data import CountData
 from probgex import rng as streams
 from probgex.inference.minibatch import make_batch
-from probgex.prior.learned import train_config_of
 from probgex.prior.train import PriorHistory
 
 BLOCK = 512
@@ -41,6 +40,5 @@ def fit_prior_stage(story, params: dict, data: CountData, train_idx: np.ndarray,
     if len(heldout_idx):
         kw = dict(z_val=encoder_means(story, params, data, np.asarray(heldout_idx)),
                   c_val=np.asarray(data.design[heldout_idx], np.float32))
-    prior_params, hist = prior.fit(streams.stream(seed, "prior_stage"), z, c,
-                                   config=train_config_of(story.spec.latent, progress), **kw)
+    prior_params, hist = prior.fit(streams.stream(seed, "prior_stage"), z, c, progress=progress, **kw)
     return {**params, "learned_prior": prior_params}, hist

@@ -19,6 +19,9 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 
 from probgex import rng as streams
+from probgex._checks import check_choice
+from probgex.choices import DEVICE_DATA
+from probgex.errors import SpecError
 from probgex.data import CountData
 from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
@@ -54,11 +57,10 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.device_data not in ("auto", "always", "never"):
-            raise ValueError(f"device_data must be 'auto', 'always' or 'never', got {self.device_data!r}")
+                raise SpecError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_choice("device_data", self.device_data, DEVICE_DATA)
         if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+            raise SpecError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
 
 class History(NamedTuple):
@@ -292,6 +294,8 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             elif windows:  # counts on disk: each window of rows read once, put on the device, scanned over
                 losses = []
                 for held, order in train.windows():
+                    if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
+                        losses[-2].block_until_ready()  # would hold every window read so far in memory
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
                     dev = _to_device(train.window_data(held), np.arange(len(held)), high=split,

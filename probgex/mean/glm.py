@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from probgex.data import DesignEncoding
+from probgex.errors import SpecError
 from probgex.mean.base import MeanPredictor, gene_positions
 
 
@@ -28,7 +29,7 @@ class GLMMean(MeanPredictor):
     def from_fit(cls, fit) -> GLMMean:
         """Wrap a fitted GLM (`pg.Model(formula, likelihood="nb").fit(adata)`)."""
         if fit.spec.story != "glm":
-            raise ValueError(f"GLMMean needs a fitted GLM (latent=None); got a {fit.spec.story} fit")
+            raise SpecError(f"GLMMean needs a fitted GLM (latent=None); got a {fit.spec.story} fit")
         return cls(fit.encoding, fit.coefficients()["mean"].values, fit.var_names)
 
     def log_fraction(self, obs: pd.DataFrame, genes: Sequence[str], library_size=None) -> np.ndarray:

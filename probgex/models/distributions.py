@@ -103,12 +103,15 @@ class CountLikelihood(dist.Distribution):
                                   f"probgex.models.families.family({self.family.name!r}).sample(rng, params)")
 
 
-def count_term_sum(high, log_theta, group, n_rows: int):
+def count_term_sum(high, log_theta, group, n_rows: int, w=None):
     """Per row, the sum of r(x, theta) over that row's entries with x >= 2: (n_rows,).
 
     `high` is a `HighCounts` list (row, gene, count; padding entries have count 0, where r is exactly
-    0 with a zero gradient); theta = exp(log_theta[group[row], gene]) with `log_theta` (K, G)."""
+    0 with a zero gradient); theta = exp(log_theta[group[row], gene] - w[row]) with `log_theta` (K, G)
+    and an optional per-row dispersion scale w (n_rows,) (the cVAE's per-cell quality)."""
     log_t = log_theta[group[high.row], high.gene] if log_theta.shape[0] > 1 else log_theta[0, high.gene]
+    if w is not None:
+        log_t = log_t - w[high.row]
     r = nb_count_term(high.count, jnp.exp(log_t))
     return jax.ops.segment_sum(r, high.row, num_segments=n_rows, indices_are_sorted=True)
 

@@ -1,11 +1,17 @@
-"""Count likelihoods: the one place for the Poisson / NB / ZINB math.
+"""Count-likelihood kernels: the Poisson / NB / ZINB math, which the count families
+(`probgex.models.families`) are built from. No function here branches on a family's name.
 
 Parameterisation everywhere: mean ``mu > 0`` and inverse dispersion (concentration) ``theta > 0``,
 so ``Var = mu + mu**2 / theta``; ZINB adds ``gate_logits``, the logit of the structural-zero
 probability ``pi``.
 
 * JAX log-pmfs (pure, jittable, broadcasting, float32-friendly) for fitting.
-* NumPy/SciPy sampling, pmf and cdf (host side, float64) for predictive checks and PIT.
+* NumPy/SciPy sampling, pmf and cdf (host side, float64) for predictive checks and PIT: the
+  Gamma-Poisson kernels ``gp_*``, Poisson over a Gamma rate of concentration ``theta`` (``theta=None``:
+  Poisson itself), zeroed with probability sigmoid(``gate_logits``) when a gate is given (ZINB).
+* By registry name (``log_prob("zinb", x, mu, theta, gate)``, ``pmf(...)``, ...): the family's own
+  method with the positional parameters in its layout's order (`families.family(kind)`), for any
+  registered family; a new family needs no edit here.
 
 The NB log-pmf is the gammaln form (NumPyro's betaln-based ``NegativeBinomial2.log_prob`` is
 slower: about 2x on a 2-core CPU for value-and-grad, more elsewhere per STACK-NOTES). ``gammaln(x + theta) - gammaln(theta)`` cancels catastrophically
@@ -23,18 +29,8 @@ from jax.scipy.special import gammaln
 from scipy import special, stats
 from scipy.special import expit
 
-KINDS = ("poisson", "nb", "zinb")
 _STIRLING_MIN = 10.0  # theta at or above which the Stirling branch is used
 _LAM_MAX = 1e15  # cap on the Gamma-Poisson rate, far below numpy's Poisson limit (~9e18)
-
-
-def _check(kind: str, theta, gate_logits) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown likelihood {kind!r}; use 'poisson', 'nb' or 'zinb'")
-    if kind != "poisson" and theta is None:
-        raise ValueError(f"likelihood {kind!r} needs theta (the NB concentration)")
-    if kind == "zinb" and gate_logits is None:
-        raise ValueError("likelihood 'zinb' needs gate_logits (logit of the zero-inflation probability)")
 
 
 def _as_float(*arrays):
@@ -111,41 +107,30 @@ def zinb_log_prob(x, mu, theta, gate_logits, *, normalized: bool = True, log_mu=
         nb_log_prob(x, mu, theta, normalized=normalized, log_mu=log_mu, count_term=count_term))
 
 
-def log_prob(kind: str, x, mu, theta=None, gate_logits=None):
-    """Log-pmf of ``kind`` in {'poisson', 'nb', 'zinb'} (``kind`` is a static Python string)."""
-    _check(kind, theta, gate_logits)
-    if kind == "poisson":
-        return poisson_log_prob(x, mu)
-    if kind == "nb":
-        return nb_log_prob(x, mu, theta)
-    return zinb_log_prob(x, mu, theta, gate_logits)
-
-
 # ----------------------------------------------------------------------------- NumPy / SciPy
-def _host(kind: str, mu, theta, gate_logits):
-    _check(kind, theta, gate_logits)
+def _host(mu, theta, gate_logits):
     mu = np.asarray(mu, np.float64)
     theta = None if theta is None else np.asarray(theta, np.float64)
     pi = None if gate_logits is None else expit(np.asarray(gate_logits, np.float64))
     return mu, theta, pi
 
 
-def sample_counts(kind: str, rng: np.random.Generator, mu, theta=None, gate_logits=None,
-                  *, size: tuple[int, ...] | None = None) -> np.ndarray:
-    """Draw int64 counts: Poisson, NB as Gamma-Poisson, ZINB with a Bernoulli(pi) zero gate.
+def gp_sample(rng: np.random.Generator, mu, theta=None, gate_logits=None,
+              *, size: tuple[int, ...] | None = None) -> np.ndarray:
+    """Draw int64 counts: Poisson (theta None), NB as Gamma-Poisson, with a Bernoulli(pi) zero gate (ZINB).
 
     The result has the broadcast shape of the parameters, or ``size`` when given.
     """
-    mu, theta, pi = _host(kind, mu, theta, gate_logits)
-    params = [a for a in (mu, theta, pi) if a is not None] if kind != "poisson" else [mu]
+    mu, theta, pi = _host(mu, theta, gate_logits)
+    params = [a for a in (mu, theta, pi) if a is not None]
     shape = tuple(size) if size is not None else np.broadcast_shapes(*(a.shape for a in params))
-    if kind == "poisson":
+    if theta is None:
         rate = np.broadcast_to(mu, shape)
     else:
         rate = rng.gamma(np.broadcast_to(theta, shape), np.broadcast_to(mu / theta, shape))
         rate = np.minimum(rate, _LAM_MAX)
     counts = np.asarray(rng.poisson(rate), dtype=np.int64)
-    if kind == "zinb":
+    if pi is not None:
         counts = np.where(rng.random(shape) < pi, 0, counts)
     return counts
 
@@ -182,83 +167,83 @@ def _lgamma_ratio_large(x, t):
     return (x + t - 0.5) * np.log1p(x / t) - x + _np_stirling_tail(x + t) - _np_stirling_tail(t)
 
 
-def _log_count_pmf(kind: str, xs: np.ndarray, mu: np.ndarray, theta) -> np.ndarray:
-    """log pmf of the Poisson / NB part at counts xs >= 0 (the gammaln form)."""
+def _log_count_pmf(xs: np.ndarray, mu: np.ndarray, theta) -> np.ndarray:
+    """log pmf of the Poisson (theta None) / NB part at counts xs >= 0 (the gammaln form)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        if kind == "poisson":
+        if theta is None:
             return special.xlogy(xs, mu) - mu - special.gammaln(xs + 1.0)
         log1p_mu_t = np.log1p(mu / theta)
         return (_lgamma_ratio(xs, theta) - special.gammaln(xs + 1.0)
                 - theta * log1p_mu_t + special.xlogy(xs, mu) - xs * log1p_mu_t)
 
 
-def logpmf(kind: str, x, mu, theta=None, gate_logits=None) -> np.ndarray:
+def gp_logpmf(x, mu, theta=None, gate_logits=None) -> np.ndarray:
     """log P(X = x) in float64 (-inf for x < 0), in log space throughout: far tails stay finite."""
-    mu, theta, pi = _host(kind, mu, theta, gate_logits)
+    mu, theta, pi = _host(mu, theta, gate_logits)
     x = np.asarray(x, np.float64)
-    logp = _log_count_pmf(kind, np.maximum(x, 0.0), mu, theta)
-    if kind == "zinb":
+    logp = _log_count_pmf(np.maximum(x, 0.0), mu, theta)
+    if pi is not None:
         with np.errstate(divide="ignore"):
             logp = np.where(x == 0, np.logaddexp(np.log(pi), np.log1p(-pi) + logp), np.log1p(-pi) + logp)
     return np.where(x >= 0, logp, -np.inf)
 
 
-def pmf(kind: str, x, mu, theta=None, gate_logits=None) -> np.ndarray:
+def gp_pmf(x, mu, theta=None, gate_logits=None) -> np.ndarray:
     """P(X = x) in float64 (0 for x < 0); the NB term by the gammaln form, ~2x faster than scipy.stats."""
-    mu, theta, pi = _host(kind, mu, theta, gate_logits)
+    mu, theta, pi = _host(mu, theta, gate_logits)
     x = np.asarray(x, np.float64)
-    out = np.where(x >= 0, np.exp(_log_count_pmf(kind, np.maximum(x, 0.0), mu, theta)), 0.0)
-    if kind == "zinb":
+    out = np.where(x >= 0, np.exp(_log_count_pmf(np.maximum(x, 0.0), mu, theta)), 0.0)
+    if pi is not None:
         out = (1.0 - pi) * out + pi * (x == 0)
     return out
 
 
-def cdf(kind: str, x, mu, theta=None, gate_logits=None) -> np.ndarray:
-    """P(X <= x) in float64; 0 for x < 0 (so ``cdf(x - 1)`` works for PIT). Regularised incomplete
+def gp_cdf(x, mu, theta=None, gate_logits=None) -> np.ndarray:
+    """P(X <= x) in float64; 0 for x < 0 (so ``gp_cdf(x - 1)`` works for PIT). Regularised incomplete
     beta / gamma functions directly (scipy.stats adds ~50% overhead on large arrays)."""
-    mu, theta, pi = _host(kind, mu, theta, gate_logits)
+    mu, theta, pi = _host(mu, theta, gate_logits)
     x = np.asarray(x, np.float64)
     k1 = np.maximum(x, 0.0) + 1.0
-    if kind == "poisson":
+    if theta is None:
         out = special.gammaincc(k1, mu)
     else:
         out = special.betainc(theta, k1, theta / (theta + mu))
-        if kind == "zinb":
-            out = pi + (1.0 - pi) * out
+    if pi is not None:
+        out = pi + (1.0 - pi) * out
     return np.where(x >= 0, out, 0.0)
 
 
 _RECURSION_MIN_P0 = 1e-260  # P(X = 0) below which the pmf recursion would start near underflow
 
 
-def zero_prob(kind: str, mu, theta=None) -> np.ndarray:
+def gp_zero_prob(mu, theta=None) -> np.ndarray:
     """P(X = 0) of the Poisson / NB part (no zero inflation): exp(-mu) or exp(-theta log1p(mu / theta))."""
-    mu, theta, _ = _host(kind if kind != "zinb" else "nb", mu, theta, None)
+    mu, theta, _ = _host(mu, theta, None)
     with np.errstate(under="ignore"):
-        return np.exp(-mu if kind == "poisson" else -theta * np.log1p(mu / theta))
+        return np.exp(-mu if theta is None else -theta * np.log1p(mu / theta))
 
 
-def mixture_below_and_at(kind: str, y, mu, theta=None, gate_logits=None, *, max_steps: int = 64,
-                         p0=None) -> tuple[np.ndarray, np.ndarray]:
+def gp_mixture_below_and_at(y, mu, theta=None, gate_logits=None, *, max_steps: int = 64,
+                            p0=None) -> tuple[np.ndarray, np.ndarray]:
     """The mixture over draws (axis 0 of the parameters) of P(X < y) and P(X = y), in float64.
 
     Parameters broadcast to (S, ...) and counts ``y`` to ``...``. The same values as
-    ``cdf(kind, y - 1, ...).mean(0)`` and ``pmf(kind, y, ...).mean(0)``, computed with far fewer special
+    ``gp_cdf(y - 1, ...).mean(0)`` and ``gp_pmf(y, ...).mean(0)``, computed with far fewer special
     functions: P(X = 0) = exp(-theta log1p(mu / theta)) (Poisson: exp(-mu)) for every draw and entry,
     then for counts 1 <= y <= ``max_steps`` the pmf recursion p(k + 1) = p(k) (k + theta) / (k + 1)
     * mu / (mu + theta) (Poisson: p(k) mu / (k + 1)), summing P(X < y) as it goes (only
     multiplications; relative error ~ y ulp). Entries with larger counts, or whose P(X = 0) is near
     underflow for some draw, use the incomplete beta / gamma CDF and the gammaln pmf. ``p0``: P(X = 0)
-    of the Poisson / NB part (`zero_prob`) if the caller has it.
+    of the Poisson / NB part (`gp_zero_prob`) if the caller has it.
     """
-    mu, theta, pi = _host(kind, mu, theta, gate_logits)
+    mu, theta, pi = _host(mu, theta, gate_logits)
     S = mu.shape[0]
     params = [a for a in (mu, theta, pi) if a is not None]
     shape = np.broadcast_shapes(np.shape(y), *(a.shape[1:] for a in params))
     flat = lambda a: None if a is None else np.broadcast_to(a, (S,) + shape).reshape(S, -1)  # noqa: E731
     yb = np.broadcast_to(np.asarray(y, np.float64), shape).reshape(-1)
     mu2, th2, pi2 = flat(mu), flat(theta), flat(pi)
-    p0 = flat(zero_prob(kind, mu, theta) if p0 is None else np.asarray(p0, np.float64))
+    p0 = flat(gp_zero_prob(mu, theta) if p0 is None else np.asarray(p0, np.float64))
     rec = (yb >= 1) & (yb <= max_steps) & np.all(p0 >= _RECURSION_MIN_P0, axis=0)
     below, at = np.zeros(yb.shape), np.zeros(yb.shape)
     zero = yb == 0
@@ -288,24 +273,24 @@ def mixture_below_and_at(kind: str, y, mu, theta=None, gate_logits=None, *, max_
         sub = lambda a: None if a is None else a[:, rest]  # noqa: E731
         g = None if gate_logits is None else flat(np.asarray(gate_logits, np.float64))[:, rest]
         yr = yb[rest]
-        below[rest] = cdf(kind, yr - 1, sub(mu2), sub(th2), g).mean(0)
-        at[rest] = pmf(kind, yr, sub(mu2), sub(th2), g).mean(0)
+        below[rest] = gp_cdf(yr - 1, sub(mu2), sub(th2), g).mean(0)
+        at[rest] = gp_pmf(yr, sub(mu2), sub(th2), g).mean(0)
     return below.reshape(shape), at.reshape(shape)
 
 
-def sample_counts_inverse(kind: str, rng: np.random.Generator, mu, theta=None, gate_logits=None, *,
-                          max_mean: float = 4.0, max_steps: int = 64, p0=None) -> np.ndarray:
-    """Draw int64 counts from the same distributions as `sample_counts`, faster on sparse data.
+def gp_sample_inverse(rng: np.random.Generator, mu, theta=None, gate_logits=None, *,
+                      max_mean: float = 4.0, max_steps: int = 64, p0=None) -> np.ndarray:
+    """Draw int64 counts from the same distributions as `gp_sample`, faster on sparse data.
 
     Entries with mean ``mu <= max_mean`` (most entries of single-cell counts) are drawn by inversion:
     U ~ U(0, 1), X = min{k : F(k) >= U}, with F summed by the pmf recursion from P(X = 0) (``p0``,
-    `zero_prob`, if the caller has it): X = 0 costs one comparison, X = k costs k multiply-adds. Draws
+    `gp_zero_prob`, if the caller has it): X = 0 costs one comparison, X = k costs k multiply-adds. Draws
     beyond ``max_steps`` take scipy's inverse CDF at the same U (exact, incomplete beta / gamma). Entries
-    with larger means are drawn as Gamma-Poisson (`sample_counts`). ZINB adds the Bernoulli(pi) zero gate.
+    with larger means are drawn as Gamma-Poisson (`gp_sample`). ZINB adds the Bernoulli(pi) zero gate.
     F is a sum of ~k terms, so the inversion is exact up to rounding (~k ulp in U).
     """
-    mu, theta, pi = _host(kind, mu, theta, gate_logits)
-    nb = kind != "poisson"
+    mu, theta, pi = _host(mu, theta, gate_logits)
+    nb = theta is not None
     params = [a for a in (mu, theta if nb else None, pi) if a is not None]
     shape = np.broadcast_shapes(*(a.shape for a in params))
     mu = np.broadcast_to(mu, shape).reshape(-1)
@@ -314,9 +299,9 @@ def sample_counts_inverse(kind: str, rng: np.random.Generator, mu, theta=None, g
     small = mu <= max_mean
     big = np.flatnonzero(~small)
     if len(big):
-        x[big] = sample_counts("nb" if nb else "poisson", rng, mu[big], None if th is None else th[big])
+        x[big] = gp_sample(rng, mu[big], None if th is None else th[big])
     u = rng.random(mu.shape)
-    p0 = (zero_prob("nb" if nb else "poisson", mu, th) if p0 is None
+    p0 = (gp_zero_prob(mu, th) if p0 is None
           else np.broadcast_to(np.asarray(p0, np.float64), shape).reshape(-1))
     c = np.flatnonzero(small & (u >= p0))  # X >= 1
     v = u[c] - p0[c]  # U - F(k - 1): the draw is k once it falls below 0
@@ -340,6 +325,64 @@ def sample_counts_inverse(kind: str, rng: np.random.Generator, mu, theta=None, g
         else:
             tail = stats.poisson.ppf(u[c], mu[c])
         x[c] = np.maximum(tail, max_steps + 1).astype(np.int64)
-    if kind == "zinb":
+    if pi is not None:
         x = np.where(rng.random(shape).reshape(-1) < np.broadcast_to(pi, shape).reshape(-1), 0, x)
     return x.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- by registry name
+def _family_params(kind: str, mu, params: tuple):
+    """The family registered as `kind` and its parameters by name: `mu`, then `params` in the order of
+    its layout (extra ones ignored, missing ones a ValueError naming them)."""
+    from probgex.models.families import family
+
+    fam = family(kind)
+    p = dict(zip(fam.names, (mu, *params)))
+    missing = [n for n in fam.names if p.get(n) is None]
+    if missing:
+        raise ValueError(f"likelihood {kind!r} needs {', '.join(missing)} (its parameters: {', '.join(fam.names)})")
+    return fam, p
+
+
+def log_prob(kind: str, x, mu, *params):
+    """JAX log-pmf of the family `kind` (a static Python string), parameters in its layout's order."""
+    fam, p = _family_params(kind, mu, params)
+    return fam.log_prob(x, p)
+
+
+def logpmf(kind: str, x, mu, *params) -> np.ndarray:
+    fam, p = _family_params(kind, mu, params)
+    return fam.logpmf(x, p)
+
+
+def pmf(kind: str, x, mu, *params) -> np.ndarray:
+    fam, p = _family_params(kind, mu, params)
+    return fam.pmf(x, p)
+
+
+def cdf(kind: str, x, mu, *params) -> np.ndarray:
+    fam, p = _family_params(kind, mu, params)
+    return fam.cdf(x, p)
+
+
+def zero_prob(kind: str, mu, *params) -> np.ndarray:
+    fam, p = _family_params(kind, mu, params)
+    return fam.zero_prob(p)
+
+
+def sample_counts(kind: str, rng: np.random.Generator, mu, *params, size=None) -> np.ndarray:
+    fam, p = _family_params(kind, mu, params)
+    return fam.sample(rng, p, size=size)
+
+
+def mixture_below_and_at(kind: str, y, mu, *params, p0=None, **options) -> tuple[np.ndarray, np.ndarray]:
+    """The family's P(X < y) and P(X = y) over draws (axis 0); `p0`: its zero probability's cache entry,
+    `options`: the kernel's (max_steps)."""
+    fam, p = _family_params(kind, mu, params)
+    return fam.mixture_below_and_at(y, p, {} if p0 is None else {"p0": p0}, **options)
+
+
+def sample_counts_inverse(kind: str, rng: np.random.Generator, mu, *params, p0=None, **options) -> np.ndarray:
+    """One count per draw and entry by the family's fastest sampler; `options`: the kernel's."""
+    fam, p = _family_params(kind, mu, params)
+    return fam.sample_draws(rng, p, {} if p0 is None else {"p0": p0}, **options)

@@ -15,6 +15,9 @@ the trend's prior on the per-gene dispersions keeps m identifiable. The guide is
 observation; a NEW observation's quality is unknown, so prediction draws w from the fitted prior per
 observation and posterior draw: its predictive is the scale mixture the training samples' spread implies.
 
+The cVAE uses the same prior per cell (`sample_quality="on"` with a latent; `probgex.models.cvae`), with
+the location held at 0 and the encoder proposing w_n (issue 13 item 3, the top expression decile).
+
 Off by default: on the bulk rows of benchmarks/calibration_everywhere.py it helped where a poor
 replicate was among the samples (yeast df 1 and 6, bottomly df 1-2: +0.02 to +0.51 nats per entry) and
 harmed elsewhere (gse60450 df 6 -0.53, whose held-out samples are shifted; bottomly df 6 -0.07, too
@@ -35,15 +38,17 @@ QUALITY_MIN_SD = 1e-3  # s stays above this (a boundary the optimizer can approa
 SD_START, GUIDE_SD_START = 0.1, 0.1
 
 
-def prior(params_or_none=None) -> dist.Distribution:
+def prior(params_or_none=None, *, location: bool = True) -> dist.Distribution:
     """The multipliers' prior t(QUALITY_DF, m, s): in the model (m, s NumPyro parameters, s under its
-    penalised-complexity prior), or, given fitted `params`, the fitted one."""
+    penalised-complexity prior), or, given fitted `params`, the fitted one. With `location=False` m is
+    held at 0 (the cVAE: its per-gene concentrations are point estimates without a trend prior, so a
+    shared shift of all w would be exactly absorbed by them and m would drift unidentified)."""
     if params_or_none is None:
-        m = numpyro.param("quality_mean", 0.0)
+        m = numpyro.param("quality_mean", 0.0) if location else 0.0
         s = numpyro.param("quality_sd", SD_START, constraint=constraints.greater_than(QUALITY_MIN_SD))
         numpyro.factor("quality_sd_prior", -QUALITY_RATE * s)
     else:
-        m, s = params_or_none["quality_mean"], params_or_none["quality_sd"]
+        m, s = params_or_none.get("quality_mean", 0.0), params_or_none["quality_sd"]
     return dist.StudentT(QUALITY_DF, m, s)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from probgex import rng as streams
+from probgex._checks import check_grid, check_power_options
 from probgex.errors import DataError, SpecError
 from probgex.power.de import deseq_batch
 from probgex.power.simulate import Truth, simulate_counts, truth_from_fit
@@ -33,17 +34,6 @@ def _rng(key) -> np.random.Generator:
     if key is None:
         raise SpecError("pass key=: a PRNG key or an int seed, e.g. key=jax.random.PRNGKey(0) or key=0")
     return streams.host_rng(key, "experiments")
-
-
-def _check_grid(n_per_group) -> list[int]:
-    raw = np.atleast_1d(np.asarray(n_per_group, dtype=object))
-    try:
-        ok = raw.size > 0 and all(float(n) == int(n) and int(n) >= 2 for n in raw)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise SpecError(f"n_per_group must be integers >= 2 (replicates per group), got {n_per_group!r}")
-    return sorted({int(n) for n in raw})
 
 
 def _test_chunk(y: list[np.ndarray], n: int, chunk: int, test: str):
@@ -66,18 +56,14 @@ def _nested(y_ref, truth: Truth, s: int, n: int, reference_n: int, depth: float,
 
 
 def _check_reference(truth: Truth, reference_n, min_abs_lfc) -> tuple[int | None, np.ndarray]:
+    """The checked (check_power_options) reference_n and min_abs_lfc, as an int and an array."""
     if reference_n is not None:
         if truth.lfc is None:
             raise SpecError("reference_n calls each draw's DE genes on a reference experiment, which needs "
                             "fold changes fixed per draw: a Truth with lfc (truth_from_fit(..., effects=...) "
                             "or Truth.fixed(..., lfc=...))")
-        if isinstance(reference_n, bool) or not isinstance(reference_n, int | np.integer) or reference_n < 2:
-            raise SpecError(f"reference_n must be an integer >= 2 (replicates per group), got {reference_n!r}")
         reference_n = int(reference_n)
-    thr = np.atleast_1d(np.asarray(min_abs_lfc, dtype=float))
-    if thr.ndim != 1 or not np.all(np.isfinite(thr)) or np.any(thr < 0):
-        raise SpecError(f"min_abs_lfc must be non-negative log2 fold changes, got {min_abs_lfc!r}")
-    return reference_n, thr
+    return reference_n, np.atleast_1d(np.asarray(min_abs_lfc, dtype=float))
 
 
 def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.05, lfc=0.585,
@@ -98,17 +84,12 @@ def power_grid(truth: Truth, n_per_group: Sequence[int], *, key, fdr: float = 0.
     truth (which inflates their recall when n is a large part of reference_n)."""
     from rich.progress import Progress
 
-    ns = _check_grid(n_per_group)
-    if not 0 < fdr < 1 or not 0 < level < 1 or not 0 < target <= 1:
-        raise SpecError(f"fdr, level and target must lie in (0, 1): got {fdr}, {level}, {target}")
-    if n_rep < 1 or truth.n_draws < 1:
+    check_power_options(n_per_group=n_per_group, fdr=fdr, level=level, target=target, n_rep=n_rep, depth=depth,
+                        depth_sd=depth_sd, reference_n=reference_n, min_abs_lfc=min_abs_lfc, nested=nested)
+    ns = check_grid(n_per_group)
+    if truth.n_draws < 1:
         raise SpecError("n_rep and the number of draws must be at least 1")
-    if not depth > 0 or depth_sd < 0:
-        raise SpecError(f"depth must be positive and depth_sd non-negative, got {depth}, {depth_sd}")
     reference_n, thr = _check_reference(truth, reference_n, min_abs_lfc)
-    if nested and (reference_n is None or reference_n < max(ns)):
-        raise SpecError(f"nested experiments are drawn from the reference experiment: reference_n "
-                        f"({reference_n}) must be at least the largest n ({max(ns)})")
     rng = _rng(key)
     S, R, G = truth.n_draws, n_rep, truth.log_rate.shape[1]
     edges = np.concatenate([[0.0], np.asarray(strata, float), [np.inf]])
@@ -237,15 +218,13 @@ def curve(fit, contrast: tuple[str, str, str], n_per_group: Sequence[int] = (3, 
     if contrast[1] == contrast[2]:
         raise SpecError(f"contrast {tuple(contrast)!r} compares level {contrast[1]!r} with itself; name two "
                         "different levels (column, level, reference)")
+    check_power_options(n_per_group=n_per_group, fdr=fdr, level=level, target=target, n_draws=n_draws, n_rep=n_rep,
+                        depth=depth, depth_sd=depth_sd, lfc=lfc, de_fraction=de_fraction, effects=effects,
+                        reference_n=reference_n, min_abs_lfc=min_abs_lfc, nested=nested)
     if pilot is not None:
         check_pilot(fit, pilot)
-    if not isinstance(n_draws, int) or n_draws < 2:
-        raise SpecError(f"n_draws must be an integer >= 2 (posterior draws), got {n_draws!r}")
     if key is None:
         raise SpecError("pass key=: a PRNG key or an int seed, e.g. key=jax.random.PRNGKey(0) or key=0")
-    if effects is not None and reference_n is None:
-        raise SpecError("with effects from the fit every gene has some fold change: pass reference_n, the "
-                        "replicates per group of the reference experiment that calls each draw's DE genes")
     truth = truth_from_fit(fit, tuple(contrast), n_draws, key, effects=effects)
     disp_level = None
     if pilot is not None:

@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgex.choices import DE_TESTS
 from probgex.power import dispersion as disp
 from probgex.power import nbglm
 
-TESTS = ("wald", "lrt")
+TESTS = DE_TESTS
 
 
 class DEResult(NamedTuple):

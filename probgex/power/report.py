@@ -9,11 +9,10 @@ from pathlib import Path
 
 import xarray as xr
 
-from probgex._outputs import atomic_folder, json_ready
+from probgex._outputs import POWER_FILES, atomic_folder, json_ready  # noqa: F401  (what `write` puts in its folder)
 from probgex.power.curve import plot_curve
 from probgex.power.notes import effect_model, fdr_notes
 
-POWER_FILES = ("power.json", "power.nc", "power.png")  # what `write` puts in its folder
 
 
 def _num(x) -> float | None:

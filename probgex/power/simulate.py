@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from probgex import rng as streams
+from probgex.choices import EFFECTS as CHOICES_EFFECTS
 from probgex.errors import DataError, SpecError
 
 
@@ -89,7 +90,7 @@ def reference_row(fit, contrast: tuple[str, str, str]) -> tuple[np.ndarray, np.n
     return rows[ref], rows[level]
 
 
-EFFECTS = (None, "posterior", "shrunk")
+EFFECTS = (None, *CHOICES_EFFECTS)  # None: a fixed lfc
 
 
 def truth_from_fit(fit, contrast: tuple[str, str, str], n_draws: int, key, *,

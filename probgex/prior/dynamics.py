@@ -28,7 +28,6 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from probgex.choices import PARAMETRIZATIONS
 from probgex.prior.nets import VectorFieldNet, guided
 
 
@@ -59,11 +58,7 @@ class VPSDE:
     beta_min: float = 0.1
     beta_max: float = 20.0
     eps: float = 1e-3  # the data end: the SDE is truncated at t = eps (sigma_eps ~ 0.01)
-    parametrization: Literal["v", "eps"] = "v"  # what the network outputs (see the module docstring)
-
-    def __post_init__(self):
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}")
+    parametrization: Literal["v", "eps"] = "v"  # what the network outputs (module docstring; checked by the spec)
 
     def noise_predictor(self, net: VectorFieldNet):
         """The network as a noise predictor eps_hat(z, t, c, keep)."""

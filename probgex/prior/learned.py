@@ -8,46 +8,40 @@ log p(z | c) adds the Jacobian -sum log scale.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from probgex.choices import LEARNED_PRIORS, SAMPLERS
 from probgex import rng as streams
+from probgex.choices import SAMPLERS
+from probgex.errors import SpecError
 from probgex.prior.dynamics import VPSDE, FlowMatching
 from probgex.prior.nets import VectorFieldNet
-from probgex.prior.ode import EXACT_TRACE_MAX_DIM, ODEOptions, nfe, ode_log_prob, ode_sample
-from probgex.prior.sde_sampler import SDEOptions, sde_sample
-from probgex.prior.train import PriorHistory, PriorTrainConfig, train_network
+from probgex.prior.ode import EXACT_TRACE_MAX_DIM, nfe, ode_log_prob, ode_sample
+from probgex.prior.options import Training
+from probgex.prior.sde_sampler import sde_sample
+from probgex.prior.train import PriorHistory, train_network
 
-Kind = Literal["diffusion", "flow"]
+# how each learned prior turns noise into latents (its loss and ODE vector field), from its spec: a new
+# learned prior is a spec class in probgex.latent and a row here
+DYNAMICS = {"diffusion": lambda spec: VPSDE(parametrization=spec.parametrization),
+            "flow": lambda spec: FlowMatching()}
 
 
 class LearnedPrior:
-    """A diffusion (VP-SDE score model) or flow-matching prior over `dim` latents given `n_cond` covariates.
+    """The prior a `probgex.latent.Diffusion` / `Flow` spec describes, over its `dim` latents given `n_cond`
+    covariates: a diffusion (VP-SDE score model) or flow-matching prior. Every option comes from the spec
+    (validated there, once): the network (`spec.net`), the training schedule (`spec.training`), the ODE
+    (`spec.ode`) and, for the diffusion, the sampler, the reverse SDE and the parametrization."""
 
-    sampler: "ode" (probability flow / the flow's ODE) or "sde" (reverse-time SDE, diffusion only).
-    guidance: classifier-free guidance weight w at sampling (0: none); needs cond_dropout > 0 in training.
-    parametrization (diffusion): "v" (v-prediction, the default) or "eps" (noise prediction); see dynamics.
-    """
-
-    def __init__(self, kind: Kind, dim: int, n_cond: int, hidden: Sequence[int] = (128, 128, 128), *,
-                 seed: int = 0, cond_dropout: float = 0.1, guidance: float = 0.0, sampler: str = "ode",
-                 ode: ODEOptions | None = None, sde: SDEOptions | None = None, parametrization: str = "v"):
-        if kind not in LEARNED_PRIORS:
-            raise ValueError(f"kind must be one of {LEARNED_PRIORS}, got {kind!r}")
-        if sampler not in SAMPLERS or (sampler == "sde" and kind == "flow"):
-            raise ValueError(f"sampler must be 'ode' or (diffusion only) 'sde'; got {sampler!r} for {kind}")
-        self.kind, self.dim, self.n_cond = kind, int(dim), int(n_cond)
-        self.cond_dropout, self.guidance, self.sampler = float(cond_dropout), float(guidance), sampler
-        self.ode, self.sde = ode or ODEOptions(), sde or SDEOptions()
-        self.dynamics = VPSDE(parametrization=parametrization) if kind == "diffusion" else FlowMatching()
+    def __init__(self, spec, n_cond: int, *, seed: int = 0):
+        self.spec, self.kind, self.dim, self.n_cond = spec, spec.kind, spec.dim, int(n_cond)
+        self.cond_dropout, self.guidance, self.sampler = spec.net.cond_dropout, spec.guidance, spec.sampler
+        self.ode, self.sde = spec.ode, spec.sde  # sde: None for the flow
+        self.dynamics = DYNAMICS[spec.kind](spec)
         rngs = nnx.Rngs(streams.stream(seed, "prior_network"))
-        self.net = VectorFieldNet(self.dim, self.n_cond, tuple(hidden), rngs=rngs)
+        self.net = VectorFieldNet(self.dim, self.n_cond, spec.net.hidden, rngs=rngs)
         self._graphdef, state = nnx.split(self.net)
         self._state_template = state
 
@@ -72,15 +66,15 @@ class LearnedPrior:
         c = jnp.asarray(c, jnp.float32)
         d = self.dynamics
         if sampler == "sde":
-            if self.kind != "diffusion":
-                raise ValueError("the reverse-SDE sampler exists for the diffusion prior only; use sampler='ode'")
+            if self.sde is None:
+                raise SpecError("the reverse-SDE sampler exists for the diffusion prior only; use sampler='ode'")
             u = sde_sample(d, net, key, c, self.dim, self.sde, w)
             evals = jnp.asarray(self.sde.n_steps * self.sde.evals_per_step + int(self.sde.denoise))
         elif sampler == "ode":
             u, evals = ode_sample(d.velocity, net, key, c, self.dim, d.t_noise, d.t_data, self.ode, w,
                                   return_nfe=True)
         else:
-            raise ValueError(f"sampler must be 'ode' or 'sde', got {sampler!r}")
+            raise SpecError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         evals = evals * (2 if w else 1)
         z = params["loc"] + params["scale"] * u
         return (z, evals) if return_nfe else z
@@ -99,11 +93,12 @@ class LearnedPrior:
 
     # ----- training
     def fit(self, key: jax.Array, z: np.ndarray, c: np.ndarray, *, z_val: np.ndarray | None = None,
-            c_val: np.ndarray | None = None, holdout: float = 0.1,
-            config: PriorTrainConfig | None = None) -> tuple[dict, PriorHistory]:
+            c_val: np.ndarray | None = None, holdout: float = 0.1, config: Training | None = None,
+            progress: bool = True) -> tuple[dict, PriorHistory]:
         """Train on latents z (N, dim) with conditions c (N, n_cond); early stopping on (z_val, c_val) or,
-        without them, on a random `holdout` fraction of the rows. Returns (params, history)."""
-        config = config or PriorTrainConfig()
+        without them, on a random `holdout` fraction of the rows. `config`: the schedule (default the
+        spec's). Returns (params, history)."""
+        config = config or self.spec.training
         z, c = np.asarray(z, np.float32), np.asarray(c, np.float32)
         if z.ndim != 2 or z.shape[1] != self.dim or c.shape != (z.shape[0], self.n_cond):
             raise ValueError(f"expected z (N, {self.dim}) and c (N, {self.n_cond}); got {z.shape} and {c.shape}")
@@ -119,27 +114,14 @@ class LearnedPrior:
         dyn, p_drop = self.dynamics, self.cond_dropout
         loss = lambda net, k, zb, cb: dyn.loss(net, k, zb, cb, p_drop)  # noqa: E731
         state, hist = train_network(self.net, loss, k_train, std(z), c, std(z_val), np.asarray(c_val, np.float32),
-                                    config, label=self.kind)
+                                    config, label=self.kind, progress=progress)
         params = {"net": nnx.to_pure_dict(state), "loc": loc.astype(np.float32), "scale": scale.astype(np.float32)}
         return jax.tree.map(np.asarray, params), hist
 
 
 def learned_prior_of(latent, n_cond: int, seed: int) -> LearnedPrior | None:
     """The LearnedPrior a `probgex.latent.Diffusion` / `Flow` spec describes (None for other latents)."""
-    kind = getattr(latent, "kind", None)
-    if kind not in LEARNED_PRIORS:
-        return None
-    sampler = getattr(latent, "sampler", "ode")
-    sde = SDEOptions(solver=latent.sde_solver, n_steps=latent.sde_steps) if kind == "diffusion" else None
-    return LearnedPrior(kind, latent.dim, n_cond, latent.net, seed=seed, cond_dropout=latent.cond_dropout,
-                        guidance=latent.guidance, sampler=sampler,
-                        ode=ODEOptions(rtol=latent.rtol, atol=latent.atol), sde=sde,
-                        parametrization=getattr(latent, "parametrization", "v"))
-
-
-def train_config_of(latent, progress: bool) -> PriorTrainConfig:
-    return PriorTrainConfig(max_steps=latent.max_steps, batch_size=latent.batch_size,
-                            learning_rate=latent.learning_rate, progress=progress)
+    return LearnedPrior(latent, n_cond, seed=seed) if latent.kind in DYNAMICS else None
 
 
 def fit_learned_prior(prior: LearnedPrior, key: jax.Array, z, c, **kw) -> tuple[dict, PriorHistory]:
@@ -147,4 +129,4 @@ def fit_learned_prior(prior: LearnedPrior, key: jax.Array, z, c, **kw) -> tuple[
     return prior.fit(key, z, c, **kw)
 
 
-__all__ = ["LearnedPrior", "fit_learned_prior", "learned_prior_of", "nfe", "train_config_of"]
+__all__ = ["DYNAMICS", "LearnedPrior", "fit_learned_prior", "learned_prior_of", "nfe"]

@@ -10,58 +10,41 @@ one forward-mode pass per probe).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
-from probgex.choices import ODE_SOLVERS
+from probgex.prior.options import ODE
 from probgex.prior.nets import VectorFieldNet
 
 Trace = Literal["exact", "hutchinson"]
 EXACT_TRACE_MAX_DIM = 16  # "auto" uses the exact trace up to this latent dimension
 
 
-@dataclass(frozen=True, kw_only=True)
-class ODEOptions:
-    """Options of the ODE solves (sampling and log-density)."""
-
-    solver: Literal["tsit5", "dopri5", "euler"] = "tsit5"
-    rtol: float = 1e-4  # PID controller tolerances (adaptive solvers)
-    atol: float = 1e-4
-    dt0: float = 0.02  # first step size (adaptive) or the fixed step (euler), as a fraction of the time span
-    max_steps: int = 4096
-
-    def __post_init__(self):
-        if self.solver not in ODE_SOLVERS:
-            raise ValueError(f"ODE solver must be one of {ODE_SOLVERS}, got {self.solver!r}")
-        if not (self.rtol > 0 and self.atol > 0 and 0 < self.dt0 <= 1 and self.max_steps >= 1):
-            raise ValueError("ODEOptions: rtol, atol > 0, 0 < dt0 <= 1 and max_steps >= 1 are required; "
-                             f"got {self}")
-
-    def solve(self, field, y0, t0: float, t1: float, args=None) -> diffrax.Solution:
-        solver = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "euler": diffrax.Euler}[self.solver]()
-        controller = (diffrax.ConstantStepSize() if self.solver == "euler"
-                      else diffrax.PIDController(rtol=self.rtol, atol=self.atol))
-        return diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=t0, t1=t1, dt0=(t1 - t0) * self.dt0,
-                                   y0=y0, args=args, stepsize_controller=controller,
-                                   max_steps=self.max_steps, saveat=diffrax.SaveAt(t1=True))
+def solve(options: ODE, field, y0, t0: float, t1: float, args=None) -> diffrax.Solution:
+    """One diffrax solve of `field` from t0 to t1 under the `ODE` options (the state at t1 saved)."""
+    solver = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "euler": diffrax.Euler}[options.solver]()
+    controller = (diffrax.ConstantStepSize() if options.solver == "euler"
+                  else diffrax.PIDController(rtol=options.rtol, atol=options.atol))
+    return diffrax.diffeqsolve(diffrax.ODETerm(field), solver, t0=t0, t1=t1, dt0=(t1 - t0) * options.dt0,
+                               y0=y0, args=args, stepsize_controller=controller,
+                               max_steps=options.max_steps, saveat=diffrax.SaveAt(t1=True))
 
 
-def nfe(sol: diffrax.Solution, options: ODEOptions) -> jax.Array:
+def nfe(sol: diffrax.Solution, options: ODE) -> jax.Array:
     """Vector-field evaluations of a solve (Tsit5/Dopri5: 6 per attempted step, first-same-as-last)."""
     per_step = {"tsit5": 6, "dopri5": 6, "euler": 1}[options.solver]
     return sol.stats["num_steps"] * per_step + (0 if options.solver == "euler" else 1)
 
 
 def ode_sample(velocity, net: VectorFieldNet, key: jax.Array, c: jax.Array, dim: int, t_noise: float,
-               t_data: float, options: ODEOptions, guidance: float = 0.0, return_nfe: bool = False):
+               t_data: float, options: ODE, guidance: float = 0.0, return_nfe: bool = False):
     """Integrate N(0, I) draws (one per row of c) from t_noise to t_data: (N, dim)."""
     z0 = jax.random.normal(key, (c.shape[0], dim), jnp.float32)
     field = lambda t, z, args: velocity(net, z, t, c, guidance)  # noqa: E731
-    sol = options.solve(field, z0, t_noise, t_data)
+    sol = solve(options, field, z0, t_noise, t_data)
     z = sol.ys[-1]
     return (z, nfe(sol, options)) if return_nfe else z
 
@@ -90,7 +73,7 @@ def _divergence_hutchinson(f, z, probes):
 
 
 def ode_log_prob(velocity, net: VectorFieldNet, z: jax.Array, c: jax.Array, t_noise: float, t_data: float,
-                 options: ODEOptions, *, trace: Trace = "exact", key: jax.Array | None = None,
+                 options: ODE, *, trace: Trace = "exact", key: jax.Array | None = None,
                  n_probes: int = 1, guidance: float = 0.0) -> jax.Array:
     """log p(z | c) per row (N,) by integrating [z, delta] from the data end to the noise end."""
     dim = z.shape[-1]
@@ -111,7 +94,7 @@ def ode_log_prob(velocity, net: VectorFieldNet, z: jax.Array, c: jax.Array, t_no
         return v, div
 
     y0 = (z.astype(jnp.float32), jnp.zeros(z.shape[0], jnp.float32))
-    sol = options.solve(field, y0, t_data, t_noise)
+    sol = solve(options, field, y0, t_data, t_noise)
     z_noise, delta = sol.ys[0][-1], sol.ys[1][-1]
     log_normal = -0.5 * jnp.sum(z_noise**2, axis=-1) - 0.5 * dim * jnp.log(2 * jnp.pi)
     return log_normal + delta

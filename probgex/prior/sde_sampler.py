@@ -4,39 +4,17 @@ the Brownian motion from a `VirtualBrownianTree` (reproducible from its key, any
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import diffrax
 import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from probgex.choices import SDE_SOLVERS
 from probgex.prior.dynamics import VPSDE
 from probgex.prior.nets import VectorFieldNet, guided
+from probgex.prior.options import SDE
 
 
-@dataclass(frozen=True, kw_only=True)
-class SDEOptions:
-    """Options of the reverse-SDE sampler: a fixed number of steps from t = 1 to t = eps."""
-
-    solver: Literal["euler", "heun"] = "euler"
-    n_steps: int = 500
-    denoise: bool = True  # a final Tweedie step E[z_0 | z_eps] removes the sigma_eps noise left at t = eps
-
-    def __post_init__(self):
-        if self.solver not in SDE_SOLVERS:
-            raise ValueError(f"SDE solver must be one of {SDE_SOLVERS}, got {self.solver!r}")
-        if int(self.n_steps) < 1:
-            raise ValueError(f"n_steps must be a positive integer, got {self.n_steps!r}")
-
-    @property
-    def evals_per_step(self) -> int:
-        return 1 if self.solver == "euler" else 2
-
-
-def sde_sample(sde: VPSDE, net: VectorFieldNet, key: jax.Array, c: jax.Array, dim: int, options: SDEOptions,
+def sde_sample(sde: VPSDE, net: VectorFieldNet, key: jax.Array, c: jax.Array, dim: int, options: SDE,
                guidance: float = 0.0) -> jax.Array:
     """(N, dim) draws by integrating the reverse-time SDE from N(0, I) at t = 1 down to t = eps."""
     n = c.shape[0]

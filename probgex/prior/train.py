@@ -1,4 +1,4 @@
-"""Training loop of a learned prior's network: optax Adam with gradient clipping on random minibatches,
+"""Training loop of a learned prior's network (its schedule: `prior.options.Training`): optax Adam with gradient clipping on random minibatches,
 an exponential moving average of the weights (the result), held-out early stopping, a rich progress bar.
 
 The held-out loss is evaluated every `eval_every` steps with a fixed key and several noise draws per
@@ -9,7 +9,6 @@ held-out latent, so its changes reflect the weights, not the noise. `eval_every`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -17,29 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+
 from probgex.inference.loop import EarlyStopping, reporter
-
-
-@dataclass(frozen=True, kw_only=True)
-class PriorTrainConfig:
-    """Options of the prior's training loop."""
-
-    max_steps: int = 20_000
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    clip_norm: float = 1.0
-    ema: float = 0.995  # decay of the weight average that is returned
-    eval_every: int = 250  # steps between held-out evaluations
-    patience: int = 8  # evaluations without held-out improvement before stopping
-    n_eval_repeats: int = 8  # noise draws per held-out latent in an evaluation
-    progress: bool = True
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "eval_every", "patience", "n_eval_repeats"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not (self.learning_rate > 0 and 0 <= self.ema < 1):
-            raise ValueError(f"learning_rate must be > 0 and ema in [0, 1); got {self}")
+from probgex.prior.options import Training
 
 
 class PriorHistory(NamedTuple):
@@ -52,8 +31,8 @@ LossFn = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def train_network(net: nnx.Module, loss_fn: LossFn, key: jax.Array, z: np.ndarray, c: np.ndarray,
-                  z_val: np.ndarray, c_val: np.ndarray, config: PriorTrainConfig,
-                  label: str = "prior") -> tuple[nnx.State, PriorHistory]:
+                  z_val: np.ndarray, c_val: np.ndarray, config: Training,
+                  label: str = "prior", progress: bool = True) -> tuple[nnx.State, PriorHistory]:
     """Minimise loss_fn(net, key, z_batch, c_batch) over (z, c); early-stop on (z_val, c_val).
 
     Returns the parameter state with the best held-out loss (of the weight average) and the history.
@@ -93,7 +72,7 @@ def train_network(net: nnx.Module, loss_fn: LossFn, key: jax.Array, z: np.ndarra
     best, stopper = params, EarlyStopping(config.patience)
     hist = PriorHistory([], [], 0)
     n_blocks = -(-config.max_steps // config.eval_every)
-    with reporter(config.progress, label, n_blocks * config.eval_every, unit="step") as bar:
+    with reporter(progress, label, n_blocks * config.eval_every, unit="step") as bar:
         for i in range(n_blocks):
             carry, train_loss = block(carry, jax.random.fold_in(k_train, i), z, c)
             val = float(heldout_loss(carry[2], k_eval, z_val, c_val))

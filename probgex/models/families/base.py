@@ -43,6 +43,9 @@ class CountFamily(Protocol):
     count_split: bool  # log_prob(count_term=False) omits nb_count_term(x, theta) (0 at x <= 1)
     mean_family: str  # the family of the stage-1 GLM a residual model of this law is built around
     nb_trend: bool  # the GLM places its NB mean-dispersion trend on the counts before SVI (and holds it)
+    # Poisson counts over a Gamma rate (concentration `theta`, if in the layout) with an optional zero gate
+    # (`gate`): the Gamma-Poisson kernels apply, and `explain` splits its noise into the two layers
+    gamma_poisson: bool
 
     # JAX (float32-friendly, jittable, broadcasting): the fit's objective
     def log_prob(self, x, p: Params, *, normalized: bool = True, log_mu=None, count_term: bool = True): ...
@@ -57,8 +60,9 @@ class CountFamily(Protocol):
     def mean(self, p: Params) -> np.ndarray: ...
     def moments(self, p: Params) -> tuple[np.ndarray, np.ndarray]: ...  # E[X], E[X^2] per entry
     # mixtures over parameter draws (axis 0), with a per-draw-set cache the caller owns
-    def mixture_below_and_at(self, y, p: Params, cache: dict) -> tuple[np.ndarray, np.ndarray]: ...
-    def sample_draws(self, rng: np.random.Generator, p: Params, cache: dict) -> np.ndarray: ...
+    # (`options`: a kernel's tuning, e.g. max_steps of the Gamma-Poisson recursion; others ignore them)
+    def mixture_below_and_at(self, y, p: Params, cache: dict, **options) -> tuple[np.ndarray, np.ndarray]: ...
+    def sample_draws(self, rng: np.random.Generator, p: Params, cache: dict, **options) -> np.ndarray: ...
 
 
 class Family:
@@ -70,6 +74,7 @@ class Family:
     count_split: bool = False
     mean_family: str = "nb"
     nb_trend: bool = False
+    gamma_poisson: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -107,11 +112,21 @@ class Family:
         m, second = self.moments(p)
         return second - m**2
 
-    def mixture_below_and_at(self, y, p: Params, cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    def mixture_below_and_at(self, y, p: Params, cache: dict, **options) -> tuple[np.ndarray, np.ndarray]:
         """P(X < y) and P(X = y) averaged over the draws (axis 0 of the parameters)."""
         y = np.asarray(y, np.float64)[None]
         return self.cdf(y - 1, p).mean(0), self.pmf(y, p).mean(0)
 
-    def sample_draws(self, rng: np.random.Generator, p: Params, cache: dict) -> np.ndarray:
+    def sample_draws(self, rng: np.random.Generator, p: Params, cache: dict, **options) -> np.ndarray:
         """One count per draw and entry."""
         return self.sample(rng, p)
+
+
+def gp_zero_prob(p: Params, cache: dict):
+    """P(X = 0) of a Gamma-Poisson family's Poisson / NB part (no gate), once per set of draws: PIT and
+    sampling share it in `cache["p0"]`."""
+    if "p0" not in cache:
+        from probgex.models import likelihoods as lk
+
+        cache["p0"] = lk.gp_zero_prob(p["mu"], p.get("theta"))
+    return cache["p0"]

@@ -61,13 +61,13 @@ class HurdleNB(Family):
     def logpmf(self, x, p):
         mu, theta, g, q = self._parts(p)
         x = np.asarray(x, np.float64)
-        pos = -np.logaddexp(0.0, g) + lk.logpmf("nb", np.maximum(x, 1.0), mu, theta) - np.log(q)
+        pos = -np.logaddexp(0.0, g) + lk.gp_logpmf(np.maximum(x, 1.0), mu, theta) - np.log(q)
         return np.where(x == 0, -np.logaddexp(0.0, -g), np.where(x >= 1, pos, -np.inf))
 
     def pmf(self, x, p):
         mu, theta, g, q = self._parts(p)
         x = np.asarray(x, np.float64)
-        pos = special.expit(-g) * lk.pmf("nb", np.maximum(x, 1.0), mu, theta) / q
+        pos = special.expit(-g) * lk.gp_pmf(np.maximum(x, 1.0), mu, theta) / q
         return np.where(x == 0, special.expit(g), np.where(x >= 1, pos, 0.0))
 
     def cdf(self, x, p):

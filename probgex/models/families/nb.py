@@ -8,22 +8,22 @@ the entries x >= 2 only (the count split).
 from __future__ import annotations
 
 from probgex.models import likelihoods as lk
-from probgex.models.families.base import DISPERSION, MEAN, Family, Param
+from probgex.models.families.base import DISPERSION, MEAN, Family, Param, gp_zero_prob
 
 
-def nb_zero_prob(p, cache: dict):
-    """P(X = 0) of the NB part, computed once per set of draws (PIT and sampling share it)."""
-    if "nb_p0" not in cache:
-        cache["nb_p0"] = lk.zero_prob("nb", p["mu"], p["theta"])
-    return cache["nb_p0"]
+class NBCounts(Family):
+    """What the families whose counts are an NB (or its zero-gated form) share: the count split, the NB
+    stage-1 mean and mean-dispersion trend, the Gamma-Poisson kernels."""
 
-
-class NegativeBinomial(Family):
-    name = "nb"
-    params = (Param("mu", MEAN), Param("theta", DISPERSION))
     count_split = True
     mean_family = "nb"
     nb_trend = True
+    gamma_poisson = True
+
+
+class NegativeBinomial(NBCounts):
+    name = "nb"
+    params = (Param("mu", MEAN), Param("theta", DISPERSION))
 
     def log_prob(self, x, p, *, normalized=True, log_mu=None, count_term=True):
         self.check_split(normalized, count_term)
@@ -37,19 +37,19 @@ class NegativeBinomial(Family):
         return cls(p["mu"], p["theta"], log_mean=log_mu)
 
     def logpmf(self, x, p):
-        return lk.logpmf("nb", x, p["mu"], p["theta"])
+        return lk.gp_logpmf(x, p["mu"], p["theta"])
 
     def pmf(self, x, p):
-        return lk.pmf("nb", x, p["mu"], p["theta"])
+        return lk.gp_pmf(x, p["mu"], p["theta"])
 
     def cdf(self, x, p):
-        return lk.cdf("nb", x, p["mu"], p["theta"])
+        return lk.gp_cdf(x, p["mu"], p["theta"])
 
     def zero_prob(self, p):
-        return lk.zero_prob("nb", p["mu"], p["theta"])
+        return lk.gp_zero_prob(p["mu"], p["theta"])
 
     def sample(self, rng, p, *, size=None):
-        return lk.sample_counts("nb", rng, p["mu"], p["theta"], size=size)
+        return lk.gp_sample(rng, p["mu"], p["theta"], size=size)
 
     def moments(self, p):
         h = self.host(p)
@@ -59,11 +59,11 @@ class NegativeBinomial(Family):
     def mean(self, p):
         return self.host(p)["mu"]
 
-    def mixture_below_and_at(self, y, p, cache):
-        return lk.mixture_below_and_at("nb", y, p["mu"], p["theta"], p0=nb_zero_prob(p, cache))
+    def mixture_below_and_at(self, y, p, cache, **options):
+        return lk.gp_mixture_below_and_at(y, p["mu"], p["theta"], p0=gp_zero_prob(p, cache), **options)
 
-    def sample_draws(self, rng, p, cache):
-        return lk.sample_counts_inverse("nb", rng, p["mu"], p["theta"], p0=nb_zero_prob(p, cache))
+    def sample_draws(self, rng, p, cache, **options):
+        return lk.gp_sample_inverse(rng, p["mu"], p["theta"], p0=gp_zero_prob(p, cache), **options)
 
 
 NB = NegativeBinomial()

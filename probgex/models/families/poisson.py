@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from probgex.models import likelihoods as lk
-from probgex.models.families.base import MEAN, Family, Param
+from probgex.models.families.base import MEAN, Family, Param, gp_zero_prob
 
 
 class Poisson(Family):
@@ -23,19 +23,19 @@ class Poisson(Family):
         return (FastPoisson if normalized else _PoissonUnnormalized)(p["mu"])
 
     def logpmf(self, x, p):
-        return lk.logpmf("poisson", x, p["mu"])
+        return lk.gp_logpmf(x, p["mu"])
 
     def pmf(self, x, p):
-        return lk.pmf("poisson", x, p["mu"])
+        return lk.gp_pmf(x, p["mu"])
 
     def cdf(self, x, p):
-        return lk.cdf("poisson", x, p["mu"])
+        return lk.gp_cdf(x, p["mu"])
 
     def zero_prob(self, p):
-        return lk.zero_prob("poisson", p["mu"])
+        return lk.gp_zero_prob(p["mu"])
 
     def sample(self, rng, p, *, size=None):
-        return lk.sample_counts("poisson", rng, p["mu"], size=size)
+        return lk.gp_sample(rng, p["mu"], size=size)
 
     def moments(self, p):
         mu = self.host(p)["mu"]
@@ -44,17 +44,13 @@ class Poisson(Family):
     def mean(self, p):
         return self.host(p)["mu"]
 
-    def mixture_below_and_at(self, y, p, cache):
-        return lk.mixture_below_and_at("poisson", y, p["mu"], p0=_p0(self, p, cache))
+    gamma_poisson = True
 
-    def sample_draws(self, rng, p, cache):
-        return lk.sample_counts_inverse("poisson", rng, p["mu"], p0=_p0(self, p, cache))
+    def mixture_below_and_at(self, y, p, cache, **options):
+        return lk.gp_mixture_below_and_at(y, p["mu"], p0=gp_zero_prob(p, cache), **options)
 
-
-def _p0(fam: Poisson, p, cache: dict):
-    if "p0" not in cache:
-        cache["p0"] = fam.zero_prob(p)
-    return cache["p0"]
+    def sample_draws(self, rng, p, cache, **options):
+        return lk.gp_sample_inverse(rng, p["mu"], p0=gp_zero_prob(p, cache), **options)
 
 
 POISSON = Poisson()

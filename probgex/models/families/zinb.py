@@ -6,18 +6,15 @@ import numpy as np
 from scipy.special import expit
 
 from probgex.models import likelihoods as lk
-from probgex.models.families.base import DISPERSION, LOGIT, MEAN, Family, Param
-from probgex.models.families.nb import nb_zero_prob
+from probgex.models.families.base import DISPERSION, LOGIT, MEAN, Param, gp_zero_prob
+from probgex.models.families.nb import NBCounts
 
 
-class ZeroInflatedNB(Family):
+class ZeroInflatedNB(NBCounts):
     name = "zinb"
     # the GLM's gate: prior N(-2, 2^2) per gene, guide started at -3 (pi ~ 0.05)
     params = (Param("mu", MEAN), Param("theta", DISPERSION),
               Param("gate", LOGIT, prior=(-2.0, 2.0), start=-3.0, start_scale=1.0))
-    count_split = True
-    mean_family = "nb"
-    nb_trend = True
 
     def log_prob(self, x, p, *, normalized=True, log_mu=None, count_term=True):
         self.check_split(normalized, count_term)
@@ -32,21 +29,21 @@ class ZeroInflatedNB(Family):
         return cls(p["mu"], p["theta"], p["gate"], log_mean=log_mu)
 
     def logpmf(self, x, p):
-        return lk.logpmf("zinb", x, p["mu"], p["theta"], p["gate"])
+        return lk.gp_logpmf(x, p["mu"], p["theta"], p["gate"])
 
     def pmf(self, x, p):
-        return lk.pmf("zinb", x, p["mu"], p["theta"], p["gate"])
+        return lk.gp_pmf(x, p["mu"], p["theta"], p["gate"])
 
     def cdf(self, x, p):
-        return lk.cdf("zinb", x, p["mu"], p["theta"], p["gate"])
+        return lk.gp_cdf(x, p["mu"], p["theta"], p["gate"])
 
     def zero_prob(self, p):
         h = self.host(p)
         pi = expit(h["gate"])
-        return pi + (1.0 - pi) * lk.zero_prob("nb", h["mu"], h["theta"])
+        return pi + (1.0 - pi) * lk.gp_zero_prob(h["mu"], h["theta"])
 
     def sample(self, rng, p, *, size=None):
-        return lk.sample_counts("zinb", rng, p["mu"], p["theta"], p["gate"], size=size)
+        return lk.gp_sample(rng, p["mu"], p["theta"], p["gate"], size=size)
 
     def moments(self, p):
         h = self.host(p)
@@ -58,11 +55,11 @@ class ZeroInflatedNB(Family):
         h = self.host(p)
         return h["mu"] * expit(-h["gate"])
 
-    def mixture_below_and_at(self, y, p, cache):
-        return lk.mixture_below_and_at("zinb", y, p["mu"], p["theta"], p["gate"], p0=nb_zero_prob(p, cache))
+    def mixture_below_and_at(self, y, p, cache, **options):
+        return lk.gp_mixture_below_and_at(y, p["mu"], p["theta"], p["gate"], p0=gp_zero_prob(p, cache), **options)
 
-    def sample_draws(self, rng, p, cache):
-        return lk.sample_counts_inverse("zinb", rng, p["mu"], p["theta"], p["gate"], p0=nb_zero_prob(p, cache))
+    def sample_draws(self, rng, p, cache, **options):
+        return lk.gp_sample_inverse(rng, p["mu"], p["theta"], p["gate"], p0=gp_zero_prob(p, cache), **options)
 
 
 ZINB = ZeroInflatedNB()
