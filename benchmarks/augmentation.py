@@ -19,7 +19,19 @@ Rows (each brings the rare type to `--target` training cells, except "real only"
 
 Scores on the held-out cells: macro-F1 over the 4 types and the rare type's F1; mean and sd over seeds.
 
+`--task condition`: the same question for a condition classifier on `kang_muscat` (1,556 PBMCs, 5 types x
+ctrl / stim; held-out cells `splits/kang_muscat_heldout.txt`): the label is `group_id` (stim vs ctrl)
+within one cell type (`--within`, CD4 T cells by default), whose stimulated training cells are made rare
+(k of them kept). The classifier is trained and tested on that type's cells only. Oversampling and SMOTE
+have only those k cells to work from; the generators (`~ cluster_id * group_id`) are fitted on every
+type's training cells (the other types' ctrl and stim cells inform the main effects; the k cells the
+interaction), so they bring in what the rest of the data set knows about stimulation. A reference row,
+"real (all types)", trains the classifier on every type's training cells (the k rare ones included) and
+tests it on the same type's held-out cells: the plain way to use the rest of the data. Scored: macro-F1 of
+ctrl / stim and the stim F1 on the type's held-out cells. Writes benchmarks/results/augmentation_condition.json.
+
     PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/augmentation.py --k 5 20 50 --seeds 0 1 2 3 4
+    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/augmentation.py --task condition --k 5 20 --seeds 0 1 2 3 4
 
 Needs scikit-learn and imbalanced-learn (the `bench` extra). Writes benchmarks/results/augmentation.json
 (one record per k, seed, method and classifier, written as each seed and k finishes) and prints a markdown
@@ -42,7 +54,15 @@ from scipy import sparse
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, fixed_split, load, machine  # noqa: E402
 
-LABEL = "cluster_id"
+TASKS = {  # data, split, label, rare label, (column, value) the rare group is within, generator formula
+    "celltype": {"data": "kang_ctrl5", "split": "kang_ctrl5_heldout.txt", "label": "cluster_id",
+                 "rare": "NK cells", "within": None, "formula": "~ cluster_id", "target": 500},
+    "condition": {"data": "kang_muscat", "split": "kang_muscat_heldout.txt", "label": "group_id",
+                  "rare": "stim", "within": ("cluster_id", "CD4 T cells"),
+                  "formula": "~ cluster_id * group_id", "target": 175},
+}
+TASK = dict(TASKS["celltype"])  # set by main from --task
+RARE = "__rare__"  # the class name the resamplers see for the rare group (its own class)
 
 
 def dense(x) -> np.ndarray:
@@ -68,6 +88,15 @@ def classifiers(seed: int) -> dict:
             "mlp": MLPClassifier(hidden_layer_sizes=(64,), early_stopping=True, max_iter=200, random_state=seed)}
 
 
+def rare_mask(obs: pd.DataFrame, rare: str) -> np.ndarray:
+    """The rare group: label == rare, within TASK["within"]'s (column, value) when the task has one."""
+    m = np.array(obs[TASK["label"]].astype(str) == rare, dtype=bool)
+    if TASK["within"] is not None:
+        col, val = TASK["within"]
+        m &= np.asarray(obs[col].astype(str) == val)
+    return m
+
+
 def scores(clf, xtr, ytr, xte, yte, rare: str) -> dict:
     from sklearn.metrics import f1_score
 
@@ -81,9 +110,9 @@ def scores(clf, xtr, ytr, xte, yte, rare: str) -> dict:
 
 
 def make_rare(train, rare: str, k: int, seed: int):
-    """The training cells with only k (seed-chosen) cells of the rare type left."""
+    """The training cells with only k (seed-chosen) cells of the rare group left."""
     rng = np.random.default_rng([seed, k])
-    is_rare = np.asarray(train.obs[LABEL] == rare)
+    is_rare = rare_mask(train.obs, rare)
     keep_rare = rng.choice(np.flatnonzero(is_rare), k, replace=False)
     keep = np.sort(np.concatenate([np.flatnonzero(~is_rare), keep_rare]))
     return train[keep].copy()
@@ -94,11 +123,12 @@ def generator(kind: str, epochs: int):
     twice as many: its steps are cheap), early stopping on 10% of the training cells as by default."""
     import probgex as pg
 
+    formula = TASK["formula"]
     if kind == "glm":
-        return pg.Model(f"~ {LABEL}", likelihood="nb"), {"max_epochs": 2 * epochs, "batch_size": 512}
+        return pg.Model(formula, likelihood="nb"), {"max_epochs": 2 * epochs, "batch_size": 512}
     latent = {"cvae": pg.latent.Gaussian(dim=10),
               "flow": pg.latent.Flow(dim=10, training={"max_steps": 2000})}[kind]
-    return pg.Model(f"~ {LABEL}", likelihood="nb", latent=latent), {"max_epochs": epochs, "batch_size": 512}
+    return pg.Model(formula, likelihood="nb", latent=latent), {"max_epochs": epochs, "batch_size": 512}
 
 
 def synthetic(kind, train, rare, n_new, seed, epochs):
@@ -109,7 +139,7 @@ def synthetic(kind, train, rare, n_new, seed, epochs):
     t = time.perf_counter()
     fit = model.fit(train, seed=seed, progress=False, **opts)
     fit_s = time.perf_counter() - t
-    src = train.obs[train.obs[LABEL] == rare].copy()
+    src = train.obs[rare_mask(train.obs, rare)].copy()
     src["depth"] = dense(train[src.index].X).sum(1)
     per = -(-n_new // len(src))
     s = pg.sample(fit, src, per, seed=seed, library_size="depth")
@@ -121,19 +151,34 @@ def synthetic(kind, train, rare, n_new, seed, epochs):
 def run_one(train_all, test, genes, rare, k, seed, target, methods, epochs):
     from imblearn.over_sampling import SMOTE, RandomOverSampler
 
-    train = make_rare(train_all, rare, k, seed)
-    xtr, ytr = features(train.X), np.asarray(train.obs[LABEL], str)
-    xte, yte = features(test.X), np.asarray(test.obs[LABEL], str)
-    sets, info = {"real": (xtr, ytr)}, {}
-    strategy = {rare: target}
+    label = TASK["label"]
+    train_every = make_rare(train_all, rare, k, seed)  # what the generators are fitted on
+    train, sets = train_every, {}
+    if TASK["within"] is not None:  # the classifier sees the type's cells only; a reference row all of them
+        col, val = TASK["within"]
+        sets["real (all types)"] = (features(train_every.X), np.asarray(train_every.obs[label], str))
+        train = train_every[np.asarray(train_every.obs[col].astype(str) == val)].copy()
+        test = test[np.asarray(test.obs[col].astype(str) == val)].copy()
+    xtr, ytr = features(train.X), np.asarray(train.obs[label], str)
+    xte, yte = features(test.X), np.asarray(test.obs[label], str)
+    sets, info = {"real": (xtr, ytr), **sets}, {}
+    # the resamplers see the rare group as its own class (the same as the rare label in the cell-type task)
+    group = np.where(rare_mask(train.obs, rare), RARE, ytr)
+    strategy = {RARE: target}
+
+    def back(xy):
+        x, y = xy
+        return x, np.where(y == RARE, rare, y)
+
     if "oversample" in methods:
-        sets["oversample"] = RandomOverSampler(sampling_strategy=strategy, random_state=seed).fit_resample(xtr, ytr)
+        sets["oversample"] = back(RandomOverSampler(sampling_strategy=strategy, random_state=seed)
+                                  .fit_resample(xtr, group))
     if "smote" in methods:
         sm = SMOTE(sampling_strategy=strategy, k_neighbors=min(5, k - 1), random_state=seed)
-        sets["smote"] = sm.fit_resample(xtr, ytr)
+        sets["smote"] = back(sm.fit_resample(xtr, group))
     for kind in ("glm", "cvae", "flow"):
         if kind in methods:
-            s, fit_s = synthetic(kind, train, rare, target - k, seed, epochs)
+            s, fit_s = synthetic(kind, train_every, rare, target - k, seed, epochs)
             info[kind] = {"fit_seconds": round(fit_s, 1)}
             sets[kind] = (np.vstack([xtr, features(s.X)]), np.concatenate([ytr, np.full(s.n_obs, rare)]))
     rows = []
@@ -150,7 +195,7 @@ def run_one(train_all, test, genes, rare, k, seed, target, methods, epochs):
 def table(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)
     out = ["| k | classifier | method | macro-F1 | rare F1 | seeds |", "|---|---|---|---|---|---|"]
-    order = {m: i for i, m in enumerate(["real", "oversample", "smote", "glm", "cvae", "flow"])}
+    order = {m: i for i, m in enumerate(["real", "real (all types)", "oversample", "smote", "glm", "cvae", "flow"])}
     for (k, clf, method), g in sorted(df.groupby(["k", "classifier", "method"]),
                                       key=lambda t: (t[0][0], t[0][1], order.get(t[0][2], 9))):
         out.append(f"| {k} | {clf} | {method} | {g.macro_f1.mean():.3f} ± {g.macro_f1.std(ddof=1) if len(g) > 1 else 0:.3f} "
@@ -170,7 +215,7 @@ def figure(rows: list[dict], path: Path) -> None:
     df = pd.DataFrame(rows)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, (clf, g) in zip(axes, df.groupby("classifier"), strict=True):
-        for i, method in enumerate([m for m in ["real", "oversample", "smote", "glm", "cvae", "flow"]
+        for i, method in enumerate([m for m in ["real", "real (all types)", "oversample", "smote", "glm", "cvae", "flow"]
                                     if m in set(g.method)]):
             m = g[g.method == method].groupby("k").rare_f1
             ks = np.array(sorted(m.groups))
@@ -187,35 +232,47 @@ def figure(rows: list[dict], path: Path) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rare", default="NK cells")
+    p.add_argument("--task", choices=sorted(TASKS), default="celltype")
+    p.add_argument("--rare", default=None, help="the rare label (task default: NK cells / stim)")
+    p.add_argument("--within", default=None, help="condition task: the cell type (default CD4 T cells)")
     p.add_argument("--k", type=int, nargs="+", default=[5, 20, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--genes", type=int, default=500)
-    p.add_argument("--target", type=int, default=500, help="rare training cells after augmentation")
+    p.add_argument("--target", type=int, default=None,
+                   help="rare training cells after augmentation (task default: 500 / 175)")
     p.add_argument("--methods", nargs="+", default=["oversample", "smote", "glm", "cvae"])
     p.add_argument("--epochs", type=int, default=40, help="max epochs of the cVAE generators (the GLM: twice)")
-    p.add_argument("--out", default=str(RESULTS / "augmentation.json"))
+    p.add_argument("--out", default=None, help="default results/augmentation.json (condition: _condition)")
     p.add_argument("--report", action="store_true", help="only print the table and draw the figure of --out")
     args = p.parse_args()
-    out = Path(args.out)
+    TASK.clear()
+    TASK.update(TASKS[args.task])
+    if args.within is not None:
+        TASK["within"] = (TASK["within"][0], args.within)
+    args.rare = args.rare or TASK["rare"]
+    args.target = args.target or TASK["target"]
+    suffix = "" if args.task == "celltype" else f"_{args.task}"
+    out = Path(args.out or RESULTS / f"augmentation{suffix}.json")
+    args.out = str(out)
     if args.report:
         rows = json.loads(out.read_text())["rows"]
         print(table(rows))
         figure(rows, out.with_suffix(".png"))
         return
 
-    adata = load("kang_ctrl5")
-    train_all, test = fixed_split(adata, "kang_ctrl5_heldout.txt")
+    adata = load(TASK["data"])
+    train_all, test = fixed_split(adata, TASK["split"])
     genes = variable_genes(train_all, args.genes)
     train_all, test = train_all[:, genes].copy(), test[:, genes].copy()
     record = json.loads(out.read_text()) if out.exists() else {"rows": []}
     record.update({"args": vars(args), "machine": machine(), "n_test": int(test.n_obs),
-                   "n_test_rare": int((test.obs[LABEL] == args.rare).sum())})
+                   "n_test_rare": int(rare_mask(test.obs, args.rare).sum()), "task": {**TASK}})
     for seed in args.seeds:  # every k of a seed first: an interrupted run leaves whole seeds
         for k in args.k:
-            record["rows"] = [r for r in record["rows"] if not (r["k"] == k and r["seed"] == seed)]
-            record["rows"] += run_one(train_all, test, genes, args.rare, k, seed, args.target, args.methods,
-                                      args.epochs)
+            new = run_one(train_all, test, genes, args.rare, k, seed, args.target, args.methods, args.epochs)
+            keys = {(r["k"], r["seed"], r["method"], r["classifier"]) for r in new}  # other methods' rows stay
+            record["rows"] = [r for r in record["rows"]
+                              if (r["k"], r["seed"], r["method"], r["classifier"]) not in keys] + new
             out.write_text(json.dumps(record, indent=1))
     print(table(record["rows"]))
 

@@ -9,19 +9,29 @@ Scores per cell type and model, on log1p(counts per 10k) as scGen reports them:
     genes and over the cell type's top 100 DE genes (largest |observed stim - ctrl| mean difference of
     log1p CP10k within the type, chosen on all of its cells, as the peers choose them);
   - what the peers do not report: randomized-PIT coverage of the held-out counts at 50 / 90% and the mean
-    log predictive density per cell (`Fit.evaluate`);
+    log predictive density per cell (`Fit.evaluate`), and the coverage over the type's top 100 DE genes
+    alone (the same PIT values, only those genes' columns: where the unseen interaction lives);
   - the no-change baseline: the type's control cells as the prediction of its stimulated cells.
-Models: the NB GLM (additive on the log scale: its prediction of the unseen cells is the type effect
-plus the average stimulation effect) and the cVAE-NB (Gaussian prior, latent 10); `--learned` adds the
-cVAE with a diffusion prior.
+Models (`--models`): the NB GLM (additive on the log scale: its prediction of the unseen cells is the type
+effect plus the average stimulation effect), the cVAE-NB (Gaussian prior, latent 10), `cvae_diffusion`
+(the cVAE with a diffusion prior; or `--learned`), and `scgen`: scGen 2.1.0 (Lotfollahi et al. 2019) in
+its own venv (benchmarks/.scgen-venv from `bash benchmarks/peer_env.sh scgen`) through
+benchmarks/_scgen_run.py, data exchanged by files; it predicts log1p CP10k values for the type's control
+cells shifted by its latent stimulation vector, scored with the same R^2s. scGen gives no predictive
+distribution: no coverage or log density for it. Rows merge into --out by (cell type, model).
 
 Usage: python benchmarks/unseen_combinations.py --out benchmarks/results/unseen_combinations.json
+       python benchmarks/unseen_combinations.py --models scgen --scgen-epochs 100
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +43,10 @@ from _common import RESULTS, load, machine, write  # noqa: E402
 
 FORMULA = "~ cluster_id + group_id"
 LEVELS = (0.5, 0.9)
+HERE = Path(__file__).resolve().parent
+SCGEN_PY = HERE / ".scgen-venv" / "bin" / "python"
+PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion")
+NO_CHANGE = "no change (the type's ctrl cells)"
 
 
 def log_cp10k(x: np.ndarray) -> np.ndarray:
@@ -44,23 +58,65 @@ def r2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1] ** 2)
 
 
-def models(learned: bool):
+def models(names):
     import probgex as pg
 
-    out = {"glm": lambda: pg.Model(FORMULA, likelihood="nb"),
-           "cvae": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Gaussian(dim=10))}
-    if learned:
-        out["cvae_diffusion"] = lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Diffusion(dim=10))
-    return out
+    make = {"glm": lambda: pg.Model(FORMULA, likelihood="nb"),
+            "cvae": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Gaussian(dim=10)),
+            "cvae_diffusion": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Diffusion(dim=10))}
+    return {n: make[n] for n in names if n in make}
 
 
 def score(pred_counts: np.ndarray, obs_counts: np.ndarray, deg: np.ndarray) -> dict:
     """R^2 of per-gene means and sds of log1p CP10k: predicted (pooled draws x cells) vs observed."""
     p = log_cp10k(pred_counts.reshape(-1, pred_counts.shape[-1]).astype(np.float64))
+    return score_log(p, obs_counts, deg)
+
+
+def score_log(p: np.ndarray, obs_counts: np.ndarray, deg: np.ndarray) -> dict:
+    """`score` for a prediction already on the log1p CP10k scale (cells x genes), as scGen makes it."""
     o = log_cp10k(obs_counts.astype(np.float64))
     pm, ps, om, os_ = p.mean(0), p.std(0), o.mean(0), o.std(0)
     return {"r2_mean": r2(pm, om), "r2_sd": r2(ps, os_), "r2_mean_deg": r2(pm[deg], om[deg]),
             "r2_sd_deg": r2(ps[deg], os_[deg])}
+
+
+def pit_coverage(pit: np.ndarray, levels) -> list[float]:
+    """Share of randomized PIT values inside each level's central band (as `Fit.evaluate` pools them)."""
+    return [float(np.mean((pit >= (1 - a) / 2) & (pit <= (1 + a) / 2))) for a in levels]
+
+
+def run_scgen(path: Path, epochs: int, seed: int, types: list[str]) -> tuple[dict, dict]:
+    """scGen in its venv: {cell type: predicted log1p CP10k (cells x genes)} and its run record."""
+    if not SCGEN_PY.exists():
+        raise SystemExit(f"{SCGEN_PY} is missing: run bash benchmarks/peer_env.sh scgen first")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(SCGEN_PY), str(HERE / "_scgen_run.py"), "--h5ad", str(path), "--out-dir", tmp, "--epochs",
+               str(epochs), "--seed", str(seed), "--cell-types", *types]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if r.returncode != 0:
+            raise SystemExit(f"_scgen_run.py failed:\n{r.stderr[-3000:]}")
+        record = json.loads((Path(tmp) / "scgen.json").read_text())
+        preds = {run["cell_type"]: np.load(Path(tmp) / run["file"]) for run in record["runs"]}
+    return preds, record
+
+
+def table(rows: list[dict]) -> str:
+    """The README's markdown table of a results file's rows."""
+    def f(r, k):
+        return f"{r[k]:.3f}" if k in r else "-"
+
+    out = ["| cell type | model | R² mean (all) | R² sd (all) | R² mean (top 100 DEG) | R² sd (top 100 DEG) "
+           "| coverage 50 / 90 (all) | coverage 50 / 90 (top 100 DEG) | log p / cell |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cov = f"{f(r, 'coverage_50')} / {f(r, 'coverage_90')}" if "coverage_50" in r else "-"
+        deg = f"{f(r, 'coverage_50_deg')} / {f(r, 'coverage_90_deg')}" if "coverage_50_deg" in r else "-"
+        lpd = f"{r['lpd_per_cell']:.1f}" if "lpd_per_cell" in r else "-"
+        out.append(f"| {r['cell_type']} | {r['model']} | {f(r, 'r2_mean')} | {f(r, 'r2_sd')} | {f(r, 'r2_mean_deg')} "
+                   f"| {f(r, 'r2_sd_deg')} | {cov} | {deg} | {lpd} |")
+    return "\n".join(out)
 
 
 def report(path: Path) -> Path:
@@ -95,18 +151,46 @@ def report(path: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--report", type=Path, help="draw the figure of a results file and stop")
-    p.add_argument("--learned", action="store_true")
+    p.add_argument("--learned", action="store_true", help="add cvae_diffusion to --models")
+    p.add_argument("--models", nargs="+", default=["glm", "cvae"], choices=[*PROBGEX_MODELS, "scgen"])
+    p.add_argument("--scgen-epochs", type=int, default=100, help="scGen's max_epochs (early stopping on)")
+    p.add_argument("--types", nargs="+", default=None, help="only these cell types (default: all five)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "unseen_combinations.json")
     args = p.parse_args()
     if args.report is not None:
+        print(table(json.loads(args.report.read_text())["rows"]))
         print(report(args.report))
         return
     warnings.simplefilter("ignore")
+    names = list(dict.fromkeys(args.models + (["cvae_diffusion"] if args.learned else [])))
     a = load("kang_muscat")
     x = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
-    rows = []
-    for cell_type in sorted(a.obs["cluster_id"].astype(str).unique()):
+    all_types = sorted(a.obs["cluster_id"].astype(str).unique())
+    types = args.types or all_types
+    rows, extra = [], {}
+    scgen_pred = {}
+    if "scgen" in names:
+        from _common import DATA
+
+        scgen_pred, extra["scgen"] = run_scgen(DATA / "kang_muscat.h5ad", args.scgen_epochs, args.seed, types)
+        print({k: v for k, v in extra["scgen"].items() if k != "runs"}, flush=True)
+
+    def save():
+        """Merge this run's rows into --out as it is now (another run may have written it meanwhile)."""
+        old = json.loads(args.out.read_text()) if args.out.exists() else {}
+        mine = {(r["cell_type"], r["model"]) for r in rows}
+        merged = [r for r in old.get("rows", []) if (r["cell_type"], r["model"]) not in mine] + rows
+        kinds = [NO_CHANGE, "scgen", *PROBGEX_MODELS]
+        merged.sort(key=lambda r: (all_types.index(r["cell_type"]), kinds.index(r["model"])))
+        keep = {k: v for k, v in old.items() if k not in ("rows", "machine", "formula")}
+        if "scgen" in extra and "scgen" in keep:  # keep the records of the types run before
+            ran = {r["cell_type"] for r in extra["scgen"]["runs"]}
+            extra["scgen"]["runs"] = [r for r in keep["scgen"]["runs"] if r["cell_type"] not in ran] + \
+                extra["scgen"]["runs"]
+        write(args.out, {"machine": machine(), "formula": FORMULA, "rows": merged, **keep, **extra})
+
+    for cell_type in types:
         in_type = (a.obs["cluster_id"].astype(str) == cell_type).to_numpy()
         stim = (a.obs["group_id"].astype(str) == "stim").to_numpy()
         test_mask, ctrl_mask = in_type & stim, in_type & ~stim
@@ -115,24 +199,32 @@ def main() -> None:
         deg = np.argsort(-np.abs(diff))[:100]
         y = x[test_mask]
         base = score(x[ctrl_mask][None], y, deg)
-        rows.append({"cell_type": cell_type, "model": "no change (the type's ctrl cells)", "n_test": int(test_mask.sum()),
-                     **base})
+        rows.append({"cell_type": cell_type, "model": NO_CHANGE, "n_test": int(test_mask.sum()), **base})
         print(rows[-1], flush=True)
-        for name, make in models(args.learned).items():
+        if cell_type in scgen_pred:
+            run = next(r for r in extra["scgen"]["runs"] if r["cell_type"] == cell_type)
+            rows.append({"cell_type": cell_type, "model": "scgen", "n_test": int(test_mask.sum()),
+                         **score_log(scgen_pred[cell_type].astype(np.float64), y, deg),
+                         "n_predicted_cells": int(scgen_pred[cell_type].shape[0]),
+                         "epochs_run": run["epochs_run"], "seconds": run["train_seconds"]})
+            print(rows[-1], flush=True)
+        for name, make in models(names).items():
             t = time.perf_counter()
             fit = make().fit(train, seed=args.seed, progress=False)
             lib = y.sum(1).astype(float)
             pred = fit.predict(test.obs, n_samples=100, library_size=lib, seed=args.seed)
             ev = fit.evaluate(test, n_samples=100, levels=LEVELS, seed=args.seed)
             cov = ev["coverage"].values
+            cov_deg = pit_coverage(ev["pit"].values[:, deg], LEVELS)
             rows.append({"cell_type": cell_type, "model": name, "n_test": int(test_mask.sum()),
                          **score(pred["counts"].values, y, deg),
                          "coverage_50": float(cov[0]), "coverage_90": float(cov[1]),
+                         "coverage_50_deg": cov_deg[0], "coverage_90_deg": cov_deg[1],
                          "lpd_per_cell": float(ev.attrs["mean_log_predictive_density"]),
                          "seconds": time.perf_counter() - t})
             print(rows[-1], flush=True)
-            write(args.out, {"machine": machine(), "formula": FORMULA, "rows": rows})
-    write(args.out, {"machine": machine(), "formula": FORMULA, "rows": rows})
+            save()
+    save()
 
 
 if __name__ == "__main__":
