@@ -29,7 +29,8 @@ def test_plan_defaults_by_story_and_size():
     # 10,000 cells in batches of 128: 79 steps an epoch; the cVAE's 4000 steps are under its 400 epochs
     q = plan.plan(cvae, 10_000, holdout=0.1, batch_size=128)
     assert (q.max_epochs, q.patience, q.learning_rate, q.lr_reductions) == (400, 10, 1e-3, 0)
-    assert dict(q.step_scale) == {"log_theta": plan.THETA_STEP_SCALE}
+    # the gene concentrations and the per-cell dispersion scales' prior (sample_quality "on") step 20x
+    assert dict(q.step_scale) == {k: plan.THETA_STEP_SCALE for k in ("log_theta", "quality_mean", "quality_sd")}
     # what the user sets is kept
     r = plan.plan(cvae, 10_000, holdout=0.1, batch_size=64, max_epochs=7, patience=3, learning_rate=0.5,
                   lr_reductions=1)

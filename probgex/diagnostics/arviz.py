@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import arviz as az
+from probgex import _numpyro
+
+_numpyro.load()  # numpyro whole before arviz stubs it (`probgex._numpyro`)
+import arviz as az  # noqa: E402
 import numpy as np
 import xarray as xr
 
