@@ -88,6 +88,7 @@ def test_errors():
         dispersion_level(next(pilots(low, 1)), "~ group", CONTRAST)
 
 
+@pytest.mark.slow  # 15-22 s: the default suite measured 11:41 with 727 tests
 def test_curve_with_the_pilot_widens_the_interval():
     """The same fit and key: with the pilot the per-draw powers move with the dispersion level, so the
     interval widens (here about twice) while the central estimate stays put."""

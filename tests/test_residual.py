@@ -173,6 +173,7 @@ def test_shell_fits_a_residual_model_around_a_prediction_table(sim, tmp_path):
     np.testing.assert_allclose(fit.data(adata).offset, truth["log_frac"], atol=1e-5)
 
 
+@pytest.mark.slow  # 15-22 s: the default suite measured 11:41 with 727 tests
 def test_residual_glm_without_latent_corrects_stage1_and_recovers_the_dispersion():
     """mean=... without a latent (story "residual_glm", for bulk data where a latent model has too few
     samples): a GLM with stage 1 as offset. Counts NB(l exp(a_g + b_g B), theta = 20) with no latent;
