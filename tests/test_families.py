@@ -319,6 +319,7 @@ def check_glm_fit(name: str, *, calibration: bool):
     return fit, adata
 
 
+@pytest.mark.slow  # 10-14 s: the default suite measured 11:25 in .ci/run with 727 tests
 def test_hurdle_nb_glm_tiny_fit():
     """The new family through `Model` (likelihood="hurdle_nb"): the GLM's vector per gene is
     [Intercept, group, log alpha, hurdle logit], and it recovers the simulated zero probabilities and

@@ -5,6 +5,7 @@ import json
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
@@ -40,6 +41,7 @@ def test_power_command_bad_contrast_is_a_clear_error(glm_fit, tmp_path):
     assert res.exit_code == 2 and "'zz'" in res.output
 
 
+@pytest.mark.slow  # 10-14 s: the default suite measured 11:25 in .ci/run with 727 tests
 def test_power_command_with_posterior_effects_and_the_pilot(glm_fit, tmp_path):
     """--effects/--reference-n/--min-abs-lfc reach the curve; --pilot adds the jackknife uncertainty of
     the pilot's dispersion level (recorded in the settings)."""

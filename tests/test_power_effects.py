@@ -51,6 +51,7 @@ def _truth(n_draws=4):
     return Truth.fixed(rng.uniform(0.005, 0.03, G), 0.05, n_draws=n_draws, lfc=lfc), lfc
 
 
+@pytest.mark.slow  # 10-14 s: the default suite measured 11:25 in .ci/run with 727 tests
 def test_reference_called_set_matches_the_true_set():
     """A large reference experiment calls (nearly) the truly DE genes, so power scored against it
     matches power scored against the true set; power among |log2FC| > 1 is that of the strong genes."""

@@ -86,6 +86,7 @@ def test_predictive_mean_beats_the_biased_stage1_and_keeps_its_accuracy(shifted_
     assert rmse(pred["mean"].values) < rmse(oracle) * 1.02
 
 
+@pytest.mark.slow  # 10-14 s: the default suite measured 11:25 in .ci/run with 727 tests
 def test_stage1_is_frozen(sim):
     """A GLM stage 1 passed in is used as it is: its coefficients are untouched by the stage-2 fit."""
     adata, _ = sim
@@ -159,6 +160,7 @@ def test_callable_stage1_needs_the_callable_at_load(sim, tmp_path):
     np.testing.assert_array_equal(again.data(adata).offset, fit.data(adata).offset)
 
 
+@pytest.mark.slow  # 10-14 s: the default suite measured 11:25 in .ci/run with 727 tests
 def test_shell_fits_a_residual_model_around_a_prediction_table(sim, tmp_path):
     adata, truth = sim
     adata.write_h5ad(tmp_path / "d.h5ad")
