@@ -4,8 +4,8 @@ arviz (arviz_base.io_numpyro) registers numpyro in `sys.modules` as a lazy_loade
 `import numpyro.distributions` then runs the package without binding its submodules as attributes
 (`numpyro.distributions.distribution` is missing), and `numpyro.factor`, which reads that attribute, fails
 inside JAX tracing. `load()` imports numpyro's distributions and binds every loaded numpyro submodule to
-its parent package; the modules that use numpyro call it before they do, and `diagnostics.arviz` before
-it imports arviz.
+its parent package. `probgex.models.story.build_story`, through which every fit and every loaded model
+builds its story, calls it before any numpyro code runs, and `diagnostics.arviz` before it imports arviz.
 """
 
 from __future__ import annotations

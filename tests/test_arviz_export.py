@@ -60,7 +60,10 @@ def test_numpyro_is_whole_when_arviz_was_imported_first():
     import subprocess
     import sys
 
-    code = ("import arviz, numpyro.distributions as d; ok = hasattr(d, 'distribution'); "
-            "import probgex.models.cvae; assert hasattr(d, 'distribution') and hasattr(d, 'continuous'), ok")
+    code = ("import arviz, numpy as np, numpyro.distributions as d; ok = hasattr(d, 'distribution'); "
+            "from probgex.models.story import build_story; from probgex.models.dims import Dims; "
+            "import probgex as pg; from probgex.spec import ModelSpec; "
+            "build_story(ModelSpec('~ 1', latent=pg.latent.Gaussian(dim=2)), Dims(1, 3, 1, 0, 7.0, 1.0, 0), np.zeros(3)); "
+            "assert hasattr(d, 'distribution') and hasattr(d, 'continuous'), ok")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -19,9 +19,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from probgex import _numpyro  # noqa: I001  (before numpyro: arviz may have stubbed it)
-
-_numpyro.load()
 import numpyro
 import numpyro.distributions as dist
 from flax import nnx

@@ -16,8 +16,7 @@ class Dims:
     lib_loc: float  # mean of log library size on the training observations
     lib_scale: float  # its standard deviation
     seed: int
-    n_obs: int = 0  # observations of the fitted data (the GLM's per-sample quality has one latent each)
-    n_obs: int = 0  # observations of the fitted data (the GLM's per-sample quality has one latent each)
+    n_obs: int = 0  # observations of the fitted data (sample_quality "on" has one latent each)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from probgex import _numpyro
 from probgex.models.batch import Batch
 from probgex.models.cvae import CVAE
 from probgex.models.dims import Dims
@@ -51,5 +52,7 @@ STORIES: dict[str, type] = {"glm": GLM, "residual_glm": GLM, "cvae": CVAE, "resi
 
 def build_story(spec: ModelSpec, dims: Dims, log_mean: np.ndarray, start: dict | None = None) -> Story:
     """The story `spec` names. `start` (`inference.start.glm_start`) starts the GLM's guide; a loaded
-    model passes none (its parameters come from the file)."""
+    model passes none (its parameters come from the file). numpyro is made whole first (`probgex._numpyro`:
+    arviz, imported earlier, may have stubbed it), so every fit and every loaded model runs on it."""
+    _numpyro.load()
     return STORIES[spec.story](spec, dims, log_mean, start)
