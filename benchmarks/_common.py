@@ -107,3 +107,9 @@ def check_speed_split(n_genes: int = 2000, n_test: int = 1000, seed: int = 0):
     test = np.zeros(a.n_obs, bool)
     test[np.random.default_rng(seed).permutation(a.n_obs)[:n_test]] = True
     return a[~test].copy(), a[test].copy()
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table: a header of `columns`, its rule, one line per row of formatted cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])

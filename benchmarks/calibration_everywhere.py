@@ -45,7 +45,7 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bulk_protocol import LEVELS, MIN_TEST_MEAN, bulk_split, deseq_plugin, expressed, scores  # noqa: E402
-from _common import RESULTS, fixed_split, load, machine  # noqa: E402
+from _common import RESULTS, fixed_split, load, machine, markdown_table  # noqa: E402
 from calibration_noise import clustered  # noqa: E402
 
 N_GENES = 1000
@@ -220,18 +220,13 @@ def sc_row(name: str, story: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| dataset | formula | df | draws | probgex cov 50/80/90/95 | worst decile | genes in 3 SE | LPD "
-            "| plug-in cov 50/80/90/95 | worst decile | genes in 3 SE | LPD |")
-    out = [head, "|" + "---|" * 12]
-    for r in rows:
-        if "probgex" not in r:
-            continue
-        p, d = r["probgex"], r["deseq2_plugin"]
-        f = lambda s: " / ".join(f"{c:.3f}" for c in s["coverage"])  # noqa: E731
-        out.append(f"| {r['dataset']} | `{r['formula']}` | {r['df']} | {r['draws']} | {f(p)} | "
-                   f"{p['worst_decile_dev']:.3f} | {p['genes_within_3se']:.3f} | {p['lpd_per_entry']:.3f} | {f(d)} | "
-                   f"{d['worst_decile_dev']:.3f} | {d['genes_within_3se']:.3f} | {d['lpd_per_entry']:.3f} |")
-    return "\n".join(out)
+    columns = ["dataset", "formula", "df", "draws", "probgex cov 50/80/90/95", "worst decile", "genes in 3 SE", "LPD",
+               "plug-in cov 50/80/90/95", "worst decile", "genes in 3 SE", "LPD"]
+    f = lambda s: " / ".join(f"{c:.3f}" for c in s["coverage"])  # noqa: E731
+    g = lambda s: [f"{s['worst_decile_dev']:.3f}", f"{s['genes_within_3se']:.3f}", f"{s['lpd_per_entry']:.3f}"]  # noqa: E731
+    return markdown_table(columns, [[r["dataset"], f"`{r['formula']}`", str(r["df"]), str(r["draws"]),
+                                     f(r["probgex"]), *g(r["probgex"]), f(r["deseq2_plugin"]), *g(r["deseq2_plugin"])]
+                                    for r in rows if "probgex" in r])
 
 
 def main():

@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, markdown_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("probgex", "deseq2_plugin")
 
 
@@ -68,16 +68,14 @@ def row(path: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| row | probgex 50% (SE, z) | probgex 90% (SE, z) | per-sample 50% range | plug-in 50% (SE, z) | "
-            "plug-in 90% (SE, z) | LPD probgex - plug-in (SE) |")
-    out = [head, "|" + "---|" * 7]
+    columns = ["row", "probgex 50% (SE, z)", "probgex 90% (SE, z)", "per-sample 50% range", "plug-in 50% (SE, z)",
+               "plug-in 90% (SE, z)", "LPD probgex - plug-in (SE)"]
     f = lambda c: f"{c['value']:.3f} ({c['se']:.3f}, {c['z']:+.1f})"  # noqa: E731
-    for r in rows:
-        p, d = r["probgex"], r["deseq2_plugin"]
-        out.append(f"| {r['row']} | {f(p['cov50'])} | {f(p['cov90'])} | {p['cov50']['per_sample_min']:.2f}-"
-                   f"{p['cov50']['per_sample_max']:.2f} | {f(d['cov50'])} | {f(d['cov90'])} | "
-                   f"{r['lpd_diff']['value']:+.3f} ({r['lpd_diff']['se']:.3f}) |")
-    return "\n".join(out)
+    return markdown_table(columns, [
+        [r["row"], f(r["probgex"]["cov50"]), f(r["probgex"]["cov90"]),
+         f"{r['probgex']['cov50']['per_sample_min']:.2f}-{r['probgex']['cov50']['per_sample_max']:.2f}",
+         f(r["deseq2_plugin"]["cov50"]), f(r["deseq2_plugin"]["cov90"]),
+         f"{r['lpd_diff']['value']:+.3f} ({r['lpd_diff']['se']:.3f})"] for r in rows])
 
 
 def main():
