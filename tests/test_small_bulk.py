@@ -172,3 +172,25 @@ def test_a_correctly_specified_design_with_one_residual_df_is_calibrated():
     p = pit.values[:, keep]
     cov50, cov90 = (np.mean(np.abs(p - 0.5) <= lv / 2) for lv in (0.5, 0.9))
     assert 0.46 <= cov50 <= 0.58 and 0.86 <= cov90 <= 0.94, (cov50, cov90)
+
+
+@pytest.mark.parametrize("s_true", [0.4, 1.0])
+def test_the_trends_prior_sd_is_recovered_at_one_residual_df(s_true):
+    """Counts from the GLM's own story (2 + 1 + 1 samples, 2,000 genes, log dispersions N(trend, s^2)):
+    the placed prior sd tracks the truth. Measured by marginal likelihood 0.30-0.36 for s = 0.4 and
+    0.73-0.81 for s = 1.0 (3 seeds; 1,000 genes), a low bias at 1 df; the moment rule it replaced gave its
+    floor 0.5 for both. Band: 0.6-1.2 x the truth."""
+    import formulaic
+
+    from probgex.models.trend import place_trend
+
+    rng = np.random.default_rng(0)
+    a = _NBGLMTruth(rng, G=2000, s=s_true).samples(rng, (2, 1, 1), "t")
+    y = np.asarray(a.X, np.float64)
+    X = np.asarray(formulaic.model_matrix("~ grp", a.obs), np.float64)
+    logy = np.log(np.where(y > 0, y, np.nan))
+    ok = np.isfinite(logy).all(0)
+    sf = np.exp(np.median(logy[:, ok] - logy[:, ok].mean(0), axis=1))
+    m = (y / sf[:, None]).mean(0)
+    _, _, s = place_trend(y, X, sf, np.log(np.maximum(m, 1e-8)))
+    assert 0.6 * s_true <= s <= 1.2 * s_true, s

@@ -6,8 +6,9 @@ row pattern, else of an NB GLM at DESeq2's rough dispersions, as DESeq2), the ga
 alpha(m) = a0 + a1 / m over the genes' mean normalised counts m (the GLM's own `log_mean`, so prior and
 trend share units); that fit starts the trend used, the (a0, a1) maximising the Cox-Reid adjusted
 profile likelihood summed over all genes at alpha_g = a0 + a1 / m_g (a trended common dispersion, as
-edgeR's, `apl_trend`); and the prior sd of log alpha around it, var(log residuals) less the sampling
-variance trigamma((N - P) / 2), at least 0.5 (Love, Huber & Anders 2014). The gene-wise computations are
+edgeR's, `apl_trend`); and the prior sd s of log alpha around it by marginal likelihood
+(`marginal_prior_sd`; above MARGINAL_MAX_ROWS samples DESeq2's moment rule, var(log residuals) less the
+sampling variance trigamma((N - P) / 2), at least 0.5; Love, Huber & Anders 2014). The gene-wise computations are
 those of `probgex.power.dispersion` (tested there against pydeseq2; a models -> power import, until that
 code moves to a module both use).
 
@@ -22,7 +23,10 @@ Why not the ELBO: with 1-2 residual degrees of freedom the ELBO's empirical Baye
 expression deciles' intervals were too narrow and the highest too wide (50% coverage 0.43 and 0.68).
 The prior sd s is held at the moment rule's value too (`models.glm`): refined by the ELBO it came out low,
 on counts simulated from the GLM itself with s = 0.6 (1,000 genes, 3 seeds) 0.35-0.37 at 1 residual df
-and 0.46-0.49 at 6, where the moment rule gives its floor 0.5 and 0.60-0.66; on the real 1-df rows of
+and 0.46-0.49 at 6, where the moment rule gives its floor 0.5 and 0.60-0.66 (and its floor 0.5 at 1-2
+df whatever the truth, 0.4 or 1.0 alike, where the marginal likelihood gives 0.30-0.36 and 0.73-0.81 at 1 df,
+0.41-0.42 and 1.03-1.07 at 6; tests/test_small_bulk.py; on full real sets at 18-94 df the moment rule gives
+0.78-1.01); on the real 1-df rows of
 benchmarks/calibration_everywhere.py the held s raised the held-out log density on 16 of 18
 rows (by up to 0.20 nats per entry; the two others lost 0.004 and 0.001) and moved pooled coverage little.
 """
@@ -35,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.scipy.special import logsumexp
+from jax.scipy.stats import norm
 
 from probgex.power import dispersion as disp
 from probgex.power import nbglm
@@ -72,8 +78,50 @@ def _placed(y, X, sf, scale, m, *, linear: bool):
     start = disp.fit_trend(jnp.exp(log_gw), m, fit_on)
     a0, a1 = apl_trend(y, X, mu0, m, use, start)  # DESeq2's fit starts the profile-likelihood fit
     log_trend = jnp.log(a0 + a1 / jnp.where(use, m, 1.0))
-    var, _ = disp.prior_variance(log_gw, log_trend, use, N, P)
+    if N <= MARGINAL_MAX_ROWS:
+        var = marginal_prior_sd(y, X, mu0, log_trend, use) ** 2
+    else:
+        var, _ = disp.prior_variance(log_gw, log_trend, use, N, P)
     return a0, a1, var
+
+
+MARGINAL_MAX_ROWS = 200  # above, the moment rule (its sampling correction trigamma((N - P) / 2) < 0.01)
+MARGINAL_GENES = 4000  # the genes the marginal likelihood of s is computed on (evenly spaced; bounds its cost)
+S_GRID = (0.1, 3.0, 120)  # candidate prior sds: log-spaced from, to, count
+OFFSETS = (-8.0, 8.0, 321)  # log alpha - log trend at which each gene's adjusted likelihood is evaluated
+
+
+def marginal_prior_sd(y, X, mu0, log_trend, use) -> jax.Array:
+    """The prior sd s of log alpha_g around the trend maximising the marginal Cox-Reid adjusted
+    likelihood, sum over genes of log integral APL_g(t_g + u) N(u; 0, s^2) du: the genes at the
+    dispersion floor count as what they are (data that allow a small dispersion), where the moment rule
+    drops them and subtracts a sampling variance, trigamma(1/2) = 4.9 at 1 residual df, larger than the
+    spread it corrects, so it sat at its floor 0.5 whatever the truth. APL_g is known up to a constant per
+    gene: the integral of its score (`power.dispersion._score`) over a grid of offsets u from the trend
+    (trapezoid); the prior's mass beyond the grid takes the APL at its ends."""
+    G = y.shape[1]
+    step = max(1, -(-G // MARGINAL_GENES))
+    y, mu0, log_trend, use = y[:, ::step], mu0[:, ::step], log_trend[::step], use[::step]
+    u = jnp.linspace(*OFFSETS, dtype=y.dtype)
+    du = u[1] - u[0]  # 0.05: a fifth of the smallest candidate s
+    score = jax.lax.map(lambda k: disp._score(log_trend + k, y, mu0, X, None), u)  # (U, G)
+    apl = jnp.concatenate([jnp.zeros((1, score.shape[1]), y.dtype),
+                           jnp.cumsum(0.5 * (score[1:] + score[:-1]) * du, axis=0)])
+    apl = jnp.where(use[None], apl, 0.0)
+
+    def log_marginal(s):
+        # the prior's discrete weights on the grid, normalised to its mass inside (a Riemann sum of a
+        # density narrower than the grid step is off by percents: nats over thousands of genes)
+        tail_lo, tail_hi = norm.logcdf(u[0] / s), norm.logsf(u[-1] / s)
+        inside = jnp.log1p(-jnp.exp(jnp.logaddexp(tail_lo, tail_hi)))
+        logw = norm.logpdf(u, 0.0, s)
+        logw = logw - logsumexp(logw) + inside
+        inner = logsumexp(apl + logw[:, None], axis=0)
+        tails = jnp.logaddexp(tail_lo + apl[0], tail_hi + apl[-1])
+        return jnp.where(use, jnp.logaddexp(inner, tails), 0.0).sum()
+
+    s_grid = jnp.exp(jnp.linspace(jnp.log(S_GRID[0]), jnp.log(S_GRID[1]), S_GRID[2], dtype=y.dtype))
+    return s_grid[jnp.argmax(jax.vmap(log_marginal)(s_grid))]
 
 
 def apl_trend(y, X, mu0, m, use, start: jax.Array, steps: int = 400) -> tuple[jax.Array, jax.Array]:
