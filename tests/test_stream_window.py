@@ -141,3 +141,21 @@ def test_read_ahead_windows_are_the_epochs_windows_in_order(disk):
         np.testing.assert_array_equal(a1["high_gene"], a2["high_gene"])
     shapes = {tuple(None if v is None else v.shape for v in a.values()) for _, _, a in ahead}
     assert len(shapes) == 1  # one shape for every window, the last one too: nothing compiled per window
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_free_heap_pages_go_back_to_the_system():
+    from probgex._heap import release_free_heap
+
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+    if not release_free_heap():
+        pytest.skip("the allocator is not glibc")
+    blocks = [bytearray(4000) for _ in range(40_000)]  # 160 MB of small heap chunks, touched
+    keep = blocks[::64]  # a live chunk every 256 KB: the heap cannot shrink from its top
+    del blocks
+    before = rss_mb()
+    assert release_free_heap()
+    assert before - rss_mb() > 80 and len(keep) == 625

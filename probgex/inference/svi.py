@@ -20,6 +20,7 @@ from numpyro.optim import optax_to_numpyro
 
 from probgex import rng as streams
 from probgex._checks import check_choice
+from probgex._heap import release_free_heap
 from probgex.choices import DEVICE_DATA
 from probgex.errors import SpecError
 from probgex.data import CountData
@@ -285,6 +286,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                                                                  pad_high=window_high), WINDOWS_AHEAD):
                     if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
                         losses[-2].block_until_ready()  # would hold every window read so far in memory
+                    release_free_heap()  # the buffers of windows done: free, but held by the C heap (`_heap`)
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
                     svi_state, part = run_blocks(svi_state, DeviceData(**put(arrays)), blocks, n_high)
