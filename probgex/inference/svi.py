@@ -111,6 +111,7 @@ class DeviceData(NamedTuple):
 
 
 WINDOWS_AHEAD = 1  # streamed windows read ahead of the one the device scans (`prefetch`; one more being read)
+TRIM_EVERY = 8  # streamed windows between two returns of the C heap's free pages to the system
 
 
 def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
@@ -282,11 +283,12 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 svi_state, losses = run_blocks(svi_state, dev, epoch_blocks(order, train.batch_size), train.n_high)
             elif windows:  # counts on disk: each window of rows read once, put on the device, scanned over
                 losses = []  # the next window read and assembled on the host while the device scans
-                for held, order, arrays in prefetch(read_windows(train, high=split, pad_rows=window_rows,
-                                                                 pad_high=window_high), WINDOWS_AHEAD):
+                for k, (held, order, arrays) in enumerate(prefetch(read_windows(
+                        train, high=split, pad_rows=window_rows, pad_high=window_high), WINDOWS_AHEAD)):
                     if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
                         losses[-2].block_until_ready()  # would hold every window read so far in memory
-                    release_free_heap()  # the buffers of windows done: free, but held by the C heap (`_heap`)
+                    if k % TRIM_EVERY == 0:  # buffers of windows done (and of the held-out pass): free, but
+                        release_free_heap()  # held by the C heap (`_heap`); a trim costs ~70 ms, so not every one
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
                     svi_state, part = run_blocks(svi_state, DeviceData(**put(arrays)), blocks, n_high)
