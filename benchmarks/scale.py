@@ -124,6 +124,32 @@ def vm_rss_mb() -> float:
 
 
 T0 = time.perf_counter()
+
+
+class Sampler:
+    """VmRSS every 0.1 s in a thread: the highest before the fit's first window is read (setup: reading
+    obs, validating the counts, counting entries >= 2) and after it (the fit)."""
+
+    def __init__(self):
+        import threading
+
+        self.setup_mb = self.fit_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            rss = vm_rss_mb()
+            if any(t[0] == "window" for t in TRACE[:1]):
+                self.fit_mb = max(self.fit_mb, rss)
+            else:
+                self.setup_mb = max(self.setup_mb, rss)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"rss_setup_peak_mb": round(self.setup_mb), "rss_fit_peak_mb": round(self.fit_mb)}
 TRACE: list[tuple[str, int, float, float]] = []  # ("window" / "epoch", number, s since start, VmRSS MB)
 
 
@@ -166,6 +192,7 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
                      decoder=(128,), library="observed")
     t0 = time.perf_counter()
+    sampler = Sampler()
     if source == "memory":
         data, budget = ad.read_h5ad(path_of(n, "h5ad")), None
     else:
@@ -184,6 +211,7 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
         (w1, c1), (w2, c2) = Clock.ends[-2:]
         row.update(epochs=len(fit.history.train), streamed=fit.fit_info["streamed"], s_per_epoch=w2 - w1,
                    cpu_s_per_epoch=c2 - c1)
+    row.update(sampler.stop())
     rss = [t[3] for t in TRACE if t[0] == "window"]
     if rss:  # the resident set when each window was read: at the first, at 1/4 of them and at the last
         row.update(rss_windows_mb=[round(rss[0]), round(rss[len(rss) // 4]), round(rss[-1])],
