@@ -26,7 +26,7 @@ BLOCK_ENTRIES = 2**24  # draws x rows x genes held at once on the host in predic
 # the draws in a predict file: 32-bit counts (half of int64; a draw above 2^31 - 1 is refused as an overflow),
 # byte-shuffled and deflated per chunk (mostly zeros and small counts: the high bytes vanish)
 COUNTS_DTYPE = np.dtype(np.int32)
-COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 
 
 def block_size(n_draws: int, n_genes: int) -> int:
