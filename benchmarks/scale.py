@@ -111,6 +111,46 @@ class Clock:
 
     def update(self, completed, msg=""):
         Clock.ends.append((time.perf_counter(), time.process_time()))
+        TRACE.append(("epoch", completed, round(time.perf_counter() - T0, 2), vm_rss_mb()))
+
+
+def vm_rss_mb() -> float:
+    """The process's resident set now (VmRSS, MB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+T0 = time.perf_counter()
+
+
+class Sampler:
+    """VmRSS every 0.1 s in a thread: the highest before the fit's first window is read (setup: reading
+    obs, validating the counts, counting entries >= 2) and after it (the fit)."""
+
+    def __init__(self):
+        import threading
+
+        self.setup_mb = self.fit_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            rss = vm_rss_mb()
+            if any(t[0] == "window" for t in TRACE[:1]):
+                self.fit_mb = max(self.fit_mb, rss)
+            else:
+                self.setup_mb = max(self.setup_mb, rss)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"rss_setup_peak_mb": round(self.setup_mb), "rss_fit_peak_mb": round(self.fit_mb)}
+TRACE: list[tuple[str, int, float, float]] = []  # ("window" / "epoch", number, s since start, VmRSS MB)
 
 
 class Enough(Exception):
@@ -129,6 +169,14 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
     from probgex.inference import minibatch
 
     marks: list[tuple[float, float]] = []
+    windows_read = minibatch.Minibatches.windows
+
+    def traced(self):  # VmRSS each time a window is read (every window of every epoch)
+        for k, item in enumerate(windows_read(self)):
+            TRACE.append(("window", k, round(time.perf_counter() - T0, 2), vm_rss_mb()))
+            yield item
+
+    minibatch.Minibatches.windows = traced
     if max_windows:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
         windows = minibatch.Minibatches.windows
@@ -144,6 +192,7 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
                      decoder=(128,), library="observed")
     t0 = time.perf_counter()
+    sampler = Sampler()
     if source == "memory":
         data, budget = ad.read_h5ad(path_of(n, "h5ad")), None
     else:
@@ -162,6 +211,13 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
         (w1, c1), (w2, c2) = Clock.ends[-2:]
         row.update(epochs=len(fit.history.train), streamed=fit.fit_info["streamed"], s_per_epoch=w2 - w1,
                    cpu_s_per_epoch=c2 - c1)
+    row.update(sampler.stop())
+    rss = [t[3] for t in TRACE if t[0] == "window"]
+    if rss:  # the resident set when each window was read: at the first, at 1/4 of them and at the last
+        row.update(rss_windows_mb=[round(rss[0]), round(rss[len(rss) // 4]), round(rss[-1])],
+                   rss_epoch_ends_mb=[round(t[3]) for t in TRACE if t[0] == "epoch"])
+    if os.environ.get("SCALE_TRACE"):  # the whole trace, to PREFIX_N_SOURCE.json
+        Path(f"{os.environ['SCALE_TRACE']}_{n}_{source}.json").write_text(json.dumps(TRACE))
     row.update(cells_per_s=0.9 * n / row["s_per_epoch"], total_s=time.perf_counter() - t0,
                load_1min=os.getloadavg()[0], peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     return row

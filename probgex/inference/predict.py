@@ -23,6 +23,10 @@ from probgex.inference.predictive import Draws, deciles, empirical_intervals, pi
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
 BLOCK_ENTRIES = 2**24  # draws x rows x genes held at once on the host in prediction
+# the draws in a predict file: 32-bit counts (half of int64; a draw above 2^31 - 1 is refused as an overflow),
+# byte-shuffled and deflated per chunk (mostly zeros and small counts: the high bytes vanish)
+COUNTS_DTYPE = np.dtype(np.int32)
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 
 
 def block_size(n_draws: int, n_genes: int) -> int:
@@ -149,7 +153,8 @@ def _attrs(fit) -> dict:
 def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, levels: Sequence[float] = LEVELS,
                     library_size=None, seed: int | jax.Array = 0) -> dict[str, int]:
     """`predict`, written block by block to a netCDF file at `path` (never samples x obs x genes in
-    memory); the same values as `predict(...).to_netcdf(path)`. A block with non-finite means or sds
+    memory); the same values as `predict(...).to_netcdf(path)`, the draws stored as int32 (COUNTS_DTYPE),
+    compressed (COMPRESSION). A block with non-finite means or sds
     stops it with a DataError (the caller's file is then not complete: write to a temporary one)."""
     import h5netcdf
     import h5py
@@ -174,9 +179,10 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
             f.create_variable(name, (name,), data=values.astype(object) if text else values,
                               dtype=h5py.string_dtype() if text else values.dtype)
         f.attrs.update(_attrs(fit))
-        out = {k: f.create_variable(k, DIMS[k], dtype="i8" if k == "counts" else "f8",
+        out = {k: f.create_variable(k, DIMS[k], dtype=COUNTS_DTYPE if k == "counts" else "f8",
                                     chunks=tuple(1 if d == "sample" else min(sizes[d], 256 if d == "obs" else G)
-                                                 for d in DIMS[k]))
+                                                 for d in DIMS[k]),
+                                    **(COMPRESSION if k == "counts" else {}))
                for k in DIMS}
         draws = predictive_blocks(fit, data, n_samples, key, from_data=False)
         for rows, block in summarize(fit, draws, rng, levels, n_samples, draw_lib):
@@ -186,6 +192,11 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
                                 "so nothing was written: the metadata or library sizes lie where the fitted model "
                                 "overflows; predict within the training range of the covariates and with library "
                                 "sizes like the training ones")
+            if block["counts"].size and block["counts"].max() > np.iinfo(COUNTS_DTYPE).max:
+                raise DataError(f"a predictive draw exceeds {np.iinfo(COUNTS_DTYPE).max} counts (observations "
+                                f"{rows[0]}..{rows[-1]}), so nothing was written: the fitted model overflows for "
+                                "this metadata; predict within the training range of the covariates and with "
+                                "library sizes like the training ones")
             sl = slice(int(rows[0]), int(rows[-1]) + 1)
             for k, v in block.items():
                 out[k][..., sl, :] = v

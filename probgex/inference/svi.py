@@ -20,6 +20,7 @@ from numpyro.optim import optax_to_numpyro
 
 from probgex import rng as streams
 from probgex._checks import check_choice
+from probgex._heap import release_free_heap
 from probgex.choices import DEVICE_DATA
 from probgex.errors import SpecError
 from probgex.data import CountData
@@ -27,6 +28,8 @@ from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
 from probgex.inference.sharding import fetch, global_batch, local_mesh, n_devices, replicate
 from probgex.inference.minibatch import Minibatches, high_bound, high_typical, listed
+from probgex.inference.prefetch import prefetch
+from probgex.inference.window import put, read_windows
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
 
@@ -107,27 +110,14 @@ class DeviceData(NamedTuple):
     row: jax.Array | None = None  # each row's position in the data (the GLM's per-sample quality)
 
 
-def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False,
-               pad_rows: int | None = None, pad_high: int | None = None, row_ids: np.ndarray | None = None
-               ) -> DeviceData:
-    """The rows `rows` on the device; with `pad_rows` / `pad_high`, zero-padded to that many rows / listed
-    entries >= 2 (windows of streamed counts keep one shape, so the scan compiles once). `row_ids`: the
-    rows' positions in the fitted data (a window's rows are a subset of it), `rows` when None."""
-    dev = _device_arrays(data, rows, chunk, high, rows if row_ids is None else row_ids)
-    if pad_rows is None:
-        return dev
-    extra = pad_rows - len(rows)
+WINDOWS_AHEAD = 1  # streamed windows read ahead of the one the device scans (`prefetch`; one more being read)
+TRIM_EVERY = 8  # streamed windows between two returns of the C heap's free pages to the system
 
-    def rows_pad(a):
-        return None if a is None else jnp.pad(a, [(0, extra)] + [(0, 0)] * (a.ndim - 1))
 
-    out = dev._replace(x=rows_pad(dev.x), log_lib=rows_pad(dev.log_lib), design=rows_pad(dev.design),
-                       group=rows_pad(dev.group), offset=rows_pad(dev.offset), row=rows_pad(dev.row))
-    if high:
-        more = pad_high - dev.high_gene.shape[0]
-        out = out._replace(high_ptr=jnp.pad(dev.high_ptr, (0, extra), mode="edge"),
-                           high_gene=jnp.pad(dev.high_gene, (0, more)), high_count=jnp.pad(dev.high_count, (0, more)))
-    return out
+def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
+    """The rows `rows` on the device (the training rows of a fit that keeps them there; windows of streamed
+    counts are assembled on the host in one shape instead, `inference.window`)."""
+    return _device_arrays(data, rows, chunk, high, rows)
 
 
 def _device_arrays(data: CountData, rows: np.ndarray, chunk: int, high: bool, row_ids: np.ndarray) -> DeviceData:
@@ -292,15 +282,16 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                 order = rng.permutation(len(train.index))
                 svi_state, losses = run_blocks(svi_state, dev, epoch_blocks(order, train.batch_size), train.n_high)
             elif windows:  # counts on disk: each window of rows read once, put on the device, scanned over
-                losses = []
-                for held, order in train.windows():
+                losses = []  # the next window read and assembled on the host while the device scans
+                for k, (held, order, arrays) in enumerate(prefetch(read_windows(
+                        train, high=split, pad_rows=window_rows, pad_high=window_high), WINDOWS_AHEAD)):
                     if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
                         losses[-2].block_until_ready()  # would hold every window read so far in memory
+                    if k % TRIM_EVERY == 0:  # buffers of windows done (and of the held-out pass): free, but
+                        release_free_heap()  # held by the C heap (`_heap`); a trim costs ~70 ms, so not every one
                     blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
                     n_high = None if train.n_high is None else train.n_high[held]
-                    dev = _to_device(train.window_data(held), np.arange(len(held)), high=split,
-                                     pad_rows=window_rows, pad_high=window_high, row_ids=train.index[held])
-                    svi_state, part = run_blocks(svi_state, dev, blocks, n_high)
+                    svi_state, part = run_blocks(svi_state, DeviceData(**put(arrays)), blocks, n_high)
                     losses.append(part)
                 losses = jnp.concatenate(losses)
             else:
