@@ -43,7 +43,22 @@ def trend_start(data: CountData, rows: np.ndarray, log_mean: np.ndarray, seed):
         rows = np.sort(streams.host_rng(seed, "trend_rows").choice(rows, TREND_ROWS, replace=False))
     y = np.concatenate([data.rows(rows[s : s + 4096]) for s in range(0, len(rows), 4096)])
     offset = None if data.offset is None else data.offset[rows]
-    return place_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
+    design = data.design[rows]
+    return place_trend(y, design[:, independent_columns(design)], data.library_size[rows], log_mean, offset)
+
+
+def independent_columns(design: np.ndarray) -> np.ndarray:
+    """Indices of a largest set of linearly independent columns of `design` (same span), in order: the trend's
+    residual degrees of freedom need a full-rank design (a rank-deficient one, e.g. an interaction coded in
+    full beside its main effect or a column all zero in the rows, gave NaN)."""
+    d = design.astype(np.float64)
+    d = d / np.maximum(np.sqrt((d**2).sum(0)), 1e-300)
+    keep: list[int] = []
+    for j in range(d.shape[1]):
+        trial = d[:, keep + [j]]
+        if np.linalg.matrix_rank(trial.T @ trial, tol=1e-9 * (len(keep) + 1)) == len(keep) + 1:
+            keep.append(j)
+    return np.asarray(keep, int)
 
 
 def laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: ModelSpec,
