@@ -99,3 +99,15 @@ def test_saved_learned_prior_loads(fitted, tmp_path):
 def test_bad_coef_prior_refused(kw, word):
     with pytest.raises(SpecError, match=word):
         ModelSpec.create("~ c", **kw)
+
+
+def test_independent_columns_keep_the_span():
+    """The trend is placed on a largest independent set of columns: an all-zero column and one that is the sum
+    of others (an interaction coded in full beside its main effect) are left out, the rest kept in order."""
+    from probgex.inference.start import independent_columns
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(40) < 0.5).astype(float)
+    b = (rng.random(40) < 0.5).astype(float)
+    design = np.column_stack([np.ones(40), a, b, np.zeros(40), a * b, a * (1 - b), b])
+    np.testing.assert_array_equal(independent_columns(design), [0, 1, 2, 4])
