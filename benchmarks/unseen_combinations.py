@@ -53,7 +53,8 @@ FORMULA_TREATMENT = "~ cluster_id * group_id"
 LEVELS = (0.5, 0.9)
 HERE = Path(__file__).resolve().parent
 SCGEN_PY = HERE / ".scgen-venv" / "bin" / "python"
-PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion", "glm_interaction", "glm_interaction_treatment")
+PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion", "glm_interaction", "glm_interaction_all_terms",
+                  "glm_interaction_treatment")
 NO_CHANGE = "no change (the type's ctrl cells)"
 
 
@@ -72,8 +73,10 @@ def models(names):
     make = {"glm": lambda: pg.Model(FORMULA, likelihood="nb"),
             "cvae": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Gaussian(dim=10)),
             "cvae_diffusion": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Diffusion(dim=10)),
-            "glm_interaction": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned"),
-            "glm_interaction_treatment": lambda: pg.Model(FORMULA_TREATMENT, likelihood="nb", coef_prior="learned")}
+            "glm_interaction": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned-interactions"),
+            "glm_interaction_all_terms": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned"),
+            "glm_interaction_treatment": lambda: pg.Model(FORMULA_TREATMENT, likelihood="nb",
+                                                          coef_prior="learned-interactions")}
     return {n: make[n] for n in names if n in make}
 
 
@@ -81,13 +84,13 @@ def interaction_summary(fit, deg: np.ndarray) -> dict:
     """A learned-prior GLM's term sds, and per gene the root mean square of its seen interaction coefficients
     (posterior means; the held-out type's column is the prior's 0), median over all genes and over the top
     100 DE genes: whether one sd for the term suits the genes whose response differs between types."""
-    tau = np.asarray(fit.params["coef_prior_sd"], np.float64)
+    tau = np.asarray(fit.params["coef_prior_sd"], np.float64)  # per learned term, in formula order
     terms = np.asarray(fit.dims.coef_terms)
     cols = [j for j in np.flatnonzero(terms == terms.max()) if j not in fit.dims.coef_unseen]  # the interaction
     coefs = fit.coefficients()
     rms = np.sqrt((coefs["mean"].values[cols] ** 2).mean(0))
     names = list(fit.encoding.columns)
-    return {"formula": fit.spec.formula, "coef_prior_sd": tau.tolist(), "coef_terms": terms.tolist(),
+    return {"formula": fit.spec.formula, "coef_prior": fit.spec.coef_prior, "coef_prior_sd": tau.tolist(), "coef_terms": terms.tolist(),
             "unseen_columns": [names[j] for j in fit.dims.coef_unseen],
             "interaction_rms_median_all": float(np.median(rms)), "interaction_rms_median_deg": float(np.median(rms[deg]))}
 

@@ -181,8 +181,8 @@ def fit(
              "on | off (default off)")] = None,
     coef_prior: Annotated[str | None, typer.Option(
         help="glm: the coefficients' prior sd, fixed (3 for every coefficient) | learned (one sd per formula "
-             "term fitted from all genes: use it to predict unseen combinations with an interaction formula; "
-             "default fixed)")] = None,
+             "term fitted from all genes) | learned-interactions (fitted for the interaction terms only, main "
+             "effects at 3: to predict unseen combinations with an interaction formula); default fixed")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float | None, typer.Option(

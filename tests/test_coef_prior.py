@@ -95,7 +95,8 @@ def test_saved_learned_prior_loads(fitted, tmp_path):
 
 
 @pytest.mark.parametrize("kw, word", [(dict(coef_prior="maybe"), "coef_prior"),
-                                      (dict(coef_prior="learned", latent=4), "cVAE")])
+                                      (dict(coef_prior="learned", latent=4), "cVAE"),
+                                      (dict(coef_prior="learned-interactions", latent=4), "cVAE")])
 def test_bad_coef_prior_refused(kw, word):
     with pytest.raises(SpecError, match=word):
         ModelSpec.create("~ c", **kw)
@@ -111,3 +112,18 @@ def test_independent_columns_keep_the_span():
     b = (rng.random(40) < 0.5).astype(float)
     design = np.column_stack([np.ones(40), a, b, np.zeros(40), a * b, a * (1 - b), b])
     np.testing.assert_array_equal(independent_columns(design), [0, 1, 2, 4])
+
+
+def test_column_terms():
+    """Each design column's term in formula order, -1 for the intercept; with interactions only, main effects
+    are -1 too (they keep prior_scale). `c:s` with `s` numeric and not a term codes every level of c."""
+    from probgex.data import encode_design
+    from probgex.inference.coef_prior import column_terms
+
+    obs = pd.DataFrame({"c": list("abcabc"), "g": ["x", "y"] * 3, "s": [0.0, 1.0] * 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DesignWarning)
+        _, enc = encode_design("~ c + g + c:s", obs)
+    assert enc.columns == ("Intercept", "c[T.b]", "c[T.c]", "g[T.y]", "c[a]:s", "c[b]:s", "c[c]:s")
+    assert column_terms(enc, obs) == (-1, 0, 0, 1, 2, 2, 2)
+    assert column_terms(enc, obs, interactions_only=True) == (-1, -1, -1, -1, 0, 0, 0)

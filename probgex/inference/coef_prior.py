@@ -17,9 +17,10 @@ import pandas as pd
 START_MIN = 0.05  # the smallest start of a term's sd (the ELBO moves it from there)
 
 
-def column_terms(encoding, obs: pd.DataFrame) -> tuple[int, ...]:
+def column_terms(encoding, obs: pd.DataFrame, interactions_only: bool = False) -> tuple[int, ...]:
     """Per design column of a fitted encoding (`DesignEncoding`), the index of its formula term (in formula
-    order, intercept excluded), -1 for the intercept."""
+    order, intercept excluded), -1 for the intercept (and, with `interactions_only`, for the columns of main
+    effects: terms of one factor, which keep the fixed prior_scale)."""
     import formulaic
 
     frame = encoding._prepare(obs.iloc[:1], check_range=False)  # the levels are fixed: one row gives all columns
@@ -29,7 +30,8 @@ def column_terms(encoding, obs: pd.DataFrame) -> tuple[int, ...]:
     terms = np.full(len(encoding.columns), -1)
     t = 0
     for term, idx in mm.model_spec.term_indices.items():
-        if not [f for f in term.factors if str(f) != "1"]:  # the intercept
+        factors = [f for f in term.factors if str(f) != "1"]
+        if not factors or (interactions_only and len(factors) < 2):  # the intercept, a main effect
             continue
         terms[list(idx)] = t
         t += 1
@@ -39,9 +41,9 @@ def column_terms(encoding, obs: pd.DataFrame) -> tuple[int, ...]:
 def dims_fields(spec, data, rows: np.ndarray) -> dict:
     """The `Dims` fields of the learned prior: each column's term, and the non-intercept columns that are all
     zero in the training `rows` (nothing to learn from: their posterior is their term's prior)."""
-    if spec.coef_prior != "learned":
+    if spec.coef_prior == "fixed":
         return {}
-    terms = column_terms(data.encoding, data.obs)
+    terms = column_terms(data.encoding, data.obs, interactions_only=spec.coef_prior == "learned-interactions")
     seen = np.abs(data.design[rows]).sum(0) > 0
     unseen = tuple(int(j) for j in np.flatnonzero(~seen) if terms[j] >= 0)
     return {"coef_terms": terms, "coef_unseen": unseen}
@@ -52,7 +54,7 @@ def start_scales(design: np.ndarray, beta0: np.ndarray, terms: tuple[int, ...], 
     columns that are not all zero in `design` (the training rows), within [START_MIN, prior_scale]; a term
     with no such column starts (and, with nothing to learn from, stays near) `prior_scale`. (T,) float32."""
     terms = np.asarray(terms)
-    n_terms = int(terms.max()) + 1 if terms.size and terms.max() >= 0 else 0
+    n_terms = int(terms.max()) + 1 if terms.size else 0
     seen = np.abs(design).sum(0) > 0
     out = np.full(n_terms, prior_scale, np.float64)
     for t in range(n_terms):
@@ -62,8 +64,8 @@ def start_scales(design: np.ndarray, beta0: np.ndarray, terms: tuple[int, ...], 
     return np.clip(out, START_MIN, prior_scale).astype(np.float32)
 
 
-def column_scales(term_sd: np.ndarray, terms: tuple[int, ...], intercept_sd: float) -> np.ndarray:
-    """Per design column, its term's sd (`intercept_sd` for the intercept). (P,)"""
+def column_scales(term_sd: np.ndarray, terms: tuple[int, ...], fixed_sd: np.ndarray) -> np.ndarray:
+    """Per design column, its term's sd; `fixed_sd` (P,) for the columns of no learned term (-1). (P,)"""
     terms = np.asarray(terms)
     sd = np.asarray(term_sd, np.float64)[np.maximum(terms, 0)] if len(term_sd) else np.zeros(terms.size)
-    return np.where(terms < 0, intercept_sd, sd)
+    return np.where(terms < 0, fixed_sd, sd)

@@ -99,11 +99,14 @@ def glm_start(data: CountData, rows: np.ndarray, spec: ModelSpec, log_mean: np.n
     alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
     out = {}
     sd = None
-    if spec.coef_prior == "learned":
+    if spec.coef_prior != "fixed":
         from probgex.inference import coef_prior
         from probgex.models.glm import INTERCEPT_SD
 
         out["coef_sd"] = coef_prior.start_scales(data.design[rows], beta0, coef_terms, spec.prior_scale)
-        sd = coef_prior.column_scales(out["coef_sd"], coef_terms, INTERCEPT_SD)
+        fixed = np.full(data.n_design, spec.prior_scale)
+        if intercept is not None:
+            fixed[intercept] = INTERCEPT_SD
+        sd = coef_prior.column_scales(out["coef_sd"], coef_terms, fixed)
     tril = laplace_tril(data, rows, beta0, spec, intercept, alpha=alpha0, sd=sd)
     return {"beta": beta0, "beta_tril": tril, "trend": trend, "fixed_trend": trend is not None, **out}

@@ -88,12 +88,12 @@ class GLM:
         # coef_prior "learned": one prior sd per formula term (`dims.coef_terms`, per column its term, -1 the
         # intercept), a parameter the ELBO fits, started at `start["coef_sd"]` (`inference.coef_prior`)
         self.coef_terms = self.unseen = None
-        if spec.coef_prior == "learned":
+        if spec.coef_prior != "fixed":
             terms = np.asarray(dims.coef_terms, np.int32)
             if terms.shape != (self.P,):
                 raise ValueError(f"coef_prior 'learned' needs the term of each of the {self.P} design columns "
                                  f"(dims.coef_terms); got {terms.shape}")
-            n_terms = int(terms.max()) + 1 if self.P else 0
+            n_terms = int(terms.max()) + 1 if self.P else 0  # 0: no term is learned (no interaction)
             sd0 = start.get("coef_sd")
             self.coef_sd0 = (np.full(n_terms, min(1.0, spec.prior_scale), np.float32) if sd0 is None
                              else np.asarray(sd0, np.float32))
