@@ -163,10 +163,10 @@ def report(path: Path) -> Path:
     width = 0.8 / len(models)
     for ax, key, title in zip(axes, ("r2_mean", "r2_mean_deg"), ("all genes", "top 100 DE genes of the type")):
         for k, m in enumerate(models):
-            vals = [next(r[key] for r in rows if r["cell_type"] == t and r["model"] == m) for t in types]
+            vals = [next((r[key] for r in rows if r["cell_type"] == t and r["model"] == m), np.nan) for t in types]
             ax.bar(np.arange(len(types)) + k * width, vals, width, label=m.split(" (")[0])
         ax.set_xticks(np.arange(len(types)) + width * (len(models) - 1) / 2, types, rotation=20, ha="right")
-        ax.set_title(f"stimulated cells of an unseen type: R^2 of means, {title}", fontsize=9)
+        ax.set_title(f"unseen type x stim: R^2 of means, {title}", fontsize=9)
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("R^2, predicted vs observed means")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
