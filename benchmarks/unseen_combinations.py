@@ -42,10 +42,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, load, machine, write  # noqa: E402
 
 FORMULA = "~ cluster_id + group_id"
+# the interaction model: every cell type's own stimulation effect on top of the average one, one column per
+# type (`stim` is 1 for stimulated cells; formulaic codes cluster_id in full in `cluster_id:stim` since `stim`
+# alone is not a term), so the types are exchangeable and the held-out type's column is all zero in training;
+# with coef_prior "learned" its posterior is N(0, tau^2), tau the learned sd of the interaction term
+FORMULA_INTERACTION = "~ cluster_id + group_id + cluster_id:stim"
+# the same with formulaic's treatment coding of `cluster_id * group_id`: the reference type (B cells) carries
+# the stimulation main effect, so a held-out type is predicted from B cells' response (+ its unseen interaction)
+FORMULA_TREATMENT = "~ cluster_id * group_id"
 LEVELS = (0.5, 0.9)
 HERE = Path(__file__).resolve().parent
 SCGEN_PY = HERE / ".scgen-venv" / "bin" / "python"
-PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion")
+PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion", "glm_interaction", "glm_interaction_all_terms",
+                  "glm_interaction_treatment")
 NO_CHANGE = "no change (the type's ctrl cells)"
 
 
@@ -63,8 +72,27 @@ def models(names):
 
     make = {"glm": lambda: pg.Model(FORMULA, likelihood="nb"),
             "cvae": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Gaussian(dim=10)),
-            "cvae_diffusion": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Diffusion(dim=10))}
+            "cvae_diffusion": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Diffusion(dim=10)),
+            "glm_interaction": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned-interactions"),
+            "glm_interaction_all_terms": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned"),
+            "glm_interaction_treatment": lambda: pg.Model(FORMULA_TREATMENT, likelihood="nb",
+                                                          coef_prior="learned-interactions")}
     return {n: make[n] for n in names if n in make}
+
+
+def interaction_summary(fit, deg: np.ndarray) -> dict:
+    """A learned-prior GLM's term sds, and per gene the root mean square of its seen interaction coefficients
+    (posterior means; the held-out type's column is the prior's 0), median over all genes and over the top
+    100 DE genes: whether one sd for the term suits the genes whose response differs between types."""
+    tau = np.asarray(fit.params["coef_prior_sd"], np.float64)  # per learned term, in formula order
+    terms = np.asarray(fit.dims.coef_terms)
+    cols = [j for j in np.flatnonzero(terms == terms.max()) if j not in fit.dims.coef_unseen]  # the interaction
+    coefs = fit.coefficients()
+    rms = np.sqrt((coefs["mean"].values[cols] ** 2).mean(0))
+    names = list(fit.encoding.columns)
+    return {"formula": fit.spec.formula, "coef_prior": fit.spec.coef_prior, "coef_prior_sd": tau.tolist(), "coef_terms": terms.tolist(),
+            "unseen_columns": [names[j] for j in fit.dims.coef_unseen],
+            "interaction_rms_median_all": float(np.median(rms)), "interaction_rms_median_deg": float(np.median(rms[deg]))}
 
 
 def score(pred_counts: np.ndarray, obs_counts: np.ndarray, deg: np.ndarray) -> dict:
@@ -135,10 +163,10 @@ def report(path: Path) -> Path:
     width = 0.8 / len(models)
     for ax, key, title in zip(axes, ("r2_mean", "r2_mean_deg"), ("all genes", "top 100 DE genes of the type")):
         for k, m in enumerate(models):
-            vals = [next(r[key] for r in rows if r["cell_type"] == t and r["model"] == m) for t in types]
+            vals = [next((r[key] for r in rows if r["cell_type"] == t and r["model"] == m), np.nan) for t in types]
             ax.bar(np.arange(len(types)) + k * width, vals, width, label=m.split(" (")[0])
         ax.set_xticks(np.arange(len(types)) + width * (len(models) - 1) / 2, types, rotation=20, ha="right")
-        ax.set_title(f"stimulated cells of an unseen type: R^2 of means, {title}", fontsize=9)
+        ax.set_title(f"unseen type x stim: R^2 of means, {title}", fontsize=9)
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("R^2, predicted vs observed means")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
@@ -165,6 +193,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     names = list(dict.fromkeys(args.models + (["cvae_diffusion"] if args.learned else [])))
     a = load("kang_muscat")
+    a.obs["stim"] = (a.obs["group_id"].astype(str) == "stim").astype(float)  # the interaction formula's column
     x = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
     all_types = sorted(a.obs["cluster_id"].astype(str).unique())
     types = args.types or all_types
@@ -222,6 +251,8 @@ def main() -> None:
                          "coverage_50_deg": cov_deg[0], "coverage_90_deg": cov_deg[1],
                          "lpd_per_cell": float(ev.attrs["mean_log_predictive_density"]),
                          "seconds": time.perf_counter() - t})
+            if name.startswith("glm_interaction"):
+                rows[-1].update(interaction_summary(fit, deg))
             print(rows[-1], flush=True)
             save()
     save()

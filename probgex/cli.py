@@ -179,6 +179,10 @@ def fit(
     sample_quality: Annotated[str | None, typer.Option(
         help="a per-sample (per-cell) dispersion scale with a fitted prior, integrated over for new ones: "
              "on | off (default off)")] = None,
+    coef_prior: Annotated[str | None, typer.Option(
+        help="glm: the coefficients' prior sd, fixed (3 for every coefficient) | learned (one sd per formula "
+             "term fitted from all genes) | learned-interactions (fitted for the interaction terms only, main "
+             "effects at 3: to predict unseen combinations with an interaction formula); default fixed")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float | None, typer.Option(
@@ -240,7 +244,7 @@ def fit(
                      "--layer": layer is not None, "--library": library != "auto",
                      "--dispersion": dispersion is not Dispersion.gene, "--dispersion-key": dispersion_key is not None,
                      "--prior-steps": prior_steps is not None,
-                     "--sample-quality": sample_quality is not None}
+                     "--sample-quality": sample_quality is not None, "--coef-prior": coef_prior is not None}
             clash = [k for k, v in given.items() if v]
             if clash:
                 raise SpecError(f"--spec {spec} sets the model, but {', '.join(clash)} was given too; put "
@@ -259,6 +263,8 @@ def fit(
             steps = {} if prior_steps is None else {"training": {"max_steps": prior_steps}}
             latent = None if no_latent else LATENTS[prior.value](dim=latent_dim, **steps)
             quality = {} if sample_quality is None else {"sample_quality": sample_quality}
+            if coef_prior is not None:
+                quality["coef_prior"] = coef_prior
             model_spec = ModelSpec.create(formula, likelihood, latent, layer=layer, library=library, **quality,
                                           dispersion=dispersion.value, dispersion_key=dispersion_key,
                                           mean=None if model is not Story.residual else

@@ -20,7 +20,7 @@ from probgex import rng as streams
 from probgex._checks import check_fit_options, check_levels, check_n_samples  # noqa: F401 (public here)
 from probgex.data import CountData, from_anndata
 from probgex.errors import DataError, SpecError
-from probgex.inference import plan, start
+from probgex.inference import coef_prior, plan, start
 from probgex.inference.fitted import LEVELS, Fit  # noqa: F401 (public here)
 from probgex.inference.modelfile import checkpoint_target, partial_path  # noqa: F401 (public here)
 from probgex.inference.predict import BLOCK, block_size, nonfinite  # noqa: F401 (public here)
@@ -154,13 +154,14 @@ class Model:
         dims = Dims(n_design=data.n_design, n_genes=data.n_genes,
                     n_groups=1 if data.group_levels is None else len(data.group_levels),
                     intercept=intercept, lib_loc=float(lib.mean()), lib_scale=float(max(lib.std(), 1e-3)),
-                    seed=seed, n_obs=data.n_obs if spec.sample_quality == "on" else 0)
+                    seed=seed, n_obs=data.n_obs if spec.sample_quality == "on" else 0,
+                    **coef_prior.dims_fields(spec, data, train_idx))
         if previous is not None and (previous.dims != dims or not np.array_equal(previous.log_mean, log_mean)):
             raise DataError(f"cannot resume from {resume}: the library sizes or counts of the training observations "
                             "differ from those the fit ran on; pass the data the interrupted fit used")
         glm_start = None
         if spec.latent is None:  # the GLM story (plain or around a stage-1 offset) starts near the answer
-            glm_start = start.glm_start(data, train_idx, spec, log_mean, beta0, intercept, seed)
+            glm_start = start.glm_start(data, train_idx, spec, log_mean, beta0, intercept, seed, dims.coef_terms)
         story = build_story(spec, dims, log_mean, glm_start)
         info = fit_info(data, adata, config)
 

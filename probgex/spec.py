@@ -12,6 +12,7 @@ way on every path.  TOML layout::
     library = "auto"     # resolved when fitted: "size_factors" (bulk-like) or "observed"
     sample_quality = "off"  # GLM and cVAE: per-observation dispersion scales "on" | "off"
     prior_scale = 3.0
+    coef_prior = "fixed"  # GLM: "learned" = one prior sd per formula term, fitted (empirical Bayes); "learned-interactions"
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
     [latent]            # absent table = no latent (GLM story)
@@ -38,7 +39,7 @@ from typing import Any
 
 import tomli_w
 
-from probgex.choices import DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS, SAMPLE_QUALITIES
+from probgex.choices import COEF_PRIORS, DISPERSIONS, LIBRARIES, LIKELIHOODS, MEANS, SAMPLE_QUALITIES
 from probgex.errors import SpecError
 from probgex._validate import check_sizes as _check_sizes
 from probgex._validate import is_int as _is_int
@@ -91,6 +92,13 @@ class ModelSpec:
     library: str = "auto"
     layer: str | None = None  # AnnData layer holding raw counts; None = X
     prior_scale: float = 3.0  # GLM: sd of the Normal prior on non-intercept coefficients (log scale)
+    # GLM: "fixed" (every non-intercept coefficient ~ N(0, prior_scale^2)) or "learned": the coefficients of
+    # each formula term (its group of design columns) ~ N(0, tau_t^2), tau_t fitted through the ELBO (empirical
+    # Bayes, shared across genes), so a column never seen in training (an unseen combination's interaction)
+    # keeps its learned prior as posterior (`probgex.inference.coef_prior`); "learned-interactions": only the
+    # interaction terms' sds are fitted, main effects keep prior_scale (what predicting an unseen combination
+    # with an interaction coded in full beside its main effects needs: the main effect is not shrunk)
+    coef_prior: str = "fixed"
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
     # a per-observation (sample, cell) scale of the NB overdispersion with a learned prior, integrated over
     # for a new observation (probgex.models.quality; GLM and cVAE stories): "off" (default) or "on"
@@ -159,6 +167,11 @@ class ModelSpec:
             _check_choice("mean", self.mean, MEANS)
 
         _check_choice("sample_quality", self.sample_quality, SAMPLE_QUALITIES)
+
+        _check_choice("coef_prior", self.coef_prior, COEF_PRIORS)
+        if self.coef_prior != "fixed" and self.latent is not None:
+            raise SpecError(f"coef_prior={self.coef_prior!r} sets the prior of the GLM's coefficients; the cVAE story has none "
+                            "(its decoder takes the design as input): drop the latent or use coef_prior='fixed'")
 
         ps = self.prior_scale
         if (

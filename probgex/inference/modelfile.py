@@ -144,6 +144,8 @@ def _with_file_defaults(spec: dict) -> dict:
         spec = {**spec, "library": "observed"}
     if isinstance(spec, dict) and "sample_quality" not in spec:  # written before per-sample quality existed
         spec = {**spec, "sample_quality": "off"}
+    if isinstance(spec, dict) and "coef_prior" not in spec:  # written before the learned coefficient prior
+        spec = {**spec, "coef_prior": "fixed"}
     latent = spec.get("latent") if isinstance(spec, dict) else None
     if isinstance(latent, dict) and latent.get("kind") == "diffusion" and "parametrization" not in latent:
         return {**spec, "latent": {**latent, "parametrization": "eps"}}

@@ -43,13 +43,30 @@ def trend_start(data: CountData, rows: np.ndarray, log_mean: np.ndarray, seed):
         rows = np.sort(streams.host_rng(seed, "trend_rows").choice(rows, TREND_ROWS, replace=False))
     y = np.concatenate([data.rows(rows[s : s + 4096]) for s in range(0, len(rows), 4096)])
     offset = None if data.offset is None else data.offset[rows]
-    return place_trend(y, data.design[rows], data.library_size[rows], log_mean, offset)
+    design = data.design[rows]
+    return place_trend(y, design[:, independent_columns(design)], data.library_size[rows], log_mean, offset)
+
+
+def independent_columns(design: np.ndarray) -> np.ndarray:
+    """Indices of a largest set of linearly independent columns of `design` (same span), in order: the trend's
+    residual degrees of freedom need a full-rank design (a rank-deficient one, e.g. an interaction coded in
+    full beside its main effect or a column all zero in the rows, gave NaN)."""
+    d = design.astype(np.float64)
+    d = d / np.maximum(np.sqrt((d**2).sum(0)), 1e-300)
+    keep: list[int] = []
+    for j in range(d.shape[1]):
+        trial = d[:, keep + [j]]
+        if np.linalg.matrix_rank(trial.T @ trial, tol=1e-9 * (len(keep) + 1)) == len(keep) + 1:
+            keep.append(j)
+    return np.asarray(keep, int)
 
 
 def laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: ModelSpec,
-                 intercept: int | None, alpha: float | np.ndarray = 0.1, chunk: int = 1024) -> np.ndarray:
+                 intercept: int | None, alpha: float | np.ndarray = 0.1, chunk: int = 1024,
+                 sd: np.ndarray | None = None) -> np.ndarray:
     """Cholesky factors (G, P, P) of the Laplace covariance of each gene's coefficients at `beta0`:
-    (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for a family without dispersion)."""
+    (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for a family without dispersion);
+    `sd` (P,): the prior sds of the columns (default: spec.prior_scale, the intercept's INTERCEPT_SD)."""
     from probgex.models.glm import INTERCEPT_SD
 
     a = alpha if family(spec.likelihood).role(DISPERSION) else 0.0
@@ -61,21 +78,35 @@ def laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: Mod
         off = 0.0 if data.offset is None else data.offset[r].astype(np.float64)
         mu = data.library_size[r][:, None] * np.exp(d @ beta0.astype(np.float64) + off)
         info += np.einsum("bg,bp,bq->gpq", mu / (1 + a * mu), d, d)
-    sd = np.full(P, spec.prior_scale)
-    if intercept is not None:
-        sd[intercept] = INTERCEPT_SD
+    if sd is None:
+        sd = np.full(P, spec.prior_scale)
+        if intercept is not None:
+            sd[intercept] = INTERCEPT_SD
     info += np.diag(1 / sd**2)[None]
     return np.linalg.cholesky(np.linalg.inv(info)).astype(np.float32)
 
 
 def glm_start(data: CountData, rows: np.ndarray, spec: ModelSpec, log_mean: np.ndarray, beta0: np.ndarray,
-              intercept: int | None, seed) -> dict:
+              intercept: int | None, seed, coef_terms: tuple[int, ...] = ()) -> dict:
     """The GLM guide's start (`models.glm.GLMInit` fields): the least-squares coefficients, their Laplace
-    covariance at the trend's dispersions, and the trend placed before SVI (held fixed by the ELBO)."""
+    covariance at the trend's dispersions, and the trend placed before SVI (held fixed by the ELBO); with
+    coef_prior "learned" (`coef_terms`, per column its formula term), each term's prior sd's start
+    (`coef_sd`, `inference.coef_prior.start_scales`), which the Laplace covariance uses."""
     # the trend, for a family whose counts it describes
     trend = trend_start(data, rows, log_mean, seed) if family(spec.likelihood).nb_trend else None
     # the Laplace start at the trend's dispersions: at a flat 0.1 the guide started (and, Adam shrinking
     # scales slowly, stayed) too wide where dispersions are small
     alpha0 = 0.1 if trend is None else trend[0] + trend[1] * np.exp(-log_mean.astype(np.float64))
-    tril = laplace_tril(data, rows, beta0, spec, intercept, alpha=alpha0)
-    return {"beta": beta0, "beta_tril": tril, "trend": trend, "fixed_trend": trend is not None}
+    out = {}
+    sd = None
+    if spec.coef_prior != "fixed":
+        from probgex.inference import coef_prior
+        from probgex.models.glm import INTERCEPT_SD
+
+        out["coef_sd"] = coef_prior.start_scales(data.design[rows], beta0, coef_terms, spec.prior_scale)
+        fixed = np.full(data.n_design, spec.prior_scale)
+        if intercept is not None:
+            fixed[intercept] = INTERCEPT_SD
+        sd = coef_prior.column_scales(out["coef_sd"], coef_terms, fixed)
+    tril = laplace_tril(data, rows, beta0, spec, intercept, alpha=alpha0, sd=sd)
+    return {"beta": beta0, "beta_tril": tril, "trend": trend, "fixed_trend": trend is not None, **out}

@@ -6,7 +6,8 @@ prior, and the per-gene dispersions are the variability around it.
 Per gene g the unknowns form one vector v_g = [beta_g (P), then the family's extra parameters in its
 layout order: log alpha_g (one per dispersion group) for a "dispersion" parameter, alpha = 1 / theta the
 NB dispersion, and one value per "logit" parameter (the ZINB gate, the hurdle)]. Priors: beta_g ~ N(0, 10^2) for the
-intercept and N(0, prior_scale^2) for the other coefficients; log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
+intercept and N(0, prior_scale^2) for the other coefficients (with spec.coef_prior "learned": N(0, tau_t^2) for
+the columns of formula term t, tau_t one parameter per term fitted by the ELBO, `inference.coef_prior`); log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
 around a DESeq2-style mean-dispersion trend (m_g the gene's mean normalised count), with a0, a1, s
 placed by empirical Bayes before SVI and held (`probgex.models.trend`; with no residual degree of freedom
 the ELBO fits them), so genes seen in few replicates are shrunk toward the trend; a logit parameter
@@ -36,6 +37,7 @@ from probgex.models import quality
 from probgex.spec import ModelSpec
 
 INTERCEPT_SD = 10.0
+COEF_SD_MIN = 0.01  # the smallest learned prior sd of a formula term (coef_prior "learned")
 
 
 class GLMInit(NamedTuple):
@@ -80,6 +82,22 @@ class GLM:
         if intercept is not None:
             sd[intercept] = INTERCEPT_SD
         self.beta_sd = jnp.asarray(sd)
+        # coef_prior "learned": one prior sd per formula term (`dims.coef_terms`, per column its term, -1 the
+        # intercept), a parameter the ELBO fits, started at `start["coef_sd"]` (`inference.coef_prior`)
+        self.coef_terms = self.unseen = None
+        if spec.coef_prior != "fixed":
+            terms = np.asarray(dims.coef_terms, np.int32)
+            if terms.shape != (self.P,):
+                raise ValueError(f"coef_prior 'learned' needs the term of each of the {self.P} design columns "
+                                 f"(dims.coef_terms); got {terms.shape}")
+            n_terms = int(terms.max()) + 1 if self.P else 0  # 0: no term is learned (no interaction)
+            sd0 = start.get("coef_sd")
+            self.coef_sd0 = (np.full(n_terms, min(1.0, spec.prior_scale), np.float32) if sd0 is None
+                             else np.asarray(sd0, np.float32))
+            self.coef_terms = jnp.asarray(terms)
+            unseen = np.zeros(self.D, bool)
+            unseen[list(dims.coef_unseen)] = True
+            self.unseen = jnp.asarray(unseen) if unseen.any() else None
         self.init = init
         # per-observation dispersion scales (`probgex.models.quality`), for a family with a dispersion
         self.quality = spec.sample_quality == "on"
@@ -111,9 +129,36 @@ class GLM:
         return {q.name: extra[q.name][..., group, :] if q.role == DISPERSION else extra[q.name]
                 for q in self.extras}
 
+    def coef_sd(self) -> jax.Array:
+        """The coefficients' prior sds (P,): fixed, or with coef_prior "learned" each column's term's sd, a
+        parameter fitted by the ELBO (type-II maximum likelihood over all genes)."""
+        if self.coef_terms is None or not self.coef_sd0.size:
+            return self.beta_sd
+        return self._column_sd(self._tau_param())
+
+    def _tau_param(self) -> jax.Array:
+        return numpyro.param("coef_prior_sd", jnp.asarray(self.coef_sd0), constraint=constraints.greater_than(COEF_SD_MIN))
+
+    def _column_sd(self, tau: jax.Array) -> jax.Array:
+        return jnp.where(self.coef_terms < 0, self.beta_sd, tau[jnp.maximum(self.coef_terms, 0)])
+
+    def guide_params(self, loc: jax.Array, diag: jax.Array, off: jax.Array, tau: jax.Array | None):
+        """The guide's (loc, diag, offdiag) with the columns all zero in training (`dims.coef_unseen`) set to
+        their exact posterior, their term's prior: mean 0, sd tau, uncorrelated with the rest (the likelihood
+        does not involve them). Unchanged without such columns."""
+        if self.unseen is None or tau is None:
+            return loc, diag, off
+        m = self.unseen
+        sd = jnp.concatenate([self._column_sd(tau), jnp.ones(self.D - self.P)])
+        keep = (~m[:, None]) & (~m[None, :])
+        return jnp.where(m, 0.0, loc), jnp.where(m, sd, diag), jnp.where(keep, off, 0.0)
+
+    def _tau(self, params: dict) -> jax.Array | None:
+        return params.get("coef_prior_sd") if self.unseen is not None else None
+
     def _prior(self) -> dist.Distribution:
         locs = [jnp.zeros((self.G, self.P))]
-        scales = [jnp.broadcast_to(self.beta_sd, (self.G, self.P))]
+        scales = [jnp.broadcast_to(self.coef_sd(), (self.G, self.P))]
         for q, w in zip(self.extras, self.widths, strict=True):
             if q.role != DISPERSION:
                 locs.append(jnp.full((self.G, 1), q.prior[0]))
@@ -172,6 +217,8 @@ class GLM:
         diag0, off0 = self._scale_init()
         diag = numpyro.param("gp_scale_diag", diag0, constraint=constraints.positive)
         off = numpyro.param("gp_scale_offdiag", off0)
+        if self.unseen is not None:  # columns without data: their exact posterior, the learned prior
+            loc, diag, off = self.guide_params(loc, diag, off, self._tau_param())
         with numpyro.plate("genes", self.G):
             numpyro.sample("gene_params", dist.MultivariateNormal(loc, scale_tril=scale_tril(diag, off)))
         if self.quality:
@@ -194,9 +241,11 @@ class GLM:
     # ----- prediction
     def draw_gene_params(self, params: dict, key: jax.Array, n: int) -> jax.Array:
         """n draws of every gene's vector from the fitted guide: (n, G, D)."""
-        L = scale_tril(params["gp_scale_diag"], params["gp_scale_offdiag"])
+        loc, diag, off = self.guide_params(params["gp_loc"], params["gp_scale_diag"], params["gp_scale_offdiag"],
+                                           self._tau(params))
+        L = scale_tril(diag, off)
         eps = jax.random.normal(key, (n, self.G, self.D))
-        return params["gp_loc"][None] + jnp.einsum("gij,sgj->sgi", L, eps)
+        return loc[None] + jnp.einsum("gij,sgj->sgi", L, eps)
 
     def predictive_params(self, params: dict, key: jax.Array, batch: Batch, n: int, *,
                           from_data: bool = False):
@@ -248,10 +297,11 @@ class GLMPosterior(NamedTuple):
 
     def coefficient_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of the coefficients, each (P, G), exact from the guide."""
-        P = self.story.P
-        loc = np.asarray(self.params["gp_loc"])[:, :P].T
-        tril = np.asarray(scale_tril(jnp.asarray(self.params["gp_scale_diag"]),
-                                     jnp.asarray(self.params["gp_scale_offdiag"])))
+        P, p = self.story.P, self.params
+        loc, diag, off = self.story.guide_params(jnp.asarray(p["gp_loc"]), jnp.asarray(p["gp_scale_diag"]),
+                                                 jnp.asarray(p["gp_scale_offdiag"]), self.story._tau(p))
+        tril = np.asarray(scale_tril(diag, off))
+        loc = np.asarray(loc)[:, :P].T
         return loc, np.sqrt((tril[:, :P, :] ** 2).sum(-1)).T
 
     def draws(self, key: jax.Array, n: int) -> tuple[jax.Array, dict[str, jax.Array]]:
