@@ -17,7 +17,9 @@ Rows (one fit each, select with --rows; --seed adds `_seed<n>` rows):
                      fixed split splits/kang_muscat_heldout.txt.
   ctrl5_*            kang_ctrl5 `~ cluster_id + sample_id`, fixed split (the issue's no-harm row).
   Variant suffix: g10 / g20 / g30 = Gaussian prior of that latent size; flow10 / diffusion10 = the learned
-  prior (default options) on a latent of 10.
+  prior (default options) on a latent of 10 (flow20: of 20); g10q / flow10q: g10 / flow10 with
+  sample_quality="on" (a per-cell scale of the NB overdispersion shared by the cell's genes, issue 13
+  item 3's first half), the one term that adds co-variation given z.
 
 Everything else is the default a user gets: `Model(formula, likelihood="nb", latent=...)`, encoder and
 decoder (128,), `fit(train, seed=seed)` with the default epochs and early stopping.
@@ -71,7 +73,8 @@ DATASETS = {
     "ctrl5": ("~ cluster_id + sample_id", "sample_id"),
 }
 VARIANTS = {"g10": ("gaussian", 10), "g20": ("gaussian", 20), "g30": ("gaussian", 30),
-            "flow10": ("flow", 10), "diffusion10": ("diffusion", 10)}
+            "flow10": ("flow", 10), "diffusion10": ("diffusion", 10), "flow20": ("flow", 20),
+            "g10q": ("gaussian", 10), "flow10q": ("flow", 10)}  # ...q: with sample_quality="on"
 ROWS = {f"{d}_{v}": (d, v) for d in DATASETS for v in VARIANTS}
 
 
@@ -107,7 +110,7 @@ def make_model(formula: str, variant: str):
     from probgex.latent import Diffusion, Flow, Gaussian
     kind, dim = VARIANTS[variant]
     latent = {"gaussian": Gaussian, "flow": Flow, "diffusion": Diffusion}[kind](dim=dim)
-    return Model(formula, likelihood="nb", latent=latent)
+    return Model(formula, likelihood="nb", latent=latent, sample_quality="on" if variant.endswith("q") else "off")
 
 
 # ----- diagnostics -----------------------------------------------------------------------------------------
@@ -206,7 +209,6 @@ def diagnose(fit, train, test, report, seed: int, n_samples: int, group_col: str
     # aggregate posterior vs prior, per condition level
     data_tr = fit.data(train)
     loc, scale = encoder_moments(fit, data_tr, np.arange(data_tr.n_obs))
-    agg_var = loc.var(0) + (scale**2).mean(0)
     out["latent"] = {"dim": int(loc.shape[1]),
                      "active_dims": int(np.sum(loc.var(0) > 0.01)),
                      "mean_encoder_var_over_mean_var": float((scale**2).mean() / max(loc.var(0).mean(), 1e-12)),
@@ -240,7 +242,8 @@ def diagnose(fit, train, test, report, seed: int, n_samples: int, group_col: str
         pz, qz = prior_z[sub], post_z[sub]
         per_level[lev] = {
             "n": int(m.sum()),
-            "prior_var_over_aggregate_var": float(pz.var(0).sum() / max(agg_var.sum(), 1e-12)),
+            "prior_var_over_aggregate_var": float(prior_z[m].var(0).sum() / max(
+                (loc[m].var(0) + (scale[m] ** 2).mean(0)).sum(), 1e-12)),
             "energy_prior_vs_posterior": energy_distance(pz, qz),
             "energy_posterior_split_halves": energy_distance(qz[: len(qz) // 2], qz[len(qz) // 2:]),
             "log_program_fraction_quantiles_prior": [float(v) for v in np.quantile(np.log(f_prior[m]), [0.1, 0.5, 0.9])],
@@ -302,10 +305,15 @@ def fmt(v, f=".3f"):
     return "-" if v is None else format(v, f)
 
 
+def tails(p: dict) -> str:
+    """Shares of program PITs below 0.05 and above 0.95 (0.05 each when calibrated)."""
+    return f"{p['pit_low_5']:.2f}+{p['pit_high_5']:.2f}"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| row | formula | latent | seed | LPD/cell | pooled 50/80/90/95 | worst decile | top decile 50/80/90/95 "
             "| genes in 3 SE @90 | corr. program 50/80/90/95 | random 50/80/90/95 (mean of 20) | random min @90 "
-            "| recon. corr / rand @90 | var ratio corr / rand | active dims | fit s |")
+            "| recon. corr / rand @90 | PIT tails corr / rand | energy prior-posterior | active dims | fit s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     j = lambda d: " / ".join(fmt(d[a]) for a in LEVELS)  # noqa: E731
     for r in rows:
@@ -317,7 +325,8 @@ def table(rows: list[dict]) -> str:
             f"| {r['worst_decile_deviation_max']:.3f} | {j(r['top_decile_coverage'])} | {r['genes_within_3se']['0.9']:.3f} "
             f"| {j(r['program_correlated_coverage'])} | {j(r['program_random_coverage_mean'])} "
             f"| {r['program_random_coverage_min']['0.9']:.3f} | {rec['correlated']['0.9']:.3f} / {rec_rand:.3f} "
-            f"| {dg['programs']['correlated']['var_ratio']:.2f} / {dg['programs']['random_mean']['var_ratio']:.2f} "
+            f"| {tails(dg['programs']['correlated'])} / {tails(dg['programs']['random_mean'])} "
+            f"| {' / '.join(format(v['energy_prior_vs_posterior'], '.3f') for v in dg['per_condition'].values())} "
             f"| {dg['latent']['active_dims']}/{dg['latent']['dim']} | {r['fit_seconds']:.0f} |")
     return "\n".join(lines)
 
