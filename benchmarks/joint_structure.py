@@ -353,7 +353,8 @@ def main(argv=None):
             write(args.out, stored)
             print(table([row]), flush=True)
     stored = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}
-    print(table(list(stored["rows"].values())))
+    order = list(ROWS)
+    print(table(sorted(stored["rows"].values(), key=lambda r: (order.index(r["name"]), r["seed"]))))
 
 
 if __name__ == "__main__":
