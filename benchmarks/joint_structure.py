@@ -57,8 +57,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, fixed_split, load, machine, timed, write  # noqa: E402
-from calibration_check import harmony_split  # noqa: E402
+from _common import RESULTS, fixed_split, load, machine, timed, write
+from calibration_check import harmony_split
 
 OUT = RESULTS / "joint_structure.json"
 LEVELS = ("0.5", "0.8", "0.9", "0.95")
@@ -315,7 +315,7 @@ def table(rows: list[dict]) -> str:
             "| genes in 3 SE @90 | corr. program 50/80/90/95 | random 50/80/90/95 (mean of 20) | random min @90 "
             "| recon. corr / rand @90 | PIT tails corr / rand | energy prior-posterior | active dims | fit s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    j = lambda d: " / ".join(fmt(d[a]) for a in LEVELS)  # noqa: E731
+    j = lambda d: " / ".join(fmt(d[a]) for a in LEVELS)
     for r in rows:
         dg = r["diagnostics"]
         rec = dg["reconstruction_program_coverage"]
