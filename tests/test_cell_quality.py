@@ -68,6 +68,7 @@ def _encoded_w(fit, a):
     return batch, np.asarray(story._encode(story._nets(fit.params)["encoder"], batch)[2].loc)
 
 
+@pytest.mark.slow  # ~11 s quiet, 22 s at load: the default suite's 10-minute budget
 def test_new_cells_draw_their_scale_from_the_fitted_prior():
     """A cVAE story with parameters at their start and the prior scale set to s = 0.7 (no fitting): new
     cells' concentrations are theta_g exp(-w) with one w per draw and cell, shared by its genes, and the

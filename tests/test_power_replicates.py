@@ -109,6 +109,7 @@ def test_curve_with_the_pilot_widens_the_interval():
     assert abs(float(wide["power_mean"]) - float(plain["power_mean"])) < 0.1
 
 
+@pytest.mark.slow  # ~11 s quiet, 22 s at load: the default suite's 10-minute budget
 def test_plugin_truth_recovers_the_generating_parameters():
     """truth_from_pilot on a large pilot (30 vs 30) of a known population: shares, log2 fold changes and
     dispersions near the truth; with a key, one shared dispersion factor per draw."""
