@@ -44,7 +44,8 @@ def one(variant: str) -> dict:
     t_pred = time.perf_counter() - t
     ph = getattr(fit, "prior_history", None)
     return {"variant": variant, "fit_seconds": t_fit, "predict_seconds": t_pred,
-            "prior_history": None if ph is None else repr(ph)[:300]}
+            "prior_steps_run": None if ph is None else 250 * len(ph.train),  # Training.eval_every = 250
+            "prior_best_step": None if ph is None else int(ph.best_step)}
 
 
 def main():
