@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "CountData": "probgex.data", "DesignEncoding": "probgex.data", "DesignWarning": "probgex.data",
     "EmptyWarning": "probgex.data", "from_anndata": "probgex.data",
-    "DataError": "probgex.errors", "ExtrapolationWarning": "probgex.errors", "IncompleteFitWarning": "probgex.errors",
+    "DataError": "probgex.errors", "DispersionPriorWarning": "probgex.errors", "ExtrapolationWarning": "probgex.errors", "IncompleteFitWarning": "probgex.errors",
     "ModelFileError": "probgex.errors", "OutputError": "probgex.errors", "ProbgexError": "probgex.errors",
     "SpecError": "probgex.errors",
     "Fit": "probgex.fit", "Model": "probgex.fit", "load": "probgex.fit",
@@ -54,7 +54,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the eager form
     from probgex import datasets, diagnostics, latent, mean, power
     from probgex.data import CountData, DesignEncoding, DesignWarning, EmptyWarning, from_anndata
-    from probgex.errors import (DataError, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
+    from probgex.errors import (DataError, DispersionPriorWarning, ExtrapolationWarning, IncompleteFitWarning, ModelFileError, OutputError,
                                 ProbgexError, SpecError)
     from probgex.fit import Fit, Model, load
     from probgex.diagnostics.variance import explain

@@ -32,3 +32,8 @@ class OutputError(ProbgexError, ValueError):
 
 class ExtrapolationWarning(UserWarning):
     """A numeric covariate lies outside the range the model was fitted on: the prediction extrapolates."""
+
+
+class DispersionPriorWarning(UserWarning):
+    """The genes' dispersions scatter around the mean-dispersion trend as widely as the prior sd may go:
+    the formula likely leaves out a term the samples differ by (an interaction, a batch)."""

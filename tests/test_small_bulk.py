@@ -174,13 +174,7 @@ def test_a_correctly_specified_design_with_one_residual_df_is_calibrated():
     assert 0.46 <= cov50 <= 0.58 and 0.86 <= cov90 <= 0.94, (cov50, cov90)
 
 
-@pytest.mark.parametrize("s_true", [0.4, 1.0])
-def test_the_trends_prior_sd_is_recovered_at_one_residual_df(s_true):
-    """Counts from the GLM's own story (2 + 1 + 1 samples, 2,000 genes, log dispersions N(trend, s^2)):
-    the placed prior sd tracks the truth above DESeq2's floor 0.5 and sits at the floor below it. Measured
-    by marginal likelihood before the floor 0.30-0.36 for s = 0.4 and 0.73-0.81 for s = 1.0 (3 seeds, 1,000
-    genes): a low bias at 1 df. The moment rule it replaced gave its floor 0.5 for both. Bands: 0.6-1.2 x
-    the truth, or the floor for a truth below it."""
+def _placed_prior_sd(s_true: float) -> float:
     import formulaic
 
     from probgex.models.trend import place_trend
@@ -193,8 +187,29 @@ def test_the_trends_prior_sd_is_recovered_at_one_residual_df(s_true):
     ok = np.isfinite(logy).all(0)
     sf = np.exp(np.median(logy[:, ok] - logy[:, ok].mean(0), axis=1))
     m = (y / sf[:, None]).mean(0)
-    _, _, s = place_trend(y, X, sf, np.log(np.maximum(m, 1e-8)))
+    return place_trend(y, X, sf, np.log(np.maximum(m, 1e-8)))[2]
+
+
+@pytest.mark.parametrize("s_true", [0.4, 1.0])
+def test_the_trends_prior_sd_is_recovered_at_one_residual_df(s_true):
+    """Counts from the GLM's own story (2 + 1 + 1 samples, 2,000 genes, log dispersions N(trend, s^2)):
+    the placed prior sd tracks the truth above DESeq2's floor 0.5 and sits at the floor below it. Measured
+    by marginal likelihood before the floor 0.30-0.36 for s = 0.4 and 0.73-0.81 for s = 1.0 (3 seeds, 1,000
+    genes): a low bias at 1 df. The moment rule it replaced gave its floor 0.5 for both. Bands: 0.6-1.2 x
+    the truth, or the floor for a truth below it."""
+    s = _placed_prior_sd(s_true)  # warnings are errors here: no DispersionPriorWarning below the grid's top
     if s_true < 0.5:
         assert s == pytest.approx(0.5, abs=1e-4), s
     else:
         assert 0.6 * s_true <= s <= 1.2 * s_true, s
+
+
+def test_a_prior_sd_at_the_grids_top_warns():
+    """Dispersions scattered with sd 5 around the trend (what a left-out interaction or batch does to
+    gene-wise dispersions, gse60450 at 1-2 df): the marginal-likelihood s stops at its largest candidate
+    3.0, and the fit says so instead of silently widening every interval."""
+    from probgex.models.trend import S_GRID
+
+    with pytest.warns(pg.DispersionPriorWarning, match="leaves out"):
+        s = _placed_prior_sd(5.0)
+    assert s == pytest.approx(S_GRID[1], rel=1e-3)

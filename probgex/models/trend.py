@@ -33,6 +33,7 @@ rows (by up to 0.20 nats per entry; the two others lost 0.004 and 0.001) and mov
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import jax
@@ -42,6 +43,7 @@ import optax
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
+from probgex.errors import DispersionPriorWarning
 from probgex.power import dispersion as disp
 from probgex.power import nbglm
 from probgex.power.de import one_pattern_per_coef
@@ -56,7 +58,13 @@ def place_trend(y: np.ndarray, X: np.ndarray, library_size: np.ndarray, log_mean
     linear = bool(one_pattern_per_coef(X) or offset is not None)
     a0, a1, var = _placed(jnp.asarray(y, jnp.float32), jnp.asarray(X, jnp.float32), jnp.asarray(sf, jnp.float32),
                           jnp.asarray(scale, jnp.float32), jnp.asarray(np.exp(log_mean), jnp.float32), linear=linear)
-    return max(float(a0), 1e-8), max(float(a1), 1e-8), float(np.sqrt(float(var)))
+    s = float(np.sqrt(float(var)))
+    if len(y) <= MARGINAL_MAX_ROWS and s >= S_GRID[1] * 0.999:
+        warnings.warn(f"the genes' dispersions scatter around the mean-dispersion trend as widely as its prior may "
+                      f"allow (prior sd of log dispersion {s:.1f}, the largest candidate): the samples likely differ "
+                      "by something the formula leaves out (an interaction of its terms, a batch). Intervals will be "
+                      "wide; name the missing term in the formula if it is known.", DispersionPriorWarning, stacklevel=2)
+    return max(float(a0), 1e-8), max(float(a1), 1e-8), s
 
 
 @partial(jax.jit, static_argnames=("linear",))
