@@ -113,3 +113,13 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table: a header of `columns`, its rule, one line per row of formatted cells."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def count_distribution(kind: str, mu, theta=None, gate=None, **options):
+    """Family `kind`'s law of a count entry as a NumPyro distribution (`normalized`, `log_mu`,
+    `count_term` as `CountFamily.distribution`): the call the speed benchmarks were written against,
+    before the families registry replaced it."""
+    from probgex.models.families import family
+
+    p = {"mu": mu} | ({} if theta is None else {"theta": theta}) | ({} if gate is None else {"gate": gate})
+    return family(kind).distribution(p, **options)

@@ -29,7 +29,8 @@ import probgex as pg  # noqa: E402
 from probgex.data import from_anndata  # noqa: E402
 from probgex.inference.minibatch import high_bound, high_per_row, high_typical, make_batch  # noqa: E402
 from probgex.inference.svi import TrainConfig, _to_device, epoch_blocks, make_epoch, make_svi  # noqa: E402
-from probgex.models.distributions import count_distribution, count_term_sum  # noqa: E402
+from _common import count_distribution  # noqa: E402
+from probgex.models.distributions import count_term_sum  # noqa: E402
 from probgex.models.story import Dims, build_story  # noqa: E402
 
 

@@ -50,7 +50,14 @@ from _common import RESULTS, load, machine  # noqa: E402
 import probgex as pg  # noqa: E402
 from probgex.power.curve import _test_chunk, power_grid  # noqa: E402
 from probgex.power.replicates import dispersion_level, with_level_uncertainty  # noqa: E402
-from probgex.power.simulate import Truth, _host_rng, truth_from_fit  # noqa: E402
+from probgex.power.simulate import Truth, truth_from_fit  # noqa: E402
+from probgex.rng import key_words  # noqa: E402
+
+
+def _host_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a key's bits (the helper `power.simulate` had before the named streams;
+    kept here so the stored runs' level draws reproduce)."""
+    return np.random.default_rng(key_words(key))
 
 FDR, MIN_LFC, CHUNK = 0.05, 1.0, 8
 LFC1 = "\\|log2FC\\| > 1"  # a table cell (pipes escaped)

@@ -32,7 +32,8 @@ from probgex.data import from_anndata  # noqa: E402
 from probgex.inference.minibatch import Minibatches, high_typical, make_batch  # noqa: E402
 from probgex.inference.svi import (TrainConfig, _to_device, device_high, epoch_blocks, make_epoch,  # noqa: E402
                                    make_svi)
-from probgex.models.distributions import count_distribution, count_term_sum  # noqa: E402
+from _common import count_distribution  # noqa: E402
+from probgex.models.distributions import count_term_sum  # noqa: E402
 from probgex.models.story import Dims, build_story  # noqa: E402
 
 

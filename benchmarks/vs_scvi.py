@@ -189,7 +189,7 @@ def heldout_scores(fit, test, *, draws: int, mc_samples: int, seed: int) -> dict
     import jax.numpy as jnp
     from probgex.fit import BLOCK
     from probgex.inference.minibatch import make_batch
-    from probgex.models.distributions import count_distribution
+    from _common import count_distribution
 
     story = fit.story
     kind = fit.spec.likelihood
