@@ -53,8 +53,8 @@ FORMULA_TREATMENT = "~ cluster_id * group_id"
 LEVELS = (0.5, 0.9)
 HERE = Path(__file__).resolve().parent
 SCGEN_PY = HERE / ".scgen-venv" / "bin" / "python"
-PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion", "glm_interaction", "glm_interaction_all_terms",
-                  "glm_interaction_treatment")
+PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion", "glm_interaction", "glm_interaction_per_gene",
+                  "glm_interaction_all_terms", "glm_interaction_treatment")
 NO_CHANGE = "no change (the type's ctrl cells)"
 
 
@@ -74,6 +74,8 @@ def models(names):
             "cvae": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Gaussian(dim=10)),
             "cvae_diffusion": lambda: pg.Model(FORMULA, likelihood="nb", latent=pg.latent.Diffusion(dim=10)),
             "glm_interaction": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned-interactions"),
+            "glm_interaction_per_gene": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb",
+                                                         coef_prior="learned-interactions-per-gene"),
             "glm_interaction_all_terms": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned"),
             "glm_interaction_treatment": lambda: pg.Model(FORMULA_TREATMENT, likelihood="nb",
                                                           coef_prior="learned-interactions")}
@@ -90,9 +92,22 @@ def interaction_summary(fit, deg: np.ndarray) -> dict:
     coefs = fit.coefficients()
     rms = np.sqrt((coefs["mean"].values[cols] ** 2).mean(0))
     names = list(fit.encoding.columns)
-    return {"formula": fit.spec.formula, "coef_prior": fit.spec.coef_prior, "coef_prior_sd": tau.tolist(), "coef_terms": terms.tolist(),
+    out = {}
+    if "coef_gene_sd_loc" in fit.params:  # per-gene sds: tau_t exp(loc) per gene, and the unseen column's sd
+        gene_sd = tau[-1] * np.exp(np.asarray(fit.params["coef_gene_sd_loc"], np.float64)[:, -1])
+        unseen_sd = coefs["sd"].values[list(fit.dims.coef_unseen)].max(0)
+        out = {"gene_sd_median_all": float(np.median(gene_sd)), "gene_sd_median_deg": float(np.median(gene_sd[deg])),
+               "unseen_sd_median_all": float(np.median(unseen_sd)), "unseen_sd_median_deg": float(np.median(unseen_sd[deg])),
+               "gene_sd_vs_rms_spearman": float(pd_spearman(gene_sd, rms))}
+    return {**out, "formula": fit.spec.formula, "coef_prior": fit.spec.coef_prior, "coef_prior_sd": tau.tolist(), "coef_terms": terms.tolist(),
             "unseen_columns": [names[j] for j in fit.dims.coef_unseen],
             "interaction_rms_median_all": float(np.median(rms)), "interaction_rms_median_deg": float(np.median(rms[deg]))}
+
+
+def pd_spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return spearmanr(a, b).statistic
 
 
 def score(pred_counts: np.ndarray, obs_counts: np.ndarray, deg: np.ndarray) -> dict:

@@ -182,7 +182,9 @@ def fit(
     coef_prior: Annotated[str | None, typer.Option(
         help="glm: the coefficients' prior sd, fixed (3 for every coefficient) | learned (one sd per formula "
              "term fitted from all genes) | learned-interactions (fitted for the interaction terms only, main "
-             "effects at 3: to predict unseen combinations with an interaction formula); default fixed")] = None,
+             "effects at 3: to predict unseen combinations with an interaction formula) | "
+             "learned-interactions-per-gene (as learned-interactions, with one sd per gene and interaction term "
+             "under a half-Cauchy around a fitted sd per term); default fixed")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float | None, typer.Option(

@@ -13,6 +13,7 @@ way on every path.  TOML layout::
     sample_quality = "off"  # GLM and cVAE: per-observation dispersion scales "on" | "off"
     prior_scale = 3.0
     coef_prior = "fixed"  # GLM: "learned" = one prior sd per formula term, fitted (empirical Bayes); "learned-interactions"
+                          # | "learned-interactions-per-gene" (see ModelSpec.coef_prior)
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
     [latent]            # absent table = no latent (GLM story)
@@ -97,7 +98,11 @@ class ModelSpec:
     # Bayes, shared across genes), so a column never seen in training (an unseen combination's interaction)
     # keeps its learned prior as posterior (`probgex.inference.coef_prior`); "learned-interactions": only the
     # interaction terms' sds are fitted, main effects keep prior_scale (what predicting an unseen combination
-    # with an interaction coded in full beside its main effects needs: the main effect is not shrunk)
+    # with an interaction coded in full beside its main effects needs: the main effect is not shrunk);
+    # "learned-interactions-per-gene": as "learned-interactions" but each gene g has its own sd tau_gt per
+    # interaction term, tau_gt = tau_t lambda_gt, lambda_gt ~ half-Cauchy(0, 1) in the guide (log-normal per gene),
+    # tau_t fitted by the ELBO, so a gene that interacts strongly in the seen levels gets a wide prior, hence a wide
+    # posterior for an unseen combination's column, and a gene that never interacts a narrow one
     coef_prior: str = "fixed"
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
     # a per-observation (sample, cell) scale of the NB overdispersion with a learned prior, integrated over

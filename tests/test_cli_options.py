@@ -18,6 +18,7 @@ BAD = {  # command -> bad option values, each with a word the message must conta
             (["--seed", "-1"], "--seed"), (["--likelihood", "gamma"], "likelihood"), (["--library", "foo"], "library"),
             (["--sample-quality", "maybe"], "sample_quality"), (["--formula", "y ~ g"], "one-sided"),
             (["--coef-prior", "maybe"], "coef_prior"), (["--model", "cvae", "--coef-prior", "learned"], "coef_prior"),
+            (["--model", "cvae", "--coef-prior", "learned-interactions-per-gene"], "cVAE"),
             (["--model", "cvae", "--latent-dim", "0"], "dim"),
             (["--model", "cvae", "--prior", "flow", "--prior-steps", "0"], "--prior-steps"),
             (["--prior-steps", "5"], "--prior-steps"),

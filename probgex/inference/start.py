@@ -66,7 +66,8 @@ def laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: Mod
                  sd: np.ndarray | None = None) -> np.ndarray:
     """Cholesky factors (G, P, P) of the Laplace covariance of each gene's coefficients at `beta0`:
     (X' W X + prior precision)^-1 with W = mu / (1 + alpha mu) (alpha = 0 for a family without dispersion);
-    `sd` (P,): the prior sds of the columns (default: spec.prior_scale, the intercept's INTERCEPT_SD)."""
+    `sd` (P,) or per gene (G, P): the prior sds of the columns (default: spec.prior_scale, the intercept's
+    INTERCEPT_SD)."""
     from probgex.models.glm import INTERCEPT_SD
 
     a = alpha if family(spec.likelihood).role(DISPERSION) else 0.0
@@ -82,7 +83,8 @@ def laplace_tril(data: CountData, rows: np.ndarray, beta0: np.ndarray, spec: Mod
         sd = np.full(P, spec.prior_scale)
         if intercept is not None:
             sd[intercept] = INTERCEPT_SD
-    info += np.diag(1 / sd**2)[None]
+    idx = np.arange(P)
+    info[:, idx, idx] += np.broadcast_to(1 / np.asarray(sd, np.float64) ** 2, (G, P))
     return np.linalg.cholesky(np.linalg.inv(info)).astype(np.float32)
 
 
@@ -108,5 +110,8 @@ def glm_start(data: CountData, rows: np.ndarray, spec: ModelSpec, log_mean: np.n
         if intercept is not None:
             fixed[intercept] = INTERCEPT_SD
         sd = coef_prior.column_scales(out["coef_sd"], coef_terms, fixed)
+        if spec.coef_prior in coef_prior.PER_GENE:  # the Laplace start at each gene's own sds
+            out["coef_gene_log_sd"] = coef_prior.start_gene_scales(data.design[rows], beta0, coef_terms, out["coef_sd"])
+            sd = coef_prior.column_scales(np.exp(out["coef_gene_log_sd"]), coef_terms, fixed)
     tril = laplace_tril(data, rows, beta0, spec, intercept, alpha=alpha0, sd=sd)
     return {"beta": beta0, "beta_tril": tril, "trend": trend, "fixed_trend": trend is not None, **out}
