@@ -167,28 +167,22 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
 
     import probgex as pg
     from probgex.inference import minibatch
+    from probgex.inference import window as window_mod
 
     marks: list[tuple[float, float]] = []
-    windows_read = minibatch.Minibatches.windows
+    assemble = window_mod.window_arrays
 
-    def traced(self):  # VmRSS each time a window is read (every window of every epoch)
-        for k, item in enumerate(windows_read(self)):
-            TRACE.append(("window", k, round(time.perf_counter() - T0, 2), vm_rss_mb()))
-            yield item
+    def traced(*args, **kwargs):  # VmRSS each time a window is assembled (every window of every epoch)
+        TRACE.append(("window", len(TRACE), round(time.perf_counter() - T0, 2), vm_rss_mb()))
+        if max_windows:
+            marks.append((time.perf_counter(), time.process_time()))
+            if len(marks) > max_windows + WARM:
+                raise Enough
+        return assemble(*args, **kwargs)
 
-    minibatch.Minibatches.windows = traced
+    window_mod.window_arrays = traced
     if max_windows:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
-        windows = minibatch.Minibatches.windows
-
-        def timed(self):
-            for item in windows(self):
-                marks.append((time.perf_counter(), time.process_time()))
-                if len(marks) > max_windows + WARM:
-                    raise Enough
-                yield item
-
-        minibatch.Minibatches.windows = timed
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
                      decoder=(128,), library="observed")
     t0 = time.perf_counter()

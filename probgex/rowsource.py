@@ -57,6 +57,11 @@ class RowSource:
         """Bytes the counts take held in memory (CSR: values and column indices; dense: the array)."""
         raise NotImplementedError
 
+    def chunk_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """The stored chunk each of `rows` starts in, where reading one row decodes a whole compressed
+        chunk (a .zarr store); None where rows are read by themselves (memory, an uncompressed .h5ad)."""
+        return None
+
     def to_memory(self) -> np.ndarray | sp.csr_matrix:
         parts = [b for _, b in self.blocks(max(1, 2**22 // max(1, self.shape[1])))]
         if self.sparse:
@@ -129,6 +134,17 @@ class Disk(RowSource):
                 first, last = _ranges(uniq)
                 values, cols = _read_positions(data, indices, indptr[first], indptr[last], want)
         return sp.csr_matrix((values.astype(self.dtype, copy=False), cols, out_ptr), shape=(len(uniq), self.shape[1]))
+
+    def chunk_of(self, rows):
+        """A .zarr store's stored chunk of each row's first entry (CSR: of the values, whose chunks hold a
+        fixed number of entries, ~390 rows of 395 entries at 154k a chunk; dense: of the rows)."""
+        arr = self.elem.group["data"] if self.sparse else self.elem
+        if not hasattr(arr, "get_coordinate_selection"):  # h5py: not a zarr array
+            return None
+        rows = np.asarray(rows, np.int64)
+        if self.sparse:
+            return self._row_pointers()[rows] // int(arr.chunks[0])
+        return rows // int(arr.chunks[0])
 
     def _row_pointers(self) -> np.ndarray:
         if self._indptr is None:
@@ -210,9 +226,33 @@ class View(RowSource):
         block = self.base.read(rows if self.rows is None else self.rows[rows])
         return block if self.cols is None else block[:, self.cols]
 
+    def chunk_of(self, rows):
+        rows = np.asarray(rows)
+        return self.base.chunk_of(rows if self.rows is None else self.rows[rows])
+
     def nbytes(self) -> int:
         share = (self.shape[0] / max(1, self.base.shape[0])) * (self.shape[1] / max(1, self.base.shape[1]))
         return int(self.base.nbytes() * share)
+
+
+class Held(RowSource):
+    """Rows of another source read once and held in memory (a pool of streamed windows): `rows` (sorted,
+    unique) of `base`, as `block`; answers `read` for any of those rows and no others."""
+
+    def __init__(self, base: RowSource, rows: np.ndarray, block: Block):
+        self.rows, self.block = np.asarray(rows), block
+        self.shape, self.dtype, self.sparse, self.label = base.shape, base.dtype, base.sparse, base.label
+        self.on_disk = base.on_disk
+
+    def read(self, rows):
+        rows = np.asarray(rows)
+        at = np.searchsorted(self.rows, rows)
+        if rows.size and (at.max() >= len(self.rows) or not np.array_equal(self.rows[at], rows)):
+            raise ValueError("rows asked that were not read")
+        return self.block[at]
+
+    def nbytes(self) -> int:
+        return int(self.block.data.nbytes + self.block.indices.nbytes) if self.sparse else int(self.block.nbytes)
 
 
 def as_source(x) -> RowSource:
