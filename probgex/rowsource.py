@@ -127,9 +127,11 @@ class Disk(RowSource):
             values, cols = np.asarray(data[a:b]), np.asarray(indices[a:b])
         else:
             want = np.repeat(lo - out_ptr[:-1], lens) + np.arange(out_ptr[-1])  # stored positions, increasing
-            if hasattr(data, "get_coordinate_selection"):  # zarr
-                values, cols = (np.asarray(x.get_coordinate_selection(want)) if want.size else
-                                np.zeros(0, x.dtype) for x in (data, indices))
+            if hasattr(data, "get_coordinate_selection"):  # zarr, in parts of at most SELECT_ENTRIES (its
+                # selection holds several int64 arrays the length of the coordinates while it runs)
+                values, cols = (np.concatenate([np.zeros(0, x.dtype)] + [
+                    np.asarray(x.get_coordinate_selection(want[s : s + SELECT_ENTRIES]))
+                    for s in range(0, want.size, SELECT_ENTRIES)]) for x in (data, indices))
             else:  # h5py: a slice per run of rows (at most READ_ENTRIES at a time), the positions asked kept
                 first, last = _ranges(uniq)
                 values, cols = _read_positions(data, indices, indptr[first], indptr[last], want)
@@ -169,6 +171,7 @@ class Disk(RowSource):
 
 GAP_ROWS = 64  # rows between two runs of wanted rows read over rather than skipped (one read, not two)
 READ_ENTRIES = 1 << 22  # most stored entries read in one slice (32 MB of values and column indices)
+SELECT_ENTRIES = 1 << 21  # most entries of a .zarr array read in one coordinate selection (~13 stored chunks)
 
 
 def _read_positions(data, indices, a: np.ndarray, b: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
