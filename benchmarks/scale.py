@@ -8,7 +8,9 @@ process, for `--epochs` epochs (patience above it, so every epoch runs) with the
   - "memory": anndata.read_h5ad(path) (the counts in memory; the default fit copies them to the device
     when they fit its 1 GiB device budget)
   - "h5ad" / "zarr": Model.fit(path, memory_budget=0): the counts stay on disk, read in row chunks
-    (the default budget, an eighth of the machine's memory up to 1 GiB, streams 1M cells by itself).
+    (the default budget, an eighth of the machine's memory up to 1 GiB, streams 1M cells by itself):
+    an .h5ad a window of 64-row runs at a time, a .zarr store a pool of 8 windows of whole stored
+    chunks at a time (`Minibatches.pools`).
 Seconds per epoch: the time between the ends of the last two epochs (steady state: compilation and the
 first epoch's reads excluded), wall clock and the process's CPU time (all its threads: the machine is
 shared, so wall times depend on the load, recorded too), from a progress reporter injected into the fit.
