@@ -309,3 +309,22 @@ def test_held_out_batches_of_counts_on_disk_read_a_window_at_a_time(small, tmp_p
     for x, y in zip(a, b, strict=True):
         for field in ("x", "log_lib", "design", "mask", "row"):
             np.testing.assert_array_equal(np.asarray(getattr(x, field)), np.asarray(getattr(y, field)))
+
+
+def test_shuffled_batches_of_a_chunked_store_come_from_its_pools(small, tmp_path, monkeypatch):
+    """Shuffled batches one at a time (the path of several devices) on a .zarr store: read a pool at a time,
+    every training row once, each batch's counts the in-memory rows of its row ids."""
+    from probgex.inference import minibatch
+    from probgex.inference.minibatch import Minibatches
+
+    monkeypatch.setattr(minibatch, "POOL_WINDOWS", 3)
+    disk = from_anndata(_write_chunked(small, tmp_path / "b.zarr", 200), "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)
+    seen = []
+    for b in Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(2)):
+        real = np.asarray(b.mask)
+        ids = np.asarray(b.row)[real]
+        np.testing.assert_array_equal(np.asarray(b.x)[real], mem.rows(ids))
+        seen.append(ids)
+    assert sorted(np.concatenate(seen).tolist()) == train.tolist()
