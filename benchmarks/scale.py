@@ -8,7 +8,9 @@ process, for `--epochs` epochs (patience above it, so every epoch runs) with the
   - "memory": anndata.read_h5ad(path) (the counts in memory; the default fit copies them to the device
     when they fit its 1 GiB device budget)
   - "h5ad" / "zarr": Model.fit(path, memory_budget=0): the counts stay on disk, read in row chunks
-    (the default budget, an eighth of the machine's memory up to 1 GiB, streams 1M cells by itself).
+    (the default budget, an eighth of the machine's memory up to 1 GiB, streams 1M cells by itself):
+    an .h5ad a window of 64-row runs at a time, a .zarr store a pool of 8 windows of whole stored
+    chunks at a time (`Minibatches.pools`).
 Seconds per epoch: the time between the ends of the last two epochs (steady state: compilation and the
 first epoch's reads excluded), wall clock and the process's CPU time (all its threads: the machine is
 shared, so wall times depend on the load, recorded too), from a progress reporter injected into the fit.
@@ -167,28 +169,22 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
 
     import probgex as pg
     from probgex.inference import minibatch
+    from probgex.inference import window as window_mod
 
     marks: list[tuple[float, float]] = []
-    windows_read = minibatch.Minibatches.windows
+    assemble = window_mod.window_arrays
 
-    def traced(self):  # VmRSS each time a window is read (every window of every epoch)
-        for k, item in enumerate(windows_read(self)):
-            TRACE.append(("window", k, round(time.perf_counter() - T0, 2), vm_rss_mb()))
-            yield item
+    def traced(*args, **kwargs):  # VmRSS each time a window is assembled (every window of every epoch)
+        TRACE.append(("window", len(TRACE), round(time.perf_counter() - T0, 2), vm_rss_mb()))
+        if max_windows:
+            marks.append((time.perf_counter(), time.process_time()))
+            if len(marks) > max_windows + WARM:
+                raise Enough
+        return assemble(*args, **kwargs)
 
-    minibatch.Minibatches.windows = traced
+    window_mod.window_arrays = traced
     if max_windows:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
-        windows = minibatch.Minibatches.windows
-
-        def timed(self):
-            for item in windows(self):
-                marks.append((time.perf_counter(), time.process_time()))
-                if len(marks) > max_windows + WARM:
-                    raise Enough
-                yield item
-
-        minibatch.Minibatches.windows = timed
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
                      decoder=(128,), library="observed")
     t0 = time.perf_counter()

@@ -57,6 +57,11 @@ class RowSource:
         """Bytes the counts take held in memory (CSR: values and column indices; dense: the array)."""
         raise NotImplementedError
 
+    def chunk_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """The stored chunk each of `rows` starts in, where reading one row decodes a whole compressed
+        chunk (a .zarr store); None where rows are read by themselves (memory, an uncompressed .h5ad)."""
+        return None
+
     def to_memory(self) -> np.ndarray | sp.csr_matrix:
         parts = [b for _, b in self.blocks(max(1, 2**22 // max(1, self.shape[1])))]
         if self.sparse:
@@ -122,13 +127,26 @@ class Disk(RowSource):
             values, cols = np.asarray(data[a:b]), np.asarray(indices[a:b])
         else:
             want = np.repeat(lo - out_ptr[:-1], lens) + np.arange(out_ptr[-1])  # stored positions, increasing
-            if hasattr(data, "get_coordinate_selection"):  # zarr
-                values, cols = (np.asarray(x.get_coordinate_selection(want)) if want.size else
-                                np.zeros(0, x.dtype) for x in (data, indices))
+            if hasattr(data, "get_coordinate_selection"):  # zarr, in parts of at most SELECT_ENTRIES (its
+                # selection holds several int64 arrays the length of the coordinates while it runs)
+                values, cols = (np.concatenate([np.zeros(0, x.dtype)] + [
+                    np.asarray(x.get_coordinate_selection(want[s : s + SELECT_ENTRIES]))
+                    for s in range(0, want.size, SELECT_ENTRIES)]) for x in (data, indices))
             else:  # h5py: a slice per run of rows (at most READ_ENTRIES at a time), the positions asked kept
                 first, last = _ranges(uniq)
                 values, cols = _read_positions(data, indices, indptr[first], indptr[last], want)
         return sp.csr_matrix((values.astype(self.dtype, copy=False), cols, out_ptr), shape=(len(uniq), self.shape[1]))
+
+    def chunk_of(self, rows):
+        """A .zarr store's stored chunk of each row's first entry (CSR: of the values, whose chunks hold a
+        fixed number of entries, ~390 rows of 395 entries at 154k a chunk; dense: of the rows)."""
+        arr = self.elem.group["data"] if self.sparse else self.elem
+        if not hasattr(arr, "get_coordinate_selection"):  # h5py: not a zarr array
+            return None
+        rows = np.asarray(rows, np.int64)
+        if self.sparse:
+            return self._row_pointers()[rows] // int(arr.chunks[0])
+        return rows // int(arr.chunks[0])
 
     def _row_pointers(self) -> np.ndarray:
         if self._indptr is None:
@@ -153,6 +171,7 @@ class Disk(RowSource):
 
 GAP_ROWS = 64  # rows between two runs of wanted rows read over rather than skipped (one read, not two)
 READ_ENTRIES = 1 << 22  # most stored entries read in one slice (32 MB of values and column indices)
+SELECT_ENTRIES = 1 << 21  # most entries of a .zarr array read in one coordinate selection (~13 stored chunks)
 
 
 def _read_positions(data, indices, a: np.ndarray, b: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,9 +229,33 @@ class View(RowSource):
         block = self.base.read(rows if self.rows is None else self.rows[rows])
         return block if self.cols is None else block[:, self.cols]
 
+    def chunk_of(self, rows):
+        rows = np.asarray(rows)
+        return self.base.chunk_of(rows if self.rows is None else self.rows[rows])
+
     def nbytes(self) -> int:
         share = (self.shape[0] / max(1, self.base.shape[0])) * (self.shape[1] / max(1, self.base.shape[1]))
         return int(self.base.nbytes() * share)
+
+
+class Held(RowSource):
+    """Rows of another source read once and held in memory (a pool of streamed windows): `rows` (sorted,
+    unique) of `base`, as `block`; answers `read` for any of those rows and no others."""
+
+    def __init__(self, base: RowSource, rows: np.ndarray, block: Block):
+        self.rows, self.block = np.asarray(rows), block
+        self.shape, self.dtype, self.sparse, self.label = base.shape, base.dtype, base.sparse, base.label
+        self.on_disk = base.on_disk
+
+    def read(self, rows):
+        rows = np.asarray(rows)
+        at = np.searchsorted(self.rows, rows)
+        if rows.size and (at.max() >= len(self.rows) or not np.array_equal(self.rows[at], rows)):
+            raise ValueError("rows asked that were not read")
+        return self.block[at]
+
+    def nbytes(self) -> int:
+        return int(self.block.data.nbytes + self.block.indices.nbytes) if self.sparse else int(self.block.nbytes)
 
 
 def as_source(x) -> RowSource:

@@ -2,6 +2,7 @@
 gives the same CountData rows, margins and validation errors as the counts in memory, and a fit on
 streamed counts follows the in-memory fit's loss to float32 rounding."""
 
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -242,3 +243,88 @@ def test_entries_above_one_are_counted_from_csr_blocks_on_disk(small, tmp_path):
     disk = from_anndata(_write(small, tmp_path / "h.h5ad", dense=False), "~ 1", memory_budget=0, empty="keep")
     rows = np.random.default_rng(2).permutation(small.n_obs)[:200]
     np.testing.assert_array_equal(high_per_row(disk, rows, chunk=16), (small.X.toarray()[rows] >= 2).sum(1))
+
+
+def _write_chunked(a: ad.AnnData, path: Path, entries: int) -> Path:
+    """A .zarr store whose CSR values and column indices are stored in chunks of `entries` entries."""
+    import zarr
+    from anndata.io import write_elem
+
+    b = a.copy()
+    del b.X
+    b.write_zarr(path)
+    group = zarr.open_group(str(path), mode="a", use_consolidated=False)
+    write_elem(group, "X", sp.csr_matrix(a.X), dataset_kwargs={"chunks": (entries,)})
+    with warnings.catch_warnings():  # zarr 3 says consolidated metadata is not in its format's specification
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+    return path
+
+
+def test_zarr_windows_take_stored_chunks_whole_and_shuffle_them_in_pools(small, tmp_path, monkeypatch):
+    """On a .zarr store the streamed epoch takes each stored chunk's rows into one pool of windows (two
+    where a pool ends inside it), so each chunk is decoded about once an epoch; every training row once,
+    read exactly; an .h5ad keeps one window a pool (the permutation of before)."""
+    from probgex.inference import minibatch
+    from probgex.inference.minibatch import Minibatches
+
+    monkeypatch.setattr(minibatch, "POOL_WINDOWS", 3)
+    path = _write_chunked(small, tmp_path / "k.zarr", 200)  # ~11 rows a stored chunk, 22 chunks
+    disk = from_anndata(path, "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)
+    chunk = disk.counts.chunk_of(train)
+    indptr = np.r_[0, np.cumsum(np.diff(sp.csr_matrix(small.X).indptr))]
+    np.testing.assert_array_equal(chunk, indptr[train] // 200)
+    mb = Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(5))  # windows of 64 rows
+    pools = list(mb.pools())
+    assert len(pools) == 2 and [len(p) for p in pools] == [3, 1]
+    seen, incidences = [], 0
+    for pool in pools:
+        data = mb.pool_data(pool)
+        for held, order in pool:
+            local = data.subset(train[held])
+            np.testing.assert_array_equal(local.rows(order), mem.rows(train[held][order]))
+            seen.append(train[held][order])
+        incidences += len(np.unique(chunk[np.concatenate([h for h, _ in pool])]))
+    assert sorted(np.concatenate(seen).tolist()) == train.tolist()
+    assert incidences <= len(np.unique(chunk)) + len(pools) - 1  # a chunk split only where a pool ends
+    first = np.concatenate([train[h][o] for h, o in pools[0]])  # shuffled across the pool's chunks
+    assert len(np.unique(chunk[first[:8]])) > 1
+    h5 = from_anndata(_write(small, tmp_path / "k.h5ad", dense=False), "~ group_id", memory_budget=0, empty="keep")
+    assert h5.counts.chunk_of(train) is None
+    assert all(len(p) == 1 for p in Minibatches(h5, train, 4, shuffle=True, rng=np.random.default_rng(5)).pools())
+
+
+def test_held_out_batches_of_counts_on_disk_read_a_window_at_a_time(small, tmp_path):
+    """The batches in order (the held-out pass) of counts on disk, read 16 batches at a time, equal the
+    batches of the counts in memory."""
+    from probgex.inference.minibatch import Minibatches
+
+    disk = from_anndata(_write_chunked(small, tmp_path / "h.zarr", 200), "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    held = np.flatnonzero(np.arange(small.n_obs) % 3 == 1)  # 80 rows: two windows of 16 batches of 3
+    a, b = list(Minibatches(disk, held, 3, shuffle=False)), list(Minibatches(mem, held, 3, shuffle=False))
+    assert len(a) == len(b) == 27
+    for x, y in zip(a, b, strict=True):
+        for field in ("x", "log_lib", "design", "mask", "row"):
+            np.testing.assert_array_equal(np.asarray(getattr(x, field)), np.asarray(getattr(y, field)))
+
+
+def test_shuffled_batches_of_a_chunked_store_come_from_its_pools(small, tmp_path, monkeypatch):
+    """Shuffled batches one at a time (the path of several devices) on a .zarr store: read a pool at a time,
+    every training row once, each batch's counts the in-memory rows of its row ids."""
+    from probgex.inference import minibatch
+    from probgex.inference.minibatch import Minibatches
+
+    monkeypatch.setattr(minibatch, "POOL_WINDOWS", 3)
+    disk = from_anndata(_write_chunked(small, tmp_path / "b.zarr", 200), "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)
+    seen = []
+    for b in Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(2)):
+        real = np.asarray(b.mask)
+        ids = np.asarray(b.row)[real]
+        np.testing.assert_array_equal(np.asarray(b.x)[real], mem.rows(ids))
+        seen.append(ids)
+    assert sorted(np.concatenate(seen).tolist()) == train.tolist()

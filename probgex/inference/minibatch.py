@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from probgex.data import CountData
-from probgex.rowsource import RowSource
+from probgex.rowsource import Held, RowSource
 from probgex.models.batch import Batch, HighCounts
 
 
@@ -136,6 +136,9 @@ class Minibatches:
         if self.shuffle and self.data.streamed and count == 1:
             yield from self._streamed()
             return
+        if not self.shuffle and self.data.streamed and count == 1:
+            yield from self._in_order()
+            return
         order = self.rng.permutation(self.index) if self.shuffle else self.index
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -151,34 +154,78 @@ class Minibatches:
         return self.batch_size * WINDOW_BATCHES
 
     def windows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Shuffled windows for counts on disk, read as contiguous chunks (the approach of scverse's
-        annbatch): runs of CHUNK_ROWS consecutive rows in random order, WINDOW_BATCHES batches' worth of
-        them at a time. Yields (positions in `index` of the window's rows, sorted: one read, each run a
-        slice; the window's shuffled order as positions into those)."""
-        order = chunked_permutation(np.arange(len(self.index)), self.rng, CHUNK_ROWS)
+        """Shuffled windows for counts on disk (`pools`, one after the other). Yields (positions in `index`
+        of the window's rows, sorted: one read, each run a slice; the window's shuffled order as positions
+        into those)."""
+        for pool in self.pools():
+            yield from pool
+
+    def pools(self) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+        """One epoch of shuffled windows for counts on disk, read as contiguous chunks (the approach of
+        scverse's annbatch), in pools of windows whose rows are read together (`window_data` of the pool's
+        rows). Where the counts lie in compressed stored chunks (a .zarr store, `RowSource.chunk_of`), the
+        rows are taken a stored chunk at a time, the chunks in random order, and shuffled across a pool of
+        POOL_WINDOWS windows (~16k rows from ~40 chunks at 154k entries a chunk): each stored chunk is
+        decoded about once an epoch (its rows read in one pool), not once for every run of rows read from
+        it. Elsewhere (memory, .h5ad) a pool is one window: runs of CHUNK_ROWS consecutive rows in random
+        order, WINDOW_BATCHES batches' worth at a time."""
         window = self.window_rows
-        for w in range(0, len(order), window):
-            pos = order[w : w + window]
-            held = np.sort(pos)
-            yield held, np.searchsorted(held, pos)
+        chunks = self.data.counts.chunk_of(self.index) if isinstance(self.data.counts, RowSource) else None
+        if chunks is None:
+            order, pool = chunked_permutation(np.arange(len(self.index)), self.rng, CHUNK_ROWS), window
+        else:
+            pool = window * POOL_WINDOWS
+            order = stored_chunk_permutation(chunks, self.rng, pool)
+        for p in range(0, len(order), pool):
+            part = order[p : p + pool]
+            out = []
+            for w in range(0, len(part), window):
+                pos = part[w : w + window]
+                held = np.sort(pos)
+                out.append((held, np.searchsorted(held, pos)))
+            yield out
 
     def window_data(self, held: np.ndarray) -> CountData:
         """The rows at positions `held` of `index` with their counts read into memory (one read)."""
         local = self.data.subset(self.index[held])
         return replace(local, counts=local.rows(np.arange(len(held))))
 
-    def _streamed(self) -> Iterator[Batch]:
-        """Shuffled batches of counts on disk, one window read at a time (`windows`)."""
-        for held, order in self.windows():
+    def pool_data(self, pool: list[tuple[np.ndarray, np.ndarray]]) -> CountData:
+        """The data with the counts of a pool's rows read from disk in one go and held (`rowsource.Held`):
+        its windows then read from memory. A pool of one window is read by the window itself."""
+        if len(pool) == 1 or not isinstance(self.data.counts, RowSource):
+            return self.data
+        rows = np.sort(self.index[np.concatenate([held for held, _ in pool])])
+        return replace(self.data, counts=Held(self.data.counts, rows, self.data.counts.read(rows)))
+
+    def _in_order(self) -> Iterator[Batch]:
+        """The batches of counts on disk in order (the held-out pass), a window's rows read at a time: one
+        read of the rows of 16 batches, not one a batch (a .zarr store's held-out rows, every ~10th, touch
+        ~4 stored chunks a batch of 128, each decoded whole; a window of them decodes each chunk once)."""
+        for w in range(0, len(self.index), self.window_rows):
+            held = np.arange(w, min(w + self.window_rows, len(self.index)))
             local = self.window_data(held)
-            for start in range(0, len(order), self.batch_size):
-                p = order[start : start + self.batch_size]
+            for start in range(0, len(held), self.batch_size):
+                p = np.arange(start, min(start + self.batch_size, len(held)))
                 yield make_batch(local, p, self.batch_size, self.n_total / len(p), high_size=self.high_size,
                                  row_ids=self.index[held][p])
+
+    def _streamed(self) -> Iterator[Batch]:
+        """Shuffled batches of counts on disk, one pool of windows read at a time (`pools`)."""
+        for pool in self.pools():
+            data = self.pool_data(pool)
+            for held, order in pool:
+                local = data.subset(self.index[held])
+                local = replace(local, counts=local.rows(np.arange(len(held))))
+                for start in range(0, len(order), self.batch_size):
+                    p = order[start : start + self.batch_size]
+                    yield make_batch(local, p, self.batch_size, self.n_total / len(p), high_size=self.high_size,
+                                     row_ids=self.index[held][p])
 
 
 CHUNK_ROWS = 64  # consecutive rows read together when streaming from disk
 WINDOW_BATCHES = 16  # batches whose rows are read, and shuffled, together
+POOL_WINDOWS = 8  # windows whose rows are read, and shuffled, together from a store of compressed chunks
 
 
 def chunked_permutation(index: np.ndarray, rng: np.random.Generator, chunk: int) -> np.ndarray:
@@ -189,4 +236,17 @@ def chunked_permutation(index: np.ndarray, rng: np.random.Generator, chunk: int)
     span = chunk * 16
     for w in range(0, len(order), span):
         order[w : w + span] = rng.permutation(order[w : w + span])
+    return order
+
+
+def stored_chunk_permutation(chunks: np.ndarray, rng: np.random.Generator, pool: int) -> np.ndarray:
+    """Positions 0..len(chunks)-1 grouped by their stored chunk `chunks` (the positions of one chunk
+    together, the chunks in random order), then shuffled within each pool of `pool` positions: every
+    position once, each stored chunk's positions in one pool (two where a pool ends inside it)."""
+    uniq, inv = np.unique(np.asarray(chunks), return_inverse=True)
+    rank = np.empty(len(uniq), np.int64)
+    rank[rng.permutation(len(uniq))] = np.arange(len(uniq))
+    order = np.argsort(rank[inv], kind="stable")
+    for w in range(0, len(order), pool):
+        order[w : w + pool] = rng.permutation(order[w : w + pool])
     return order

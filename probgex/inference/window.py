@@ -85,10 +85,13 @@ def window_arrays(data: CountData, rows: np.ndarray, *, high: bool, pad_rows: in
 
 def read_windows(train, *, high: bool, pad_rows: int, pad_high: int | None) -> Iterator[tuple]:
     """(positions held, the window's order, its host arrays) for every window of one epoch of the
-    streamed minibatches `train` (`Minibatches.windows`), each read and assembled when asked for."""
-    for held, order in train.windows():
-        rows = train.index[held]
-        yield held, order, window_arrays(train.data, rows, high=high, pad_rows=pad_rows, pad_high=pad_high)
+    streamed minibatches `train` (`Minibatches.pools`): each pool's rows read in one go when its first
+    window is asked for, each window assembled from them when asked for."""
+    for pool in train.pools():
+        data = train.pool_data(pool)
+        for held, order in pool:
+            rows = train.index[held]
+            yield held, order, window_arrays(data, rows, high=high, pad_rows=pad_rows, pad_high=pad_high)
 
 
 def put(arrays: dict[str, np.ndarray | None]):
