@@ -23,7 +23,11 @@ from the training samples only:
 Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/quality_auto.py                       # the nine rows
   PYTHONPATH=. .venv/bin/python benchmarks/quality_auto.py --rows bottomly:6     # one row
-Results: benchmarks/results/quality_auto.json (per split), the summary table on stdout.
+  PYTHONPATH=. .venv/bin/python benchmarks/quality_auto.py --empirical --rows bottomly:6   # experiment (c)
+  PYTHONPATH=. .venv/bin/python benchmarks/quality_auto.py --rows                # the tables of the stored runs
+Results: benchmarks/results/quality_auto.json (per split), quality_auto_empirical.json (experiment (c):
+"on" with a new sample's w drawn from the training samples' fitted w instead of the t prior), the
+tables on stdout.
 """
 
 from __future__ import annotations
@@ -182,6 +186,39 @@ def bootstrap_valid(rec: dict) -> bool:
     return len(rec["off"]["bootstrap"]["log_D"]) == len(rec["off"]["loo"]["rows"])
 
 
+def new_quality_empirical(params: dict, key, shape):
+    """Experiment (c): a new sample's w drawn from the training samples' fitted w (guide mean and sd of a
+    training sample chosen at random), not the fitted t prior: a new sample is like a random training
+    sample (nonparametric empirical Bayes), so a 20% share of poor replicates stays 20%."""
+    import jax
+    import jax.numpy as jnp
+    loc, sd = jnp.asarray(params["quality_loc"]), jnp.asarray(params["quality_scale"])
+    k1, k2 = jax.random.split(key)
+    i = jax.random.randint(k1, shape, 0, loc.shape[0])
+    return loc[i] + sd[i] * jax.random.normal(k2, shape)
+
+
+def empirical_record(a, formula, df, draw) -> dict:
+    """The "on" fit of a split with the empirical predictive of w (`new_quality_empirical`): held-out LPD."""
+    import probgex as pg
+    from probgex.models import quality
+    tr, te = bulk_split(a, formula, df, seed=1000 * df + draw)
+    genes = np.flatnonzero(expressed(a, tr))
+    genes = np.sort(np.random.default_rng(draw).choice(genes, min(N_GENES, len(genes)), replace=False))
+    b = a[:, genes]
+    train, test = b[tr].copy(), b[te].copy()
+    sel = np.asarray(test.X, float).mean(0) >= MIN_TEST_MEAN
+    saved, quality.new_quality = quality.new_quality, new_quality_empirical
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = pg.Model(formula, likelihood="nb", sample_quality="on").fit(train, seed=draw, progress=False)
+            _, lp = probgex_entries(fit, test, np.random.default_rng(draw))
+    finally:
+        quality.new_quality = saved
+    return {"lpd": float(lp[:, sel].mean()), "lpd_per_sample": lp[:, sel].mean(1).tolist()}
+
+
 def choose(rec: dict, rule: str) -> str:
     if rule == "elbo":
         return "on" if rec["on"]["elbo"] > rec["off"]["elbo"] else "off"
@@ -197,7 +234,7 @@ def choose(rec: dict, rule: str) -> str:
 RULES = ("elbo", "bootstrap", "loo")
 
 
-def summary(rows: dict) -> str:
+def summary(rows: dict, emp: dict | None = None) -> str:
     """Per row and split: held-out LPD per entry (genes with test mean >= 5) of off and on, the statistics,
     and each rule's choice; then per row the LPD each rule's per-split choices get (entries weighted
     equally), against off, on and the better of the two per split (oracle)."""
@@ -211,7 +248,9 @@ def summary(rows: dict) -> str:
                        f"{r['on']['elbo'] - r['off']['elbo']:+.1f} | {bt} | "
                        f"{r['on']['loo']['lpd'] - r['off']['loo']['lpd']:+.3f} | {r['on']['m']:.2f} | {r['on']['s']:.2f} | "
                        + " / ".join(choose(r, rule) for rule in RULES) + " |")
-    out += ["", "| row | splits | off | on | " + " | ".join(RULES) + " | oracle |", "|---|---|" + "---|" * (3 + len(RULES))]
+    emp = emp or {}
+    out += ["", "| row | splits | off | on | " + " | ".join(RULES) + " | oracle | on, empirical w |",
+            "|---|---|" + "---|" * (4 + len(RULES))]
     for key, recs in rows.items():
         n = np.asarray([len(r["on"]["lpd_per_sample"]) * 1.0 for r in recs])  # equal entries per split: close
         w = n / n.sum()
@@ -224,6 +263,9 @@ def summary(rows: dict) -> str:
             ok = all(choose(r, rule) != "n/a" for r in recs)
             cells.append(f"{lpd(lambda r, rule=rule: choose(r, rule)):.3f}" if ok else "n/a")
         cells.append(f"{lpd(lambda r: 'on' if r['on']['lpd'] > r['off']['lpd'] else 'off'):.3f}")
+        e = {x["draw"]: x["lpd"] for x in emp.get(key, [])}
+        cells.append(f"{sum(wi * e[r['draw']] for wi, r in zip(w, recs, strict=True)):.3f}"
+                     if all(r["draw"] in e for r in recs) else "")
         out.append(f"| {key} | {len(recs)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -232,10 +274,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", nargs="*", default=[f"{d}:{k}" for d, k in ROWS], help="dataset:df")
     ap.add_argument("--draws", type=int, default=DRAWS)
+    ap.add_argument("--empirical", action="store_true",
+                    help="experiment (c): add the 'on' fit with the empirical predictive of w to stored rows")
     args = ap.parse_args()
     path = RESULTS / "quality_auto.json"
     stored = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     rows = stored["rows"]
+    if args.empirical:  # its own file: a main run may be writing quality_auto.json meanwhile
+        epath = RESULTS / "quality_auto_empirical.json"
+        emp = json.loads(epath.read_text())["rows"] if epath.exists() else {}
+        for spec in args.rows:
+            name, df = spec.split(":")
+            a = load(name)
+            a.X = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
+            key = f"{name}_df{df}"
+            emp[key] = []
+            for draw in range(args.draws):
+                emp[key].append({"draw": draw} | empirical_record(a, BULK[name][0], int(df), draw))
+                print(f"{spec} draw {draw}: on with the empirical w predictive {emp[key][-1]['lpd']:.3f}", flush=True)
+                epath.write_text(json.dumps({"machine": machine(), "rows": emp}, indent=1))
+        return
     for spec in args.rows:
         name, df = spec.split(":")
         formula = BULK[name][0]
@@ -252,7 +310,8 @@ def main():
                   f"s {r['on']['s']:.2f}  loo on-off {r['on']['loo']['lpd'] - r['off']['loo']['lpd']:+.3f}  {time.perf_counter() - t:.0f}s", flush=True)
             rows[f"{name}_df{df}"] = recs  # written after every split: a long run keeps what it has
             path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
-    print(summary(rows))
+    epath = RESULTS / "quality_auto_empirical.json"
+    print(summary(rows, json.loads(epath.read_text())["rows"] if epath.exists() else None))
 
 
 if __name__ == "__main__":
