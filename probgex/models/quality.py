@@ -21,8 +21,10 @@ the location held at 0 and the encoder proposing w_n (issue 13 item 3, the top e
 Off by default: on the bulk rows of benchmarks/calibration_everywhere.py it helped where a poor
 replicate was among the samples (yeast df 1 and 6, bottomly df 1-2: +0.02 to +0.51 nats per entry) and
 harmed elsewhere (gse60450 df 6 -0.53, whose held-out samples are shifted; bottomly df 6 -0.07, too
-narrow); no rule on the data separates the two yet (benchmarks/README.md, "Sample quality").
-"""
+narrow); no rule on the training data separates the two: the ELBO, a parametric-bootstrap test of the
+samples' noise heterogeneity and an importance-sampled leave-one-sample-out density all choose "on" on
+every split where it harms (benchmarks/quality_auto.py; benchmarks/README.md, "Can the training data
+decide `sample_quality`?")."""
 
 from __future__ import annotations
 
