@@ -1,7 +1,9 @@
 """Gene programs and the latent (issue 13 item 3, second half): when the formula does not name the cell
 types, the cVAE's latent must carry them, and sums over gene sets are calibrated only if the predictive's
 gene-gene co-variation is right. Which latent story gets it right: the default Gaussian prior at latent
-size 10, larger latents, or a learned prior (flow / diffusion on the encoder means)?
+size 10, larger latents, or a learned prior (flow / diffusion after the VAE; trained on the encoder means
+until 2026-12-03, on the aggregate posterior, draws of q(z | x, c), since: the rows of
+results/joint_structure_aggregate.json, written with --out, are the latter)?
 
 Rows (one fit each, select with --rows; --seed adds `_seed<n>` rows):
   harmony_*          kang_harmony `~ condition` (the issue's case; 2,000 PBMCs, no cell-type column): the
@@ -18,7 +20,7 @@ Rows (one fit each, select with --rows; --seed adds `_seed<n>` rows):
   ctrl5_*            kang_ctrl5 `~ cluster_id + sample_id`, fixed split (the issue's no-harm row).
   No-harm rows before a flow default (g10 vs flow10, same seed; `--noharm` prints their table: LPD,
   coverage 50 / 90, worst decile, genes in 3 SE, energy prior-posterior, fit and check seconds):
-  zscrb_*            ziegenhain_scrbseq `~ batch` (42 cells: does a flow trained on ~35 encoder means hurt?);
+  zscrb_*            ziegenhain_scrbseq `~ batch` (42 cells: does a flow trained on ~35 cells' latents hurt?);
                      no split exists: a random 10% of cells held out (numpy seed 0; 4 cells), all genes.
   yeast_*            schurch_yeast `~ strain` (bulk), calibration_check.py's split (every 6th clean replicate).
   gtex_*             gtex_brain `~ class + sex` (bulk), calibration_check.py's gtex split (8 samples held out).

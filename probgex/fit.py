@@ -190,7 +190,7 @@ class Model:
         if story.learned is None:
             fitted = make(params, history)
         else:
-            # latent diffusion / flow: train the prior on the encoder means; an interruption here leaves the
+            # latent diffusion / flow: train the prior on the aggregate posterior (q(z | x, c) draws); an interruption here leaves the
             # VAE-stage checkpoint, which loads as the VAE with its Gaussian prior
             params, prior_history = fit_prior_stage(story, params, data, train_idx, heldout_idx, seed, progress)
             fitted = make(params, history, prior_history)

@@ -79,8 +79,8 @@ def _nest(cls, kw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 @dataclass(frozen=True, init=False)
 class _Learned:
     """Fields shared by the learned priors (Flow, Diffusion). During the VAE fit the Gaussian prior
-    network (`hidden`) is used; afterwards the learned prior, trained on the encoder means of the training
-    cells, replaces it for prediction, diagnostics and log p(x | c).
+    network (`hidden`) is used; afterwards the learned prior, trained on draws of the encoder's q(z | x, c) of the
+    training cells (their aggregate posterior), replaces it for prediction, diagnostics and log p(x | c).
 
     net: the vector-field network (`Network`: hidden widths, condition dropout); training: its schedule
     (`Training`: steps, batch, learning rate, early stopping); ode: the ODE solves for sampling and
@@ -160,7 +160,7 @@ class Flow(_Learned):
 @dataclass(frozen=True, init=False)
 class Diffusion(_Learned):
     """A learned conditional prior: a VP-SDE score model s(z, t, c) trained by denoising score matching
-    on the encoder means of the training cells after the VAE is fitted (latent diffusion).
+    on draws of the training cells' q(z | x, c) after the VAE is fitted (latent diffusion).
 
     `sampler = "ode"` draws by the probability-flow ODE (`ode`: adaptive, tolerances); `"sde"` by the
     reverse-time SDE (`sde`: solver "euler" or "heun", steps). log p(z | c) always goes through the ODE.

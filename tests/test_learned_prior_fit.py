@@ -1,5 +1,5 @@
 """A cVAE with a learned latent prior (Diffusion / Flow) through the whole API: spec and TOML, fitting
-(VAE, then the prior on the encoder means), prediction and scoring from the learned prior, the model
+(VAE, then the prior on the aggregate posterior), prediction and scoring from the learned prior, the model
 file (parameters in the npz, no pickle) and the shell."""
 
 from __future__ import annotations

@@ -194,8 +194,13 @@ class CVAE:
         return self._likelihood(nets["decoder"], z, log_lib, design, batch.group, log_theta, batch.offset, w)[0]
 
     def encoder_means(self, params: dict, batch: Batch) -> jax.Array:
-        """Means of q(z | x, c) per row: (B, dim); what a learned prior is trained on."""
+        """Means of q(z | x, c) per row: (B, dim)."""
         return self._encode(self._nets(params)["encoder"], batch)[0].base_dist.loc
+
+    def encoder_moments(self, params: dict, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """Means and sds of q(z | x, c) per row: two (B, dim); a learned prior is trained on draws of them."""
+        q = self._encode(self._nets(params)["encoder"], batch)[0].base_dist
+        return q.loc, q.scale
 
     def log_marginal(self, params: dict, key: jax.Array, batch: Batch, n: int) -> jax.Array:
         """Importance-sampling estimate of log p(x_b | c_b) per row with the encoder as proposal: (B,)."""

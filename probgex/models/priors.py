@@ -1,6 +1,6 @@
 """The cVAE's conditional latent prior p(z | c) as a `LatentPrior` protocol: the Gaussian prior network
 trained with the VAE, and a learned prior (diffusion / flow, `prior.learned`) trained after it on the
-encoder means. The cVAE asks `prior_for(params)` which one the fitted parameters hold and never
+aggregate posterior (draws of the encoder's q(z | x, c)). The cVAE asks `prior_for(params)` which one the fitted parameters hold and never
 branches on the kind; a new prior is one class implementing the protocol (and its spec in `latent`).
 """
 

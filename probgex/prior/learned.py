@@ -4,6 +4,12 @@ the jitted prediction of a fitted model and be saved with the other parameters (
 Parameters: {"net": the network's weights (pure dict), "loc": (dim,), "scale": (dim,)}. The network
 works on standardised latents (z - loc) / scale, the training latents' mean and sd per dimension;
 log p(z | c) adds the Jacobian -sum log scale.
+
+Trained on the aggregate posterior: given the encoder's means and scales of q(z | x, c) per cell, every
+minibatch draws fresh z ~ q(z | x, c) (what the decoder was trained on), and loc / scale are the aggregate
+posterior's moments. Trained on the means alone, a latent that does not vary between cells (posterior
+collapse, e.g. a bulk design the formula explains) gave scale ~1e-6: a point mass of that width, under
+which the encoder-proposal draws of the held-out log density (sd ~0.5) scored about -1e13.
 """
 
 from __future__ import annotations
@@ -93,28 +99,49 @@ class LearnedPrior:
 
     # ----- training
     def fit(self, key: jax.Array, z: np.ndarray, c: np.ndarray, *, z_val: np.ndarray | None = None,
-            c_val: np.ndarray | None = None, holdout: float = 0.1, config: Training | None = None,
+            c_val: np.ndarray | None = None, z_scale: np.ndarray | None = None,
+            z_val_scale: np.ndarray | None = None, holdout: float = 0.1, config: Training | None = None,
             progress: bool = True) -> tuple[dict, PriorHistory]:
         """Train on latents z (N, dim) with conditions c (N, n_cond); early stopping on (z_val, c_val) or,
-        without them, on a random `holdout` fraction of the rows. `config`: the schedule (default the
-        spec's). Returns (params, history)."""
+        without them, on a random `holdout` fraction of the rows. With `z_scale` (N, dim) (and `z_val_scale`
+        beside z_val), z and z_scale are the means and sds of Normal posteriors q(z | x, c): each minibatch
+        draws z from them, so the prior learns their mixture (the aggregate posterior), not the means.
+        `config`: the schedule (default the spec's). Returns (params, history)."""
         config = config or self.spec.training
         z, c = np.asarray(z, np.float32), np.asarray(c, np.float32)
         if z.ndim != 2 or z.shape[1] != self.dim or c.shape != (z.shape[0], self.n_cond):
             raise ValueError(f"expected z (N, {self.dim}) and c (N, {self.n_cond}); got {z.shape} and {c.shape}")
-        if not np.all(np.isfinite(z)):
-            raise ValueError("the latents to train the prior on contain NaN or inf")
+        sd = np.zeros_like(z) if z_scale is None else np.asarray(z_scale, np.float32)
+        if sd.shape != z.shape or (z_val is not None and z_scale is not None and z_val_scale is None):
+            raise ValueError(f"z_scale must have z's shape {z.shape} (and z_val_scale come with z_val); got {sd.shape}")
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(sd))) or np.any(sd < 0):
+            raise ValueError("the latents to train the prior on contain NaN or inf (or a negative scale)")
         k_split, k_train = jax.random.split(key)
         if z_val is None:
             n_val = max(1, int(round(holdout * len(z))))
             perm = np.asarray(jax.random.permutation(k_split, len(z)))
-            z_val, c_val, z, c = z[perm[:n_val]], c[perm[:n_val]], z[perm[n_val:]], c[perm[n_val:]]
-        loc, scale = z.mean(0), np.maximum(z.std(0), 1e-6)
-        std = lambda a: (np.asarray(a, np.float32) - loc) / scale  # noqa: E731
-        dyn, p_drop = self.dynamics, self.cond_dropout
-        loss = lambda net, k, zb, cb: dyn.loss(net, k, zb, cb, p_drop)  # noqa: E731
-        state, hist = train_network(self.net, loss, k_train, std(z), c, std(z_val), np.asarray(c_val, np.float32),
-                                    config, label=self.kind, progress=progress)
+            z_val, c_val, sd_val = z[perm[:n_val]], c[perm[:n_val]], sd[perm[:n_val]]
+            z, c, sd = z[perm[n_val:]], c[perm[n_val:]], sd[perm[n_val:]]
+        else:
+            sd_val = np.zeros(np.shape(z_val), np.float32) if z_val_scale is None else z_val_scale
+        dyn, p_drop, dim = self.dynamics, self.cond_dropout, self.dim
+        if z_scale is None:  # point latents: trained on z itself
+            loc, scale = z.mean(0), np.maximum(z.std(0), 1e-6)
+            std = lambda a, s: (np.asarray(a, np.float32) - loc) / scale  # noqa: E731
+            loss = lambda net, k, zb, cb: dyn.loss(net, k, zb, cb, p_drop)  # noqa: E731
+        else:  # the aggregate posterior: its moments (mean of the means; variance of the means + mean variance)
+            loc = z.mean(0)
+            scale = np.maximum(np.sqrt(z.var(0) + np.mean(sd.astype(np.float64) ** 2, 0)), 1e-6).astype(np.float32)
+            std = lambda a, s: np.concatenate([(np.asarray(a, np.float32) - loc) / scale,  # noqa: E731
+                                               np.asarray(s, np.float32) / scale], axis=1)
+
+            def loss(net, k, zb, cb):  # zb: standardised (means, sds); a fresh posterior draw per row and step
+                kz, kl = jax.random.split(k)
+                draw = zb[:, :dim] + zb[:, dim:] * jax.random.normal(kz, zb[:, :dim].shape, zb.dtype)
+                return dyn.loss(net, kl, draw, cb, p_drop)
+
+        state, hist = train_network(self.net, loss, k_train, std(z, sd), c, std(z_val, sd_val),
+                                    np.asarray(c_val, np.float32), config, label=self.kind, progress=progress)
         params = {"net": nnx.to_pure_dict(state), "loc": loc.astype(np.float32), "scale": scale.astype(np.float32)}
         return jax.tree.map(np.asarray, params), hist
 
