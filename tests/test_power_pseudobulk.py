@@ -138,6 +138,7 @@ def test_lognormal_subject_effects_make_the_nb_prediction_conservative():
     assert fdp.mean() < FDR + 0.05
 
 
+@pytest.mark.slow  # 9 s quiet (the default suite is at its 10-minute budget)
 def test_cells_as_replicates_call_far_more_false_discoveries():
     """The same (log-normal) studies tested with each cell as a replicate: the subject effects look
     like group differences, so most calls are null genes; the pseudobulk keeps the FDR near nominal."""
@@ -312,6 +313,7 @@ def test_pseudobulk_test_on_real_data_finds_the_interferon_response():
     assert (res.loc[isg, "padj"] < 0.05).all() and (res.loc[isg, "log2FoldChange"] > 2).all()
 
 
+@pytest.mark.slow  # 12 s quiet (the default suite is at its 10-minute budget)
 def test_curve_defaults_to_the_pilot_libraries():
     """Without cells_per_subject the simulated libraries are the pilot's own pseudobulk libraries (the
     pilot and shapes of the test above, so that the compiled fit and test are reused)."""

@@ -263,6 +263,7 @@ def test_power_pilot_must_be_the_fitted_data_and_a_contrast_two_levels(files, tm
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow  # 9 s quiet (the default suite is at its 10-minute budget)
 def test_power_json_is_valid_json(files, tmp_path):
     res, _ = _run("power", files / "model.npz", "--contrast", "group:b:a", "--n", "3", "--n-draws", "2",
                   "--n-rep", "1", "--out", tmp_path / "p")
