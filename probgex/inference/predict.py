@@ -171,6 +171,9 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
     draw_lib = library_size is None and fit.spec.library != "latent"
     sizes = {"sample": n_samples, "obs": data.n_obs, "gene": len(fit.var_names), "level": len(levels)}
     coords = _coords(fit, data, levels)
+    # chunks of one block's observations: a chunk larger than the block was read back, decompressed and
+    # recompressed by every block inside it (HDF5's 1 MiB chunk cache holds none of them), ~55% of the CPU
+    # time at 200 draws x 2,000 genes (benchmarks/README.md, "Where predict's time goes")
     with h5netcdf.File(path, "w") as f:
         f.dimensions = sizes
         for name, values in coords.items():
@@ -180,7 +183,7 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
                               dtype=h5py.string_dtype() if text else values.dtype)
         f.attrs.update(_attrs(fit))
         out = {k: f.create_variable(k, DIMS[k], dtype=COUNTS_DTYPE if k == "counts" else "f8",
-                                    chunks=tuple(1 if d == "sample" else min(sizes[d], 256 if d == "obs" else G)
+                                    chunks=tuple(1 if d == "sample" else min(sizes[d], rows if d == "obs" else G)
                                                  for d in DIMS[k]),
                                     **(COMPRESSION if k == "counts" else {}))
                for k in DIMS}
