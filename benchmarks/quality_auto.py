@@ -150,14 +150,20 @@ def loo(fit, train, rng: np.random.Generator) -> dict:
     return {"lpd": float(dens.mean()), "per_sample": dens.mean(1).round(4).tolist(), "rows": rows.tolist()}
 
 
-def split_record(a, formula, df, draw) -> dict:
-    import probgex as pg
+def split_data(a, formula, df, draw):
+    """One split of the protocol: training / test rows, their counts on a fixed random gene subset, and
+    the genes scored (test mean >= MIN_TEST_MEAN)."""
     tr, te = bulk_split(a, formula, df, seed=1000 * df + draw)
     genes = np.flatnonzero(expressed(a, tr))
     genes = np.sort(np.random.default_rng(draw).choice(genes, min(N_GENES, len(genes)), replace=False))
     b = a[:, genes]
     train, test = b[tr].copy(), b[te].copy()
-    sel = np.asarray(test.X, float).mean(0) >= MIN_TEST_MEAN
+    return tr, te, train, test, np.asarray(test.X, float).mean(0) >= MIN_TEST_MEAN
+
+
+def split_record(a, formula, df, draw) -> dict:
+    import probgex as pg
+    tr, te, train, test, sel = split_data(a, formula, df, draw)
     rec = {"draw": draw, "train": list(a.obs_names[tr]), "test": list(a.obs_names[te])}
     for q in ("off", "on"):
         with warnings.catch_warnings():
@@ -202,12 +208,7 @@ def empirical_record(a, formula, df, draw) -> dict:
     """The "on" fit of a split with the empirical predictive of w (`new_quality_empirical`): held-out LPD."""
     import probgex as pg
     from probgex.models import quality
-    tr, te = bulk_split(a, formula, df, seed=1000 * df + draw)
-    genes = np.flatnonzero(expressed(a, tr))
-    genes = np.sort(np.random.default_rng(draw).choice(genes, min(N_GENES, len(genes)), replace=False))
-    b = a[:, genes]
-    train, test = b[tr].copy(), b[te].copy()
-    sel = np.asarray(test.X, float).mean(0) >= MIN_TEST_MEAN
+    tr, te, train, test, sel = split_data(a, formula, df, draw)
     saved, quality.new_quality = quality.new_quality, new_quality_empirical
     try:
         with warnings.catch_warnings():
