@@ -9,7 +9,9 @@ NB dispersion, and one value per "logit" parameter (the ZINB gate, the hurdle)].
 intercept and N(0, prior_scale^2) for the other coefficients (with spec.coef_prior "learned": N(0, tau_t^2) for
 the columns of formula term t, tau_t one parameter per term fitted by the ELBO, `inference.coef_prior`; with
 "learned-interactions-per-gene" N(0, tau_t^2 lambda_gt^2) per gene, lambda_gt ~ half-Cauchy(0, 1) a latent with
-a log-normal guide per gene, tau_t fitted: the horseshoe's form); log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
+a log-normal guide per gene, tau_t fitted: the horseshoe's form; with "learned-interactions-per-gene-level" also
+times a scale per column of the term, from a half-Cauchy population whose scale is a latent, `probgex.models.levels`,
+an unseen column's drawn from it); log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
 around a DESeq2-style mean-dispersion trend (m_g the gene's mean normalised count), with a0, a1, s
 placed by empirical Bayes before SVI and held (`probgex.models.trend`; with no residual degree of freedom
 the ELBO fits them), so genes seen in few replicates are shrunk toward the trend; a logit parameter
@@ -386,7 +388,8 @@ class GLMPosterior(NamedTuple):
 
     def coefficient_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of the coefficients, each (P, G), exact from the guide (with per-gene prior sds
-        an unseen column's sd is its scale mixture's; its law is heavier-tailed than a normal: `draws`)."""
+        an unseen column's sd is its scale mixture's; its law is heavier-tailed than a normal: `draws`; with per-level
+        scales at the unseen level's median scale, the half-Cauchy having no variance)."""
         P, p = self.story.P, self.params
         loc, diag, off = self.story.guide_params(jnp.asarray(p["gp_loc"]), jnp.asarray(p["gp_scale_diag"]),
                                                  jnp.asarray(p["gp_scale_offdiag"]), self.story._tau(p),
