@@ -306,8 +306,10 @@ class GLM:
         per-level scales also times the unseen level's kappa, drawn once per draw for all genes from the levels'
         population at its hyperparameters' guide draws (the posterior predictive of a new level's scale)."""
         per_gene = self.per_gene and self.unseen is not None
-        if per_gene:
+        if per_gene and self.per_level:
             key, key_sd, key_level = jax.random.split(key, 3)
+        elif per_gene:  # as before the per-level scales: the same draws for the same key
+            key, key_sd = jax.random.split(key)
         tau = jnp.ones(self.n_terms) if per_gene else self._tau(params)
         loc, diag, off = self.guide_params(params["gp_loc"], params["gp_scale_diag"], params["gp_scale_offdiag"], tau)
         L = scale_tril(diag, off)
