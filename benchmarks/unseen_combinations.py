@@ -54,7 +54,7 @@ LEVELS = (0.5, 0.9)
 HERE = Path(__file__).resolve().parent
 SCGEN_PY = HERE / ".scgen-venv" / "bin" / "python"
 PROBGEX_MODELS = ("glm", "cvae", "cvae_diffusion", "glm_interaction", "glm_interaction_per_gene",
-                  "glm_interaction_all_terms", "glm_interaction_treatment")
+                  "glm_interaction_per_gene_level", "glm_interaction_all_terms", "glm_interaction_treatment")
 NO_CHANGE = "no change (the type's ctrl cells)"
 
 
@@ -76,6 +76,8 @@ def models(names):
             "glm_interaction": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned-interactions"),
             "glm_interaction_per_gene": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb",
                                                          coef_prior="learned-interactions-per-gene"),
+            "glm_interaction_per_gene_level": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb",
+                                                               coef_prior="learned-interactions-per-gene-level"),
             "glm_interaction_all_terms": lambda: pg.Model(FORMULA_INTERACTION, likelihood="nb", coef_prior="learned"),
             "glm_interaction_treatment": lambda: pg.Model(FORMULA_TREATMENT, likelihood="nb",
                                                           coef_prior="learned-interactions")}
@@ -99,6 +101,10 @@ def interaction_summary(fit, deg: np.ndarray) -> dict:
         out = {"gene_sd_median_all": float(np.median(gene_sd)), "gene_sd_median_deg": float(np.median(gene_sd[deg])),
                "unseen_sd_median_all": float(np.median(unseen_sd)), "unseen_sd_median_deg": float(np.median(unseen_sd[deg])),
                "gene_sd_vs_rms_spearman": float(pd_spearman(gene_sd, rms))}
+    for k in ("coef_level_loc", "coef_level_scale", "coef_level_pop_loc", "coef_level_pop_scale"):  # per-level scales:
+                                                                                # the seen levels, the population
+        if k in fit.params:
+            out[k] = np.asarray(fit.params[k], np.float64).round(4).tolist()
     return {**out, "formula": fit.spec.formula, "coef_prior": fit.spec.coef_prior, "coef_prior_sd": tau.tolist(), "coef_terms": terms.tolist(),
             "unseen_columns": [names[j] for j in fit.dims.coef_unseen],
             "interaction_rms_median_all": float(np.median(rms)), "interaction_rms_median_deg": float(np.median(rms[deg]))}

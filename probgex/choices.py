@@ -5,9 +5,11 @@ from probgex.models.families import NAMES as LIKELIHOODS  # noqa: E402  the coun
 DISPERSIONS = ("gene", "gene-group")
 LIBRARIES = ("auto", "observed", "latent", "size_factors")  # library-size treatments
 SAMPLE_QUALITIES = ("off", "on")  # the GLM's per-sample dispersion scales (probgex.models.quality)
-COEF_PRIORS = ("fixed", "learned", "learned-interactions", "learned-interactions-per-gene")  # the GLM's coefficient
+COEF_PRIORS = ("fixed", "learned", "learned-interactions", "learned-interactions-per-gene",
+               "learned-interactions-per-gene-level")  # the GLM's coefficient
 # prior sds: spec.prior_scale, one fitted per formula term (ELBO), fitted per interaction term with the main effects at
-# prior_scale, or per interaction term and gene (a per-gene sd under a half-Cauchy around a fitted sd per term)
+# prior_scale, or per interaction term and gene (a per-gene sd under a half-Cauchy around a fitted sd per term), and
+# with a scale per level (column) of the interaction from a population per term (an unseen level's drawn from it)
 MEANS = ("glm", "mlp", "external")  # stage-1 mean predictors of the residual story
 TRAINED_MEANS = ("glm", "mlp")  # the stage-1 predictors probgex trains itself
 SCALES = ("counts", "fraction", "log1p_cp10k", "log_fraction")  # units of an external stage-1 prediction

@@ -184,7 +184,9 @@ def fit(
              "term fitted from all genes) | learned-interactions (fitted for the interaction terms only, main "
              "effects at 3: to predict unseen combinations with an interaction formula) | "
              "learned-interactions-per-gene (as learned-interactions, with one sd per gene and interaction term "
-             "under a half-Cauchy around a fitted sd per term); default fixed")] = None,
+             "under a half-Cauchy around a fitted sd per term) | learned-interactions-per-gene-level (as "
+             "learned-interactions-per-gene, and a scale per level of the interaction from a half-Cauchy population: "
+             "an unseen level's scale is drawn from it); default fixed")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="maximum epochs (default: by story)")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float | None, typer.Option(

@@ -13,7 +13,7 @@ way on every path.  TOML layout::
     sample_quality = "off"  # GLM and cVAE: per-observation dispersion scales "on" | "off"
     prior_scale = 3.0
     coef_prior = "fixed"  # GLM: "learned" = one prior sd per formula term, fitted (empirical Bayes); "learned-interactions"
-                          # | "learned-interactions-per-gene" (see ModelSpec.coef_prior)
+                          # | "learned-interactions-per-gene" | "learned-interactions-per-gene-level" (see ModelSpec.coef_prior)
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
     [latent]            # absent table = no latent (GLM story)
@@ -102,7 +102,11 @@ class ModelSpec:
     # "learned-interactions-per-gene": as "learned-interactions" but each gene g has its own sd tau_gt per
     # interaction term, tau_gt = tau_t lambda_gt, lambda_gt ~ half-Cauchy(0, 1) in the guide (log-normal per gene),
     # tau_t fitted by the ELBO, so a gene that interacts strongly in the seen levels gets a wide prior, hence a wide
-    # posterior for an unseen combination's column, and a gene that never interacts a narrow one
+    # posterior for an unseen combination's column, and a gene that never interacts a narrow one;
+    # "learned-interactions-per-gene-level": as "learned-interactions-per-gene" and each column (level) j of an
+    # interaction term also scales its sd, tau_t lambda_gt kappa_j, kappa_j ~ half-Cauchy(0, s_t) with s_t a latent
+    # (`probgex.models.levels`): an unseen level's kappa is drawn from that population for all genes at once, so
+    # a held-out type that may respond more (or less) than every seen one gets intervals that say so
     coef_prior: str = "fixed"
     mean: str | None = None  # residual story: stage-1 mean predictor "glm", "mlp" or "external"
     # a per-observation (sample, cell) scale of the NB overdispersion with a learned prior, integrated over

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 START_MIN = 0.05  # the smallest start of a term's sd (the ELBO moves it from there)
-PER_GENE = ("learned-interactions-per-gene",)  # the coef_prior choices with a per-gene sd per learned term
+PER_LEVEL = ("learned-interactions-per-gene-level",)  # and a scale per column (level) of a learned term
+PER_GENE = ("learned-interactions-per-gene", *PER_LEVEL)  # the coef_prior choices with a per-gene sd per learned term
 INTERACTIONS_ONLY = ("learned-interactions", *PER_GENE)  # the choices whose main effects keep prior_scale
 
 

@@ -9,7 +9,9 @@ NB dispersion, and one value per "logit" parameter (the ZINB gate, the hurdle)].
 intercept and N(0, prior_scale^2) for the other coefficients (with spec.coef_prior "learned": N(0, tau_t^2) for
 the columns of formula term t, tau_t one parameter per term fitted by the ELBO, `inference.coef_prior`; with
 "learned-interactions-per-gene" N(0, tau_t^2 lambda_gt^2) per gene, lambda_gt ~ half-Cauchy(0, 1) a latent with
-a log-normal guide per gene, tau_t fitted: the horseshoe's form); log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
+a log-normal guide per gene, tau_t fitted: the horseshoe's form; with "learned-interactions-per-gene-level" also
+times a scale per column of the term, from a half-Cauchy population whose scale is a latent, `probgex.models.levels`,
+an unseen column's drawn from it); log alpha_g ~ N(log(a0 + a1 / m_g), s^2)
 around a DESeq2-style mean-dispersion trend (m_g the gene's mean normalised count), with a0, a1, s
 placed by empirical Bayes before SVI and held (`probgex.models.trend`; with no residual degree of freedom
 the ELBO fits them), so genes seen in few replicates are shrunk toward the trend; a logit parameter
@@ -35,11 +37,13 @@ from probgex.models.dims import Dims
 from probgex.models.distributions import log_mean_exp
 from probgex.models.families import family
 from probgex.models.families.base import DISPERSION
+from probgex.models.levels import Levels
 from probgex.models import quality
-from probgex.inference.coef_prior import PER_GENE
+from probgex.inference.coef_prior import PER_GENE, PER_LEVEL
 from probgex.spec import ModelSpec
 
 INTERCEPT_SD = 10.0
+LOG_MU_BOUND = 60.0  # |log mean| bound of a prediction's draws with per-level scales (`predictive_params`)
 COEF_SD_MIN = 0.01  # the smallest learned prior sd of a formula term (coef_prior "learned")
 GENE_SD_SCALE0 = 0.3  # the guide's start sd of a gene's log local scale (per-gene coef_prior)
 
@@ -90,6 +94,8 @@ class GLM:
         # intercept), a parameter the ELBO fits, started at `start["coef_sd"]` (`inference.coef_prior`)
         self.coef_terms = self.unseen = None
         self.per_gene = False  # one prior sd per gene and learned term, a latent of the guide
+        self.per_level = False  # and one scale per column of a learned term, from a population per term
+        self.levels = None
         if spec.coef_prior != "fixed":
             terms = np.asarray(dims.coef_terms, np.int32)
             if terms.shape != (self.P,):
@@ -109,6 +115,10 @@ class GLM:
                 self.coef_sd0 = np.exp(g0.mean(0)).astype(np.float32)
             unseen = np.zeros(self.D, bool)
             unseen[list(dims.coef_unseen)] = True
+            # coef_prior "learned-interactions-per-gene-level": one scale per column (level) of every learned
+            # term, from a population per term (`probgex.models.levels`)
+            self.per_level = self.per_gene and spec.coef_prior in PER_LEVEL
+            self.levels = Levels(terms, unseen[: self.P], n_terms) if self.per_level else None
             self.unseen = jnp.asarray(unseen) if unseen.any() else None
         self.init = init
         # per-observation dispersion scales (`probgex.models.quality`), for a family with a dispersion
@@ -141,20 +151,22 @@ class GLM:
         return {q.name: extra[q.name][..., group, :] if q.role == DISPERSION else extra[q.name]
                 for q in self.extras}
 
-    def coef_sd(self, gene_sd: jax.Array | None = None) -> jax.Array:
+    def coef_sd(self, gene_sd: jax.Array | None = None, level: jax.Array | None = None) -> jax.Array:
         """The coefficients' prior sds (P,): fixed, or with coef_prior "learned" each column's term's sd, a
         parameter fitted by the ELBO (type-II maximum likelihood over all genes); per gene (G, P) from the genes'
         sds `gene_sd` (G, T) (coef_prior "learned-interactions-per-gene")."""
         if self.coef_terms is None or not self.coef_sd0.size:
             return self.beta_sd
-        return self._column_sd(self._tau_param() if gene_sd is None else gene_sd)
+        return self._column_sd(self._tau_param() if gene_sd is None else gene_sd, level)
 
     def _tau_param(self) -> jax.Array:
         return numpyro.param("coef_prior_sd", jnp.asarray(self.coef_sd0), constraint=constraints.greater_than(COEF_SD_MIN))
 
-    def _column_sd(self, tau: jax.Array) -> jax.Array:
-        """Per design column its term's sd from `tau` (..., T), the fixed sd for the other columns: (..., P)."""
-        return jnp.where(self.coef_terms < 0, self.beta_sd, tau[..., jnp.maximum(self.coef_terms, 0)])
+    def _column_sd(self, tau: jax.Array, level: jax.Array | None = None) -> jax.Array:
+        """Per design column its term's sd from `tau` (..., T), the fixed sd for the other columns: (..., P);
+        times `level` (..., P), the columns' level scales (1 outside the learned terms), if given."""
+        sd = jnp.where(self.coef_terms < 0, self.beta_sd, tau[..., jnp.maximum(self.coef_terms, 0)])
+        return sd if level is None else sd * level
 
     def _gene_scale_prior(self) -> dist.Distribution:
         """The genes' local scales lambda_gt ~ half-Cauchy(0, 1) (tau_gt = tau_t lambda_gt, the horseshoe's
@@ -170,14 +182,16 @@ class GLM:
                               constraint=constraints.positive)
         return dist.LogNormal(loc, scale).to_event(1)
 
-    def guide_params(self, loc: jax.Array, diag: jax.Array, off: jax.Array, tau: jax.Array | None):
+    def guide_params(self, loc: jax.Array, diag: jax.Array, off: jax.Array, tau: jax.Array | None,
+                     level: jax.Array | None = None):
         """The guide's (loc, diag, offdiag) with the columns all zero in training (`dims.coef_unseen`) set to
-        their exact posterior, their term's prior: mean 0, sd tau, uncorrelated with the rest (the likelihood
-        does not involve them). Unchanged without such columns."""
+        their exact posterior, their term's prior: mean 0, sd tau (times the column's `level` scale, per-level
+        coef_prior), uncorrelated with the rest (the likelihood does not involve them). Unchanged without such
+        columns."""
         if self.unseen is None or tau is None:
             return loc, diag, off
         m = self.unseen
-        col = self._column_sd(tau)  # (P,) or per gene (G, P)
+        col = self._column_sd(tau, level)  # (P,) or per gene (G, P)
         sd = jnp.concatenate([col, jnp.ones((*col.shape[:-1], self.D - self.P))], -1)
         keep = (~m[:, None]) & (~m[None, :])
         return jnp.where(m, 0.0, loc), jnp.where(m, sd, diag), jnp.where(keep, off, 0.0)
@@ -191,9 +205,13 @@ class GLM:
             return params["coef_prior_sd"] * jnp.exp(params["coef_gene_sd_loc"] + params["coef_gene_sd_scale"] ** 2)
         return params.get("coef_prior_sd")
 
-    def _prior(self, gene_sd: jax.Array | None = None) -> dist.Distribution:
+    def _level(self, params: dict) -> jax.Array | None:
+        """The unseen columns' level multiplier for the moments (per-level coef_prior), else None."""
+        return self.levels.median_new(params) if self.per_level and self.unseen is not None else None
+
+    def _prior(self, gene_sd: jax.Array | None = None, level: jax.Array | None = None) -> dist.Distribution:
         locs = [jnp.zeros((self.G, self.P))]
-        scales = [jnp.broadcast_to(self.coef_sd(gene_sd), (self.G, self.P))]
+        scales = [jnp.broadcast_to(self.coef_sd(gene_sd, level), (self.G, self.P))]
         for q, w in zip(self.extras, self.widths, strict=True):
             if q.role != DISPERSION:
                 locs.append(jnp.full((self.G, 1), q.prior[0]))
@@ -231,10 +249,11 @@ class GLM:
         return out
 
     def model(self, batch: Batch):
+        level = self.levels.model() if self.per_level else None
         with numpyro.plate("genes", self.G):
             gene_sd = (self._tau_param() * numpyro.sample("coef_gene_scale", self._gene_scale_prior())
                        if self.per_gene else None)
-            v = numpyro.sample("gene_params", self._prior(gene_sd))
+            v = numpyro.sample("gene_params", self._prior(gene_sd, level))
         w = quality.model_quality(self.init.n_obs)[batch.row] if self.quality else None
         with numpyro.plate("cells", batch.design.shape[0]), numpyro.handlers.mask(mask=batch.mask), \
                 numpyro.handlers.scale(scale=batch.scale):
@@ -254,13 +273,14 @@ class GLM:
         diag0, off0 = self._scale_init()
         diag = numpyro.param("gp_scale_diag", diag0, constraint=constraints.positive)
         off = numpyro.param("gp_scale_offdiag", off0)
+        level = self.levels.guide() if self.per_level else None
         with numpyro.plate("genes", self.G):
             tau = None
             if self.per_gene:  # each gene's prior sds, drawn before its coefficients
                 tau = self._tau_param() * numpyro.sample("coef_gene_scale", self._gene_scale_guide())
             if self.unseen is not None:  # columns without data: their exact posterior, the learned prior (given
                 # the gene's drawn sd, per gene; their terms of the ELBO cancel)
-                loc, diag, off = self.guide_params(loc, diag, off, self._tau_param() if tau is None else tau)
+                loc, diag, off = self.guide_params(loc, diag, off, self._tau_param() if tau is None else tau, level)
             numpyro.sample("gene_params", full_rank_normal(loc, scale_tril(diag, off)))
         if self.quality:
             quality.guide_quality(self.init.n_obs)
@@ -282,9 +302,13 @@ class GLM:
     # ----- prediction
     def draw_gene_params(self, params: dict, key: jax.Array, n: int) -> jax.Array:
         """n draws of every gene's vector from the fitted guide: (n, G, D). Per-gene prior sds: the unseen
-        columns are drawn as tau_gt eps, tau_gt drawn from the guide's log-normal (a scale mixture, jointly)."""
+        columns are drawn as tau_gt eps, tau_gt drawn from the guide's log-normal (a scale mixture, jointly); with
+        per-level scales also times the unseen level's kappa, drawn once per draw for all genes from the levels'
+        population at its hyperparameters' guide draws (the posterior predictive of a new level's scale)."""
         per_gene = self.per_gene and self.unseen is not None
-        if per_gene:
+        if per_gene and self.per_level:
+            key, key_sd, key_level = jax.random.split(key, 3)
+        elif per_gene:  # as before the per-level scales: the same draws for the same key
             key, key_sd = jax.random.split(key)
         tau = jnp.ones(self.n_terms) if per_gene else self._tau(params)
         loc, diag, off = self.guide_params(params["gp_loc"], params["gp_scale_diag"], params["gp_scale_offdiag"], tau)
@@ -294,7 +318,8 @@ class GLM:
         if per_gene:  # the unseen columns are eps (mean 0, sd 1, uncorrelated): times each draw's sd
             log_sd = params["coef_gene_sd_loc"] + params["coef_gene_sd_scale"] * jax.random.normal(
                 key_sd, (n, self.G, self.n_terms))
-            col = self._column_sd(params["coef_prior_sd"] * jnp.exp(log_sd))
+            level = self.levels.draw_new(params, key_level, n)[:, None, :] if self.per_level else None
+            col = self._column_sd(params["coef_prior_sd"] * jnp.exp(log_sd), level)
             sd = jnp.concatenate([col, jnp.ones((n, self.G, self.D - self.P))], -1)
             v = jnp.where(self.unseen, v * sd, v)
         return v
@@ -316,7 +341,12 @@ class GLM:
         eta = (batch.design[None, :, :, None] * beta[:, None, :, :]).sum(2)
         if batch.offset is not None:
             eta = eta + batch.offset[None]
-        mu = jnp.exp(batch.log_lib[None, :, None] + eta)
+        log_mu = batch.log_lib[None, :, None] + eta
+        if self.per_level:  # an unseen level's half-Cauchy scale has draws far out in its tail (kappa 1e3-1e6):
+            # bounded so that exp stays finite in float32 (mu in [1e-26, 1e26]: never reached by a fitted mean;
+            # such a draw's counts are as far out either way, so PIT and density are unchanged but for the NaN)
+            log_mu = jnp.clip(log_mu, -LOG_MU_BOUND, LOG_MU_BOUND)
+        mu = jnp.exp(log_mu)
         out = {"mu": mu}
         for q in self.extras:
             a = extra[q.name]
@@ -360,10 +390,12 @@ class GLMPosterior(NamedTuple):
 
     def coefficient_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of the coefficients, each (P, G), exact from the guide (with per-gene prior sds
-        an unseen column's sd is its scale mixture's; its law is heavier-tailed than a normal: `draws`)."""
+        an unseen column's sd is its scale mixture's; its law is heavier-tailed than a normal: `draws`; with per-level
+        scales at the unseen level's median scale, the half-Cauchy having no variance)."""
         P, p = self.story.P, self.params
         loc, diag, off = self.story.guide_params(jnp.asarray(p["gp_loc"]), jnp.asarray(p["gp_scale_diag"]),
-                                                 jnp.asarray(p["gp_scale_offdiag"]), self.story._tau(p))
+                                                 jnp.asarray(p["gp_scale_offdiag"]), self.story._tau(p),
+                                                 self.story._level(p))
         tril = np.asarray(scale_tril(diag, off))
         loc = np.asarray(loc)[:, :P].T
         return loc, np.sqrt((tril[:, :P, :] ** 2).sum(-1)).T
