@@ -62,11 +62,6 @@ class RowSource:
         chunk (a .zarr store); None where rows are read by themselves (memory, an uncompressed .h5ad)."""
         return None
 
-    def straddles(self, rows: np.ndarray) -> np.ndarray | None:
-        """Whether each of `rows` has entries in two stored compressed chunks (the first and the next: reading
-        it decodes both); None where rows are read by themselves (see `chunk_of`)."""
-        return None
-
     def to_memory(self) -> np.ndarray | sp.csr_matrix:
         parts = [b for _, b in self.blocks(max(1, 2**22 // max(1, self.shape[1])))]
         if self.sparse:
@@ -153,19 +148,6 @@ class Disk(RowSource):
             return self._row_pointers()[rows] // int(arr.chunks[0])
         return rows // int(arr.chunks[0])
 
-    def straddles(self, rows):
-        """CSR in a .zarr store: a row whose first and last entries lie in different stored chunks of the
-        values (one row a chunk boundary, ~1 in 390 rows at 154k entries a chunk); dense: none."""
-        arr = self.elem.group["data"] if self.sparse else self.elem
-        if not hasattr(arr, "get_coordinate_selection"):
-            return None
-        rows = np.asarray(rows, np.int64)
-        if not self.sparse:
-            return np.zeros(len(rows), bool)
-        ptr, size = self._row_pointers(), int(arr.chunks[0])
-        lo, hi = ptr[rows], ptr[rows + 1]
-        return (hi > lo) & (lo // size != (hi - 1) // size)
-
     def _row_pointers(self) -> np.ndarray:
         if self._indptr is None:
             self._indptr = np.asarray(self.elem.group["indptr"][:], np.int64)
@@ -250,10 +232,6 @@ class View(RowSource):
     def chunk_of(self, rows):
         rows = np.asarray(rows)
         return self.base.chunk_of(rows if self.rows is None else self.rows[rows])
-
-    def straddles(self, rows):
-        rows = np.asarray(rows)
-        return self.base.straddles(rows if self.rows is None else self.rows[rows])
 
     def nbytes(self) -> int:
         share = (self.shape[0] / max(1, self.base.shape[0])) * (self.shape[1] / max(1, self.base.shape[1]))

@@ -328,37 +328,3 @@ def test_shuffled_batches_of_a_chunked_store_come_from_its_pools(small, tmp_path
         np.testing.assert_array_equal(np.asarray(b.x)[real], mem.rows(ids))
         seen.append(ids)
     assert sorted(np.concatenate(seen).tolist()) == train.tolist()
-
-
-def test_pools_decode_each_stored_chunk_once_holding_the_rows_that_straddle_two(small, tmp_path, monkeypatch):
-    """A row whose entries straddle two stored chunks is read once (held for the fit), not with its pool:
-    the pools' reads from disk then touch each stored chunk once an epoch (twice where a pool ends inside
-    it), and every window still reads exactly the in-memory rows."""
-    from probgex.inference import minibatch
-    from probgex.inference.minibatch import Minibatches
-
-    monkeypatch.setattr(minibatch, "POOL_WINDOWS", 3)
-    disk = from_anndata(_write_chunked(small, tmp_path / "s.zarr", 200), "~ group_id", memory_budget=0, empty="keep")
-    mem = from_anndata(small, "~ group_id", empty="keep")
-    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)
-    ptr = np.r_[0, np.cumsum(np.diff(sp.csr_matrix(small.X).indptr))]
-    lo, hi = ptr[:-1], ptr[1:]
-    cross = (hi > lo) & (lo // 200 != (hi - 1) // 200)
-    assert cross[train].sum() >= 5
-    np.testing.assert_array_equal(disk.counts.straddles(train), cross[train])
-    reads = []
-    real_read = Disk.read
-    monkeypatch.setattr(Disk, "read", lambda self, rows: reads.append(np.asarray(rows)) or real_read(self, rows))
-    mb = Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(5))
-    pools, touched = list(mb.pools()), 0
-    for pool in pools:
-        before = len(reads)
-        data = mb.pool_data(pool)
-        for held, order in pool:
-            np.testing.assert_array_equal(data.subset(train[held]).rows(order), mem.rows(train[held][order]))
-        for rows in reads[before:]:
-            if len(rows) and not cross[rows].all():  # the pool's read (not the one read of the straddling rows)
-                assert not cross[rows].any()
-                touched += len(np.unique(np.r_[lo[rows] // 200, (hi[rows] - 1) // 200]))
-    assert len(pools) == 2 and sum(cross[r].all() for r in reads if len(r)) == 1  # straddling rows read once
-    assert touched <= len(np.unique(lo[train] // 200)) + len(pools) - 1

@@ -127,7 +127,6 @@ class Minibatches:
         self.n_total = len(self.index) if n_total is None else n_total
         self.n_high = high_per_row(data, self.index) if high else None
         self.high_size = None if self.n_high is None else high_bound(self.n_high, self.batch_size)
-        self._straddle: Held | None = None  # rows across two stored chunks, held (`_straddling`)
 
     def __len__(self) -> int:
         return -(-len(self.index) // self.batch_size)
@@ -193,32 +192,11 @@ class Minibatches:
 
     def pool_data(self, pool: list[tuple[np.ndarray, np.ndarray]]) -> CountData:
         """The data with the counts of a pool's rows read from disk in one go and held (`rowsource.Held`):
-        its windows then read from memory. A pool of one window is read by the window itself (unless it has
-        rows that straddle two stored chunks, which come from `_straddling`)."""
-        if not isinstance(self.data.counts, RowSource):
+        its windows then read from memory. A pool of one window is read by the window itself."""
+        if len(pool) == 1 or not isinstance(self.data.counts, RowSource):
             return self.data
-        source = self.data.counts
         rows = np.sort(self.index[np.concatenate([held for held, _ in pool])])
-        cross = source.straddles(rows) if source.sparse else None
-        if cross is None or not cross.any():
-            if len(pool) == 1:
-                return self.data
-            return replace(self.data, counts=Held(source, rows, source.read(rows)))
-        # the rows that straddle two stored chunks come from `_straddling` (read once): read from disk here,
-        # each would decode the next chunk whole for its last entries (447 chunk decodes an epoch for 256
-        # chunks of the 100k store, 261 without them; benchmarks/README.md, scale, fourth pass)
-        inner, outer = rows[~cross], rows[cross]
-        block = sp.vstack([source.read(inner), self._straddling().read(outer)], format="csr")
-        return replace(self.data, counts=Held(source, rows, block[np.argsort(np.r_[inner, outer], kind="stable")]))
-
-    def _straddling(self) -> Held:
-        """Every row of `index` whose counts straddle two stored chunks (one a chunk boundary: ~2.5k rows, ~8 MB
-        at 1M cells), read from disk on first use and held for the fit."""
-        if self._straddle is None:
-            rows = np.sort(self.index)
-            rows = rows[self.data.counts.straddles(rows)]
-            self._straddle = Held(self.data.counts, rows, self.data.counts.read(rows))
-        return self._straddle
+        return replace(self.data, counts=Held(self.data.counts, rows, self.data.counts.read(rows)))
 
     def _in_order(self) -> Iterator[Batch]:
         """The batches of counts on disk in order (the held-out pass), a window's rows read at a time: one
