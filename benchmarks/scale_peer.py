@@ -66,7 +66,7 @@ def main() -> None:
         from scvi.dataloaders import AnnDataLoader
 
         rng = np.random.default_rng(0)
-        train = np.sort(rng.permutation(adata.n_obs)[: int(round(0.9 * adata.n_obs))])
+        train = np.sort(rng.permutation(adata.n_obs)[: round(0.9 * adata.n_obs)])
         loader = AnnDataLoader(model.adata_manager, indices=train, batch_size=128, shuffle=True)
         batches = 0
         ends.append((time.perf_counter(), time.process_time()))

@@ -18,7 +18,13 @@ from probgex._checks import check_levels, check_n_samples
 from probgex.data import CountData, group_codes
 from probgex.errors import DataError, SpecError
 from probgex.inference.minibatch import make_batch
-from probgex.inference.predictive import Draws, deciles, empirical_intervals, narrow_counts, pit_coverage
+from probgex.inference.predictive import (
+    Draws,
+    deciles,
+    empirical_intervals,
+    narrow_counts,
+    pit_coverage,
+)
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
