@@ -3,6 +3,7 @@ benchmark's cVAE-NB; run predict_profile.py first for the model):
   python benchmarks/predict_micro.py block   # save the block to /tmp/probgex-scale/block.npz
   python benchmarks/predict_micro.py write [NAME ...]  # HDF5 layouts / filters (hdf5plugin ones if installed)
   python benchmarks/predict_micro.py sample  # samplers, interval sorts, copies
+  python benchmarks/predict_micro.py intervals  # the intervals' sort before / after narrowing to int32
 """
 import sys
 
@@ -114,5 +115,32 @@ def sample():
     t("counts int64 -> int32 cast", lambda: c.astype(np.int32))
 
 
+def intervals():
+    """`summarize`'s intervals before (np.sort of the int64 draws) and after (`narrow_counts`: min / max
+    and the int32 cast, then the sort) on one block of 200 draws x 32 cells x 2,000 genes: the saved real
+    block where it exists, else NB draws with log-means ~ N(-1, 2) and theta 0.5."""
+    import os
+    import time
+
+    import numpy as np
+
+    from probgex.inference.predictive import empirical_intervals, narrow_counts
+    levels = (0.5, 0.8, 0.9, 0.95)
+    if os.path.exists("/tmp/probgex-scale/block.npz"):
+        c = np.load("/tmp/probgex-scale/block.npz")["counts"].astype(np.int64)
+    else:
+        rng = np.random.default_rng(0)
+        mu = np.exp(rng.normal(-1, 2, size=(1, 32, 2000)))
+        c = rng.negative_binomial(0.5, 0.5 / (0.5 + mu), size=(200, 32, 2000)).astype(np.int64)
+    for label, f in (("int64 sort (before)", lambda: empirical_intervals(c, levels)),
+                     ("narrow_counts + int32 sort (after)", lambda: empirical_intervals(narrow_counts(c), levels)),
+                     ("  of which narrow_counts", lambda: narrow_counts(c))):
+        f()
+        c0 = time.process_time()
+        for _ in range(5):
+            f()
+        print(f"{label:40s} {(time.process_time() - c0) / 5 * 1000 / c.shape[1]:5.2f} CPU s per 1,000 cells", flush=True)
+
+
 if __name__ == "__main__":
-    {"block": block, "write": write, "sample": sample}[sys.argv[1]]()
+    {"block": block, "write": write, "sample": sample, "intervals": intervals}[sys.argv[1]]()

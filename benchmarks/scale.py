@@ -27,6 +27,9 @@ Usage:
       --out benchmarks/results/scale.json
   python benchmarks/scale.py predict --sizes 500 2000 --draws 200 --out benchmarks/results/scale.json
   python benchmarks/scale.py devices --devices 1 2 4 --epochs 3 --out benchmarks/results/scale_devices.json
+  python benchmarks/scale.py peer --sizes 100000 --epochs 2 --out benchmarks/results/scale_peer.json
+`peer`: probgex's loader alone (`loader_one`) against scvi-tools' AnnDataLoader and SCVI on the same .h5ad
+(benchmarks/scale_peer.py, run in benchmarks/.peer-venv from benchmarks/peer_env.sh).
 """
 
 from __future__ import annotations
@@ -294,6 +297,71 @@ def predict(sizes: list[int], draws: int, out: Path) -> None:
         write(out, {"machine": machine(), "rows": rows})
 
 
+def loader_one(n: int, source: str, epochs: int) -> dict:
+    """probgex's loader alone, the counterpart of scvi-tools' `AnnDataLoader` (scale_peer.py): the training
+    windows of `epochs` epochs of the fit's streamed minibatches built on the host (`window.read_windows`:
+    the rows read, densified into the padded (2,048, G) window, entries >= 2 listed) and nothing else (no
+    device step); "memory": the same from the counts in memory (anndata.read_h5ad, CSR). Seconds per epoch
+    between the ends of the last two epochs; peak RSS of the process."""
+    import anndata as ad
+
+    from probgex import rng as streams
+    from probgex.data import from_anndata
+    from probgex.inference import plan
+    from probgex.inference.minibatch import Minibatches, high_bound
+    from probgex.inference.window import read_windows
+
+    t0 = time.perf_counter()
+    data = from_anndata(ad.read_h5ad(path_of(n, "h5ad")) if source == "memory" else path_of(n, source),
+                        "~ cluster_id", memory_budget=None if source == "memory" else 0)
+    train_idx, _ = plan.split(data.obs.index, 0.1, None, 0)
+    train = Minibatches(data, train_idx, 128, shuffle=True, rng=streams.host_rng(0, "shuffle", 0), high=True)
+    rows = min(train.window_rows, len(train.index))
+    high = high_bound(train.n_high, rows)
+    setup_s = time.perf_counter() - t0
+    ends, windows = [(time.perf_counter(), time.process_time())], 0
+    for epoch in range(1, epochs + 1):
+        train.rng = streams.host_rng(0, "shuffle", epoch)
+        for _ in read_windows(train, high=True, pad_rows=rows, pad_high=high):
+            windows += 1
+        ends.append((time.perf_counter(), time.process_time()))
+    (w1, c1), (w2, c2) = ends[-2:]
+    return {"tool": "probgex", "cells": n, "source": f"probgex {source}", "mode": "loader", "epochs": epochs,
+            "streamed": bool(data.streamed), "windows": windows, "setup_s": setup_s, "s_per_epoch": w2 - w1,
+            "cpu_s_per_epoch": c2 - c1, "cells_per_s": 0.9 * n / (w2 - w1), "total_s": time.perf_counter() - t0,
+            "load_1min": os.getloadavg()[0],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+PEER = Path(__file__).resolve().parent / ".peer-venv" / "bin" / "python"
+
+
+def peer(n: int, epochs: int, out: Path, what: list[str]) -> None:
+    """Side by side, each in a fresh process, one after the other: probgex's loader on the counts in memory,
+    the .h5ad and the .zarr store (`loader_one`), scvi-tools' `AnnDataLoader` on the same .h5ad in memory and
+    backed (scale_peer.py in the peer venv), then scvi-tools' SCVI trained on it (memory, backed). `what`
+    picks among "probgex", "scvi_loader", "scvi_train". Rows merged into `out` by (source, mode)."""
+    jobs = []
+    if "probgex" in what:
+        jobs += [[sys.executable, __file__, "loader_one", "--n", str(n), "--source", s, "--epochs", str(epochs)]
+                 for s in ("memory", "h5ad", "zarr")]
+    for mode in ("loader", "train"):
+        if f"scvi_{mode}" in what:
+            jobs += [[str(PEER), str(Path(__file__).with_name("scale_peer.py")), "--h5ad", str(path_of(n, "h5ad")),
+                      "--source", s, "--mode", mode, "--epochs", str(epochs)] for s in ("memory", "backed")]
+    for cmd in jobs:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            row = {"cells": n, "cmd": " ".join(cmd[1:]), "error": r.stderr.strip().splitlines()[-1][:300]}
+        else:
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+        rows = json.loads(out.read_text())["rows"] if out.exists() else []
+        rows = [q for q in rows if (q.get("cells"), q.get("source"), q.get("mode")) !=
+                (row.get("cells"), row.get("source"), row.get("mode"))] + [row]
+        print(json.dumps(row), flush=True)
+        write(out, {"machine": machine(), "rows": rows})
+
+
 def devices_one(n_dev: int, epochs: int) -> dict:
     """The benchmark's cVAE-NB on kang_ctrl5's 8,684 cells x 2,000 genes in memory, batch 256, on
     `n_dev` host devices (this process started with XLA_FLAGS=--xla_force_host_platform_device_count)."""
@@ -334,7 +402,8 @@ def devices(counts: list[int], epochs: int, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["make", "run", "one", "predict", "predict_one", "devices",
-                                       "devices_one"])
+                                       "devices_one", "loader_one", "peer"])
+    p.add_argument("--peer", nargs="+", default=["probgex", "scvi_loader", "scvi_train"])
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--draws", type=int, default=200)
     p.add_argument("--max-windows", type=int, default=0,
@@ -356,6 +425,10 @@ def main() -> None:
         devices(a.devices, a.epochs, a.out)
     elif a.what == "devices_one":
         print(json.dumps(devices_one(a.n, a.epochs)))
+    elif a.what == "loader_one":
+        print(json.dumps(loader_one(a.n, a.source, a.epochs)))
+    elif a.what == "peer":
+        peer(a.sizes[0], a.epochs, a.out, a.peer)
     elif a.what == "predict_one":
         print(json.dumps(predict_one(a.n, a.draws)))
     else:

@@ -18,7 +18,13 @@ from probgex._checks import check_levels, check_n_samples
 from probgex.data import CountData, group_codes
 from probgex.errors import DataError, SpecError
 from probgex.inference.minibatch import make_batch
-from probgex.inference.predictive import Draws, deciles, empirical_intervals, pit_coverage
+from probgex.inference.predictive import (
+    Draws,
+    deciles,
+    empirical_intervals,
+    narrow_counts,
+    pit_coverage,
+)
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 BLOCK = 256  # most rows per prediction block; fixed per (draws, genes), so prediction compiles once
@@ -119,7 +125,7 @@ def summarize(fit, draws, rng, levels, n_samples, draw_lib) -> Iterator[tuple[np
     for rows, d in draws:
         if draw_lib:
             d = d.scaled(library.draw_training(rng, fit.dims.lib_loc, fit.dims.lib_scale, (n_samples, len(rows), 1)))
-        counts = d.sample(rng)
+        counts = narrow_counts(d.sample(rng))  # int32 where they fit: sorted once for the intervals
         mean, sd = d.moments()
         lower, upper = empirical_intervals(counts, levels)
         yield rows, {"counts": counts, "mean": mean, "sd": sd, "lower": lower, "upper": upper}
@@ -195,7 +201,8 @@ def predict_to_file(fit, obs: pd.DataFrame, path, *, n_samples: int = 200, level
                                 "so nothing was written: the metadata or library sizes lie where the fitted model "
                                 "overflows; predict within the training range of the covariates and with library "
                                 "sizes like the training ones")
-            if block["counts"].size and block["counts"].max() > np.iinfo(COUNTS_DTYPE).max:
+            counts = block["counts"]  # narrowed to int32 by `summarize` where every draw fits
+            if counts.size and counts.dtype != COUNTS_DTYPE and counts.max() > np.iinfo(COUNTS_DTYPE).max:
                 raise DataError(f"a predictive draw exceeds {np.iinfo(COUNTS_DTYPE).max} counts (observations "
                                 f"{rows[0]}..{rows[-1]}), so nothing was written: the fitted model overflows for "
                                 "this metadata; predict within the training range of the covariates and with "
