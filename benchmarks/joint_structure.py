@@ -49,6 +49,13 @@ first 5 random sets are those `check`'s default draws), and the latent diagnosti
     f(z, c) = sum_{g in program} rho_g(z, c), under z from the prior and from the encoder (training cells):
     quantiles and the share of cells above the midpoint of the two modes (for harmony: the myeloid share).
 
+Training-size sweep (where does the flow start to win? issue 13 item 3's "learned prior as default where it
+wins"): `--train-cells N` fits on a random N of the training cells (numpy default_rng([seed, N]): another
+subset per seed), the held-out cells unchanged; `--pair` on a flow10 row also stores its g10 twin, the same
+fit's VAE stage with its Gaussian prior network (a g10 fit of the same seed and cells reaches the same
+parameters: checked, identical LPD, on a 50-cell smoke fit and on ctrl5's full row, -1233.31 both), so one fit
+gives both rows; `--sweep` prints one line per (cells, seed): g10 -> flow10. Keys get `_n<N>`.
+
 Results: benchmarks/results/joint_structure.json, merged by row name (rows may run in pieces).
 
 Usage:
@@ -56,6 +63,8 @@ Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/joint_structure.py --table-only
   PYTHONPATH=. .venv/bin/python benchmarks/joint_structure.py --noharm --rows zscrb_g10 zscrb_flow10
   PYTHONPATH=. .venv/bin/python benchmarks/joint_structure.py --noharm --table-only
+  PYTHONPATH=. .venv/bin/python benchmarks/joint_structure.py --out R.json --pair --train-cells 200 --rows muscat_group_flow10
+  PYTHONPATH=. .venv/bin/python benchmarks/joint_structure.py --out R.json --sweep --table-only
 """
 
 from __future__ import annotations
@@ -307,14 +316,28 @@ def headline(s: dict) -> dict:
     }
 
 
-def run_row(name: str, seed: int, n_samples: int, max_epochs: int | None = None) -> dict:
+def subsample(train, n: int | None, seed: int):
+    """`n` training cells drawn without replacement (numpy default_rng([seed, n]): a different subset per
+    seed and size), or all of them when n is None. The held-out cells are untouched."""
+    if n is None:
+        return train
+    if not 1 <= n <= train.n_obs:
+        raise SystemExit(f"--train-cells must be in 1..{train.n_obs} (the training cells); got {n}")
+    keep = np.sort(np.random.default_rng([seed, n]).choice(train.n_obs, n, replace=False))
+    return train[keep].copy()
+
+
+def gaussian_twin(fit):
+    """The Gaussian-prior fit hidden in a learned-prior fit: its VAE stage (the VAE-stage Gaussian prior
+    network, `Fit.learned_prior_status` "not trained") is the g10 fit of the same seed and data."""
+    from dataclasses import replace
+    return replace(fit, params={k: v for k, v in fit.params.items() if k != "learned_prior"}, prior_history=None)
+
+
+def evaluate(fit, name, dataset, variant, train, test, seed, n_samples, t_fit, group_col) -> dict:
+    """One row: `check` on the held-out cells and the latent diagnostics of `fit`."""
     from probgex.diagnostics import check
-    dataset, variant = ROWS[name]
-    formula, group_col = DATASETS[dataset]
-    train, test = split_for(dataset)
-    model = make_model(formula, variant)
-    kw = {} if max_epochs is None else {"max_epochs": max_epochs}  # smoke runs only; rows use the default
-    fit, t_fit = timed(model.fit, train, seed=seed, progress=False, **kw)
+    formula = DATASETS[dataset][0]
     report, t_check = timed(check, fit, test, n_samples=n_samples, seed=seed, progress=False, reference=train,
                             n_random_programs=N_RANDOM)
     row = {"name": name, "dataset": dataset, "formula": formula, "variant": variant, "seed": seed,
@@ -329,6 +352,38 @@ def run_row(name: str, seed: int, n_samples: int, max_epochs: int | None = None)
         row["diagnostics_error"] = f"{type(e).__name__}: {e}"
         print(f"{name}: diagnose failed: {row['diagnostics_error']}", flush=True)
     return row
+
+
+def run_pair(name: str, seed: int, n_samples: int, train_cells: int | None = None,
+             max_epochs: int | None = None):
+    """A learned-prior row and its g10 twin from one fit (the twin is the fit's VAE stage with its Gaussian
+    prior network: the same parameters a g10 fit of this seed reaches, without fitting them twice); yields
+    each row when it is done (the twin first: its check is the cheap one)."""
+    dataset, variant = ROWS[name]
+    if VARIANTS[variant][0] == "gaussian" or variant.endswith("q") or VARIANTS[variant][1] != 10:
+        raise SystemExit(f"--pair needs a learned-prior row of latent 10 (e.g. {dataset}_flow10); got {name}")
+    formula, group_col = DATASETS[dataset]
+    train, test = split_for(dataset)
+    train = subsample(train, train_cells, seed)
+    kw = {} if max_epochs is None else {"max_epochs": max_epochs}
+    fit, t_fit = timed(make_model(formula, variant).fit, train, seed=seed, progress=False, **kw)
+    twin = evaluate(gaussian_twin(fit), f"{dataset}_g10", dataset, "g10", train, test, seed, n_samples, t_fit,
+                    group_col)
+    twin["latent"] = {"kind": "gaussian", "dim": 10, "hidden": [], "twin_of": name}
+    yield twin
+    yield evaluate(fit, name, dataset, variant, train, test, seed, n_samples, t_fit, group_col)
+
+
+def run_row(name: str, seed: int, n_samples: int, max_epochs: int | None = None,
+            train_cells: int | None = None) -> dict:
+    dataset, variant = ROWS[name]
+    formula, group_col = DATASETS[dataset]
+    train, test = split_for(dataset)
+    train = subsample(train, train_cells, seed)
+    model = make_model(formula, variant)
+    kw = {} if max_epochs is None else {"max_epochs": max_epochs}  # smoke runs only; rows use the default
+    fit, t_fit = timed(model.fit, train, seed=seed, progress=False, **kw)
+    return evaluate(fit, name, dataset, variant, train, test, seed, n_samples, t_fit, group_col)
 
 
 def fmt(v, f=".3f"):
@@ -384,8 +439,40 @@ def noharm_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def key(name: str, seed: int) -> str:
-    return name if seed == 0 else f"{name}_seed{seed}"
+def key(name: str, seed: int, train_cells: int | None = None) -> str:
+    return name + ("" if train_cells is None else f"_n{train_cells}") + ("" if seed == 0 else f"_seed{seed}")
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """The training-size sweep: one line per (dataset, cells, seed) with the g10 twin -> the learned prior."""
+    head = ("| data | train cells | seed | active dims | LPD/cell g10 -> flow (diff) | pooled 50 / 90 | worst decile "
+            "| top decile @50 | top decile @90 | genes in 3 SE @90 | corr. program @90 | random @90 mean / min "
+            "| energy prior-post. | fit s / check s flow |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    pairs: dict = {}
+    for r in rows:
+        if r.get("train_cells") is not None or r.get("pair"):
+            pairs.setdefault((r["dataset"], r["n_train"], r["seed"]), {})[r["variant"]] = r
+    arrow = lambda g, f, fm=".3f": f"{format(g, fm)} -> {format(f, fm)}"
+    for (dataset, n, seed), pr in sorted(pairs.items()):
+        g, f = pr.get("g10"), pr.get("flow10")
+        if g is None or f is None:
+            continue
+        en = lambda r: " / ".join(format(v["energy_prior_vs_posterior"], ".2f")
+                                  for v in r["diagnostics"]["per_condition"].values()) if "diagnostics" in r else "-"
+        lines.append(
+            f"| {dataset} | {n} | {seed} | {f['diagnostics']['latent']['active_dims'] if 'diagnostics' in f else '-'} "
+            f"| {g['lpd']:.2f} -> {f['lpd']:.2f} ({f['lpd'] - g['lpd']:+.2f}) "
+            f"| {g['coverage']['0.5']:.3f} / {g['coverage']['0.9']:.3f} -> {f['coverage']['0.5']:.3f} / "
+            f"{f['coverage']['0.9']:.3f} | {arrow(g['worst_decile_deviation_max'], f['worst_decile_deviation_max'])} "
+            f"| {arrow(g['top_decile_coverage']['0.5'], f['top_decile_coverage']['0.5'])} "
+            f"| {arrow(g['top_decile_coverage']['0.9'], f['top_decile_coverage']['0.9'])} "
+            f"| {arrow(g['genes_within_3se']['0.9'], f['genes_within_3se']['0.9'])} "
+            f"| {arrow(g['program_correlated_coverage']['0.9'], f['program_correlated_coverage']['0.9'])} "
+            f"| {g['program_random_coverage_mean']['0.9']:.3f} / {g['program_random_coverage_min']['0.9']:.3f} -> "
+            f"{f['program_random_coverage_mean']['0.9']:.3f} / {f['program_random_coverage_min']['0.9']:.3f} "
+            f"| {en(g)} -> {en(f)} | {f['fit_seconds']:.0f} / {f['check_seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -396,20 +483,32 @@ def main(argv=None):
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--noharm", action="store_true", help="print the no-harm table (tiny / bulk sets) instead")
     p.add_argument("--max-epochs", type=int, default=None, help="smoke runs only (rows use the default)")
+    p.add_argument("--train-cells", type=int, default=None,
+                   help="fit on this many of the training cells (a random subset per seed; held-out cells unchanged)")
+    p.add_argument("--pair", action="store_true",
+                   help="for a flow10 / diffusion10 row, also store its g10 twin: the same fit's VAE stage with its "
+                        "Gaussian prior network (one fit for both rows)")
+    p.add_argument("--sweep", action="store_true", help="print the training-size sweep table (g10 -> flow pairs)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if not args.table_only:
         for name in args.rows:
-            row = run_row(name, args.seed, args.n_samples, args.max_epochs)
-            row["machine"] = machine()
-            stored = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}  # re-read: merge
-            stored["rows"][key(name, args.seed)] = row
-            write(args.out, stored)
-            print((noharm_table if args.noharm else table)([row]), flush=True)
+            if args.pair:
+                new = run_pair(name, args.seed, args.n_samples, args.train_cells, args.max_epochs)
+            else:
+                new = [run_row(name, args.seed, args.n_samples, args.max_epochs, args.train_cells)]
+            for row in new:  # each row stored when done
+                row["machine"], row["train_cells"], row["pair"] = machine(), args.train_cells, args.pair
+                stored = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}  # re-read: merge
+                stored["rows"][key(row["name"], args.seed, args.train_cells)] = row
+                write(args.out, stored)
+                print((noharm_table if args.noharm else table)([row]), flush=True)
     stored = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}
     order = list(ROWS)
-    rows = sorted(stored["rows"].values(), key=lambda r: (order.index(r["name"]), r["seed"]))
-    if args.noharm:
+    rows = sorted(stored["rows"].values(), key=lambda r: (order.index(r["name"]), r.get("train_cells") or 0, r["seed"]))
+    if args.sweep:
+        print(sweep_table(rows))
+    elif args.noharm:
         print(noharm_table([r for r in rows if ROWS[r["name"]][0] in NOHARM and r["variant"] in ("g10", "flow10")]))
     else:
         print(table(rows))

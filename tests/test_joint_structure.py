@@ -30,3 +30,17 @@ def test_energy_distance_matches_scipy_in_one_dimension_and_is_zero_for_identica
     assert abs(js.energy_distance(a, a)) < 1e-12
     c = rng.normal(size=(100, 5))
     assert js.energy_distance(c, c + 2.0) > js.energy_distance(c, rng.normal(size=(100, 5))) > 0
+
+
+def test_train_cells_subsample_is_a_seeded_subset_without_replacement():
+    import anndata as ad
+
+    js = _module()
+    a = ad.AnnData(np.arange(300, dtype=np.float32).reshape(100, 3))
+    a.obs_names = [f"c{i}" for i in range(100)]
+    assert js.subsample(a, None, 0) is a
+    s0, s0b, s1 = js.subsample(a, 20, 0), js.subsample(a, 20, 0), js.subsample(a, 20, 1)
+    assert s0.n_obs == 20 and s0.obs_names.is_unique and set(s0.obs_names) <= set(a.obs_names)
+    assert list(s0.obs_names) == list(s0b.obs_names)  # same seed and size: same cells
+    assert set(s0.obs_names) != set(s1.obs_names)  # another seed: another subset
+    np.testing.assert_array_equal(s0.X, a[s0.obs_names].X)  # rows keep their counts
