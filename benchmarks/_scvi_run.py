@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
-THREADS = 2
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+import _peer_threads  # noqa: E402  (the script's folder is on sys.path)
+
+THREADS = _peer_threads.limit(2)
 
 
 def main() -> None:
@@ -59,8 +58,7 @@ def main() -> None:
     import scvi
     from lightning.pytorch.callbacks import Callback
 
-    torch.set_num_threads(THREADS)
-    scvi.settings.num_threads = THREADS
+    _peer_threads.apply(THREADS)
     scvi.settings.dl_num_workers = 0
     scvi.settings.seed = a.seed
 

@@ -30,9 +30,9 @@ import os
 import resource
 import time
 
-THREADS = 2
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+import _peer_threads  # noqa: E402  (the script's folder is on sys.path)
+
+THREADS = _peer_threads.limit(2)
 
 
 def main() -> None:
@@ -49,8 +49,7 @@ def main() -> None:
     import scvi
     import torch
 
-    torch.set_num_threads(THREADS)
-    scvi.settings.num_threads = THREADS
+    _peer_threads.apply(THREADS)
     scvi.settings.dl_num_workers = 0
     scvi.settings.seed = 0
 
