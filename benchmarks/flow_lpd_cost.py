@@ -9,11 +9,12 @@ params["learned_prior"]).
 `--fit` fits and saves the model (once); `--time` loads it and times, warm (after one untimed call), in
 CPU seconds of this process (and wall): the flow's `prior_sample` and `prior_log_prob` of 100 x 50 latents,
 and `log_predictive_density` (100 importance draws) of Gaussian vs flow on the 50 cells, with the LPD
-values; `--label` names the row in the results JSON (e.g. "before" / "after").
+values, and the flow again with ODE tolerances rtol = atol = 1e-3 (the default 1e-4); with `--check`
+also `check` (200 draws, one worker thread, the training cells as reference) of each; `--label` names the row in the results JSON (e.g. "before" / "after").
 
 Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/flow_lpd_cost.py --fit
-  PYTHONPATH=. .venv/bin/python benchmarks/flow_lpd_cost.py --time --label after
+  PYTHONPATH=. .venv/bin/python benchmarks/flow_lpd_cost.py --time --check --label after
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def fit_model():
     print(f"saved {MODEL}")
 
 
-def time_model(label: str):
+def time_model(label: str, with_check: bool):
     import probgex as pg
-    _, test = data()
+    train, test = data()
     flow = pg.load(MODEL)
     gauss = replace(flow, params={k: v for k, v in flow.params.items() if k != "learned_prior"},
                     prior_history=None)
@@ -76,15 +77,66 @@ def time_model(label: str):
     row = {"label": label, "load": os.getloadavg()[0], "draw_cpu_s": t_draw_cpu, "draw_wall_s": t_draw,
            "prior_log_prob_cpu_s": t_lp_cpu, "prior_log_prob_wall_s": t_lp,
            "prior_log_prob_mean": float(np.mean(lp)), "prior_log_prob_first": np.asarray(lp)[0, :5].tolist()}
-    for name, fit in (("gaussian", gauss), ("flow", flow)):
+    from probgex.diagnostics.check import check
+    from probgex.latent import ODE
+    loose = replace(flow, spec=replace(flow.spec, latent=replace(flow.spec.latent, ode=ODE(rtol=1e-3, atol=1e-3))))
+    for name, fit in (("gaussian", gauss), ("flow", flow), ("flow_tol1e-3", loose)):
         lpd, c, w = timed(fit.log_predictive_density, test, n_samples=DRAWS, seed=0)
         row[f"lpd_{name}_cpu_s"], row[f"lpd_{name}_wall_s"] = c, w
         row[f"lpd_{name}_mean"] = float(lpd.mean())
         row[f"lpd_{name}"] = np.asarray(lpd).round(4).tolist()
-    row["lpd_cpu_ratio"] = row["lpd_flow_cpu_s"] / row["lpd_gaussian_cpu_s"]
+        if with_check:
+            _, c, w = timed(check, fit, test, reference=train, progress=False, workers=1)
+            row[f"check_{name}_cpu_s"], row[f"check_{name}_wall_s"] = c, w
+    for name in ("flow", "flow_tol1e-3"):
+        row[f"lpd_cpu_ratio_{name}"] = row[f"lpd_{name}_cpu_s"] / row["lpd_gaussian_cpu_s"]
+        if with_check:
+            row[f"check_cpu_ratio_{name}"] = row[f"check_{name}_cpu_s"] / row["check_gaussian_cpu_s"]
     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}, indent=1))
     rows = json.loads(OUT.read_text())["rows"] if OUT.exists() else []
     OUT.write_text(json.dumps({"rows": [r for r in rows if r["label"] != label] + [row]}, indent=1))
+
+
+MUSCAT_MODEL = Path(os.environ.get("FLOW_LPD_MUSCAT_MODEL", "/tmp/flow_lpd_cost_muscat.pgx"))
+
+
+def muscat_data():
+    """joint_structure.py's muscat_group split: kang_muscat `~ group_id`, the fixed 156 held-out cells x
+    all 1,267 genes, 200 training cells drawn as its `--train-cells 200 --seed 0`."""
+    from _common import fixed_split, load
+    train, test = fixed_split(load("kang_muscat"), "kang_muscat_heldout.txt")
+    keep = np.sort(np.random.default_rng([0, 200]).choice(train.n_obs, 200, replace=False))
+    return train[keep].copy(), test
+
+
+def muscat(label: str, do_fit: bool):
+    """`check` (defaults: 200 draws, the LPD with 100) of the Gaussian twin and the flow, once each, cold
+    (compilation included, as a user's call), on the 156 held-out cells of the joint-structure sweep."""
+    import probgex as pg
+    from probgex.diagnostics.check import check
+    from probgex.fit import Model
+    from probgex.latent import ODE, Flow
+    train, test = muscat_data()
+    if do_fit:
+        Model("~ group_id", likelihood="nb", latent=Flow(dim=10)).fit(train, seed=0, progress=False).save(MUSCAT_MODEL)
+    flow = pg.load(MUSCAT_MODEL)
+    gauss = replace(flow, params={k: v for k, v in flow.params.items() if k != "learned_prior"}, prior_history=None)
+    loose = replace(flow, spec=replace(flow.spec, latent=replace(flow.spec.latent, ode=ODE(rtol=1e-3, atol=1e-3))))
+    row = {"label": label, "setup": "muscat_group 200 train / 156 held-out x 1267 genes, check cold"}
+    for name, fit in (("gaussian", gauss), ("flow", flow), ("flow_tol1e-3", loose)):
+        c, w, load_avg = cpu(), time.perf_counter(), os.getloadavg()[0]
+        rep = check(fit, test, reference=train, progress=False)
+        row[f"check_{name}_cpu_s"], row[f"check_{name}_wall_s"] = cpu() - c, time.perf_counter() - w
+        row[f"check_{name}_load"] = load_avg
+        lpd = np.asarray(rep.results["log_predictive_density"])
+        row[f"check_{name}_lpd_mean"] = float(lpd.mean())
+        print(name, {k: v for k, v in row.items() if name in k}, flush=True)
+    for name in ("flow", "flow_tol1e-3"):
+        row[f"check_cpu_ratio_{name}"] = row[f"check_{name}_cpu_s"] / row["check_gaussian_cpu_s"]
+    print(json.dumps(row, indent=1))
+    out = HERE / "results" / "flow_lpd_cost_muscat.json"
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    out.write_text(json.dumps({"rows": [r for r in rows if r["label"] != label] + [row]}, indent=1))
 
 
 def main():
@@ -92,11 +144,16 @@ def main():
     p.add_argument("--fit", action="store_true")
     p.add_argument("--time", action="store_true")
     p.add_argument("--label", default="run")
+    p.add_argument("--muscat", action="store_true", help="check on the joint-structure muscat split (cold)")
+    p.add_argument("--muscat-fit", action="store_true", help="fit and save that split's model first")
+    p.add_argument("--check", action="store_true", help="also time `check` (200 draws; one worker thread)")
     a = p.parse_args()
     if a.fit:
         fit_model()
     if a.time:
-        time_model(a.label)
+        time_model(a.label, a.check)
+    if a.muscat or a.muscat_fit:
+        muscat(a.label, a.muscat_fit)
 
 
 if __name__ == "__main__":

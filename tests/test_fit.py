@@ -304,15 +304,9 @@ def test_predict_bad_library_size_raises(glm_fit):
 
 
 # ------------------------------------------------------------------ (h) log p(x | c) against SciPy
-def test_glm_log_predictive_density_matches_scipy(glm_fit, small_adata):
-    """log p(x_n | c_n) = log E_q[prod_g NB(x_ng | mu_ng, theta_g)], recomputed independently: draws
-    of the gene vectors from the fitted guide (NumPy), the NB pmf from SciPy, the mean over draws.
-    Both sides are Monte Carlo averages over q: with 2000 draws probgex's estimate varies by ~0.01-0.03
-    nats between seeds (measured), so 0.15 is ~5 sd; a wrong term or parameterisation costs nats."""
-    rows = [0, 1, 2, 7, 40]
-    sub = small_adata[rows]
-    lpd = glm_fit.log_predictive_density(sub, n_samples=2000, seed=0).values
-
+def _glm_lpd_scipy(glm_fit, sub) -> np.ndarray:
+    """log p(x_n | c_n) of the rows of `sub` recomputed independently: draws of the gene vectors from the
+    fitted guide (NumPy), the NB pmf from SciPy, the mean over 20,000 draws."""
     p = glm_fit.params
     P = glm_fit.dims.n_design
     L = np.asarray(scale_tril(p["gp_scale_diag"], p["gp_scale_offdiag"]), np.float64)
@@ -324,5 +318,42 @@ def test_glm_log_predictive_density_matches_scipy(glm_fit, small_adata):
     lib = y.sum(1)
     mu = lib[None, :, None] * np.exp(np.einsum("np,sgp->sng", design, beta))
     ll = stats.nbinom.logpmf(y[None], theta[:, None, :], theta[:, None, :] / (theta[:, None, :] + mu)).sum(-1)
-    expected = logsumexp(ll, axis=0) - np.log(ll.shape[0])
+    return logsumexp(ll, axis=0) - np.log(ll.shape[0])
+
+
+def test_glm_log_predictive_density_matches_scipy(glm_fit, small_adata):
+    """log p(x_n | c_n) = log E_q[prod_g NB(x_ng | mu_ng, theta_g)] against `_glm_lpd_scipy`.
+    Both sides are Monte Carlo averages over q: with 2000 draws probgex's estimate varies by ~0.01-0.03
+    nats between seeds (measured), so 0.15 is ~5 sd; a wrong term or parameterisation costs nats."""
+    rows = [0, 1, 2, 7, 40]
+    sub = small_adata[rows]
+    lpd = glm_fit.log_predictive_density(sub, n_samples=2000, seed=0).values
+    np.testing.assert_allclose(lpd, _glm_lpd_scipy(glm_fit, sub), atol=0.15)
+
+
+def test_log_predictive_density_over_several_blocks_keeps_each_row(glm_fit, small_adata, monkeypatch):
+    """With blocks of at most 32 rows, 45 observations go in two blocks of 32 (23 and 22 rows plus
+    padding): each row's value must still be its own (against SciPy, as above), not a neighbour's or
+    a padding row's (the per-cell LPDs here spread over ~10 nats)."""
+    from probgex.inference import predict
+
+    monkeypatch.setattr(predict, "BLOCK", 32)
+    assert predict.density_block(45) == 32
+    sub = small_adata[np.arange(0, 135, 3)]
+    lpd = glm_fit.log_predictive_density(sub, n_samples=2000, seed=0).values
+    expected = _glm_lpd_scipy(glm_fit, sub)
+    assert np.ptp(expected) > 3.0
     np.testing.assert_allclose(lpd, expected, atol=0.15)
+
+
+@pytest.mark.parametrize("n_obs", [1, 5, 31, 32, 33, 50, 156, 255, 256, 257, 868, 1000, 8684])
+def test_density_block_covers_the_rows_with_little_padding(n_obs):
+    """The log density's block: a multiple of DENSITY_ROUND, at most BLOCK, as few blocks as blocks of
+    BLOCK would need, and less than DENSITY_ROUND padding rows per block (50 cells: 64, not 256)."""
+    from probgex.inference.predict import BLOCK, DENSITY_ROUND, density_block
+
+    size = density_block(n_obs)
+    n_blocks = -(-n_obs // size)
+    assert size % DENSITY_ROUND == 0 and DENSITY_ROUND <= size <= BLOCK
+    assert n_blocks == -(-n_obs // BLOCK)
+    assert n_blocks * size - n_obs < DENSITY_ROUND * n_blocks
