@@ -43,10 +43,11 @@ def block_size(n_draws: int, n_genes: int) -> int:
 
 
 def density_block(n_obs: int) -> int:
-    """Rows per block of the log predictive density: the observations split evenly over the fewest blocks
-    of at most BLOCK rows, each rounded up to a multiple of DENSITY_ROUND (so at most BLOCK / DENSITY_ROUND
-    shapes compile). A block's padding rows are computed in full, and a learned prior scores every one
-    through its ODE: 50 cells in a block of 256 cost the flow 5x their own work."""
+    """Rows per block of the log predictive density: the observations' even share of the fewest blocks of
+    at most BLOCK rows, rounded up to a multiple of DENSITY_ROUND (so at most BLOCK / DENSITY_ROUND shapes
+    compile; the blocks fill in order, under DENSITY_ROUND padding rows per block). A block's padding rows
+    are computed in full, and a learned prior scores every one through its ODE: 50 cells in a block of
+    256 cost the flow 5x their own work."""
     n_blocks = max(1, -(-n_obs // BLOCK))
     per_block = -(-n_obs // n_blocks)
     return int(min(BLOCK, max(DENSITY_ROUND, DENSITY_ROUND * -(-per_block // DENSITY_ROUND))))
