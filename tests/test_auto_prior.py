@@ -127,12 +127,13 @@ def test_a_small_fit_keeps_the_gaussian_says_why_and_is_the_gaussian_fit(cvae_fi
     assert "gaussian prior chosen by auto (135 training cells" in repr(fit)
 
 
-FLOW_OPTIONS = dict(seed=0, max_epochs=3, progress=False)
+FLOW_OPTIONS = dict(seed=0, max_epochs=6, progress=False)
 
 
 def _flow_model() -> pg.Model:
+    """`cvae_fit`'s model with the auto prior (the same shapes: its compiled programs are reused)."""
     return pg.Model("~ group", likelihood="nb", latent=Auto(dim=2, training=Training(max_steps=60, eval_every=30)),
-                    encoder=(16,), decoder=(16,))
+                    encoder=(16,), decoder=(16,), dispersion="gene-group", dispersion_key="batch")
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +147,7 @@ def flow_fit(flow_adata, tmp_path_factory):
     return _flow_model().fit(flow_adata, checkpoint_path=path, **FLOW_OPTIONS), path
 
 
+@pytest.mark.slow  # a 240-cell fit compiles its own programs and the flow's: ~14 CPU s, ~20 s wall (2 loaded cores)
 def test_a_fit_with_enough_active_cells_chooses_the_flow_and_its_file_is_a_flow_fit(flow_fit, flow_adata):
     fit, path = flow_fit
     assert fit.spec.latent == Flow(dim=2, training=Training(max_steps=60, eval_every=30))
@@ -160,8 +162,7 @@ def test_a_fit_with_enough_active_cells_chooses_the_flow_and_its_file_is_a_flow_
         again = pg.load(path)
     assert again.spec == fit.spec and again.fit_info == fit.fit_info and again.learned_prior_status == "trained"
     assert _params_equal(again.params, fit.params)
-    obs = flow_adata.obs.iloc[:3]
-    np.testing.assert_array_equal(again.prior_samples(obs, n_samples=4, seed=1), fit.prior_samples(obs, n_samples=4, seed=1))
+    assert again.story.prior_for(again.params) is again.story.learned_prior  # predicts from the flow
     res = runner.invoke(app, ["info", str(path)])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
