@@ -76,18 +76,26 @@ def open_checkpoint(path: str | Path, spec, seed: int, stage1=None):
     if previous.finished is False and previous.snapshot is None:
         raise ModelFileError(f"cannot resume from {path}: this checkpoint (epoch {len(previous.history.train)}) was "
                              "written by an earlier probgex without the optimizer state; fit anew without resume")
-    check_spec(path, previous.spec, spec)
+    check_spec(path, previous.spec, spec, choice_of(previous))
     if previous.dims.seed != seed:
         raise SpecError(f"cannot resume from {path}: it was fitted with seed={previous.dims.seed}, this fit has "
                         f"seed={seed}; pass seed={previous.dims.seed} ({FIX})")
     return previous
 
 
-def check_spec(path: Path, saved, spec) -> None:
-    """The model being fitted is the checkpoint's (its library choice "auto" matches any resolved one)."""
+def choice_of(fit) -> dict | None:
+    """The auto-prior decision a fit records (`inference.auto_prior`), or None."""
+    return (fit.fit_info or {}).get("latent_choice")
+
+
+def check_spec(path: Path, saved, spec, choice: dict | None = None) -> None:
+    """The model being fitted is the checkpoint's (its library choice "auto" matches any resolved one; a
+    latent "auto" the prior a finished fit chose with it, `choice` its recorded decision)."""
     a, b = saved.to_dict(), spec.to_dict()
     if b.get("library") == "auto":
         b["library"] = a.get("library")
+    if choice is not None and getattr(spec.latent, "kind", None) == "auto":
+        b["latent"] = spec.latent.resolve(choice.get("chosen")).to_dict()
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diff:
         told = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in diff)

@@ -17,7 +17,8 @@ EMPTY_MODES = ("warn", "error", "keep")  # what ingestion does with all-zero gen
 ANNOTATE_LAYERS = ("mean", "normalized")  # layers `annotate` can add (predictive mean, normalized expression)
 
 MODELS = ("glm", "cvae", "residual")  # the shell's --model: the stories one picks
-LATENT_KINDS = ("gaussian", "diffusion", "flow")  # latent priors of the cVAE
+LATENT_KINDS = ("gaussian", "diffusion", "flow", "auto")  # latent priors of the cVAE (auto: the flow or the Gaussian,
+# chosen after the VAE stage: probgex.inference.auto_prior)
 LEARNED_PRIORS = ("diffusion", "flow")  # latent priors trained after the VAE
 SAMPLERS = ("ode", "sde")  # how a diffusion prior draws
 SDE_SOLVERS = ("euler", "heun")

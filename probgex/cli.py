@@ -161,8 +161,10 @@ def fit(
              "combination, so the model predicts new metadata; default: rows keyed by obs name")] = None,
     latent_dim: Annotated[int, typer.Option(help="latent dimension of the cvae / residual model; 0 with "
                                             "--model residual: a GLM around stage 1 (bulk data)")] = 10,
-    prior: Annotated[Prior, typer.Option(help="latent prior of the cvae: gaussian, or a learned diffusion / flow "
-                                         "prior trained on the latents after the VAE")] = Prior.gaussian,
+    prior: Annotated[Prior | None, typer.Option(
+        help="latent prior of the cvae: auto (the default: chosen after the VAE stage, the flow with >= 200 training "
+             "cells and an active latent, else the gaussian), gaussian, or a learned diffusion / flow prior trained on "
+             "the latents after the VAE")] = None,
     layer: Annotated[str | None, typer.Option(help="AnnData layer holding the raw counts")] = None,
     spec: Annotated[Path | None, typer.Option(help="model spec TOML; overrides the options above")] = None,
     holdout: Annotated[float | None, typer.Option(
@@ -194,8 +196,8 @@ def fit(
     patience: Annotated[int | None, typer.Option(
         help="epochs without held-out improvement before early stopping (default: by story and size)")] = None,
     prior_steps: Annotated[int | None, typer.Option(
-        help="optimizer steps of a learned --prior diffusion / flow (default 20000; held-out early stopping "
-             "may end it sooner)")] = None,
+        help="optimizer steps of a learned --prior diffusion / flow (or of the flow --prior auto may choose; "
+             "default 20000; held-out early stopping may end it sooner)")] = None,
     seed: Seed = 0,
     overwrite: Overwrite = False,
     resume: Annotated[bool, typer.Option(
@@ -244,7 +246,7 @@ def fit(
                      "--model": model is not Story.glm, "--mean": mean != "glm" and not table,
                      "--mean-scale": mean_scale != "counts" and not table,
                      "--mean-key": mean_key is not None and not table,
-                     "--latent-dim": latent_dim != 10, "--prior": prior is not Prior.gaussian,
+                     "--latent-dim": latent_dim != 10, "--prior": prior is not None,
                      "--layer": layer is not None, "--library": library != "auto",
                      "--dispersion": dispersion is not Dispersion.gene, "--dispersion-key": dispersion_key is not None,
                      "--prior-steps": prior_steps is not None,
@@ -258,14 +260,16 @@ def fit(
                                 "TABLE (.csv/.tsv/.h5ad)")
             mean_table = Path(mean) if table else None
         else:
-            if prior is not Prior.gaussian and model is not Story.cvae:
+            if prior not in (None, Prior.gaussian) and model is not Story.cvae:
                 raise typer.BadParameter(f"--prior {prior.value} needs --model cvae (the GLM has no latent)")
             no_latent = model is Story.glm or (model is Story.residual and latent_dim == 0)
-            if prior_steps is not None and prior is Prior.gaussian:
-                raise SpecError("--prior-steps sets the training of a learned prior: it needs --prior diffusion or "
-                                "--prior flow")
+            # without --prior: the cVAE's auto prior (probgex.inference.auto_prior), the residual story's Gaussian
+            kind = prior.value if prior is not None else "auto" if model is Story.cvae else "gaussian"
+            if prior_steps is not None and kind == "gaussian":
+                raise SpecError("--prior-steps sets the training of a learned prior: it needs --model cvae with "
+                                "--prior diffusion, flow or auto (the default)")
             steps = {} if prior_steps is None else {"training": {"max_steps": prior_steps}}
-            latent = None if no_latent else LATENTS[prior.value](dim=latent_dim, **steps)
+            latent = None if no_latent else LATENTS[kind](dim=latent_dim, **steps)
             quality = {} if sample_quality is None else {"sample_quality": sample_quality}
             if coef_prior is not None:
                 quality["coef_prior"] = coef_prior

@@ -20,19 +20,23 @@ from probgex import rng as streams
 from probgex._checks import check_fit_options, check_levels, check_n_samples  # noqa: F401 (public here)
 from probgex.data import CountData, from_anndata
 from probgex.errors import DataError, SpecError
-from probgex.inference import coef_prior, plan, start
+from probgex.inference import auto_prior, coef_prior, plan, start
 from probgex.inference.fitted import LEVELS, Fit  # noqa: F401 (public here)
 from probgex.inference.modelfile import checkpoint_target, partial_path  # noqa: F401 (public here)
 from probgex.inference.predict import BLOCK, block_size, nonfinite  # noqa: F401 (public here)
 from probgex.inference.prior_stage import fit_prior_stage
 from probgex.inference.svi import Resume, fit_svi
+from probgex.latent import Auto
 from probgex.models.families import family
 from probgex.models.story import Dims, build_story
 from probgex.spec import ModelSpec
 
 
 class Model:
-    """A declared model: `Model("~ cell_type + stim", likelihood="nb", latent=Gaussian(dim=10))`.
+    """A declared model: `Model("~ cell_type + stim", likelihood="nb", latent=10)`.
+
+    `latent=k` (an int) is the cVAE with `latent.Auto(dim=k)`: its prior (the flow or the Gaussian) is
+    chosen after the VAE stage (`inference.auto_prior`); `latent=Gaussian(dim=k)` / `Flow(dim=k)` force one.
 
     `mean` makes it the residual story around a stage-1 point predictor: "glm" or "mlp" (trained on the
     training observations first), or a predictor of your own: a `pg.mean.External` (a table of
@@ -99,6 +103,11 @@ class Model:
         holding a finished fit is returned as it is, with a warning saying so. With a learned prior only
         the VAE stage resumes: from a VAE-stage checkpoint (unfinished, or finished before the prior
         stage) the VAE stage is completed and the prior stage then runs from its start.
+        With `latent.Auto` (the default prior of `latent=k`) the fit decides after the VAE stage
+        (`inference.auto_prior`: the flow from 200 training cells up when a latent dimension is active, else
+        the Gaussian); the fitted model's spec holds the prior chosen and `fit_info["latent_choice"]` why.
+        Its VAE-stage checkpoints keep the Auto spec: resuming one (or `Fit.train_prior`) completes the VAE
+        stage, then decides.
         """
         import jax
 
@@ -132,7 +141,7 @@ class Model:
                            patience=patience, learning_rate=learning_rate, lr_reductions=lr_reductions
                            ).train_config(checkpoint_every=checkpoint_every, progress=progress, devices=devices)
         if previous is not None:
-            _resume.check_spec(resume, previous.spec, spec)
+            _resume.check_spec(resume, previous.spec, spec, _resume.choice_of(previous))
             _resume.check_options(resume, previous, config, np.asarray(data.obs.index[heldout_idx]))
             if _resume.done(previous):
                 warnings.warn(f"{resume} holds a finished fit (best epoch {previous.history.best_epoch} of "
@@ -187,8 +196,15 @@ class Model:
             resumed = None if previous is None else Resume(previous.snapshot, previous.params, previous.history)
             params, history = fit_svi(story, data, train_idx, heldout_idx, config, seed, on_checkpoint=save,
                                       resume=resumed)
+        decided = isinstance(spec.latent, Auto)
+        if decided:  # the default prior: the flow or the Gaussian, chosen on the VAE stage's encoder means
+            spec, decision = auto_prior.decide(story, params, data, train_idx, spec)
+            info = {**info, "latent_choice": decision}  # make() reads spec and info from here on
+            story = build_story(spec, dims, log_mean, glm_start)
         if story.learned is None:
             fitted = make(params, history)
+            if decided and target is not None:  # the VAE-stage checkpoint says "auto": the model says which
+                fitted.save(target)
         else:
             # latent diffusion / flow: train the prior on the aggregate posterior (q(z | x, c) draws); an interruption here leaves the
             # VAE-stage checkpoint, which loads as the VAE with its Gaussian prior

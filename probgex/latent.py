@@ -18,7 +18,7 @@ from probgex.choices import PARAMETRIZATIONS, SAMPLERS
 from probgex.errors import SpecError
 from probgex.prior.options import ODE, SDE, Network, Training
 
-__all__ = ["Diffusion", "Flow", "Gaussian", "LATENT_KINDS", "LATENT_TYPES", "Network", "ODE", "SDE", "Training",
+__all__ = ["Auto", "Diffusion", "Flow", "Gaussian", "LATENT_KINDS", "LATENT_TYPES", "Network", "ODE", "SDE", "Training",
            "latent_from_dict"]
 
 
@@ -180,11 +180,53 @@ class Diffusion(_Learned):
         check_choice("Diffusion", "parametrization", self.parametrization, PARAMETRIZATIONS)
 
 
-LATENT_KINDS: dict[str, type] = {Gaussian.kind: Gaussian, Diffusion.kind: Diffusion, Flow.kind: Flow}
-LATENT_TYPES = (Gaussian, Diffusion, Flow)
+@dataclass(frozen=True)
+class Auto:
+    """The cVAE's default prior: the VAE stage is the Gaussian-network VAE that every prior shares; after
+    it the fit decides from the training cells' encoder means (`probgex.inference.auto_prior`): a
+    `Flow(dim, hidden, training=training)` prior, trained as an explicit Flow's, when there are enough
+    training cells and some latent dimension is active, else the `Gaussian(dim, hidden)` prior. The
+    fitted model's spec records the prior chosen and its `fit_info["latent_choice"]` why.
+
+    `training`: the flow's schedule if it is chosen (`Training`); force a prior with `Gaussian(...)` /
+    `Flow(...)`."""
+
+    dim: int = 10
+    hidden: tuple[int, ...] = ()  # the VAE-stage Gaussian prior network, as in Gaussian
+    training: Training = Training()
+    kind: ClassVar[str] = "auto"
+
+    def __post_init__(self) -> None:
+        if not is_int(self.dim) or self.dim < 1:
+            raise SpecError(f"Auto.dim must be an int >= 1 (the latent dimension, e.g. 10); got {self.dim!r}")
+        object.__setattr__(self, "dim", int(self.dim))
+        object.__setattr__(self, "hidden", check_sizes(self.hidden, "hidden", "Auto"))
+        object.__setattr__(self, "training", from_mapping(Training, self.training, "Auto.training"))
+
+    def resolve(self, kind: str) -> Gaussian | Flow:
+        """The prior this spec becomes when the fit chooses `kind` ("gaussian" or "flow")."""
+        if kind == Gaussian.kind:
+            return Gaussian(dim=self.dim, hidden=self.hidden)
+        if kind == Flow.kind:
+            return Flow(dim=self.dim, hidden=self.hidden, training=self.training)
+        raise SpecError(f"an auto prior resolves to 'gaussian' or 'flow'; got {kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form: ``{"kind": "auto", "dim": ..., "hidden": [...], "training": {...}}``."""
+        return {"kind": self.kind, "dim": self.dim, "hidden": list(self.hidden), "training": self.training.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Auto:
+        """Inverse of :meth:`to_dict`; ``kind`` may be omitted but must be "auto" if given."""
+        return _from_mapping(cls, d)
 
 
-def latent_from_dict(d: Mapping[str, Any]) -> Gaussian | Diffusion | Flow:
+LATENT_KINDS: dict[str, type] = {Gaussian.kind: Gaussian, Diffusion.kind: Diffusion, Flow.kind: Flow,
+                                 Auto.kind: Auto}
+LATENT_TYPES = (Gaussian, Diffusion, Flow, Auto)
+
+
+def latent_from_dict(d: Mapping[str, Any]) -> Gaussian | Diffusion | Flow | Auto:
     """Build a latent prior from a dict carrying a ``kind`` key (e.g. a ``[latent]`` TOML table)."""
     if not isinstance(d, Mapping):
         raise SpecError(

@@ -17,7 +17,7 @@ way on every path.  TOML layout::
     mean = "glm"        # absent = no stage-1 predictor; "glm" | "mlp" | "external" = residual story
 
     [latent]            # absent table = no latent (GLM story)
-    kind = "gaussian"
+    kind = "gaussian"   # | "flow" | "diffusion" | "auto" (the flow or the Gaussian, chosen after the VAE stage)
     dim = 10
     hidden = []
 
@@ -45,7 +45,7 @@ from probgex.errors import SpecError
 from probgex._validate import check_sizes as _check_sizes
 from probgex._validate import is_int as _is_int
 from probgex._validate import unknown_keys_message as _unknown_keys_message
-from probgex.latent import LATENT_TYPES, Gaussian, latent_from_dict
+from probgex.latent import LATENT_TYPES, Auto, Gaussian, latent_from_dict
 
 __all__ = ["LIKELIHOODS", "DISPERSIONS", "LIBRARIES", "ModelSpec"]
 
@@ -83,7 +83,7 @@ class ModelSpec:
 
     formula: str  # one-sided, e.g. "~ cluster_id + group_id"
     likelihood: str = "nb"
-    latent: Gaussian | None = None  # None: the GLM story; Gaussian: the conditional VAE story
+    latent: Gaussian | None = None  # None: the GLM story; Gaussian, Flow, Diffusion or Auto: the conditional VAE story
     dispersion: str = "gene"  # "gene" or "gene-group"
     dispersion_key: str | None = None  # obs column for "gene-group" (required then, forbidden otherwise)
     encoder: tuple[int, ...] = (128,)  # encoder MLP hidden sizes (cVAE only)
@@ -134,7 +134,8 @@ class ModelSpec:
 
         if self.latent is not None and not isinstance(self.latent, LATENT_TYPES):
             raise SpecError(
-                f"latent must be None (GLM story) or a Gaussian(...), Diffusion(...) or Flow(...) (cVAE story); "
+                f"latent must be None (GLM story) or a Gaussian(...), Diffusion(...), Flow(...) or Auto(...) (cVAE "
+                "story); "
                 f"got {self.latent!r}. "
                 "Use ModelSpec.create(..., latent=k) to pass a latent dimension as an int."
             )
@@ -176,6 +177,9 @@ class ModelSpec:
             _check_choice("mean", self.mean, MEANS)
 
         _check_choice("sample_quality", self.sample_quality, SAMPLE_QUALITIES)
+        if isinstance(self.latent, Auto) and self.mean is not None:
+            raise SpecError("latent=Auto(...) (the prior chosen after the VAE stage) is the cVAE's; the residual story "
+                            f"(mean={self.mean!r}) takes latent=Gaussian(dim=...) (or an int)")
 
         _check_choice("coef_prior", self.coef_prior, COEF_PRIORS)
         if self.coef_prior != "fixed" and self.latent is not None:
@@ -212,14 +216,15 @@ class ModelSpec:
         latent: Gaussian | int | Mapping[str, Any] | None = None,
         **kw: Any,
     ) -> ModelSpec:
-        """Python-facing constructor: ``latent`` may be an int k (= ``Gaussian(dim=k)``),
-        a ``Gaussian``, a latent dict, or None."""
+        """Python-facing constructor: ``latent`` may be an int k (= ``Auto(dim=k)`` for the cVAE, whose
+        prior is then chosen after the VAE stage; ``Gaussian(dim=k)`` for the residual story), a latent
+        spec (``Gaussian``, ``Flow``, ...), a latent dict, or None."""
         allowed = [f.name for f in fields(cls)]
         unknown = [k for k in kw if k not in allowed]
         if unknown:
             raise SpecError(_unknown_keys_message("model spec", unknown, allowed))
         if _is_int(latent):
-            latent = Gaussian(dim=latent)
+            latent = Gaussian(dim=latent) if kw.get("mean") is not None else Auto(dim=latent)
         elif isinstance(latent, Mapping):
             latent = latent_from_dict(latent)
         return cls(formula=formula, likelihood=likelihood, latent=latent, **kw)

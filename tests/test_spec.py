@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probgex.errors import SpecError
-from probgex.latent import Gaussian, latent_from_dict
+from probgex.latent import Auto, Gaussian, latent_from_dict
 from probgex.spec import LIKELIHOODS, ModelSpec
 
 
@@ -104,12 +104,13 @@ hidden = [32]
 
 
 def test_create():
-    assert ModelSpec.create("~ x", latent=5).latent == Gaussian(dim=5)
+    assert ModelSpec.create("~ x", latent=5).latent == Auto(dim=5)  # the cVAE's default prior (auto_prior)
+    assert ModelSpec.create("~ x", latent=5, mean="glm").latent == Gaussian(dim=5)
     assert ModelSpec.create("~ x", "poisson", Gaussian(dim=2)).latent == Gaussian(dim=2)
     assert ModelSpec.create("~ x", latent={"kind": "gaussian", "dim": 3}).latent == Gaussian(dim=3)
     assert ModelSpec.create("~ x").story == "glm"
     assert ModelSpec.create("~ x", latent=4, library="latent").library == "latent"
-    with pytest.raises(SpecError, match="Gaussian.dim"):
+    with pytest.raises(SpecError, match="Auto.dim"):
         ModelSpec.create("~ x", latent=0)
     with pytest.raises(SpecError, match="latent must be None"):
         ModelSpec.create("~ x", latent=True)

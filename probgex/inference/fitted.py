@@ -20,11 +20,13 @@ from probgex._checks import check_levels
 from probgex.choices import LEARNED_PRIORS
 from probgex.data import CountData, DesignEncoding, from_anndata
 from probgex.errors import DataError, ModelFileError, SpecError
+from probgex.inference import auto_prior
 from probgex.inference import predict as _predict
 from probgex.inference.predictive import Draws
 from probgex.inference.prior_stage import fit_prior_stage
 from probgex.inference.resume import Snapshot
 from probgex.inference.svi import History
+from probgex.latent import Auto
 from probgex.models.dims import Dims
 from probgex.models.glm import GLMPosterior
 from probgex.models.story import Story, build_story
@@ -78,6 +80,10 @@ class Fit:
     def __repr__(self) -> str:
         status = self.learned_prior_status
         prior = "" if status == "none" else f", {self.spec.latent.kind} prior {status}"
+        choice = (self.fit_info or {}).get("latent_choice")
+        if choice:
+            prior += (f", {choice.get('chosen')} prior chosen by auto ({choice.get('n_train')} training cells, "
+                      f"{choice.get('active_dims')} active dims)")
         if self.finished is False:
             prior += f", checkpoint of an unfinished fit (epoch {len(self.history.train)})"
         return (f"Fit({self.spec.story}, {self.spec.likelihood}, {self.spec.formula!r}, "
@@ -86,21 +92,26 @@ class Fit:
     @property
     def learned_prior_status(self) -> str:
         """"none" (the spec's latent prior is Gaussian, or no latent), "trained", or "not trained": a
-        checkpoint of the VAE stage of a fit with a learned prior, which predicts with the VAE-stage
-        Gaussian prior until `train_prior` is run."""
-        if getattr(self.spec.latent, "kind", None) not in LEARNED_PRIORS:
+        checkpoint of the VAE stage of a fit with a learned prior, or of an auto-prior fit before it chose
+        (its spec still says "auto"), which predicts with the VAE-stage Gaussian prior until `train_prior`
+        is run."""
+        kind = getattr(self.spec.latent, "kind", None)
+        if kind == Auto.kind:
+            return "not trained"
+        if kind not in LEARNED_PRIORS:
             return "none"
         return "trained" if "learned_prior" in self.params else "not trained"
 
     def train_prior(self, adata, *, progress: bool = True, empty: str = "warn",
                     checkpoint_path: str | Path | None = None) -> Fit:
         """The prior stage of a fit with a learned latent prior, on the VAE-stage parameters of this fit:
-        completes a VAE-stage checkpoint (a fit interrupted during the prior stage). `adata` must be the
+        completes a VAE-stage checkpoint (a fit interrupted during the prior stage; of an auto-prior fit the
+        choice is made first, and the result's spec and `fit_info` record it). `adata` must be the
         data the model was fitted on; with the fit's seed and split the result equals the uninterrupted
         fit's. A trained prior is retrained the same way. Returns a new Fit (written to `checkpoint_path`)."""
         if self.learned_prior_status == "none":
             raise SpecError("train_prior needs a cVAE with a learned latent prior (latent=pg.latent.Diffusion(...) "
-                            f"or Flow(...)); this model's latent is {self.spec.latent!r}")
+                            f"or Flow(...)) or an undecided auto prior; this model's latent is {self.spec.latent!r}")
         if self.finished is False:
             raise ModelFileError(f"this is a checkpoint written at epoch {len(self.history.train)} of the VAE stage, "
                                  "before it finished: the prior is trained on the finished VAE only; refit "
@@ -114,9 +125,15 @@ class Fit:
             raise DataError("every observation of adata is one of the fit's held-out ones: pass the AnnData the "
                             "model was fitted on")
         vae = {k: v for k, v in self.params.items() if k != "learned_prior"}
-        params, hist = fit_prior_stage(self.story, vae, data, np.flatnonzero(~held), np.flatnonzero(held),
-                                       self.dims.seed, progress)
-        fitted = replace(self, params=params, prior_history=hist, snapshot=None)
+        train, story, spec, info = np.flatnonzero(~held), self.story, self.spec, self.fit_info
+        if isinstance(spec.latent, Auto):  # an auto-prior fit's VAE stage: decide, as the fit would have
+            spec, decision = auto_prior.decide(story, vae, data, train, spec)
+            info = {**(info or {}), "latent_choice": decision}
+            story = build_story(spec, self.dims, self.log_mean)
+        params, hist = vae, None
+        if story.learned is not None:
+            params, hist = fit_prior_stage(story, vae, data, train, np.flatnonzero(held), self.dims.seed, progress)
+        fitted = replace(self, spec=spec, params=params, prior_history=hist, snapshot=None, fit_info=info)
         if checkpoint_path is not None:
             fitted.save(checkpoint_path)
         return fitted

@@ -108,9 +108,10 @@ def load(path: str | Path, mean=None):
                       "it is valid (the best parameters up to then) but not the finished fit",
                       IncompleteFitWarning, stacklevel=3)
     elif fit.learned_prior_status == "not trained":
-        warnings.warn(f"{path} is a checkpoint of the VAE stage: its {spec.latent.kind} prior is not trained "
-                      "yet, so it predicts with the VAE-stage Gaussian prior; run fit.train_prior(adata) on "
-                      "the training data to complete it", IncompleteFitWarning, stacklevel=3)
+        what = "prior (auto) is not chosen" if spec.latent.kind == "auto" else f"{spec.latent.kind} prior is not trained"
+        warnings.warn(f"{path} is a checkpoint of the VAE stage: its {what} yet, so it predicts with the VAE-stage "
+                      "Gaussian prior; run fit.train_prior(adata) on the training data to complete it",
+                      IncompleteFitWarning, stacklevel=3)
     return fit
 
 
