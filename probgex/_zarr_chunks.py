@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probgex.errors import DataError
+
 _MISSING = np.uint64(2**64 - 1)  # a shard index entry of a chunk that was never written (fill value)
 
 
@@ -100,7 +102,8 @@ class ChunkReader:
                     f.seek(-(nbytes + 4), 2)
                 raw = f.read(nbytes)
             if len(raw) != nbytes:
-                raise OSError(f"{path}: the shard index is truncated ({len(raw)} of {nbytes} bytes)")
+                raise DataError(f"{path}: the shard index is truncated ({len(raw)} of {nbytes} bytes); write or copy "
+                                "the store again (adata.write_zarr)")
             self._index[shard] = np.frombuffer(raw, "<u8").reshape(self.per_shard, 2)
         return self._index[shard]
 
@@ -120,9 +123,14 @@ class ChunkReader:
             if not path.exists():
                 return np.full(n, self.fill, self.dtype)
             raw = path.read_bytes()
-        values = np.frombuffer(self._zstd.decode(raw), self.dtype)
-        if len(values) < n:
-            raise OSError(f"{self.root}: stored chunk {k} holds {len(values)} entries, not {n}")
+        try:
+            values = np.frombuffer(self._zstd.decode(raw), self.dtype)
+        except Exception as e:  # numcodecs raises RuntimeError on a damaged frame
+            values, why = None, f"{type(e).__name__}: {e}"
+        if values is None or len(values) < n:
+            what = why if values is None else f"{len(values)} entries, not {n}"
+            raise DataError(f"{self.root}: stored chunk {k} cannot be read ({what}); the store is truncated or "
+                            "damaged, write or copy it again (adata.write_zarr)")
         return values[:n]
 
     def take(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

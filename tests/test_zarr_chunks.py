@@ -50,6 +50,20 @@ def test_chunks_never_written_read_as_the_fill_value(tmp_path, shards):
     np.testing.assert_array_equal(reader.take(pos), arr[:][pos])
 
 
+def test_a_damaged_chunk_is_a_clear_error(tmp_path):
+    from probgex.errors import DataError
+
+    arr = zarr.create_array(str(tmp_path / "d.zarr"), shape=(100,), chunks=(20,), dtype="int32",
+                            compressors=ZstdCodec(level=1))
+    arr[:] = np.arange(100)
+    reader = ChunkReader.open(zarr.open_array(str(tmp_path / "d.zarr"), mode="r"))
+    path = tmp_path / "d.zarr" / "c" / "2"
+    path.write_bytes(path.read_bytes()[:5])  # truncated
+    np.testing.assert_array_equal(reader.take(np.array([3, 30])), [3, 30])  # other chunks still read
+    with pytest.raises(DataError, match="stored chunk 2 cannot be read.*write or copy it again"):
+        reader.take(np.array([41]))
+
+
 def test_other_layouts_are_left_to_zarr(tmp_path):
     gz = zarr.create_array(str(tmp_path / "g.zarr"), shape=(100,), chunks=(10,), dtype="int32", compressors=GzipCodec())
     v2 = zarr.create_array(str(tmp_path / "v2.zarr"), shape=(100,), chunks=(10,), dtype="int32", zarr_format=2)
