@@ -186,6 +186,10 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
         return assemble(*args, **kwargs)
 
     window_mod.window_arrays = traced
+    from probgex import rowsource
+
+    if os.environ.get("SCALE_DECODE_CHUNKS") == "0":  # .zarr read through zarr's own selections (the fifth pass's "before")
+        rowsource.DECODE_CHUNKS = False
     if max_windows:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
@@ -196,7 +200,7 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
         data, budget = ad.read_h5ad(path_of(n, "h5ad")), None
     else:
         data, budget = path_of(n, source), 0
-    row = {"cells": n, "source": source}
+    row = {"cells": n, "source": source, "decode_chunks": getattr(rowsource, "DECODE_CHUNKS", False)}
     try:
         fit = model.fit(data, seed=0, max_epochs=epochs, patience=epochs + 1, batch_size=128, progress=Clock,
                         memory_budget=budget)

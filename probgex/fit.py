@@ -18,7 +18,7 @@ from probgex import _memory, _resume, library
 from probgex import mean as stage1_means
 from probgex import rng as streams
 from probgex._checks import check_fit_options, check_levels, check_n_samples  # noqa: F401 (public here)
-from probgex.data import CountData, from_anndata
+from probgex.data import CountData, from_anndata, without_obs
 from probgex.errors import DataError, SpecError
 from probgex.inference import auto_prior, coef_prior, plan, start
 from probgex.inference.fitted import LEVELS, Fit  # noqa: F401 (public here)
@@ -173,10 +173,11 @@ class Model:
             glm_start = start.glm_start(data, train_idx, spec, log_mean, beta0, intercept, seed, dims.coef_terms)
         story = build_story(spec, dims, log_mean, glm_start)
         info = fit_info(data, adata, config)
+        heldout_names = np.asarray(data.obs.index[heldout_idx])
 
         def make(params, history, prior_history=None, finished=True, snapshot=None):
             return Fit(spec, data.encoding, data.var_names, dims, log_mean, params, history,
-                       data.group_levels, np.asarray(data.obs.index[heldout_idx]), stage1, library_ref,
+                       data.group_levels, heldout_names, stage1, library_ref,
                        prior_history, finished=finished, snapshot=snapshot, fit_info=info)
 
         save = None
@@ -190,6 +191,8 @@ class Model:
                 if snapshot is not None:  # what resuming from this checkpoint needs
                     snapshot = replace(snapshot, context=context, context_arrays=context_arrays)
                 make(params, history, finished=finished, snapshot=snapshot).save(target)
+        if data.streamed:  # the loop reads no metadata: let go of the obs table (names, columns), O(cells)
+            data = without_obs(data)
         if previous is not None and previous.snapshot is None:  # a finished VAE stage: the prior stage is left
             params, history = previous.params, previous.history
         else:  # the VAE stage (the whole fit without a learned prior); its last checkpoint holds its best params

@@ -102,6 +102,7 @@ class Disk(RowSource):
         self.shape = tuple(int(s) for s in elem.shape)
         self.dtype = np.dtype(elem.dtype)
         self._indptr: np.ndarray | None = None  # the CSR row pointers, read on first use
+        self._readers: tuple | None = None  # direct chunk readers of a .zarr store (`_chunk_readers`)
 
     def read(self, rows):
         rows = np.asarray(rows, np.int64)
@@ -125,17 +126,23 @@ class Disk(RowSource):
         if uniq[-1] - uniq[0] + 1 == len(uniq):  # one contiguous run: one slice
             a, b = int(lo[0]), int(hi[-1])
             values, cols = np.asarray(data[a:b]), np.asarray(indices[a:b])
-        else:
+        elif hasattr(data, "get_coordinate_selection"):  # zarr: its stored chunks decoded here, or selections
+            values, cols = _select_rows(data, indices, lo, lens, out_ptr, self._chunk_readers())
+        else:  # h5py: a slice per run of rows (at most READ_ENTRIES at a time), the positions asked kept
             want = np.repeat(lo - out_ptr[:-1], lens) + np.arange(out_ptr[-1])  # stored positions, increasing
-            if hasattr(data, "get_coordinate_selection"):  # zarr, in parts of at most SELECT_ENTRIES (its
-                # selection holds several int64 arrays the length of the coordinates while it runs)
-                values, cols = (np.concatenate([np.zeros(0, x.dtype)] + [
-                    np.asarray(x.get_coordinate_selection(want[s : s + SELECT_ENTRIES]))
-                    for s in range(0, want.size, SELECT_ENTRIES)]) for x in (data, indices))
-            else:  # h5py: a slice per run of rows (at most READ_ENTRIES at a time), the positions asked kept
-                first, last = _ranges(uniq)
-                values, cols = _read_positions(data, indices, indptr[first], indptr[last], want)
+            first, last = _ranges(uniq)
+            values, cols = _read_positions(data, indices, indptr[first], indptr[last], want)
         return sp.csr_matrix((values.astype(self.dtype, copy=False), cols, out_ptr), shape=(len(uniq), self.shape[1]))
+
+    def _chunk_readers(self) -> tuple | None:
+        """Direct readers of the stored chunks of a .zarr store's CSR values and column indices
+        (`_zarr_chunks`), where DECODE_CHUNKS and the layout is one decoded there; else None (zarr reads)."""
+        if self._readers is None:
+            from probgex._zarr_chunks import ChunkReader
+
+            pair = tuple(ChunkReader.open(self.elem.group[k]) for k in ("data", "indices"))
+            self._readers = pair if None not in pair else ()
+        return self._readers if DECODE_CHUNKS and self._readers else None
 
     def chunk_of(self, rows):
         """A .zarr store's stored chunk of each row's first entry (CSR: of the values, whose chunks hold a
@@ -144,9 +151,9 @@ class Disk(RowSource):
         if not hasattr(arr, "get_coordinate_selection"):  # h5py: not a zarr array
             return None
         rows = np.asarray(rows, np.int64)
-        if self.sparse:
-            return self._row_pointers()[rows] // int(arr.chunks[0])
-        return rows // int(arr.chunks[0])
+        first = self._row_pointers()[rows] if self.sparse else rows.copy()
+        first //= int(arr.chunks[0])
+        return first.astype(np.int32)  # chunk ids (a chunk holds >= 1 entry, so fewer than 2^31 of them)
 
     def _row_pointers(self) -> np.ndarray:
         if self._indptr is None:
@@ -171,7 +178,34 @@ class Disk(RowSource):
 
 GAP_ROWS = 64  # rows between two runs of wanted rows read over rather than skipped (one read, not two)
 READ_ENTRIES = 1 << 22  # most stored entries read in one slice (32 MB of values and column indices)
+DECODE_CHUNKS = True  # a .zarr store's CSR entries read by decoding its stored chunks here (`_zarr_chunks`)
 SELECT_ENTRIES = 1 << 21  # most entries of a .zarr array read in one coordinate selection (~13 stored chunks)
+
+
+def _select_rows(data, indices, lo: np.ndarray, lens: np.ndarray, out_ptr: np.ndarray, readers: tuple | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The stored values and column indices of rows starting at stored positions `lo` (increasing) with
+    `lens` entries each, by zarr coordinate selections of whole rows of at most SELECT_ENTRIES entries
+    (a row longer than that alone): zarr's selection holds several int64 arrays the length of its
+    coordinates while it runs, and the positions of a part are made only for it, written into the
+    outputs in place (a pool of 16k rows is 6.5M entries: its positions as one int64 array were 52 MB,
+    built from two more of that size, and the parts' results were concatenated into a second copy).
+    `readers`: the arrays' `_zarr_chunks.ChunkReader`s, which decode the stored chunks themselves."""
+    values, cols = np.empty(int(out_ptr[-1]), data.dtype), np.empty(int(out_ptr[-1]), indices.dtype)
+    i = 0
+    while i < len(lo):
+        j = max(i + 1, int(np.searchsorted(out_ptr, out_ptr[i] + SELECT_ENTRIES, side="right")) - 1)
+        a, b = int(out_ptr[i]), int(out_ptr[j])
+        if b > a:
+            want = np.repeat(lo[i:j] - out_ptr[i:j], lens[i:j]) + np.arange(a, b)  # stored positions, increasing
+            if readers:
+                readers[0].take(want, values[a:b])
+                readers[1].take(want, cols[a:b])
+            else:
+                values[a:b] = np.asarray(data.get_coordinate_selection(want))
+                cols[a:b] = np.asarray(indices.get_coordinate_selection(want))
+        i = j
+    return values, cols
 
 
 def _read_positions(data, indices, a: np.ndarray, b: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from probgex.data import CountData
 from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
 from probgex.inference.sharding import fetch, global_batch, local_mesh, n_devices, replicate
-from probgex.inference.minibatch import Minibatches, high_bound, high_typical, listed
+from probgex.inference.minibatch import WINDOW_BATCHES, Minibatches, high_bound, high_typical, listed
 from probgex.inference.prefetch import prefetch
 from probgex.inference.window import put, read_windows
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
@@ -208,6 +208,16 @@ def _real_rows(batch: Batch, mesh):
     return float(np.sum(multihost_utils.process_allgather(np.asarray(batch.mask).sum())))
 
 
+def _trimming(batches, every: int):
+    """The batches of `batches`, the C heap's free pages returned before the first and then every `every`
+    (the held-out pass of counts on disk: what the training windows left free, then what its own windows
+    of rows free, at 1M cells ~100 held-out windows, is not held by glibc until the next epoch)."""
+    for i, batch in enumerate(batches):
+        if i % every == 0:
+            release_free_heap()
+        yield batch
+
+
 def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
             config: TrainConfig, seed,
             on_checkpoint: Callable[[dict, History, bool, Snapshot | None], None] | None = None,
@@ -309,8 +319,11 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             # without a held-out split the last epoch's parameters are the result: each epoch is "best"
             verdict = "improved"
             if heldout is not None:
+                batches = _trimming(heldout, WINDOW_BATCHES * TRIM_EVERY) if windows else heldout
                 loss = sum(float(host(evaluate(svi_state, global_batch(b, mesh, heldout.local_size))))
-                           * _real_rows(b, mesh) / n_train for b in heldout)
+                           * _real_rows(b, mesh) / n_train for b in batches)
+                if windows:  # the held-out pass's buffers, before the next epoch's first pool is read
+                    release_free_heap()
                 hist.heldout.append(float(loss) / len(heldout_idx))
                 verdict = stopper.observe(hist.heldout[-1])
             if verdict == "improved":
