@@ -81,3 +81,17 @@ def cvae_fit(small_adata):
     model = Model("~ group", likelihood="nb", latent=Gaussian(dim=2), encoder=(16,), decoder=(16,),
                   dispersion="gene-group", dispersion_key="batch")
     return model.fit(small_adata, seed=0, max_epochs=6, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small() -> ad.AnnData:
+    """240 cells (both groups) x 60 genes of the shipped kang_muscat subset, counts as CSR: the streaming
+    tests write it to .h5ad / .zarr stores and compare what is read back with these rows."""
+    import scipy.sparse as sp
+    from pathlib import Path
+
+    a = ad.read_h5ad(Path(__file__).parent / "data" / "kang_muscat.h5ad")
+    rows = np.sort(np.random.default_rng(1).choice(a.n_obs, 240, replace=False))
+    a = a[rows, :60].copy()
+    a.X = sp.csr_matrix(a.X)
+    return a

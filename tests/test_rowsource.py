@@ -15,16 +15,6 @@ from probgex.data import from_anndata
 from probgex.errors import DataError
 from probgex.rowsource import Disk, open_anndata
 
-DATA = Path(__file__).parent / "data" / "kang_muscat.h5ad"
-
-
-@pytest.fixture(scope="module")
-def small():
-    a = ad.read_h5ad(DATA)
-    rows = np.sort(np.random.default_rng(1).choice(a.n_obs, 240, replace=False))  # both groups
-    a = a[rows, :60].copy()
-    a.X = sp.csr_matrix(a.X)
-    return a
 
 
 def _write(a: ad.AnnData, path: Path, dense: bool) -> Path:

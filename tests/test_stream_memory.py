@@ -2,9 +2,7 @@
 keep every result identical -- the epoch's permutation of a chunked store, the rows' stored chunks, and a fit
 that lets go of the obs table gives the same losses, parameters and held-out names."""
 
-from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +11,6 @@ import scipy.sparse as sp
 from probgex.data import from_anndata, without_obs
 from probgex.inference.minibatch import stored_chunk_permutation
 
-DATA = Path(__file__).parent / "data" / "kang_muscat.h5ad"
 
 
 def _reference_permutation(chunks, rng, pool):
@@ -44,15 +41,6 @@ def test_stored_chunk_permutation_equals_the_np_unique_one(seed):
 
 def test_stored_chunk_permutation_of_no_rows():
     assert len(stored_chunk_permutation(np.zeros(0, np.int32), np.random.default_rng(0), 8)) == 0
-
-
-@pytest.fixture(scope="module")
-def small():
-    a = ad.read_h5ad(DATA)
-    rows = np.sort(np.random.default_rng(1).choice(a.n_obs, 240, replace=False))
-    a = a[rows, :60].copy()
-    a.X = sp.csr_matrix(a.X)
-    return a
 
 
 def test_chunk_of_is_int32_and_the_row_pointers_over_the_chunk_length(small, tmp_path):

@@ -4,18 +4,14 @@ chunks never written read as the fill value), None for any other layout so that 
 zarr, and CSR rows of a store read either way equal the rows in memory."""
 
 import warnings
-from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import zarr
 from zarr.codecs import GzipCodec, ZstdCodec
 
 from probgex._zarr_chunks import ChunkReader
 
-DATA = Path(__file__).parent / "data" / "kang_muscat.h5ad"
 
 
 def _positions(n: int, k: int, seed: int) -> np.ndarray:
@@ -73,15 +69,6 @@ def test_other_layouts_are_left_to_zarr(tmp_path):
                             compressors=ZstdCodec())
     for arr in (gz, v2, two_d, mem):
         assert ChunkReader.open(arr) is None
-
-
-@pytest.fixture(scope="module")
-def small():
-    a = ad.read_h5ad(DATA)
-    rows = np.sort(np.random.default_rng(1).choice(a.n_obs, 240, replace=False))
-    a = a[rows, :60].copy()
-    a.X = sp.csr_matrix(a.X)
-    return a
 
 
 @pytest.mark.parametrize("compressor", ["default", "gzip"])
