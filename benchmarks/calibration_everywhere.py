@@ -19,13 +19,22 @@ Single-cell rows (`--rows kang_ctrl5 ...`, stories `--stories glm cvae`): 10% of
 fixed split of ../shared/data/splits for kang_ctrl5 and kang_muscat; a random 10% per draw otherwise,
 5 draws for the 32-42-cell ziegenhain sets, on a random 1,000 of their 10,000 genes as in the bulk
 rows), all genes with a count in training scored, deciles of
-the training mean; probgex's default GLM and the cVAE with a 10-dimensional Gaussian latent, each with
-its defaults; the plug-in is pydeseq2 with DESeq2's poscounts size factors (the single-cell rule).
+the training mean; probgex's default GLM and the cVAE with a 10-dimensional latent, each with its
+defaults; the plug-in is pydeseq2 with DESeq2's poscounts size factors (the single-cell rule).
+
+The cVAE's prior (`--prior`): "auto" (the default, what a new user gets: `latent=10`, i.e.
+`pg.latent.Auto(dim=10)`, a flow prior from 200 training cells with an active latent dimension, else the
+Gaussian; row "cvae"), "gaussian" (`pg.latent.Gaussian(dim=10)`, row "cvae_gaussian", the rows stored before
+2026-12-04) or "flow" (row "cvae_flow"). Where the default chose the flow, the same fit without its learned
+prior (its VAE stage with the Gaussian prior network: the Gaussian twin, same encoder, decoder and seed) is
+scored too (row "cvae_twin_gaussian", the same plug-in), so the two priors are compared on one VAE.
+The row records `fit_info["latent_choice"]` and the CPU seconds of the predictive scoring of each.
 
 Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py                  # all bulk rows
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows kang_ctrl5 kang_muscat \
       kang_harmony ziegenhain_scrbseq ziegenhain_celseq2 ziegenhain_dropseq ziegenhain_marsseq
+  PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows kang_muscat --stories cvae --prior gaussian
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows gse60450 --variant before
   PYTHONPATH=. .venv/bin/python benchmarks/calibration_everywhere.py --rows schurch_yeast --sample-quality on
 Results: benchmarks/results/calibration_everywhere_<variant>.json, and a markdown table on stdout.
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -178,22 +188,44 @@ def sc_split(a, split_file, draw):
     return a[~test].copy(), a[test].copy()
 
 
-def fit_sc(train, formula: str, story: str, seed: int):
-    """A new user's call: the default GLM, or the cVAE with a 10-dimensional Gaussian latent."""
+PRIORS = ("auto", "gaussian", "flow")
+
+
+def fit_sc(train, formula: str, story: str, seed: int, prior: str = "auto"):
+    """A new user's call: the default GLM, or the cVAE with a 10-dimensional latent (`prior` "auto": the
+    default `latent=10`; "gaussian" / "flow": that prior forced)."""
     import probgex as pg
     if story == "glm":
         return pg.Model(formula, likelihood="nb").fit(train, seed=seed, progress=False)
-    return pg.Model(formula, likelihood="nb", latent=pg.latent.Gaussian(dim=10)).fit(train, seed=seed,
-                                                                                    progress=False)
+    latent = {"auto": 10, "gaussian": pg.latent.Gaussian(dim=10), "flow": pg.latent.Flow(dim=10)}[prior]
+    return pg.Model(formula, likelihood="nb", latent=latent).fit(train, seed=seed, progress=False)
 
 
-def sc_row(name: str, story: str) -> dict:
+def row_key(story: str, prior: str) -> str:
+    """The row's story label: "glm", "cvae" (the default prior), "cvae_gaussian", "cvae_flow"."""
+    return story if story == "glm" or prior == "auto" else f"{story}_{prior}"
+
+
+def cpu_seconds() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def gaussian_twin(fit):
+    """The fit without its learned prior: its VAE stage with the Gaussian prior network."""
+    from dataclasses import replace
+    return replace(fit, params={k: v for k, v in fit.params.items() if k != "learned_prior"}, prior_history=None)
+
+
+def sc_row(name: str, story: str, prior: str = "auto", save_dir: Path | None = None) -> list[dict]:
     """Single-cell row: 10% of cells held out (the fixed split where ../shared/data/splits has one), all
-    genes with a count in training scored, against the DESeq2 plug-in with poscounts size factors."""
+    genes with a count in training scored, against the DESeq2 plug-in with poscounts size factors. A cVAE
+    row whose default prior chose the flow in every draw comes with its Gaussian twin's row (second)."""
     formula, split_file, draws, n_genes = SC[name]
     a = load(name)
-    acc = {"probgex": [], "deseq2_plugin": []}
-    libraries, t_fit = [], 0.0
+    acc = {"probgex": [], "deseq2_plugin": [], "twin": []}
+    libraries, choices, latents, t_fit, t_score, t_twin = [], [], [], 0.0, 0.0, 0.0
     for draw in range(draws):
         train, test = sc_split(a, split_file, draw)
         keep = np.asarray((train.X > 0).sum(0)).ravel() > 0
@@ -203,20 +235,46 @@ def sc_row(name: str, story: str) -> dict:
         train, test = train[:, keep].copy(), test[:, keep].copy()
         y = np.asarray(test.X.todense() if hasattr(test.X, "todense") else test.X, float)
         train_mean = np.asarray(train.X.mean(0)).ravel()
-        fit, seconds, (pit, lp), (dpit, dlp, _) = fit_and_score(
-            lambda: fit_sc(train, formula, story, draw), train, test, formula, draw, size_factors="poscounts")
-        t_fit += seconds
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            fit = fit_sc(train, formula, story, draw, prior)
+            t_fit += time.perf_counter() - t
+            if save_dir is not None and story != "glm":
+                fit.save(save_dir / f"{name}_{row_key(story, prior)}_draw{draw}.pgx")
+            c, rng = cpu_seconds(), np.random.default_rng(draw)  # the plug-in's PITs continue this generator
+            pit, lp = probgex_entries(fit, test, rng)
+            t_score += cpu_seconds() - c
+            twin = None
+            if "learned_prior" in fit.params:  # the same VAE with its Gaussian prior network
+                c = cpu_seconds()
+                twin = probgex_entries(gaussian_twin(fit), test, np.random.default_rng(draw))
+                t_twin += cpu_seconds() - c
+            dpit, dlp, _ = deseq_plugin(train, test, formula, rng, size_factors="poscounts")
         gid = np.broadcast_to(np.flatnonzero(keep)[None], y.shape)
         dkey = np.broadcast_to(train_mean[None], y.shape)
-        for key, (p, l) in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp))):
+        for key, pl in (("probgex", (pit, lp)), ("deseq2_plugin", (dpit, dlp)), ("twin", twin)):
+            if pl is None:
+                continue
+            p, l = pl
             ok = np.isfinite(l)  # a held-out cell without any positive count among the plug-in's genes
             acc[key].append((p[ok], l[ok], dkey[ok], gid[ok]))
         libraries.append(fit.spec.library)
-    row = {"dataset": name, "formula": formula, "story": story, "df": story, "draws": draws,
-           "libraries": libraries, "fit_seconds": round(t_fit, 1)}
-    for key, parts in acc.items():
-        row[key] = scores(*[np.concatenate([p[i] for p in parts]) for i in range(4)])
-    return row
+        choices.append((fit.fit_info or {}).get("latent_choice"))
+        latents.append(None if fit.spec.latent is None else fit.spec.latent.kind)
+    label = row_key(story, prior)
+    row = {"dataset": name, "formula": formula, "story": label, "df": label, "draws": draws,
+           "load_end": round(os.getloadavg()[0], 2),
+           "libraries": libraries, "latents": latents, "latent_choice": choices, "fit_seconds": round(t_fit, 1),
+           "score_cpu_s": round(t_score, 1)}
+    for key in ("probgex", "deseq2_plugin"):
+        row[key] = scores(*[np.concatenate([p[i] for p in acc[key]]) for i in range(4)])
+    if len(acc["twin"]) != draws:  # the flow was not chosen in every draw: no twin row
+        return [row]
+    twin_row = {**row, "story": "cvae_twin_gaussian", "df": "cvae_twin_gaussian", "score_cpu_s": round(t_twin, 1),
+                "twin_of": label, "latents": ["gaussian (twin: the fit without its learned prior)"] * draws,
+                "probgex": scores(*[np.concatenate([p[i] for p in acc["twin"]]) for i in range(4)])}
+    return [row, twin_row]
 
 
 def table(rows: list[dict]) -> str:
@@ -236,11 +294,17 @@ def main():
     ap.add_argument("--df", nargs="*", type=int, default=None, help="only these residual df")
     ap.add_argument("--variant", choices=("after", "before"), default="after")
     ap.add_argument("--draws", type=int, default=DRAWS)
+    ap.add_argument("--prior", choices=PRIORS, default="auto",
+                    help="single-cell cVAE rows: the default prior (auto), or gaussian / flow forced")
+    ap.add_argument("--save-fits", type=Path, default=None, help="single-cell cVAE rows: save each fit here")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default calibration_everywhere_<variant>.json)")
     ap.add_argument("--sample-quality", choices=("on", "off"), default=None,
                     help="bulk rows: fit with this sample_quality (results: calibration_everywhere_quality_X.json)")
     args = ap.parse_args()
     variant = args.variant if args.sample_quality is None else f"quality_{args.sample_quality}"
-    path = RESULTS / f"calibration_everywhere_{variant}.json"
+    path = args.out or RESULTS / f"calibration_everywhere_{variant}.json"
+    if args.save_fits is not None:
+        args.save_fits.mkdir(parents=True, exist_ok=True)
     (RESULTS / "calibration_everywhere").mkdir(exist_ok=True)
     stored = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows = {(r["dataset"], r["df"]): r for r in stored["rows"]}
@@ -248,10 +312,11 @@ def main():
         if name in SC:
             for story in args.stories:
                 t = time.perf_counter()
-                row = sc_row(name, story)
-                row["seconds"] = round(time.perf_counter() - t, 1)
-                rows[(name, story)] = row
-                print(table([row]).splitlines()[-1], flush=True)
+                new = sc_row(name, story, args.prior, args.save_fits)
+                for row in new:
+                    row["seconds"] = round(time.perf_counter() - t, 1)
+                    rows[(name, row["df"])] = row
+                    print(table([row]).splitlines()[-1], flush=True)
                 path.write_text(json.dumps({"machine": machine(), "rows": list(rows.values())}, indent=1))
             continue
         formula, dfs = BULK[name]
