@@ -15,6 +15,7 @@ also `check` (200 draws, one worker thread, the training cells as reference) of 
 Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/flow_lpd_cost.py --fit
   PYTHONPATH=. .venv/bin/python benchmarks/flow_lpd_cost.py --time --check --label after
+  PYTHONPATH=. .venv/bin/python benchmarks/flow_lpd_cost.py --ctrl5 /tmp/fits/kang_ctrl5_cvae_draw0.pgx --profile
 """
 
 from __future__ import annotations
@@ -139,6 +140,81 @@ def muscat(label: str, do_fit: bool):
     out.write_text(json.dumps({"rows": [r for r in rows if r["label"] != label] + [row]}, indent=1))
 
 
+def ctrl5_data(fit):
+    """calibration_everywhere.py's kang_ctrl5 row: the fixed split, the genes with a count in training
+    (the fit's genes)."""
+    from _common import fixed_split, load
+    train, test = fixed_split(load("kang_ctrl5"), "kang_ctrl5_heldout.txt")
+    genes = np.asarray(fit.var_names, dtype=str)
+    return train[:, genes].copy(), test[:, genes].copy()
+
+
+def count_ode_steps():
+    """Wrap the ODE solve so that each solve (traced or not) appends (rows, steps, accepted, t0, t1) to
+    the list returned: a profile of the step counts, not used for timing."""
+    import jax
+    import probgex.prior.ode as ode
+    record, solve = [], ode.solve
+
+    def counted(options, field, y0, t0, t1, args=None):
+        sol = solve(options, field, y0, t0, t1, args)
+        rows = jax.tree_util.tree_leaves(y0)[0].shape[0]
+        jax.debug.callback(lambda a, b: record.append((rows, int(a), int(b), float(t0), float(t1))),
+                           sol.stats["num_steps"], sol.stats["num_accepted_steps"])
+        return sol
+
+    ode.solve = counted
+    return record, lambda: setattr(ode, "solve", solve)
+
+
+def ctrl5(model: Path, label: str, variants: list[str], profile: bool):
+    """`check` (defaults, cold) of the saved kang_ctrl5 default fit (the flow chosen by `latent=10`) against
+    its Gaussian twin, back to back in one process; then each variant's `log_predictive_density` warm.
+    `profile`: the ODE's step counts of one warm log-density call per flow variant."""
+    import probgex as pg
+    from probgex.diagnostics.check import check
+    from probgex.latent import ODE
+    flow = pg.load(model)
+    train, test = ctrl5_data(flow)
+    gauss = replace(flow, params={k: v for k, v in flow.params.items() if k != "learned_prior"}, prior_history=None)
+    loose = replace(flow, spec=replace(flow.spec, latent=replace(flow.spec.latent, ode=ODE(rtol=1e-3, atol=1e-3))))
+    fits = {"gaussian": gauss, "flow": flow, "flow_tol1e-3": loose}
+    row = {"label": label, "setup": f"kang_ctrl5 default fit ({model.name}), {test.n_obs} held-out x "
+                                     f"{test.n_vars} genes; check cold, defaults (200 draws, LPD 100)",
+           "latent_choice": (flow.fit_info or {}).get("latent_choice")}
+    for name in variants:
+        fit = fits[name]
+        c, w, load_avg = cpu(), time.perf_counter(), os.getloadavg()[0]
+        rep = check(fit, test, reference=train, progress=False)
+        row[f"check_{name}_cpu_s"], row[f"check_{name}_wall_s"] = cpu() - c, time.perf_counter() - w
+        row[f"check_{name}_load"] = [load_avg, os.getloadavg()[0]]
+        row[f"check_{name}_lpd_mean"] = float(np.asarray(rep.results["log_predictive_density"]).mean())
+        row[f"check_{name}_coverage_by_decile"] = np.asarray(rep.results["coverage_by_decile"]).round(4).tolist()
+        c, w = cpu(), time.perf_counter()  # warm: check compiled it
+        lpd = fit.log_predictive_density(test, n_samples=100, seed=0)
+        row[f"lpd_{name}_warm_cpu_s"], row[f"lpd_{name}_warm_wall_s"] = cpu() - c, time.perf_counter() - w
+        row[f"lpd_{name}_mean"] = float(np.asarray(lpd).mean())
+        print(name, {k: v for k, v in row.items() if name in k and not isinstance(v, list)}, flush=True)
+    for name in variants:
+        if name != "gaussian" and "gaussian" in variants:
+            row[f"check_cpu_ratio_{name}"] = row[f"check_{name}_cpu_s"] / row["check_gaussian_cpu_s"]
+            row[f"lpd_warm_cpu_ratio_{name}"] = row[f"lpd_{name}_warm_cpu_s"] / row["lpd_gaussian_warm_cpu_s"]
+    if profile:
+        record, undo = count_ode_steps()
+        for name in [v for v in variants if v != "gaussian"]:
+            record.clear()
+            fits[name].log_predictive_density(test, n_samples=100, seed=0)  # compiles anew (wrapped solve)
+            record.clear()
+            fits[name].log_predictive_density(test, n_samples=100, seed=0)
+            row[f"ode_steps_{name}"] = [list(r) for r in record]
+            print(name, "ODE solves (rows, steps, accepted, t0, t1):", record, flush=True)
+        undo()
+    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}, indent=1))
+    out = HERE / "results" / "flow_lpd_cost_ctrl5.json"
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    out.write_text(json.dumps({"rows": [r for r in rows if r["label"] != label] + [row]}, indent=1))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fit", action="store_true")
@@ -147,6 +223,10 @@ def main():
     p.add_argument("--muscat", action="store_true", help="check on the joint-structure muscat split (cold)")
     p.add_argument("--muscat-fit", action="store_true", help="fit and save that split's model first")
     p.add_argument("--check", action="store_true", help="also time `check` (200 draws; one worker thread)")
+    p.add_argument("--ctrl5", type=Path, default=None,
+                   help="a saved kang_ctrl5 default fit (calibration_everywhere.py --save-fits): check vs its twin")
+    p.add_argument("--variants", nargs="*", default=["gaussian", "flow", "flow_tol1e-3"])
+    p.add_argument("--profile", action="store_true", help="with --ctrl5: the ODE step counts of the log density")
     a = p.parse_args()
     if a.fit:
         fit_model()
@@ -154,6 +234,8 @@ def main():
         time_model(a.label, a.check)
     if a.muscat or a.muscat_fit:
         muscat(a.label, a.muscat_fit)
+    if a.ctrl5 is not None:
+        ctrl5(a.ctrl5, a.label, a.variants, a.profile)
 
 
 if __name__ == "__main__":
