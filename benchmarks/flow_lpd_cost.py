@@ -193,7 +193,7 @@ def ctrl5(model: Path, label: str, variants: list[str], profile: bool, warm_lpd:
         row[f"check_{name}_coverage_by_decile"] = np.asarray(rep.results["coverage_by_decile"]).round(4).tolist()
         if warm_lpd:
             c, w = cpu(), time.perf_counter()  # warm: check compiled it
-            lpd = fit.log_predictive_density(test, n_samples=100, seed=0)
+            fit.log_predictive_density(test, n_samples=100, seed=0)
             row[f"lpd_{name}_warm_cpu_s"], row[f"lpd_{name}_warm_wall_s"] = cpu() - c, time.perf_counter() - w
         print(name, {k: v for k, v in row.items() if name in k and not isinstance(v, list)}, flush=True)
     for name in variants:
