@@ -202,7 +202,9 @@ def ctrl5(model: Path, label: str, variants: list[str], profile: bool, warm_lpd:
             if warm_lpd:
                 row[f"lpd_warm_cpu_ratio_{name}"] = row[f"lpd_{name}_warm_cpu_s"] / row["lpd_gaussian_warm_cpu_s"]
     if profile:
+        import jax
         from probgex.inference.predict import density_block
+        jax.clear_caches()  # check compiled the log density without the wrapped solve
         record, undo = count_ode_steps()
         first = test[: density_block(test.n_obs)]  # the first block of the held-out cells
         for name in [v for v in variants if v != "gaussian"]:
