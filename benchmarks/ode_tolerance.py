@@ -10,6 +10,7 @@ flow fit and held-out metadata, with the default tolerance (a) and the looser on
   energy distance between z_a (seed 0) and z_b (seed 1) on `--subsample` latents each, with a permutation
   p-value, beside the same statistic between z_a (seed 0) and z_a (seed 1) (the null, same tolerance); and
   each dimension's KS test (b seed 1 against a seed 0; a seed 1 against a seed 0).
+- `--seed-pair k` replaces seeds 0 / 1 by 2k / 2k + 1 (more pairs, the same tests).
 - counts: `sample` of `--profiles` profiles per held-out cell at its observed library size: each gene's
   mean and variance of a and b with the same seed (so only the latents differ), against a with seed 1
   (Monte Carlo noise): |log ratio| per gene (genes with mean >= 0.05), median and max.
@@ -78,14 +79,17 @@ def run(args) -> dict:
     obs = test.obs
     row = {"label": args.label, "model": str(args.model), "data": args.data, "n_obs": int(test.n_obs),
            "tol_a": [lat.ode.rtol, lat.ode.atol], "tol_b": args.tol, "draws": args.draws, "load": os.getloadavg()[0]}
-    za0 = np.asarray(fit_a.prior_samples(obs, n_samples=args.draws, seed=0)).reshape(-1, lat.dim)
-    za1 = np.asarray(fit_a.prior_samples(obs, n_samples=args.draws, seed=1)).reshape(-1, lat.dim)
-    zb0 = np.asarray(fit_b.prior_samples(obs, n_samples=args.draws, seed=0)).reshape(-1, lat.dim)
-    zb1 = np.asarray(fit_b.prior_samples(obs, n_samples=args.draws, seed=1)).reshape(-1, lat.dim)
+    s0, s1 = 2 * args.seed_pair, 2 * args.seed_pair + 1  # "seed 0" and "seed 1" below
+    row["seeds"] = [s0, s1]
+    za0 = np.asarray(fit_a.prior_samples(obs, n_samples=args.draws, seed=s0)).reshape(-1, lat.dim)
+    za1 = np.asarray(fit_a.prior_samples(obs, n_samples=args.draws, seed=s1)).reshape(-1, lat.dim)
+    zb0 = np.asarray(fit_b.prior_samples(obs, n_samples=args.draws, seed=s0)).reshape(-1, lat.dim)
+    zb1 = np.asarray(fit_b.prior_samples(obs, n_samples=args.draws, seed=s1)).reshape(-1, lat.dim)
     sd = za0.std(0)
     row["paired_rms_over_sd"] = (np.sqrt(((zb0 - za0) ** 2).mean(0)) / sd).round(5).tolist()
+    row["paired_mean_over_sd"] = ((zb0 - za0).mean(0) / sd).round(5).tolist()  # a systematic shift
     row["paired_max_abs_over_sd"] = float((np.abs(zb0 - za0) / sd).max())
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(s0)
     pick = lambda z: z[rng.choice(len(z), min(args.subsample, len(z)), replace=False)]  # noqa: E731
     x0, xa1, xb1 = pick(za0), pick(za1), pick(zb1)
     row["energy_b1_vs_a0"], row["energy_p_b1_vs_a0"] = energy_test(x0, xb1, args.perms, rng)
@@ -94,7 +98,7 @@ def run(args) -> dict:
     row["ks_p_a1_vs_a0"] = [round(float(ks_2samp(za0[:, k], za1[:, k]).pvalue), 4) for k in range(lat.dim)]
     lib = dense(test.X).sum(1)
     stats = {}
-    for name, fit, seed in (("a0", fit_a, 0), ("b0", fit_b, 0), ("a1", fit_a, 1)):
+    for name, fit, seed in (("a0", fit_a, s0), ("b0", fit_b, s0), ("a1", fit_a, s1)):
         x = dense(fit.sample(obs, args.profiles, seed=seed, library_size=lib, sparse=False).X)
         stats[name] = (x.mean(0), x.var(0))
     keep = stats["a0"][0] >= MIN_MEAN
@@ -112,6 +116,7 @@ def main():
     ap.add_argument("--split", required=True, help="file under ../shared/data/splits: the held-out cells")
     ap.add_argument("--label", required=True)
     ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--seed-pair", type=int, default=0, help="k: seeds 2k ('seed 0') and 2k + 1 ('seed 1')")
     ap.add_argument("--draws", type=int, default=20, help="latents per held-out cell")
     ap.add_argument("--subsample", type=int, default=2000, help="latents per side of the energy test")
     ap.add_argument("--perms", type=int, default=200)
