@@ -14,6 +14,9 @@ Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/quality_bias.py                  # the simulation
   PYTHONPATH=. .venv/bin/python benchmarks/quality_bias.py --tag after      # stored under another key
   PYTHONPATH=. .venv/bin/python benchmarks/quality_bias.py --yeast          # question 2 (yeast replicates)
+  PYTHONPATH=. .venv/bin/python benchmarks/quality_bias.py --n-per-group 4 --batch-sd 0.4 --tag batch04   # misspecified
+  PYTHONPATH=. .venv/bin/python benchmarks/quality_bias.py --n-per-group 4 --w-sd 0.5 --tag wsd05   # unequal quality
+  PYTHONPATH=. .venv/bin/python benchmarks/quality_bias.py --heldout-w --tag real   # real rows: held-out samples' w
 Results: benchmarks/results/quality_bias.json.
 """
 
@@ -86,7 +89,7 @@ class Truth:
         w = rng.normal(0.0, w_sd, len(grp)) if w_sd > 0 else np.zeros(len(grp))
         theta = self.theta[None] * np.exp(-w)[:, None]
         x = rng.poisson(rng.gamma(theta, mu / theta))
-        return ad.AnnData(x.astype(np.float32), obs=pd.DataFrame({"group": grp},
+        return ad.AnnData(x.astype(np.float32), obs=pd.DataFrame({"group": grp, "true_w": w},
                           index=[f"{prefix}{i}" for i in range(len(grp))]),
                           var=pd.DataFrame(index=[f"g{j}" for j in range(len(self.theta))]))
 
@@ -126,7 +129,8 @@ def simulate(args) -> dict:
             nb = 1 if args.batch_sd > 0 else 0  # one training sample per group from batch 2, half of the new ones
             train = truth.samples(rng, n, "tr", args.w_sd, nb)
             test = truth.samples(rng, NEW_PER_GROUP, "te", args.w_sd, NEW_PER_GROUP // 2 if nb else 0)
-            rec = {"n_per_group": n, "df": 2 * n - 2, "seed": seed, "w_sd": args.w_sd, "batch_sd": args.batch_sd}
+            rec = {"n_per_group": n, "df": 2 * n - 2, "seed": seed, "w_sd": args.w_sd, "batch_sd": args.batch_sd,
+                   "true_w_train": train.obs["true_w"].round(3).tolist(), "true_w_new": test.obs["true_w"].round(3).tolist()}
             for q in args.quality:
                 rec[q] = fit_record(train, test, "~ group", q, seed)
             on, off = rec.get("on"), rec.get("off")
@@ -187,6 +191,44 @@ def yeast_question(args) -> dict:
     return res
 
 
+def heldout_w(args) -> dict:
+    """The real harm / gain rows: per split of `quality_auto.py` (same samples and genes), "on" fitted on the
+    training AND held-out samples together; the held-out samples' fitted w against the training samples'
+    (is a held-out sample noisier, by the model's own measure, than the typical training sample?)."""
+    import anndata as ad
+    import probgex as pg
+    from _common import load
+    from calibration_everywhere import BULK
+    from quality_auto import split_data
+    auto = json.loads((RESULTS / "quality_auto.json").read_text())["rows"]
+    out = {}
+    for spec in args.rows:
+        name, df = spec.split(":")
+        a = load(name)
+        a.X = np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X)
+        formula = BULK[name][0]
+        recs = []
+        for draw in range(args.draws):
+            tr, te, train, test, _ = split_data(a, formula, int(df), draw)
+            both = ad.concat([train, test])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = pg.Model(formula, likelihood="nb", sample_quality="on").fit(both, seed=draw, progress=False)
+            w = np.asarray(fit.params["quality_loc"], float)
+            k = len(tr)
+            prev = next((r for r in auto.get(f"{name}_df{df}", []) if r["draw"] == draw), None)
+            rec = {"draw": draw, "m": float(np.asarray(fit.params["quality_mean"])),
+                   "s": float(np.asarray(fit.params["quality_sd"])), "w_train": w[:k].round(3).tolist(),
+                   "w_test": w[k:].round(3).tolist(),
+                   "on_minus_off": None if prev is None else prev["on"]["lpd"] - prev["off"]["lpd"],
+                   "m_train_only": None if prev is None else prev["on"]["m"]}
+            print(f"{spec} draw {draw}: m {rec['m']:+.2f} s {rec['s']:.2f} median w train {np.median(w[:k]):+.2f} "
+                  f"test {np.round(w[k:], 2).tolist()}  on-off {rec['on_minus_off']}", flush=True)
+            recs.append(rec)
+        out[f"{name}_df{df}"] = recs
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-per-group", nargs="*", type=int, default=[2, 4, 6])
@@ -198,10 +240,14 @@ def main():
     ap.add_argument("--w-sd", type=float, default=0.0, help="true spread of the samples' log multipliers (0: equal)")
     ap.add_argument("--yeast", action="store_true", help="question 2 instead of the simulation")
     ap.add_argument("--yeast-splits", type=int, default=10)
+    ap.add_argument("--heldout-w", action="store_true", help="the real rows: held-out samples' w fitted with the training ones")
+    ap.add_argument("--rows", nargs="*", default=["bottomly:6", "gse60450:6", "schurch_yeast:6", "schurch_yeast:1"])
+    ap.add_argument("--draws", type=int, default=5)
     args = ap.parse_args()
     stored = json.loads(PATH.read_text()) if PATH.exists() else {}
-    key = ("yeast_" if args.yeast else "sim_") + args.tag
-    stored[key] = (yeast_question if args.yeast else simulate)(args) | {"machine": machine(), "args": vars(args)}
+    key = ("yeast_" if args.yeast else "heldout_w_" if args.heldout_w else "sim_") + args.tag
+    run = yeast_question if args.yeast else heldout_w if args.heldout_w else simulate
+    stored[key] = run(args) | {"machine": machine(), "args": vars(args)}
     stored = json.loads(PATH.read_text()) | {key: stored[key]} if PATH.exists() else stored
     PATH.write_text(json.dumps(stored, indent=1))
 
