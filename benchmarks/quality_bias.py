@@ -82,9 +82,11 @@ class Truth:
         `n_batch2` samples of each group are from batch 2 (log means + self.batch, not in the formula)."""
         import anndata as ad
         import pandas as pd
-        grp = np.repeat(["A", "B"], n_per_group)
+        sizes = (n_per_group, n_per_group) if np.isscalar(n_per_group) else tuple(n_per_group)
+        grp = np.repeat(["A", "B"], sizes)
         lm = self.log_mean[None] + (grp == "B")[:, None] * self.lfc[None]
-        lm = lm + (np.tile(np.arange(n_per_group), 2) >= n_per_group - n_batch2)[:, None] * self.batch[None]
+        last = np.concatenate([np.arange(k) >= k - n_batch2 for k in sizes])
+        lm = lm + last[:, None] * self.batch[None]
         mu = np.exp(rng.normal(0.0, 0.25, len(grp)))[:, None] * np.exp(lm)
         w = rng.normal(0.0, w_sd, len(grp)) if w_sd > 0 else np.zeros(len(grp))
         theta = self.theta[None] * np.exp(-w)[:, None]
@@ -122,14 +124,15 @@ def simulate(args) -> dict:
     base = yeast_truth()
     out = {"truth": {"a0": base["a0"], "a1": base["a1"], "s_true": S_TRUE, "genes": N_GENES,
                      "new_per_group": NEW_PER_GROUP}, "runs": []}
-    for n in args.n_per_group:
+    designs = [tuple(args.sizes)] if args.sizes else args.n_per_group
+    for n in designs:
         for seed in range(args.seeds):
-            rng = np.random.default_rng(100 * n + seed)
+            rng = np.random.default_rng(100 * (n if np.isscalar(n) else sum(n)) + seed)
             truth = Truth(base, rng, batch_sd=args.batch_sd)
             nb = 1 if args.batch_sd > 0 else 0  # one training sample per group from batch 2, half of the new ones
             train = truth.samples(rng, n, "tr", args.w_sd, nb)
             test = truth.samples(rng, NEW_PER_GROUP, "te", args.w_sd, NEW_PER_GROUP // 2 if nb else 0)
-            rec = {"n_per_group": n, "df": 2 * n - 2, "seed": seed, "w_sd": args.w_sd, "batch_sd": args.batch_sd,
+            rec = {"n_per_group": n, "df": (2 * n if np.isscalar(n) else sum(n)) - 2, "seed": seed, "w_sd": args.w_sd, "batch_sd": args.batch_sd,
                    "true_w_train": train.obs["true_w"].round(3).tolist(), "true_w_new": test.obs["true_w"].round(3).tolist()}
             for q in args.quality:
                 rec[q] = fit_record(train, test, "~ group", q, seed)
@@ -233,6 +236,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-per-group", nargs="*", type=int, default=[2, 4, 6])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sizes", nargs=2, type=int, default=None, help="an unbalanced training design: samples of A, B")
     ap.add_argument("--quality", nargs="*", default=["off", "on"])
     ap.add_argument("--tag", default="before")
     ap.add_argument("--batch-sd", type=float, default=0.0,
