@@ -68,11 +68,12 @@ def yeast_truth() -> dict:
 
 
 class Truth:
-    def __init__(self, base: dict, rng: np.random.Generator, G: int = N_GENES, batch_sd: float = 0.0):
+    def __init__(self, base: dict, rng: np.random.Generator, G: int = N_GENES, batch_sd: float = 0.0,
+                 disp_scale: float = 1.0):
         self.log_mean = rng.choice(base["log_mean"], G, replace=False)
         self.lfc = rng.normal(0.0, 0.5, G) * (rng.random(G) < 0.3)
         alpha = (base["a0"] + base["a1"] / np.exp(self.log_mean)) * np.exp(rng.normal(0.0, S_TRUE, G))
-        self.theta = 1.0 / alpha
+        self.theta = 1.0 / (disp_scale * alpha)  # disp_scale: every dispersion times it (1: yeast's trend)
         # an unmodelled batch (misspecification): batch-2 samples' log means shifted by N(0, batch_sd^2) per gene
         self.batch = rng.normal(0.0, batch_sd, G) if batch_sd > 0 else np.zeros(G)
 
@@ -128,11 +129,12 @@ def simulate(args) -> dict:
     for n in designs:
         for seed in range(args.seeds):
             rng = np.random.default_rng(100 * (n if np.isscalar(n) else sum(n)) + seed)
-            truth = Truth(base, rng, batch_sd=args.batch_sd)
+            truth = Truth(base, rng, batch_sd=args.batch_sd, disp_scale=args.disp_scale)
             nb = 1 if args.batch_sd > 0 else 0  # one training sample per group from batch 2, half of the new ones
             train = truth.samples(rng, n, "tr", args.w_sd, nb)
             test = truth.samples(rng, NEW_PER_GROUP, "te", args.w_sd, NEW_PER_GROUP // 2 if nb else 0)
             rec = {"n_per_group": n, "df": (2 * n if np.isscalar(n) else sum(n)) - 2, "seed": seed, "w_sd": args.w_sd, "batch_sd": args.batch_sd,
+                   "disp_scale": args.disp_scale,
                    "true_w_train": train.obs["true_w"].round(3).tolist(), "true_w_new": test.obs["true_w"].round(3).tolist()}
             for q in args.quality:
                 rec[q] = fit_record(train, test, "~ group", q, seed)
@@ -241,6 +243,7 @@ def main():
     ap.add_argument("--tag", default="before")
     ap.add_argument("--batch-sd", type=float, default=0.0,
                     help="an unmodelled batch: 1 training sample per group and half the new ones shifted by N(0, sd^2) per gene")
+    ap.add_argument("--disp-scale", type=float, default=1.0, help="the truth's dispersions times this")
     ap.add_argument("--w-sd", type=float, default=0.0, help="true spread of the samples' log multipliers (0: equal)")
     ap.add_argument("--yeast", action="store_true", help="question 2 instead of the simulation")
     ap.add_argument("--yeast-splits", type=int, default=10)
