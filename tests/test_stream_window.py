@@ -66,6 +66,25 @@ def test_csr_entry_list_equals_the_dense_nonzero_list():
         np.testing.assert_array_equal(a, b)
 
 
+def test_csr_entry_counts_with_empty_rows_at_both_ends_and_a_full_row():
+    from probgex.inference.minibatch import _high_csr
+
+    rng = np.random.default_rng(3)
+    x = rng.poisson(1.5, (12, 9)).astype(np.float32)
+    x[[0, 5, 11]] = 0  # empty rows: first, inside, last
+    x[7] = rng.integers(2, 9, 9)  # every gene listed
+    x[8] = 1  # every gene non-zero, none listed
+    m = sp.csr_matrix(x)
+    r, g = np.nonzero(listed(x))
+    per_row, genes, counts = csr_high(m)
+    np.testing.assert_array_equal(per_row, listed(x).sum(1))
+    np.testing.assert_array_equal(_high_csr(m), listed(x).sum(1))
+    assert per_row[7] == 9 and per_row[8] == 0 and per_row[[0, 5, 11]].sum() == 0
+    np.testing.assert_array_equal(genes, g)
+    np.testing.assert_array_equal(counts, x[r, g])
+    assert genes.dtype == np.int32 and counts.dtype == np.float32 and per_row.dtype == np.int64
+
+
 def _shuffled_with_duplicates(x, rng):
     """CSR of x with its column indices out of order and some entries split in two (summed when dense)."""
     coo = sp.coo_matrix(x)
