@@ -194,3 +194,35 @@ def test_thin_rows_of_an_h5ad_read_in_bounded_slices_exactly(tmp_path, monkeypat
     for size in (7, 64, 1 << 22):
         monkeypatch.setattr(rowsource, "READ_ENTRIES", size)
         np.testing.assert_array_equal(source.read(rows).toarray(), want)
+
+
+def _old_csr_high(m):
+    """The entry lists as counted before the sixth pass (an int64 cumsum over every entry): the reference."""
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    keep = listed(m.data)
+    per_row = np.diff(np.r_[0, np.cumsum(keep)][m.indptr])
+    return per_row.astype(np.int64), m.indices[keep].astype(np.int32), m.data[keep].astype(np.float32)
+
+
+@pytest.mark.slow  # two small streamed fits
+def test_a_streamed_fit_with_the_searched_entry_lists_equals_the_cumsum_one(small, tmp_path, monkeypatch):
+    import jax
+
+    import probgex as pg
+    from probgex.inference import minibatch, window
+
+    path = tmp_path / "f.h5ad"
+    small.write_h5ad(path)
+    model = pg.Model("~ group_id", likelihood="nb", latent=pg.latent.Gaussian(dim=2), encoder=(8,), decoder=(8,),
+                     library="observed")
+    opts = dict(seed=5, max_epochs=3, patience=5, batch_size=8, progress=False, memory_budget=0)
+    new = model.fit(path, **opts)
+    monkeypatch.setattr(window, "csr_high", _old_csr_high)
+    monkeypatch.setattr(minibatch, "_high_csr", lambda m: _old_csr_high(sp.csr_matrix(m))[0])
+    old = model.fit(path, **opts)
+    assert new.fit_info["streamed"] and len(new.history.train) == 3
+    assert new.history.train == old.history.train and new.history.heldout == old.history.heldout
+    for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(old.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
