@@ -66,6 +66,25 @@ def test_csr_entry_list_equals_the_dense_nonzero_list():
         np.testing.assert_array_equal(a, b)
 
 
+def test_csr_entry_counts_with_empty_rows_at_both_ends_and_a_full_row():
+    from probgex.inference.minibatch import _high_csr
+
+    rng = np.random.default_rng(3)
+    x = rng.poisson(1.5, (12, 9)).astype(np.float32)
+    x[[0, 5, 11]] = 0  # empty rows: first, inside, last
+    x[7] = rng.integers(2, 9, 9)  # every gene listed
+    x[8] = 1  # every gene non-zero, none listed
+    m = sp.csr_matrix(x)
+    r, g = np.nonzero(listed(x))
+    per_row, genes, counts = csr_high(m)
+    np.testing.assert_array_equal(per_row, listed(x).sum(1))
+    np.testing.assert_array_equal(_high_csr(m), listed(x).sum(1))
+    assert per_row[7] == 9 and per_row[8] == 0 and per_row[[0, 5, 11]].sum() == 0
+    np.testing.assert_array_equal(genes, g)
+    np.testing.assert_array_equal(counts, x[r, g])
+    assert genes.dtype == np.int32 and counts.dtype == np.float32 and per_row.dtype == np.int64
+
+
 def _shuffled_with_duplicates(x, rng):
     """CSR of x with its column indices out of order and some entries split in two (summed when dense)."""
     coo = sp.coo_matrix(x)
@@ -175,3 +194,35 @@ def test_thin_rows_of_an_h5ad_read_in_bounded_slices_exactly(tmp_path, monkeypat
     for size in (7, 64, 1 << 22):
         monkeypatch.setattr(rowsource, "READ_ENTRIES", size)
         np.testing.assert_array_equal(source.read(rows).toarray(), want)
+
+
+def _old_csr_high(m):
+    """The entry lists as counted before the sixth pass (an int64 cumsum over every entry): the reference."""
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    keep = listed(m.data)
+    per_row = np.diff(np.r_[0, np.cumsum(keep)][m.indptr])
+    return per_row.astype(np.int64), m.indices[keep].astype(np.int32), m.data[keep].astype(np.float32)
+
+
+@pytest.mark.slow  # two small streamed fits
+def test_a_streamed_fit_with_the_searched_entry_lists_equals_the_cumsum_one(small, tmp_path, monkeypatch):
+    import jax
+
+    import probgex as pg
+    from probgex.inference import minibatch, window
+
+    path = tmp_path / "f.h5ad"
+    small.write_h5ad(path)
+    model = pg.Model("~ group_id", likelihood="nb", latent=pg.latent.Gaussian(dim=2), encoder=(8,), decoder=(8,),
+                     library="observed")
+    opts = dict(seed=5, max_epochs=3, patience=5, batch_size=8, progress=False, memory_budget=0)
+    new = model.fit(path, **opts)
+    monkeypatch.setattr(window, "csr_high", _old_csr_high)
+    monkeypatch.setattr(minibatch, "_high_csr", lambda m: _old_csr_high(sp.csr_matrix(m))[0])
+    old = model.fit(path, **opts)
+    assert new.fit_info["streamed"] and len(new.history.train) == 3
+    assert new.history.train == old.history.train and new.history.heldout == old.history.heldout
+    for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(old.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -39,7 +39,7 @@ def high_per_row(data: CountData, rows: np.ndarray, chunk: int = 4096) -> np.nda
 
 def _high_csr(m: sp.csr_matrix) -> np.ndarray:
     """Entries >= 2 in each row of a CSR block (one block read at a time)."""
-    return np.diff(np.r_[0, np.cumsum(listed(m.data))][m.indptr])
+    return np.diff(np.searchsorted(np.flatnonzero(listed(m.data)), m.indptr))
 
 
 def high_bound(n_high: np.ndarray, batch_size: int) -> int:

@@ -28,9 +28,9 @@ def csr_high(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not m.has_canonical_format:  # unsorted or duplicated column indices: as the dense block has them
         m = m.copy()
         m.sum_duplicates()
-    keep = listed(m.data)
-    per_row = np.diff(np.r_[0, np.cumsum(keep)][m.indptr])
-    return per_row.astype(np.int64), m.indices[keep].astype(np.int32), m.data[keep].astype(np.float32)
+    at = np.flatnonzero(listed(m.data))  # the listed entries' positions, increasing
+    per_row = np.diff(np.searchsorted(at, m.indptr))  # listed entries before each row pointer, differenced
+    return per_row.astype(np.int64), m.indices[at].astype(np.int32), m.data[at].astype(np.float32)
 
 
 def dense_high(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
