@@ -190,20 +190,26 @@ def _select_rows(data, indices, lo: np.ndarray, lens: np.ndarray, out_ptr: np.nd
     coordinates while it runs, and the positions of a part are made only for it, written into the
     outputs in place (a pool of 16k rows is 6.5M entries: its positions as one int64 array were 52 MB,
     built from two more of that size, and the parts' results were concatenated into a second copy).
-    `readers`: the arrays' `_zarr_chunks.ChunkReader`s, which decode the stored chunks themselves."""
+    `readers`: the arrays' `_zarr_chunks.ChunkReader`s, which decode the stored chunks themselves: then the
+    rows are joined into runs of adjacent entries and copied a slice at a time (`take_ranges`), each stored
+    chunk decoded once a call, with no position array per entry at all."""
     values, cols = np.empty(int(out_ptr[-1]), data.dtype), np.empty(int(out_ptr[-1]), indices.dtype)
+    if readers and len(lo):  # the rows joined into runs of adjacent stored entries, copied a slice at a time
+        lo = np.asarray(lo, np.int64)
+        hi = lo + np.asarray(lens, np.int64)
+        starts = np.r_[0, np.flatnonzero(lo[1:] != hi[:-1]) + 1]
+        first, last = lo[starts], hi[np.r_[starts[1:] - 1, len(lo) - 1]]
+        readers[0].take_ranges(first, last, values)
+        readers[1].take_ranges(first, last, cols)
+        return values, cols
     i = 0
     while i < len(lo):
         j = max(i + 1, int(np.searchsorted(out_ptr, out_ptr[i] + SELECT_ENTRIES, side="right")) - 1)
         a, b = int(out_ptr[i]), int(out_ptr[j])
         if b > a:
             want = np.repeat(lo[i:j] - out_ptr[i:j], lens[i:j]) + np.arange(a, b)  # stored positions, increasing
-            if readers:
-                readers[0].take(want, values[a:b])
-                readers[1].take(want, cols[a:b])
-            else:
-                values[a:b] = np.asarray(data.get_coordinate_selection(want))
-                cols[a:b] = np.asarray(indices.get_coordinate_selection(want))
+            values[a:b] = np.asarray(data.get_coordinate_selection(want))
+            cols[a:b] = np.asarray(indices.get_coordinate_selection(want))
         i = j
     return values, cols
 

@@ -18,6 +18,12 @@ def _positions(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
+def _take(reader: ChunkReader, positions) -> np.ndarray:
+    """Single entries as ranges of one."""
+    positions = np.asarray(positions, np.int64)
+    return reader.take_ranges(positions, positions + 1)
+
+
 @pytest.mark.parametrize("shards", [None, (60,)])
 @pytest.mark.parametrize("dtype", ["int32", "float32", "int64"])
 def test_decoded_entries_equal_zarrs_selection(tmp_path, shards, dtype):
@@ -29,11 +35,40 @@ def test_decoded_entries_equal_zarrs_selection(tmp_path, shards, dtype):
     assert reader is not None and reader.sharded == (shards is not None)
     for seed in range(3):
         pos = _positions(1000, 137, seed)
-        np.testing.assert_array_equal(reader.take(pos), values[pos])
-    np.testing.assert_array_equal(reader.take(np.arange(1000)), values)  # the last shard / chunk included
-    assert len(reader.take(np.zeros(0, np.int64))) == 0
+        np.testing.assert_array_equal(_take(reader, pos), values[pos])
+    np.testing.assert_array_equal(_take(reader, np.arange(1000)), values)  # the last shard / chunk included
+    assert len(_take(reader, np.zeros(0, np.int64))) == 0
     with pytest.raises(IndexError):
-        reader.take(np.array([999, 1000]))
+        _take(reader, np.array([999, 1000]))
+
+
+@pytest.mark.parametrize("shards", [None, (60,)])
+def test_ranges_across_chunks_equal_the_slices_and_decode_each_chunk_once(tmp_path, shards, monkeypatch):
+    """Ranges spanning several chunks, empty ones, one ending at the array's end, and two calls meeting
+    inside a chunk: the entries equal the concatenated slices, and no chunk is decoded twice in a row."""
+    values = np.random.default_rng(1).integers(0, 1000, 1000).astype("int32")
+    arr = zarr.create_array(str(tmp_path / "r.zarr"), shape=(1000,), chunks=(20,), shards=shards, dtype="int32",
+                            compressors=ZstdCodec(level=1))
+    arr[:] = values
+    reader = ChunkReader.open(zarr.open_array(str(tmp_path / "r.zarr"), mode="r"))
+    decoded = []
+    chunk = ChunkReader.chunk
+    monkeypatch.setattr(ChunkReader, "chunk", lambda self, k: decoded.append(k) or chunk(self, k))
+    first = np.array([0, 5, 19, 45, 45, 130, 390, 981])
+    last = np.array([3, 5, 41, 45, 101, 131, 500, 1000])
+    got = reader.take_ranges(first, last)
+    np.testing.assert_array_equal(got, np.concatenate([values[a:b] for a, b in zip(first, last)]))
+    assert decoded == sorted(set(decoded)), decoded  # each chunk once, in order
+    assert set(decoded) == {k for a, b in zip(first, last) for k in range(a // 20, -(-b // 20))}
+    decoded.clear()
+    out = np.empty(15, "int32")
+    reader.take_ranges([985], [1000], out)  # in the chunk decoded last (49): not decoded again
+    np.testing.assert_array_equal(out, values[985:])
+    assert decoded == []
+    with pytest.raises(ValueError, match="out holds"):
+        reader.take_ranges([0], [10], np.empty(3, "int32"))
+    with pytest.raises(IndexError):
+        reader.take_ranges([5], [3])
 
 
 @pytest.mark.parametrize("shards", [None, (60,)])
@@ -43,7 +78,7 @@ def test_chunks_never_written_read_as_the_fill_value(tmp_path, shards):
     arr[40:60] = np.arange(20)  # one chunk (one shard) written, the rest never
     reader = ChunkReader.open(zarr.open_array(str(tmp_path / "f.zarr"), mode="r"))
     pos = np.arange(0, 200, 3)
-    np.testing.assert_array_equal(reader.take(pos), arr[:][pos])
+    np.testing.assert_array_equal(_take(reader, pos), arr[:][pos])
 
 
 def test_a_damaged_chunk_is_a_clear_error(tmp_path):
@@ -55,9 +90,9 @@ def test_a_damaged_chunk_is_a_clear_error(tmp_path):
     reader = ChunkReader.open(zarr.open_array(str(tmp_path / "d.zarr"), mode="r"))
     path = tmp_path / "d.zarr" / "c" / "2"
     path.write_bytes(path.read_bytes()[:5])  # truncated
-    np.testing.assert_array_equal(reader.take(np.array([3, 30])), [3, 30])  # other chunks still read
+    np.testing.assert_array_equal(_take(reader, np.array([3, 30])), [3, 30])  # other chunks still read
     with pytest.raises(DataError, match="stored chunk 2 cannot be read.*write or copy it again"):
-        reader.take(np.array([41]))
+        _take(reader, np.array([41]))
 
 
 def test_other_layouts_are_left_to_zarr(tmp_path):
