@@ -36,6 +36,7 @@ from probgex.inference.predictive import Draws
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _bulk_protocol as bp  # noqa: E402
+from yeast_training_draws import random_designs  # noqa: E402
 
 LEVELS = (0.5, 0.9)
 
@@ -145,13 +146,8 @@ def main():
     ref_all = np.full(a.n_vars, np.nan)
     ok = np.flatnonzero(np.asarray(a.X).sum(0) > 0)
     ref_all[ok] = reference_dispersion(a, ok)
-    wt = list(a.obs_names[a.obs["strain"] == "WT"])
-    snf = list(a.obs_names[a.obs["strain"] == "Snf2"])
     rows = []
-    for draw in range(args.draws):
-        rng = np.random.default_rng(100 + draw)
-        names = [str(n) for n in rng.choice(wt, args.wt, replace=False)] + \
-                [str(n) for n in rng.choice(snf, args.snf, replace=False)]
+    for draw, names in enumerate(random_designs(a, args.wt, args.snf, args.draws)):
         r = one_design(a, names, draw, ref_all)
         rows.append(r)
         print(draw, names, json.dumps({k: [round(x, 3) for x in v] for k, v in r["coverage"].items()}),

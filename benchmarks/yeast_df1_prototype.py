@@ -20,7 +20,7 @@ import probgex as pg
 from probgex.models.glm import GLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from yeast_training_draws import one_design  # noqa: E402
+from yeast_training_draws import one_design, random_designs  # noqa: E402
 
 _orig_prior = GLM._prior
 
@@ -51,13 +51,8 @@ def main():
         GLM._prior = shifted_prior
     a = pg.datasets.schurch_yeast()
     a = a[~a.obs["flagged_bad_rep"].astype(bool)]
-    wt = list(a.obs_names[a.obs["strain"] == "WT"])
-    snf = list(a.obs_names[a.obs["strain"] == "Snf2"])
     rows = []
-    for draw in range(args.draws):
-        rng = np.random.default_rng(100 + draw)
-        names = [str(n) for n in rng.choice(wt, args.wt, replace=False)] + \
-                [str(n) for n in rng.choice(snf, args.snf, replace=False)]
+    for draw, names in enumerate(random_designs(a, args.wt, args.snf, args.draws)):
         rows.append(one_design(a, names, gene_seed=draw))
         r = rows[-1]
         print(draw, round(r["coverage50"], 3), round(r["coverage90"], 3), round(r["lpd_per_entry"], 4), flush=True)

@@ -43,6 +43,18 @@ def one_design(a, train_names: list[str], gene_seed: int, **model) -> dict:
             "per_sample50_q10_50_90": np.quantile(per_sample50, [0.1, 0.5, 0.9]).round(3).tolist()}
 
 
+def random_designs(a, n_wt: int, n_snf: int, draws: int) -> list[list[str]]:
+    """`draws` random training designs of n_wt WT and n_snf Snf2 replicates of `a` (generator seeds 100 + i)."""
+    wt = list(a.obs_names[a.obs["strain"] == "WT"])
+    snf = list(a.obs_names[a.obs["strain"] == "Snf2"])
+    designs = []
+    for draw in range(draws):
+        rng = np.random.default_rng(100 + draw)
+        designs.append([str(n) for n in rng.choice(wt, n_wt, replace=False)]
+                       + [str(n) for n in rng.choice(snf, n_snf, replace=False)])
+    return designs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wt", type=int, default=2)
@@ -54,13 +66,7 @@ def main() -> None:
     args = p.parse_args()
     a = pg.datasets.schurch_yeast()
     a = a[~a.obs["flagged_bad_rep"].astype(bool)]
-    wt = list(a.obs_names[a.obs["strain"] == "WT"])
-    snf = list(a.obs_names[a.obs["strain"] == "Snf2"])
-    designs = [args.names] if args.names else []
-    for draw in range(0 if args.names else args.draws):
-        rng = np.random.default_rng(100 + draw)
-        designs.append([str(n) for n in rng.choice(wt, args.wt, replace=False)]
-                       + [str(n) for n in rng.choice(snf, args.snf, replace=False)])
+    designs = [args.names] if args.names else random_designs(a, args.wt, args.snf, args.draws)
     rows = []
     for i, names in enumerate(designs):
         rows.append(one_design(a, names, gene_seed=i, sample_quality=args.sample_quality))
