@@ -36,7 +36,7 @@ from probgex.inference.predictive import Draws
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _bulk_protocol as bp  # noqa: E402
-from yeast_training_draws import random_designs  # noqa: E402
+from yeast_training_draws import clean_yeast, random_designs  # noqa: E402
 
 LEVELS = (0.5, 0.9)
 
@@ -140,9 +140,7 @@ def main():
     p.add_argument("--draws", type=int, default=4)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    a = pg.datasets.schurch_yeast()
-    a = a[~a.obs["flagged_bad_rep"].astype(bool)].copy()
-    a.X = np.asarray(a.X)
+    a = clean_yeast(dense=True)
     ref_all = np.full(a.n_vars, np.nan)
     ok = np.flatnonzero(np.asarray(a.X).sum(0) > 0)
     ref_all[ok] = reference_dispersion(a, ok)

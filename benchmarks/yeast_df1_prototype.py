@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import numpyro.distributions as dist
 
-import probgex as pg
 from probgex.models.glm import GLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from yeast_training_draws import one_design, random_designs  # noqa: E402
+from yeast_training_draws import clean_yeast, one_design, random_designs  # noqa: E402
 
 _orig_prior = GLM._prior
 
@@ -49,8 +48,7 @@ def main():
     args = p.parse_args()
     if args.variant == "shifted":
         GLM._prior = shifted_prior
-    a = pg.datasets.schurch_yeast()
-    a = a[~a.obs["flagged_bad_rep"].astype(bool)]
+    a = clean_yeast()
     rows = []
     for draw, names in enumerate(random_designs(a, args.wt, args.snf, args.draws)):
         rows.append(one_design(a, names, gene_seed=draw))

@@ -25,6 +25,7 @@ import probgex as pg
 
 sys.path.insert(0, str(Path(__file__).parent))
 from yeast_df1_diagnosis import reference_dispersion  # noqa: E402
+from yeast_training_draws import clean_yeast  # noqa: E402
 
 
 def main():
@@ -32,9 +33,7 @@ def main():
     p.add_argument("--draws", type=int, default=2)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    a = pg.datasets.schurch_yeast()
-    a = a[~a.obs["flagged_bad_rep"].astype(bool)].copy()
-    a.X = np.asarray(a.X)
+    a = clean_yeast(dense=True)
     wt = list(a.obs_names[a.obs["strain"] == "WT"])
     snf = list(a.obs_names[a.obs["strain"] == "Snf2"])
     lib_all = a.X.sum(1)

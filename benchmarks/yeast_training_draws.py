@@ -43,6 +43,15 @@ def one_design(a, train_names: list[str], gene_seed: int, **model) -> dict:
             "per_sample50_q10_50_90": np.quantile(per_sample50, [0.1, 0.5, 0.9]).round(3).tolist()}
 
 
+def clean_yeast(dense: bool = False):
+    """The embedded Schurch yeast set without its flagged bad replicates (a copy; `dense`: X as an ndarray)."""
+    a = pg.datasets.schurch_yeast()
+    a = a[~a.obs["flagged_bad_rep"].astype(bool)].copy()
+    if dense:
+        a.X = np.asarray(a.X)
+    return a
+
+
 def random_designs(a, n_wt: int, n_snf: int, draws: int) -> list[list[str]]:
     """`draws` random training designs of n_wt WT and n_snf Snf2 replicates of `a` (generator seeds 100 + i)."""
     wt = list(a.obs_names[a.obs["strain"] == "WT"])
@@ -64,8 +73,7 @@ def main() -> None:
     p.add_argument("--sample-quality", default="off")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    a = pg.datasets.schurch_yeast()
-    a = a[~a.obs["flagged_bad_rep"].astype(bool)]
+    a = clean_yeast()
     designs = [args.names] if args.names else random_designs(a, args.wt, args.snf, args.draws)
     rows = []
     for i, names in enumerate(designs):
