@@ -138,10 +138,12 @@ class Disk(RowSource):
         """Direct readers of the stored chunks of a .zarr store's CSR values and column indices
         (`_zarr_chunks`), where DECODE_CHUNKS and the layout is one decoded there; else None (zarr reads)."""
         if self._readers is None:
-            from probgex._zarr_chunks import ChunkReader
+            from probgex._zarr_chunks import ChunkReader, straddling_rows
 
             pair = tuple(ChunkReader.open(self.elem.group[k]) for k in ("data", "indices"))
             self._readers = pair if None not in pair else ()
+            for reader in self._readers:  # the rows crossing a chunk boundary kept when their chunks are decoded
+                reader.keep(*straddling_rows(self._row_pointers(), reader.inner))
         return self._readers if DECODE_CHUNKS and self._readers else None
 
     def chunk_of(self, rows):
