@@ -191,9 +191,14 @@ def test_thin_rows_of_an_h5ad_read_in_bounded_slices_exactly(tmp_path, monkeypat
     _, source = rowsource.open_anndata(tmp_path / "t.h5ad")
     rows = np.r_[np.arange(0, 300, 3), [301, 302, 390]]
     want = a.X[rows].toarray()
+    window = np.r_[5:70, 72:140, 141:142, 230:300, 305:399]  # runs of rows broken by short and long gaps
     for size in (7, 64, 1 << 22):
         monkeypatch.setattr(rowsource, "READ_ENTRIES", size)
         np.testing.assert_array_equal(source.read(rows).toarray(), want)
+        for run in (1, 10**9):  # the rows as runs copied from the slices (runs crossing their ends), or by positions
+            monkeypatch.setattr(rowsource, "RUN_ENTRIES", run)
+            np.testing.assert_array_equal(source.read(window).toarray(), a.X[window].toarray())
+            np.testing.assert_array_equal(source.read(rows).toarray(), want)
 
 
 def _old_csr_high(m):
