@@ -28,6 +28,9 @@ Usage:
   python benchmarks/scale.py predict --sizes 500 2000 --draws 200 --out benchmarks/results/scale.json
   python benchmarks/scale.py devices --devices 1 2 4 --epochs 3 --out benchmarks/results/scale_devices.json
   python benchmarks/scale.py peer --sizes 100000 --epochs 2 --out benchmarks/results/scale_peer.json
+  python benchmarks/scale.py ratio --n 100000 --rounds 3 --epochs 3 --out benchmarks/results/scale_ratio.json
+`ratio`: `--rounds` interleaved rounds of `one` (memory, h5ad, zarr in turn, each in a fresh process): wall and CPU
+medians, min / max, and the speed of each streamed source as a share of the in-memory one (the issue 14 goal: 80%).
 `peer`: probgex's loader alone (`loader_one`) against scvi-tools' AnnDataLoader and SCVI on the same .h5ad
 (benchmarks/scale_peer.py, run in benchmarks/.peer-venv from benchmarks/peer_env.sh).
 """
@@ -38,6 +41,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -250,6 +254,50 @@ def run(sizes: list[int], sources: list[str], epochs: int, out: Path, max_window
             write(out, {"machine": machine(), "rows": rows, "epochs": epochs})
 
 
+def ratio(n: int, rounds: int, epochs: int, out: Path, sources: list[str]) -> dict:
+    """`rounds` interleaved rounds of `one` for each of `sources` (memory first), each fit in its own process as
+    `run` does: per source the wall and CPU seconds an epoch of every round, their median, min and max, the
+    peak RSS, and the ratios of speed streamed / memory (memory's seconds over the source's: 80% = the streamed
+    epoch takes 1.25x as long) on the medians and per round; the load (1 min) before each fit. Written to `out`."""
+    runs: dict[str, list[dict]] = {s: [] for s in sources}
+    for r in range(rounds):
+        for source in sources:
+            load = os.getloadavg()[0]
+            p = subprocess.run([sys.executable, __file__, "one", "--n", str(n), "--source", source, "--epochs",
+                                str(epochs)], capture_output=True, text=True)
+            row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                {"error": p.stderr.strip().splitlines()[-1][:300]}
+            row.update(round=r + 1, load_1min_before=load)
+            runs[source].append(row)
+            print(json.dumps({k: row.get(k) for k in ("round", "source", "s_per_epoch", "cpu_s_per_epoch",
+                                                      "load_1min_before", "error")}), flush=True)
+    summary = {}
+    for source, rows in runs.items():
+        ok = [q for q in rows if "error" not in q]
+        summary[source] = {"rounds": len(ok), "peak_rss_gb": [round(q["peak_rss_gb"], 3) for q in ok]}
+        for key, name in (("s_per_epoch", "wall"), ("cpu_s_per_epoch", "cpu")):
+            vals = [q[key] for q in ok]
+            summary[source][name] = {"per_round": [round(v, 3) for v in vals],
+                                     "median": round(statistics.median(vals), 3) if vals else None,
+                                     "min": round(min(vals), 3) if vals else None,
+                                     "max": round(max(vals), 3) if vals else None}
+    ratios = {}
+    base = summary.get("memory")
+    for source in sources:
+        if source == "memory" or base is None or not summary[source]["rounds"] or not base["rounds"]:
+            continue
+        ratios[source] = {}
+        for name in ("wall", "cpu"):
+            mem, got = base[name], summary[source][name]
+            ratios[source][name] = {
+                "of_medians": round(mem["median"] / got["median"], 3),
+                "per_round": [round(m / g, 3) for m, g in zip(mem["per_round"], got["per_round"], strict=False)]}
+    result = {"machine": machine(), "cells": n, "rounds": rounds, "epochs": epochs, "summary": summary,
+              "ratio_streamed_to_memory": ratios, "runs": runs, "uptime_after": open("/proc/loadavg").read().strip()}
+    write(out, result)
+    return result
+
+
 def predict_one(n: int, draws: int) -> dict:
     """`predict` of `draws` draws for the first n cells' metadata of the 100k file, written block by block
     to a netCDF file (`inference.predict.predict_to_file`), in this process: wall and CPU seconds, the
@@ -406,7 +454,8 @@ def devices(counts: list[int], epochs: int, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["make", "run", "one", "predict", "predict_one", "devices",
-                                       "devices_one", "loader_one", "peer"])
+                                       "devices_one", "loader_one", "peer", "ratio"])
+    p.add_argument("--rounds", type=int, default=3, help="ratio: interleaved rounds of memory / h5ad / zarr")
     p.add_argument("--peer", nargs="+", default=["probgex", "scvi_loader", "scvi_train"])
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--draws", type=int, default=200)
@@ -425,6 +474,10 @@ def main() -> None:
         run(a.sizes, a.sources, a.epochs, a.out, a.max_windows)
     elif a.what == "predict":
         predict(a.sizes, a.draws, a.out)
+    elif a.what == "ratio":
+        if a.epochs < 2 or a.rounds < 1 or not a.n:
+            p.error("ratio needs --n, --rounds >= 1 and --epochs >= 2 (an epoch's time is between the ends of the last two)")
+        ratio(a.n, a.rounds, a.epochs, a.out, a.sources)
     elif a.what == "devices":
         devices(a.devices, a.epochs, a.out)
     elif a.what == "devices_one":

@@ -43,6 +43,8 @@ class ChunkReader:
         self._zstd = numcodecs.Zstd()
         self._index: dict[int, np.ndarray] = {}  # shard -> (per_shard, 2) offsets and lengths, read once
         self._last: tuple[int, np.ndarray] | None = None  # the chunk decoded last (one chunk held, ~0.6 MB)
+        self._keep = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # ranges whose entries are kept (`keep`)
+        self._pieces: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # chunk -> its kept (start, end, entries)
 
     @classmethod
     def open(cls, array) -> ChunkReader | None:
@@ -134,17 +136,46 @@ class ChunkReader:
                             "damaged, write or copy it again (adata.write_zarr)")
         return values[:n]
 
+    def keep(self, first: np.ndarray, last: np.ndarray) -> None:
+        """Keep the entries of the stored ranges [first_i, last_i) (increasing, not overlapping) whenever a
+        chunk holding some of them is decoded, for the life of the reader, and serve later reads inside one
+        of them from the copy, not by decoding the chunk again. Meant for the CSR rows that straddle a chunk
+        boundary (`straddling_rows`): a pool reading such a row needs the piece of it in the next chunk,
+        which another pool decodes anyway; kept, that chunk is decoded once an epoch, not twice."""
+        self._keep = (np.asarray(first, np.int64), np.asarray(last, np.int64))
+        self._pieces.clear()
+
+    def kept_entries(self) -> int:
+        """Entries held in kept pieces now."""
+        return sum(len(v) for pieces in self._pieces.values() for _, _, v in pieces)
+
+    def _piece(self, k: int, a: int, e: int) -> np.ndarray | None:
+        """The kept entries [a, e) of chunk k, where a kept piece holds all of them; else None."""
+        for s, t, v in self._pieces.get(k, ()):
+            if s <= a and e <= t:
+                return v[a - s : e - s]
+        return None
+
     def _decoded(self, k: int) -> np.ndarray:
         """Stored chunk k, decoded unless it is the chunk decoded last (consecutive reads of a file in parts
-        meet at a chunk: it is decoded once, not once per part)."""
+        meet at a chunk: it is decoded once, not once per part); the kept ranges' pieces in it copied out
+        the first time it is decoded."""
         if self._last is None or self._last[0] != k:
             self._last = (k, self.chunk(k))
+            first, last = self._keep
+            if len(first) and k not in self._pieces:
+                lo, hi = k * self.inner, k * self.inner + len(self._last[1])
+                i, j = np.searchsorted(last, lo, side="right"), np.searchsorted(first, hi, side="left")
+                self._pieces[k] = [(s, t, self._last[1][s - lo : t - lo].copy()) for s, t in
+                                   zip(np.maximum(first[i:j], lo).tolist(), np.minimum(last[i:j], hi).tolist())
+                                   if t > s]
         return self._last[1]
 
     def take_ranges(self, first: np.ndarray, last: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The entries of the stored ranges [first_i, last_i) (increasing, not overlapping, in range),
         concatenated, each stored chunk decoded once: slices copied range by range, with no array of a
-        position per entry (a pool of 16k rows is 6.5M entries; its ranges are the few runs of rows)."""
+        position per entry (a pool of 16k rows is 6.5M entries; its ranges are the few runs of rows). A part
+        of a range inside a kept piece (`keep`) is copied from it, its chunk not decoded."""
         first, last = np.asarray(first, np.int64), np.asarray(last, np.int64)
         if len(first) and (first[0] < 0 or last[-1] > self.size or (last < first).any()):
             raise IndexError(f"ranges outside 0..{self.size}")
@@ -157,6 +188,26 @@ class ChunkReader:
             while a < b:
                 k = a // inner
                 e = min(b, (k + 1) * inner)
-                out[pos : pos + e - a] = self._decoded(k)[a - k * inner : e - k * inner]
+                kept = None if self._last is not None and self._last[0] == k else self._piece(k, a, e)
+                out[pos : pos + e - a] = self._decoded(k)[a - k * inner : e - k * inner] if kept is None else kept
                 pos, a = pos + e - a, e
         return out
+
+
+KEEP_SHARE = 16  # straddling rows kept (`straddling_rows`) only where they hold at most 1/16 of the entries
+
+
+def straddling_rows(indptr: np.ndarray, inner: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) in the stored entries of the CSR rows (row pointers `indptr`) that cross a boundary of
+    stored chunks of `inner` entries, each row once, increasing; empty where these rows together hold more
+    than 1/KEEP_SHARE of the entries (chunks of a few rows each: keeping them would hold most of the array).
+    At 395 entries a row and 154k a chunk: ~1 row a chunk, 0.26% of the entries (8 MB at 1M cells)."""
+    indptr = np.asarray(indptr, np.int64)
+    size = int(indptr[-1]) if len(indptr) else 0
+    bounds = np.arange(inner, size, inner, dtype=np.int64)
+    row = np.searchsorted(indptr, bounds, side="right") - 1  # the row holding the boundary's entry
+    row = np.unique(row[indptr[row] < bounds])  # that starts before it
+    first, last = indptr[row], indptr[row + 1]
+    if int((last - first).sum()) * KEEP_SHARE > size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return first, last

@@ -318,3 +318,42 @@ def test_shuffled_batches_of_a_chunked_store_come_from_its_pools(small, tmp_path
         np.testing.assert_array_equal(np.asarray(b.x)[real], mem.rows(ids))
         seen.append(ids)
     assert sorted(np.concatenate(seen).tolist()) == train.tolist()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_streamed_epoch_decodes_each_stored_chunk_about_once(small, tmp_path, monkeypatch, keep):
+    """Pools of one window (64 rows, ~2 stored chunks of ~33 rows): every training row once and exactly
+    the in-memory row; with the straddling rows kept (the default) each array's chunks are decoded at most
+    once an epoch plus once per pool boundary inside a chunk; without, the chunks after a straddling row
+    are decoded again in the pool of that row (the count this change removed)."""
+    from probgex import _zarr_chunks
+    from probgex._zarr_chunks import ChunkReader
+    from probgex.inference import minibatch
+    from probgex.inference.minibatch import Minibatches
+
+    monkeypatch.setattr(minibatch, "POOL_WINDOWS", 1)
+    if not keep:
+        monkeypatch.setattr(_zarr_chunks, "KEEP_SHARE", 10**9)  # nothing kept
+    disk = from_anndata(_write_chunked(small, tmp_path / "s.zarr", 600), "~ group_id", memory_budget=0, empty="keep")
+    mem = from_anndata(small, "~ group_id", empty="keep")
+    train = np.flatnonzero(np.arange(small.n_obs) % 10 != 3)
+    mb = Minibatches(disk, train, 4, shuffle=True, rng=np.random.default_rng(4))
+    decoded = []
+    chunk = ChunkReader.chunk
+    monkeypatch.setattr(ChunkReader, "chunk", lambda self, k: decoded.append((id(self), k)) or chunk(self, k))
+    n_chunks = -(-small.X.nnz // 600)
+    for epoch in range(2):
+        decoded.clear()
+        seen, pools = [], 0
+        for pool in mb.pools():
+            pools += 1
+            data = mb.pool_data(pool)
+            for held, order in pool:
+                np.testing.assert_array_equal(data.subset(train[held]).rows(order), mem.rows(train[held][order]))
+                seen.append(train[held][order])
+        assert sorted(np.concatenate(seen).tolist()) == train.tolist()
+        per_array = len(decoded) / 2
+        if keep:
+            assert per_array <= n_chunks + pools - 1, (epoch, per_array, n_chunks, pools)
+        else:
+            assert per_array > n_chunks + pools - 1, (epoch, per_array, n_chunks, pools)

@@ -191,9 +191,14 @@ def test_thin_rows_of_an_h5ad_read_in_bounded_slices_exactly(tmp_path, monkeypat
     _, source = rowsource.open_anndata(tmp_path / "t.h5ad")
     rows = np.r_[np.arange(0, 300, 3), [301, 302, 390]]
     want = a.X[rows].toarray()
+    window = np.r_[5:70, 72:140, 141:142, 230:300, 305:399]  # runs of rows broken by short and long gaps
     for size in (7, 64, 1 << 22):
         monkeypatch.setattr(rowsource, "READ_ENTRIES", size)
         np.testing.assert_array_equal(source.read(rows).toarray(), want)
+        for run in (1, 10**9):  # the rows as runs copied from the slices (runs crossing their ends), or by positions
+            monkeypatch.setattr(rowsource, "RUN_ENTRIES", run)
+            np.testing.assert_array_equal(source.read(window).toarray(), a.X[window].toarray())
+            np.testing.assert_array_equal(source.read(rows).toarray(), want)
 
 
 def _old_csr_high(m):
@@ -226,3 +231,32 @@ def test_a_streamed_fit_with_the_searched_entry_lists_equals_the_cumsum_one(smal
     assert new.history.train == old.history.train and new.history.heldout == old.history.heldout
     for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(old.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_window_counts_fill_every_entry_of_an_uninitialized_aligned_buffer(disk, monkeypatch):
+    """The window's counts are written into an uninitialized buffer (`aligned_empty`): filled with garbage
+    first, every entry is still the rows' count or a padding zero (sparse and dense blocks); the buffer
+    starts at a multiple of ALIGN bytes, and a CPU device takes it without a copy."""
+    import jax
+
+    from probgex.inference import window
+
+    streamed, mem = disk
+    make = window.aligned_empty
+
+    def garbage(shape, dtype):
+        a = make(shape, dtype)
+        a[...] = np.nan
+        return a
+
+    monkeypatch.setattr(window, "aligned_empty", garbage)
+    rows = np.array([0, 3, 4, 150, 299])
+    for source in (streamed, mem):
+        x = window_arrays(source, rows, high=False, pad_rows=9, pad_high=None)["x"]
+        np.testing.assert_array_equal(x[:5], mem.rows(rows))
+        assert not x[5:].any() and not np.isnan(x).any()
+    monkeypatch.undo()
+    x = window_arrays(streamed, rows, high=False, pad_rows=9, pad_high=None)["x"]
+    assert x.ctypes.data % window.ALIGN == 0 and x.flags.c_contiguous
+    if jax.default_backend() == "cpu":
+        assert window.put({"x": x})["x"].unsafe_buffer_pointer() == x.ctypes.data

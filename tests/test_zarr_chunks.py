@@ -134,3 +134,56 @@ def test_csr_rows_of_a_store_read_decoded_or_through_zarr_equal_memory(small, tm
     assert source._chunk_readers() is None
     np.testing.assert_array_equal(decoded, small.X[rows].toarray())
     np.testing.assert_array_equal(source.read(rows).toarray(), decoded)
+
+
+def test_straddling_rows_are_the_rows_crossing_a_chunk_boundary():
+    """Against a row-by-row check: rows starting exactly at a boundary, empty rows at a boundary and a row
+    spanning three chunks (listed once); none when they would hold more than 1/KEEP_SHARE of the entries."""
+    from probgex._zarr_chunks import KEEP_SHARE, straddling_rows
+
+    lens = np.array([3, 7, 0, 10, 0, 4, 25, 1, 9, 0, 1, 40, 2, 2, 8] * 3)
+    indptr = np.r_[0, np.cumsum(lens)]
+    for inner in (10, 13, 20, 400):
+        nonempty = lens > 0
+        crosses = nonempty & (indptr[:-1] // inner != (indptr[1:] - 1) // inner)
+        share = lens[crosses].sum() * KEEP_SHARE <= indptr[-1]
+        first, last = straddling_rows(indptr, inner)
+        want = np.flatnonzero(crosses) if share else np.zeros(0, int)
+        np.testing.assert_array_equal(first, indptr[want])
+        np.testing.assert_array_equal(last, indptr[want + 1])
+    big = np.r_[0, np.cumsum(np.full(1000, 5))]  # 5 entries a row, chunks of 100: every boundary starts a row
+    assert len(straddling_rows(big, 100)[0]) == 0
+    odd = np.r_[0, np.cumsum(np.full(1000, 7))]  # 7 entries a row, chunks of 1000: ~1 row a chunk, 0.7%
+    first, last = straddling_rows(odd, 1000)
+    assert len(first) == 6 and np.all(first // 1000 != (last - 1) // 1000)
+
+
+@pytest.mark.parametrize("shards", [None, (60,)])
+def test_kept_ranges_are_served_without_decoding_their_chunk_again(tmp_path, shards, monkeypatch):
+    """A range kept (`keep`) whose chunk was decoded before (for another read) is copied from the kept
+    piece: equal entries, that chunk not decoded again; a range reaching past a kept piece decodes it."""
+    values = np.random.default_rng(3).integers(0, 1000, 1000).astype("int32")
+    arr = zarr.create_array(str(tmp_path / "k.zarr"), shape=(1000,), chunks=(20,), shards=shards, dtype="int32",
+                            compressors=ZstdCodec(level=1))
+    arr[:] = values
+    reader = ChunkReader.open(zarr.open_array(str(tmp_path / "k.zarr"), mode="r"))
+    reader.keep(np.array([15, 57, 139]), np.array([27, 63, 181]))  # across 0|1, 2|3 and 6|7|8|9
+    decoded = []
+    chunk = ChunkReader.chunk
+    monkeypatch.setattr(ChunkReader, "chunk", lambda self, k: decoded.append(k) or chunk(self, k))
+    np.testing.assert_array_equal(reader.take_ranges([0, 40, 120], [20, 60, 200]), np.r_[values[:20], values[40:60],
+                                                                                         values[120:200]])
+    assert decoded == [0, 2, 6, 7, 8, 9]
+    assert reader.kept_entries() == (20 - 15) + (60 - 57) + (181 - 139)
+    decoded.clear()
+    first, last = np.array([15, 57, 139]), np.array([27, 63, 181])  # the kept rows read alone, as a pool does
+    np.testing.assert_array_equal(reader.take_ranges(first, last),
+                                  np.concatenate([values[a:b] for a, b in zip(first, last)]))
+    assert decoded == [1, 3]  # chunks 0, 2, 6-9 served from the pieces; 1 and 3 decoded (then kept too)
+    decoded.clear()
+    np.testing.assert_array_equal(reader.take_ranges([14, 55], [27, 63]), np.r_[values[14:27], values[55:63]])
+    assert decoded == [0, 2]  # entry 14 and entries 55-56 lie outside the kept pieces
+    decoded.clear()
+    np.testing.assert_array_equal(reader.take_ranges(first, last),
+                                  np.concatenate([values[a:b] for a, b in zip(first, last)]))
+    assert decoded == []

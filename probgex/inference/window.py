@@ -39,6 +39,21 @@ def dense_high(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.bincount(r, minlength=len(x)).astype(np.int64), g.astype(np.int32), x[r, g].astype(np.float32)
 
 
+ALIGN = 64  # bytes: a host buffer aligned to it is used by the CPU device as it is (`put` copies nothing)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialized array whose data start at a multiple of ALIGN bytes. JAX's CPU client takes such a
+    numpy array without copying it (`jax.device_put` aliases it; numpy's own large arrays start 16 or 32
+    bytes past a page and are copied: 16 MB a window, ~1 ms quiet, ~4 ms on the loaded 2 cores), so the
+    window must not be written after `put`: every window gets a buffer of its own."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    skip = (-raw.ctypes.data) % ALIGN
+    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
+
+
 def window_arrays(data: CountData, rows: np.ndarray, *, high: bool, pad_rows: int, pad_high: int | None,
                   row_ids: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
     """The rows `rows` of `data` as host arrays of one fixed shape (the fields of `svi.DeviceData`): counts
@@ -50,12 +65,13 @@ def window_arrays(data: CountData, rows: np.ndarray, *, high: bool, pad_rows: in
     if extra < 0:
         raise ValueError(f"{n} rows do not fit in a window of {pad_rows}")
     block = data.counts.read(rows) if isinstance(data.counts, RowSource) else data.counts[rows]
-    x = np.zeros((pad_rows, data.n_genes), np.float32)
+    x = aligned_empty((pad_rows, data.n_genes), np.float32)
+    x[n:] = 0
     if sp.issparse(block):
         block = sp.csr_matrix(block)
         if block.dtype != np.float32:
             block = block.astype(np.float32)
-        block.toarray(out=x[:n])  # adds into the zeros
+        block.toarray(out=x[:n])  # scipy zeroes `out`, then adds the entries into it
     else:
         x[:n] = block
     out: dict[str, np.ndarray | None] = dict.fromkeys(FIELDS)
@@ -95,7 +111,8 @@ def read_windows(train, *, high: bool, pad_rows: int, pad_high: int | None) -> I
 
 
 def put(arrays: dict[str, np.ndarray | None]):
-    """The host arrays of a window on the device, in one transfer, as `svi.DeviceData` fields."""
+    """The host arrays of a window on the device, in one transfer, as `svi.DeviceData` fields (on a CPU
+    device the counts' aligned buffer is taken as it is, `aligned_empty`)."""
     import jax
 
     return jax.device_put(arrays)
