@@ -71,6 +71,7 @@ def main():
             r = {"train": names, "median_trend": float(np.median(trend)), "median_true_alpha": float(np.median(alpha)),
                  "mean_true_alpha": float(np.mean(alpha)), "median_E_alpha_over_true": float(np.median(e_alpha / alpha)),
                  "coverage": ev["coverage"].values.round(4).tolist(),
+                 "lpd_per_entry": float(ev.attrs["mean_log_predictive_density"]) / len(genes),
                  "coverage50_by_strain": {s: float(np.mean(np.abs(pit[st == s] - 0.5) <= 0.25)) for s in ("WT", "Snf2")}}
             out[f"draw{draw}_snf{nsnf}"] = r
             print(draw, nsnf, json.dumps(r), flush=True)
