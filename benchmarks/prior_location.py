@@ -1,7 +1,7 @@
 """The prior's location by marginal likelihood (issue 13, cause (ii)): run a benchmark script with the GLM's prior
 of log dispersion centred where the marginal likelihood places it (`models.trend.PRIOR_LOCATION = "marginal"`) or
-at the trend (today's default), and record every trend placement under BOTH locations (a0, a1, s of each, the
-offset c, the median over genes of each prior median) so where c lands is read off the same designs.
+at the trend (today's default), and record every trend placement under all three (a0, a1, s of each, the offset c,
+the median over genes of each prior median; "marginal_t": a Student-t prior, its df nu too) so where c lands is read off the same designs.
 
   PYTHONPATH=. .venv/bin/python benchmarks/prior_location.py --location marginal --calls C.json \\
       benchmarks/yeast_df1_simulated.py --draws 2 --out R.json
@@ -30,15 +30,15 @@ CALLS: list[dict] = []
 def recording(original):
     def place(y, X, library_size, log_mean, offset=None):
         out = {}
-        for loc in ("trend", "marginal"):
+        for loc in ("trend", "marginal", "marginal_t"):
             trend.PRIOR_LOCATION = loc
             out[loc] = original(y, X, library_size, log_mean, offset)
         trend.PRIOR_LOCATION = ARGS.location
         m = np.exp(np.asarray(log_mean, np.float64))
         rec = {"shape": list(np.shape(y)), "df": int(np.shape(y)[0] - np.linalg.matrix_rank(np.asarray(X)))}
-        for loc, (a0, a1, s) in out.items():
-            rec[loc] = {"a0": a0, "a1": a1, "s": s, "median_prior_median": float(np.median(a0 + a1 / m))}
-        rec["c"] = float(np.log(out["marginal"][0] / out["trend"][0]))
+        for loc, (a0, a1, s, *nu) in out.items():
+            rec[loc] = {"a0": a0, "a1": a1, "s": s, "median_prior_median": float(np.median(a0 + a1 / m)),
+                        "c": float(np.log(a0 / out["trend"][0])), **({"nu": nu[0]} if nu else {})}
         CALLS.append(rec)
         print("placed", json.dumps(rec), flush=True)
         return out[ARGS.location]
@@ -48,7 +48,7 @@ def recording(original):
 def main() -> None:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--location", choices=("trend", "marginal"), required=True)
+    p.add_argument("--location", choices=("trend", "marginal", "marginal_t"), required=True)
     p.add_argument("--calls", type=Path, required=True, help="JSON of every trend placement (both locations)")
     p.add_argument("script", type=Path)
     p.add_argument("args", nargs=argparse.REMAINDER)
