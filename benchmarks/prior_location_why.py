@@ -3,7 +3,7 @@ simulated yeast designs of yeast_df1_simulated.py (truth known), the default (pr
 `PRIOR_LOCATION = "marginal"` fitted on the same counts and seeds; per quintile of the genes' TRUE dispersion,
 the held-out LPD per entry and 50 / 90% coverage of each.
 
-  PYTHONPATH=. .venv/bin/python benchmarks/prior_location_why.py --draws 1 --out R.json
+  PYTHONPATH=. .venv/bin/python benchmarks/prior_location_why.py --draws 0 1 --out R.json
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from yeast_training_draws import clean_yeast  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--draws", type=int, default=1)
+    p.add_argument("--draws", type=int, nargs="+", default=[0], help="which draws (designs) of yeast_df1_simulated")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     a = clean_yeast(dense=True)
     out = {}
-    for draw in range(args.draws):
+    for draw in args.draws:
         for nsnf in (1, 2):
             b, n, alpha, _, _ = simulated_design(a, draw, nsnf)
             q = np.searchsorted(np.quantile(alpha, [0.2, 0.4, 0.6, 0.8]), alpha, side="right")
