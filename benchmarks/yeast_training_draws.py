@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--wt", type=int, default=2)
     p.add_argument("--snf", type=int, default=2)
     p.add_argument("--draws", type=int, default=8)
+    p.add_argument("--skip", type=int, default=0, help="leave out the first SKIP draws (resume a run)")
     p.add_argument("--names", nargs="+", help="one fixed training design instead of random draws")
     p.add_argument("--sample-quality", default="off")
     p.add_argument("--out", type=Path)
@@ -85,6 +86,8 @@ def main() -> None:
     designs = [args.names] if args.names else random_designs(a, args.wt, args.snf, args.draws)
     rows = []
     for i, names in enumerate(designs):
+        if i < args.skip:
+            continue
         rows.append(one_design(a, names, gene_seed=i, sample_quality=args.sample_quality))
         r = rows[-1]
         print(i, r["train"], round(r["coverage50"], 3), round(r["coverage90"], 3), round(r["lpd_per_entry"], 4),
