@@ -1,7 +1,8 @@
 """The prior's location by marginal likelihood (issue 13, cause (ii)): run a benchmark script with the GLM's prior
 of log dispersion centred where the marginal likelihood places it (`models.trend.PRIOR_LOCATION = "marginal"`) or
-at the trend (today's default), and record every trend placement under all three (a0, a1, s of each, the offset c,
-the median over genes of each prior median; "marginal_t": a Student-t prior, its df nu too) so where c lands is read off the same designs.
+at the trend (today's default), and record every trend placement under both (a0, a1, s of each, the offset c, the
+median over genes of each prior median; calls files written before 2026-12-04 04:05 also hold "marginal_t", a
+Student-t prior with its df nu, an option tried in commit d745c88 and removed) so where c lands is read off the same designs.
 
   PYTHONPATH=. .venv/bin/python benchmarks/prior_location.py --location marginal --calls C.json \\
       benchmarks/yeast_df1_simulated.py --draws 2 --out R.json
@@ -30,7 +31,7 @@ CALLS: list[dict] = []
 def recording(original):
     def place(y, X, library_size, log_mean, offset=None):
         out = {}
-        for loc in ("trend", "marginal", "marginal_t"):
+        for loc in ("trend", "marginal"):
             trend.PRIOR_LOCATION = loc
             out[loc] = original(y, X, library_size, log_mean, offset)
         trend.PRIOR_LOCATION = ARGS.location
@@ -48,7 +49,7 @@ def recording(original):
 def main() -> None:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--location", choices=("trend", "marginal", "marginal_t"), required=True)
+    p.add_argument("--location", choices=("trend", "marginal"), required=True)
     p.add_argument("--calls", type=Path, required=True, help="JSON of every trend placement (both locations)")
     p.add_argument("script", type=Path)
     p.add_argument("args", nargs=argparse.REMAINDER)

@@ -230,22 +230,6 @@ class GLM:
             scales.append(jnp.broadcast_to(s, (self.G, w)))
         return dist.Normal(jnp.concatenate(locs, -1), jnp.concatenate(scales, -1)).to_event(1)
 
-    def _disp_nu(self) -> float | None:
-        """The df of a Student-t prior of the log dispersions, placed before SVI with the trend, else None."""
-        t = self.init.trend
-        if t is None or len(t) < 4 or not np.isfinite(t[3]) or not self.init.fixed_trend:
-            return None
-        return float(t[3])
-
-    def _disp_cols(self) -> np.ndarray:
-        """The columns of a gene vector that hold log dispersions."""
-        cols, i = [], self.P
-        for q, w in zip(self.extras, self.widths, strict=True):
-            if q.role == DISPERSION:
-                cols.extend(range(i, i + w))
-            i += w
-        return np.asarray(cols)
-
     def likelihood(self, v: jax.Array, batch: Batch, w: jax.Array | None = None) -> dist.Distribution:
         """The counts' law given gene vectors v; `w` (B,) the rows' log dispersion multipliers, if any."""
         beta, extra = self.split(v)
@@ -269,16 +253,7 @@ class GLM:
         with numpyro.plate("genes", self.G):
             gene_sd = (self._tau_param() * numpyro.sample("coef_gene_scale", self._gene_scale_prior())
                        if self.per_gene else None)
-            prior = self._prior(gene_sd, level)
-            v = numpyro.sample("gene_params", prior)
-            nu = self._disp_nu()
-            if nu is not None:  # a Student-t prior of the log dispersions (`models.trend`, "marginal_t"): the
-                # Normal's log density of those columns swapped for the t's (same location and scale)
-                loc, scale = prior.base_dist.loc, prior.base_dist.scale
-                cols = self._disp_cols()
-                x, m, sd = v[..., cols], loc[..., cols], scale[..., cols]
-                numpyro.factor("disp_prior_t", (dist.StudentT(nu, m, sd).log_prob(x)
-                                                 - dist.Normal(m, sd).log_prob(x)).sum(-1))
+            v = numpyro.sample("gene_params", self._prior(gene_sd, level))
         w = quality.model_quality(self.init.n_obs)[batch.row] if self.quality else None
         with numpyro.plate("cells", batch.design.shape[0]), numpyro.handlers.mask(mask=batch.mask), \
                 numpyro.handlers.scale(scale=batch.scale):

@@ -33,9 +33,9 @@ rows (by up to 0.20 nats per entry; the two others lost 0.004 and 0.001) and mov
 The prior is centred on the trend, a trended COMMON dispersion (a mean-type estimate), which sits above the
 median gene's dispersion: at 1-2 residual df the genes stay near it and 50% intervals over-cover by ~5 pp
 (simulated yeast, truth known). `PRIOR_LOCATION = "marginal"` (an option, not the default) centres it at
-log trend + c with c placed by the same marginal likelihood as s (`marginal_prior`; "marginal_t" a Student-t
-with its df too): on the simulation it finds the true median (c -0.35 to -0.55) and 50% coverage 0.49-0.51,
-but 90% falls to 0.87-0.89, and on the real guard rows (benchmarks/calibration_everywhere.py, bottomly, tung,
+log trend + c with c placed by the same marginal likelihood as s (`marginal_prior`; a Student-t with its df
+too was tried and removed: no better): on the simulation it finds the true median (c -0.35 to -0.55) and 50%
+coverage 0.49-0.51, but 90% falls to 0.87-0.89, and on the real guard rows (benchmarks/calibration_everywhere.py, bottomly, tung,
 gtex, tcga at 1 and 2 df) the held-out log density was lower on 5 of 8 (by 0.02-0.06 nats per entry on 4):
 held-out samples vary more than the training draw shows, and the trend's higher location is what covers them
 (benchmarks/README.md, "The prior's location by marginal likelihood").
@@ -50,9 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.scipy.special import betainc, logsumexp
+from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
-from jax.scipy.stats import t as student_t
 
 from probgex.errors import DispersionPriorWarning
 from probgex.power import dispersion as disp
@@ -66,12 +65,12 @@ def place_trend(y: np.ndarray, X: np.ndarray, library_size: np.ndarray, log_mean
     s^2); `log_mean` (G,) the genes' log mean normalised counts on the GLM's scale; `location` "trend" or
     "marginal" (None: PRIOR_LOCATION). One jitted computation (compiled once per shape)."""
     location = PRIOR_LOCATION if location is None else location
-    if location not in ("trend", "marginal", "marginal_t"):
-        raise ValueError(f"location must be 'trend', 'marginal' or 'marginal_t', got {location!r}")
+    if location not in ("trend", "marginal"):
+        raise ValueError(f"location must be 'trend' or 'marginal', got {location!r}")
     sf = library_size / np.exp(np.mean(np.log(library_size)))
     scale = sf[:, None] if offset is None else sf[:, None] * np.exp(np.asarray(offset, np.float64))
     linear = bool(one_pattern_per_coef(X) or offset is not None)
-    a0, a1, var, c, nu = _placed(jnp.asarray(y, jnp.float32), jnp.asarray(X, jnp.float32), jnp.asarray(sf, jnp.float32),
+    a0, a1, var, c = _placed(jnp.asarray(y, jnp.float32), jnp.asarray(X, jnp.float32), jnp.asarray(sf, jnp.float32),
                              jnp.asarray(scale, jnp.float32), jnp.asarray(np.exp(log_mean), jnp.float32), linear=linear,
                              location=location)
     s = float(np.sqrt(float(var)))
@@ -82,9 +81,7 @@ def place_trend(y: np.ndarray, X: np.ndarray, library_size: np.ndarray, log_mean
                       f"allow (prior sd of log dispersion {s:.1f}, the largest candidate): the samples likely differ "
                       "by something the formula leaves out (an interaction of its terms, a batch). Intervals will be "
                       "wide; name the missing term in the formula if it is known.", DispersionPriorWarning, stacklevel=2)
-    out = (max(float(a0), 1e-8), max(float(a1), 1e-8), s)
-    # "marginal_t": the Student-t's df too (a 4-tuple; inf where the normal won)
-    return (*out, float(nu)) if location == "marginal_t" else out
+    return max(float(a0), 1e-8), max(float(a1), 1e-8), s
 
 
 @partial(jax.jit, static_argnames=("linear", "location"))
@@ -106,10 +103,9 @@ def _placed(y, X, sf, scale, m, *, linear: bool, location: str = "trend"):
     start = disp.fit_trend(jnp.exp(log_gw), m, fit_on)
     a0, a1 = apl_trend(y, X, mu0, m, use, start)  # DESeq2's fit starts the profile-likelihood fit
     log_trend = jnp.log(a0 + a1 / jnp.where(use, m, 1.0))
-    c, nu = jnp.zeros((), y.dtype), jnp.asarray(np.inf, y.dtype)
-    if N <= MARGINAL_MAX_ROWS and location in ("marginal", "marginal_t"):
-        c, sd, nu = marginal_prior(y, X, mu0, log_trend, use, floor=float(np.sqrt(disp.MIN_PRIOR_VAR)),
-                                   nus=NU_GRID if location == "marginal_t" else (np.inf,))
+    c = jnp.zeros((), y.dtype)
+    if N <= MARGINAL_MAX_ROWS and location == "marginal":
+        c, sd = marginal_prior(y, X, mu0, log_trend, use, floor=float(np.sqrt(disp.MIN_PRIOR_VAR)))
         var = sd ** 2
     elif N <= MARGINAL_MAX_ROWS:
         # at least DESeq2's floor 0.5: on real 1-df splits the marginal likelihood said 0.30-0.47 (yeast), and a
@@ -118,7 +114,7 @@ def _placed(y, X, sf, scale, m, *, linear: bool, location: str = "trend"):
         var = jnp.maximum(marginal_prior_sd(y, X, mu0, log_trend, use) ** 2, disp.MIN_PRIOR_VAR)
     else:
         var, _ = disp.prior_variance(log_gw, log_trend, use, N, P)
-    return a0, a1, var, c, nu
+    return a0, a1, var, c
 
 
 MARGINAL_MAX_ROWS = 200  # above, the moment rule (its sampling correction trigamma((N - P) / 2) < 0.01)
@@ -126,11 +122,10 @@ MARGINAL_GENES = 4000  # the genes the marginal likelihood of s is computed on (
 S_GRID = (0.1, 3.0, 120)  # candidate prior sds: log-spaced from, to, count
 OFFSETS = (-8.0, 8.0, 321)  # log alpha - log trend at which each gene's adjusted likelihood is evaluated
 C_GRID = (-2.0, 1.0, 61)  # candidate prior locations (log median - log trend) of `marginal_prior`
-# where the prior of log alpha is centred: "trend" (the trended common dispersion), "marginal" (the trend
-# shifted by the c of `marginal_prior`, placed with s by the same marginal likelihood) or "marginal_t" (c, s
-# and the df nu of a Student-t prior, all by that marginal likelihood)
+# where the prior of log alpha is centred: "trend" (the trended common dispersion) or "marginal" (the trend
+# shifted by the c of `marginal_prior`, placed with s by the same marginal likelihood; not the default:
+# benchmarks/README.md, "The prior's location by marginal likelihood")
 PRIOR_LOCATION = "trend"
-NU_GRID = (3.0, 5.0, 10.0, np.inf)  # "marginal_t": candidate df of a Student-t prior of log alpha (inf: normal)
 
 
 def _apl_grid(y, X, mu0, log_trend, use):
@@ -148,21 +143,13 @@ def _apl_grid(y, X, mu0, log_trend, use):
     return u, jnp.where(use[None], apl, 0.0), use
 
 
-def _log_marginal(u, apl, use, c, s, nu: float = np.inf):
-    """sum over genes of log integral APL_g(t_g + u) p(u) du, p the prior of the offset: N(c, s^2), or for a finite
-    `nu` a Student-t with nu df, location c and scale s. The prior's discrete weights on the grid are normalised
-    to its mass inside (a Riemann sum of a density narrower than the grid step is off by percents: nats over
-    thousands of genes); its mass beyond the grid takes the APL at the grid's ends."""
-    z_lo, z_hi = (u[0] - c) / s, (u[-1] - c) / s
-    if np.isinf(nu):
-        tail_lo, tail_hi = norm.logcdf(z_lo), norm.logsf(z_hi)
-        logw = norm.logpdf(u, c, s)
-    else:  # P(T > |z|) = I_{nu / (nu + z^2)}(nu / 2, 1 / 2) / 2, on the side away from the centre
-        def tail(z):
-            return jnp.log(0.5 * betainc(nu / 2, 0.5, nu / (nu + z**2)))
-        tail_lo, tail_hi = tail(jnp.minimum(z_lo, 0.0)), tail(jnp.maximum(z_hi, 0.0))
-        logw = student_t.logpdf(u, nu, c, s)
+def _log_marginal(u, apl, use, c, s):
+    """sum over genes of log integral APL_g(t_g + u) N(u; c, s^2) du. The prior's discrete weights on the grid
+    are normalised to its mass inside (a Riemann sum of a density narrower than the grid step is off by
+    percents: nats over thousands of genes); its mass beyond the grid takes the APL at the grid's ends."""
+    tail_lo, tail_hi = norm.logcdf((u[0] - c) / s), norm.logsf((u[-1] - c) / s)
     inside = jnp.log1p(-jnp.exp(jnp.logaddexp(tail_lo, tail_hi)))
+    logw = norm.logpdf(u, c, s)
     logw = logw - logsumexp(logw) + inside
     inner = logsumexp(apl + logw[:, None], axis=0)
     tails = jnp.logaddexp(tail_lo + apl[0], tail_hi + apl[-1])
@@ -185,35 +172,24 @@ def marginal_prior_sd(y, X, mu0, log_trend, use) -> jax.Array:
     return s_grid[jnp.argmax(jax.vmap(lambda s: _log_marginal(u, apl, use, 0.0, s))(s_grid))]
 
 
-def marginal_prior(y, X, mu0, log_trend, use, floor: float, nus: tuple = (np.inf,),
-                   rounds: int = 4) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(c, s, nu) maximising the same marginal likelihood with the prior's location free too: log alpha_g ~
-    t_g + c + s T, T standard normal (nu = inf) or Student-t with nu df, nu among `nus`; s >= `floor`.
-    Coordinate ascent on the grids (s: S_GRID at or above the floor; c: C_GRID), `rounds` passes from c = 0 (the
-    marginal likelihood is smooth and, on the designs measured, unimodal), for each nu."""
+def marginal_prior(y, X, mu0, log_trend, use, floor: float, rounds: int = 4) -> tuple[jax.Array, jax.Array]:
+    """(c, s) maximising the same marginal likelihood with the prior's location free too: log alpha_g ~
+    N(t_g + c, s^2), s >= `floor`. Coordinate ascent on the grids (s: S_GRID at or above the floor; c: C_GRID),
+    `rounds` passes from c = 0 (the marginal likelihood is smooth and, on the designs measured, unimodal)."""
     u, apl, use = _apl_grid(y, X, mu0, log_trend, use)
     s_grid = _s_grid(y.dtype)
     s_ok = s_grid >= floor * 0.999
     c_grid = jnp.linspace(*C_GRID, dtype=y.dtype)
-    best = None
-    for nu in nus:
-        def one_round(_, cs, nu=nu):
-            c, _s, _v = cs
-            ls = jax.vmap(lambda s_: _log_marginal(u, apl, use, c, s_, nu))(s_grid)
-            s = s_grid[jnp.argmax(jnp.where(s_ok, ls, -jnp.inf))]
-            lc = jax.vmap(lambda c_: _log_marginal(u, apl, use, c_, s, nu))(c_grid)
-            return c_grid[jnp.argmax(lc)], s, lc.max()
 
-        zero = jnp.zeros((), y.dtype)
-        c, s, value = jax.lax.fori_loop(0, rounds, one_round, (zero, zero + floor, zero))
-        cand = (c, s, jnp.asarray(nu, y.dtype))
-        if best is None:
-            best, best_value = cand, value
-        else:
-            better = value > best_value
-            best = tuple(jnp.where(better, a, b) for a, b in zip(cand, best, strict=True))
-            best_value = jnp.maximum(value, best_value)
-    return best
+    def one_round(_, cs):
+        c, _s = cs
+        ls = jax.vmap(lambda s_: _log_marginal(u, apl, use, c, s_))(s_grid)
+        s = s_grid[jnp.argmax(jnp.where(s_ok, ls, -jnp.inf))]
+        lc = jax.vmap(lambda c_: _log_marginal(u, apl, use, c_, s))(c_grid)
+        return c_grid[jnp.argmax(lc)], s
+
+    zero = jnp.zeros((), y.dtype)
+    return jax.lax.fori_loop(0, rounds, one_round, (zero, zero + floor))
 
 
 def apl_trend(y, X, mu0, m, use, start: jax.Array, steps: int = 400) -> tuple[jax.Array, jax.Array]:
