@@ -27,9 +27,9 @@ from probgex.data import CountData
 from probgex.inference.loop import EarlyStopping, reporter, scale_learning_rate
 from probgex.inference.plan import NETWORK
 from probgex.inference.sharding import fetch, global_batch, local_mesh, n_devices, replicate
-from probgex.inference.minibatch import WINDOW_BATCHES, Minibatches, high_bound, high_typical, listed
+from probgex.inference.minibatch import Minibatches, high_bound, high_typical, listed
 from probgex.inference.prefetch import prefetch
-from probgex.inference.window import put, read_windows
+from probgex.inference.window import in_order_windows, put, read_windows
 from probgex.inference.resume import Snapshot, flatten_opt_state, restore_opt_state
 from probgex.models.batch import Batch, HighCounts
 
@@ -157,6 +157,14 @@ def device_high(dev: DeviceData, idx: jax.Array, mask: jax.Array, size: int) -> 
     return HighCounts(row, gene, count)
 
 
+def _gathered(dev: DeviceData, i, m, s, high_size: int | None) -> Batch:
+    """The batch of the device-held rows `i` (mask `m`, ELBO scale `s`), listing its entries >= 2 in a list of
+    `high_size` where given."""
+    offset = None if dev.offset is None else dev.offset[i]
+    high = None if high_size is None else device_high(dev, i, m, high_size)
+    return Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s, offset=offset, high=high, row=dev.row[i])
+
+
 def make_epoch(svi: SVI, high_size: int | None = None):
     """One jitted call per epoch: `lax.scan` of the SVI step over a stack of minibatch index blocks
     gathered from device-resident data (no per-step host round trip; the state buffers are donated).
@@ -165,15 +173,22 @@ def make_epoch(svi: SVI, high_size: int | None = None):
 
     def epoch(svi_state, dev: DeviceData, idx, mask, scale):
         def step(state, inp):
-            i, m, s = inp
-            offset = None if dev.offset is None else dev.offset[i]
-            high = None if high_size is None else device_high(dev, i, m, high_size)
-            return svi.update(state, Batch(dev.x[i], dev.log_lib[i], dev.design[i], dev.group[i], m, s,
-                                           offset=offset, high=high, row=dev.row[i]))
+            return svi.update(state, _gathered(dev, *inp, high_size))
 
         return jax.lax.scan(step, svi_state, (idx, mask, scale))
 
     return jax.jit(epoch, donate_argnums=(0,))
+
+
+def make_evaluate(svi: SVI, high_size: int | None = None):
+    """The held-out counterpart of `make_epoch`: the loss of every index block at one state (`svi.evaluate`,
+    the same key for every block, as a call per batch has), in one jitted call, the blocks one after another
+    (`lax.map`: one block's activations at a time). Returns (blocks,) losses."""
+
+    def evaluate(svi_state, dev: DeviceData, idx, mask, scale):
+        return jax.lax.map(lambda inp: svi.evaluate(svi_state, _gathered(dev, *inp, high_size)), (idx, mask, scale))
+
+    return jax.jit(evaluate)
 
 
 def epoch_blocks(order: np.ndarray, batch_size: int, n_total: int | None = None
@@ -208,14 +223,18 @@ def _real_rows(batch: Batch, mesh):
     return float(np.sum(multihost_utils.process_allgather(np.asarray(batch.mask).sum())))
 
 
-def _trimming(batches, every: int):
-    """The batches of `batches`, the C heap's free pages returned before the first and then every `every`
-    (the held-out pass of counts on disk: what the training windows left free, then what its own windows
-    of rows free, at 1M cells ~100 held-out windows, is not held by glibc until the next epoch)."""
-    for i, batch in enumerate(batches):
-        if i % every == 0:
-            release_free_heap()
-        yield batch
+def _windowed(windows, run) -> jax.Array:
+    """`run(held, order, device arrays)` over windows of rows assembled on the host (`window.read_windows`,
+    `window.in_order_windows`), the next one read in a background thread while the device works on this one;
+    the losses of every window, concatenated."""
+    losses = []
+    for k, (held, order, arrays) in enumerate(prefetch(windows, WINDOWS_AHEAD)):
+        if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
+            losses[-2].block_until_ready()  # would hold every window read so far in memory
+        if k % TRIM_EVERY == 0:  # buffers of windows done (and of the last pass): free, but held by the
+            release_free_heap()  # C heap (`_heap`); a trim costs ~70 ms, so not every window
+        losses.append(run(held, order, DeviceData(**put(arrays))))
+    return jnp.concatenate(losses)
 
 
 def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarray,
@@ -256,7 +275,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
                                   or (config.device_data == "auto" and fits and not data.streamed))
     # counts on disk, one device: windows of rows read as contiguous chunks, each scanned on the device
     windows = data.streamed and mesh is None and not on_device
-    run_epochs = {}
+    programs = {}  # the jitted scans, by (kind, list length)
     typical = high_typical(train.n_high, train.batch_size) if split else None
     if on_device:
         dev = _to_device(data, np.asarray(train_idx), high=split)
@@ -264,15 +283,52 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
         window_rows = min(train.window_rows, len(train.index))
         window_high = high_bound(train.n_high, window_rows) if split else None
 
-    def run_blocks(state, dev, blocks, n_high):
-        """One scan over index blocks of device-held rows, with a list length that fits every block."""
+    def run_blocks(kind, state, dev, blocks, mb, n_high):
+        """One scan over index blocks of device-held rows of `mb` ("train": steps; "heldout": losses at one
+        state), with a list length that fits every block."""
         size = None
         if split:  # the shorter list unless a batch has more entries >= 2 than it holds
             need = int(np.where(blocks[1], n_high[blocks[0]], 0).sum(1).max())
-            size = typical if need <= typical else train.high_size
-        if size not in run_epochs:
-            run_epochs[size] = make_epoch(svi, size)
-        return run_epochs[size](state, dev, *blocks)
+            size = typical if need <= typical else mb.high_size
+        if (kind, size) not in programs:
+            programs[kind, size] = (make_epoch if kind == "train" else make_evaluate)(svi, size)
+        return programs[kind, size](state, dev, *blocks)
+
+    # the held-out rows: on the device beside the training rows where both fit; else, on one device, in
+    # windows read and put like the streamed training windows, one scan each; else a batch at a time
+    if heldout is not None:
+        both = (len(train_idx) + len(heldout_idx)) * data.n_genes * per_entry <= config.device_budget_bytes
+        held_dev = _to_device(data, np.asarray(heldout_idx), high=split) if on_device and both else None
+        held_windows = held_dev is None and mesh is None and procs == 1
+        if held_windows:
+            held_rows = min(heldout.window_rows, len(heldout.index))
+            held_high = high_bound(heldout.n_high, held_rows) if split else None
+
+    def heldout_loss(svi_state) -> float:
+        """The held-out observations' summed negative ELBO (each block's loss scaled back to its rows)."""
+        def blocks(n):
+            return epoch_blocks(np.arange(n), heldout.batch_size, n_total=len(train_idx))
+
+        if held_dev is not None:
+            b = blocks(len(heldout_idx))
+            losses, real = run_blocks("heldout", svi_state, held_dev, b, heldout, heldout.n_high), b[1].sum(1)
+        elif held_windows:
+            reals = []
+
+            def run(held, order, dev):
+                b = blocks(len(held))
+                reals.append(b[1].sum(1))
+                n_high = None if heldout.n_high is None else heldout.n_high[held]
+                return run_blocks("heldout", svi_state, dev, b, heldout, n_high)
+
+            losses = _windowed(in_order_windows(heldout, high=split, pad_rows=held_rows, pad_high=held_high), run)
+            real = np.concatenate(reals)
+            release_free_heap()  # the held-out windows' buffers, before the next epoch's first pool is read
+        if held_dev is not None or held_windows:  # summed on the host in float64, as a batch at a time
+            return float(np.sum(np.asarray(losses, np.float64) * real)) / len(train_idx)
+        return sum(float(host(evaluate(svi_state, global_batch(b, mesh, heldout.local_size))))
+                   * _real_rows(b, mesh) / len(train_idx) for b in heldout)
+
     if resume is None:
         epoch0, best_params = 0, host(svi.get_params(svi_state))
         hist = History([], [], 0)
@@ -290,20 +346,17 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             svi_state = svi_state._replace(rng_key=jax.random.fold_in(steps_key, epoch))
             if on_device:  # positions into `dev`; the same shuffle as the host path's permutation(index)
                 order = rng.permutation(len(train.index))
-                svi_state, losses = run_blocks(svi_state, dev, epoch_blocks(order, train.batch_size), train.n_high)
+                svi_state, losses = run_blocks("train", svi_state, dev, epoch_blocks(order, train.batch_size), train,
+                                               train.n_high)
             elif windows:  # counts on disk: each window of rows read once, put on the device, scanned over
-                losses = []  # the next window read and assembled on the host while the device scans
-                for k, (held, order, arrays) in enumerate(prefetch(read_windows(
-                        train, high=split, pad_rows=window_rows, pad_high=window_high), WINDOWS_AHEAD)):
-                    if len(losses) >= 2:  # at most two windows in flight: the host reading ahead of the device
-                        losses[-2].block_until_ready()  # would hold every window read so far in memory
-                    if k % TRIM_EVERY == 0:  # buffers of windows done (and of the held-out pass): free, but
-                        release_free_heap()  # held by the C heap (`_heap`); a trim costs ~70 ms, so not every one
-                    blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
+                def run(held, order, dev):
+                    nonlocal svi_state
                     n_high = None if train.n_high is None else train.n_high[held]
-                    svi_state, part = run_blocks(svi_state, DeviceData(**put(arrays)), blocks, n_high)
-                    losses.append(part)
-                losses = jnp.concatenate(losses)
+                    blocks = epoch_blocks(order, train.batch_size, n_total=len(train.index))
+                    svi_state, part = run_blocks("train", svi_state, dev, blocks, train, n_high)
+                    return part
+
+                losses = _windowed(read_windows(train, high=split, pad_rows=window_rows, pad_high=window_high), run)
             else:
                 losses = []
                 for batch in train:
@@ -319,11 +372,7 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             # without a held-out split the last epoch's parameters are the result: each epoch is "best"
             verdict = "improved"
             if heldout is not None:
-                batches = _trimming(heldout, WINDOW_BATCHES * TRIM_EVERY) if windows else heldout
-                loss = sum(float(host(evaluate(svi_state, global_batch(b, mesh, heldout.local_size))))
-                           * _real_rows(b, mesh) / n_train for b in batches)
-                if windows:  # the held-out pass's buffers, before the next epoch's first pool is read
-                    release_free_heap()
+                loss = heldout_loss(svi_state)
                 hist.heldout.append(float(loss) / len(heldout_idx))
                 verdict = stopper.observe(hist.heldout[-1])
             if verdict == "improved":

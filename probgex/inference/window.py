@@ -110,6 +110,15 @@ def read_windows(train, *, high: bool, pad_rows: int, pad_high: int | None) -> I
             yield held, order, window_arrays(data, rows, high=high, pad_rows=pad_rows, pad_high=pad_high)
 
 
+def in_order_windows(mb, *, high: bool, pad_rows: int, pad_high: int | None) -> Iterator[tuple]:
+    """The same triples for the rows of `mb` (`Minibatches`) in their order, `pad_rows` at a time (the held-out
+    pass): one read of a window's rows, each of a .zarr store's stored chunks decoded once a window."""
+    for w in range(0, len(mb.index), pad_rows):
+        held = np.arange(w, min(w + pad_rows, len(mb.index)))
+        yield held, np.arange(len(held)), window_arrays(mb.data, mb.index[held], high=high, pad_rows=pad_rows,
+                                                        pad_high=pad_high)
+
+
 def put(arrays: dict[str, np.ndarray | None]):
     """The host arrays of a window on the device, in one transfer, as `svi.DeviceData` fields (on a CPU
     device the counts' aligned buffer is taken as it is, `aligned_empty`)."""
