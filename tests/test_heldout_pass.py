@@ -89,3 +89,34 @@ def test_the_heldout_history_is_the_same_on_the_device_and_in_windows(kang, monk
     assert hist["windows"].train == hist["device"].train
     np.testing.assert_allclose(hist["windows"].heldout, hist["device"].heldout, rtol=1e-6)
     assert len(hist["device"].heldout) == 3 and hist["device"].heldout[-1] < hist["device"].heldout[0]
+
+
+def test_a_streamed_fit_keeps_few_heldout_rows_on_the_device_with_the_same_history(kang, tmp_path, monkeypatch):
+    """Counts streamed from an .h5ad: the held-out rows, few (HELD_DEVICE_BYTES), are read once and kept on
+    the device; above that they stream in windows each epoch. The same training windows either way, so the
+    train history is identical and the held-out one equal to float rounding; the windows route reads the
+    held-out rows every epoch, the kept route never."""
+    import probgex as pg
+    from probgex.inference import svi as svi_mod
+
+    path = tmp_path / "k.h5ad"
+    kang.write_h5ad(path)
+    windows = []
+    real = svi_mod.in_order_windows
+
+    def counted(*args, **kwargs):
+        for w in real(*args, **kwargs):
+            windows.append(len(w[0]))
+            yield w
+
+    monkeypatch.setattr(svi_mod, "in_order_windows", counted)
+    model = pg.Model("~ group_id", likelihood="nb", latent=pg.latent.Gaussian(dim=2), encoder=(8,), decoder=(8,),
+                     library="observed")
+    opts = dict(seed=2, max_epochs=3, patience=9, batch_size=8, progress=False, memory_budget=0)
+    kept = model.fit(path, **opts)
+    assert kept.fit_info["streamed"] and windows == []
+    monkeypatch.setattr(svi_mod, "HELD_DEVICE_BYTES", 0)
+    streamed = model.fit(path, **opts)
+    assert len(windows) == 3 * -(-len(kept.heldout_obs) // 128)  # every epoch, windows of 16 batches of 8
+    assert streamed.history.train == kept.history.train
+    np.testing.assert_allclose(streamed.history.heldout, kept.history.heldout, rtol=1e-6)

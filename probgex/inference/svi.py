@@ -112,6 +112,11 @@ class DeviceData(NamedTuple):
 
 WINDOWS_AHEAD = 1  # streamed windows read ahead of the one the device scans (`prefetch`; one more being read)
 TRIM_EVERY = 8  # streamed windows between two returns of the C heap's free pages to the system
+# the held-out rows of counts streamed from disk, read once and kept on the device when they take at most
+# this (dense): every epoch evaluates the same rows, so re-reading them (for a .zarr store, decoding every
+# stored chunk again to read every ~10th row) is work a small copy saves; larger, they stream in windows
+# and memory stays flat in the number of cells (100k cells x 2,000 genes: 10k held-out rows, 80 MB)
+HELD_DEVICE_BYTES = 128 * 2**20
 
 
 def _to_device(data: CountData, rows: np.ndarray, chunk: int = 4096, *, high: bool = False) -> DeviceData:
@@ -294,11 +299,14 @@ def fit_svi(story, data: CountData, train_idx: np.ndarray, heldout_idx: np.ndarr
             programs[kind, size] = (make_epoch if kind == "train" else make_evaluate)(svi, size)
         return programs[kind, size](state, dev, *blocks)
 
-    # the held-out rows: on the device beside the training rows where both fit; else, on one device, in
-    # windows read and put like the streamed training windows, one scan each; else a batch at a time
+    # the held-out rows: on the device beside the training rows where both fit, or, streamed from disk,
+    # where they are few (HELD_DEVICE_BYTES); else, on one device, in windows read and put like the streamed
+    # training windows, one scan each; else a batch at a time
     if heldout is not None:
-        both = (len(train_idx) + len(heldout_idx)) * data.n_genes * per_entry <= config.device_budget_bytes
-        held_dev = _to_device(data, np.asarray(heldout_idx), high=split) if on_device and both else None
+        held_bytes = len(heldout_idx) * data.n_genes * per_entry
+        both = len(train_idx) * data.n_genes * per_entry + held_bytes <= config.device_budget_bytes
+        keep = (on_device and both) or (windows and held_bytes <= HELD_DEVICE_BYTES)
+        held_dev = _to_device(data, np.asarray(heldout_idx), high=split) if keep else None
         held_windows = held_dev is None and mesh is None and procs == 1
         if held_windows:
             held_rows = min(heldout.window_rows, len(heldout.index))
