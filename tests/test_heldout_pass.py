@@ -36,6 +36,22 @@ def _story(adata, kind="nb"):
     return build_story(spec, dims, np.zeros(data.n_genes, np.float32)), data
 
 
+def _counted_heldout_windows(monkeypatch) -> list[int]:
+    """The rows of every held-out window the fit loop reads from now on (`window.in_order_windows`), listed."""
+    from probgex.inference import svi as svi_mod
+
+    windows: list[int] = []
+    real = svi_mod.in_order_windows
+
+    def counted(*args, **kwargs):
+        for w in real(*args, **kwargs):
+            windows.append(len(w[0]))
+            yield w
+
+    monkeypatch.setattr(svi_mod, "in_order_windows", counted)
+    return windows
+
+
 @pytest.mark.parametrize("kind,split", [("nb", False), ("nb", True), ("zinb", True)])
 def test_block_losses_equal_evaluate_on_host_built_batches(kang, kind, split):
     """Each block's loss from the one jitted call is `svi.evaluate` of the same rows built on the host
@@ -63,17 +79,7 @@ def test_the_heldout_history_is_the_same_on_the_device_and_in_windows(kang, monk
     through windows put one at a time (`window.in_order_windows`, several windows here); the training is the
     same program on the same rows, so the train history is identical and the held-out one equal to float
     rounding."""
-    from probgex.inference import svi as svi_mod
-
-    windows = []
-    real = svi_mod.in_order_windows
-
-    def counted(*args, **kwargs):
-        for w in real(*args, **kwargs):
-            windows.append(len(w[0]))
-            yield w
-
-    monkeypatch.setattr(svi_mod, "in_order_windows", counted)
+    windows = _counted_heldout_windows(monkeypatch)
     story, data = _story(kang)
     order = np.random.default_rng(0).permutation(data.n_obs)
     train, held = order[:300], order[300:]  # 300 held-out rows: windows of 16 x 8 rows, 3 of them
@@ -101,15 +107,7 @@ def test_a_streamed_fit_keeps_few_heldout_rows_on_the_device_with_the_same_histo
 
     path = tmp_path / "k.h5ad"
     kang.write_h5ad(path)
-    windows = []
-    real = svi_mod.in_order_windows
-
-    def counted(*args, **kwargs):
-        for w in real(*args, **kwargs):
-            windows.append(len(w[0]))
-            yield w
-
-    monkeypatch.setattr(svi_mod, "in_order_windows", counted)
+    windows = _counted_heldout_windows(monkeypatch)
     model = pg.Model("~ group_id", likelihood="nb", latent=pg.latent.Gaussian(dim=2), encoder=(8,), decoder=(8,),
                      library="observed")
     opts = dict(seed=2, max_epochs=3, patience=9, batch_size=8, progress=False, memory_budget=0)
