@@ -29,6 +29,7 @@ Usage:
   python benchmarks/scale.py devices --devices 1 2 4 --epochs 3 --out benchmarks/results/scale_devices.json
   python benchmarks/scale.py peer --sizes 100000 --epochs 2 --out benchmarks/results/scale_peer.json
   python benchmarks/scale.py ratio --n 100000 --rounds 3 --epochs 3 --out benchmarks/results/scale_ratio.json
+  python benchmarks/scale.py ratio --n 100000 --rounds 3 --epochs 4 --spare-core --out benchmarks/results/scale_ratio_spare.json
 `ratio`: `--rounds` interleaved rounds of `one` (memory, h5ad, zarr in turn, each in a fresh process): wall and CPU
 medians, min / max, and the speed of each streamed source as a share of the in-memory one (the issue 14 goal: 80%).
 `peer`: probgex's loader alone (`loader_one`) against scvi-tools' AnnDataLoader and SCVI on the same .h5ad
@@ -196,6 +197,8 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
         rowsource.DECODE_CHUNKS = False
     if max_windows:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if os.environ.get("SCALE_LOADER_CPU"):  # `ratio --spare-core`: the reading thread on a core of its own
+        pin_reading_thread(int(os.environ["SCALE_LOADER_CPU"]))
     model = pg.Model("~ cluster_id", likelihood="nb", latent=pg.latent.Gaussian(dim=10), encoder=(128,),
                      decoder=(128,), library="observed")
     t0 = time.perf_counter()
@@ -233,6 +236,24 @@ def one(n: int, source: str, epochs: int, max_windows: int = 0) -> dict:
 WARM = 3  # windows of the first epoch not timed (compilation)
 
 
+def pin_reading_thread(cpu: int) -> None:
+    """Run the fit's read-ahead thread (`prefetch`) on CPU `cpu` only: the process is started on the other
+    core(s) (`taskset`), where XLA sizes its compute pool by the cores it may use, so the windows are read
+    beside the compute instead of taking turns with it (a machine with a core to spare, emulated)."""
+    from probgex.inference import svi
+
+    made = svi.prefetch
+
+    def pinned(items, depth):
+        def first_pinned():  # its first step runs in the reading thread
+            os.sched_setaffinity(0, {cpu})
+            yield from items
+
+        return made(first_pinned(), depth)
+
+    svi.prefetch = pinned
+
+
 def run(sizes: list[int], sources: list[str], epochs: int, out: Path, max_windows: int = 0) -> None:
     """Each (size, source) in a fresh process; its row replaces any row of the same size and source in
     `out` (so that sizes can be measured in separate runs)."""
@@ -254,17 +275,22 @@ def run(sizes: list[int], sources: list[str], epochs: int, out: Path, max_window
             write(out, {"machine": machine(), "rows": rows, "epochs": epochs})
 
 
-def ratio(n: int, rounds: int, epochs: int, out: Path, sources: list[str]) -> dict:
+def ratio(n: int, rounds: int, epochs: int, out: Path, sources: list[str], spare_core: bool = False) -> dict:
     """`rounds` interleaved rounds of `one` for each of `sources` (memory first), each fit in its own process as
     `run` does: per source the wall and CPU seconds an epoch of every round, their median, min and max, the
     peak RSS, and the ratios of speed streamed / memory (memory's seconds over the source's: 80% = the streamed
-    epoch takes 1.25x as long) on the medians and per round; the load (1 min) before each fit. Written to `out`."""
+    epoch takes 1.25x as long) on the medians and per round; the load (1 min) before each fit. Written to `out`.
+    `spare_core`: every fit started on CPU 0 alone (`taskset -c 0`: XLA computes on one core) and a streamed
+    fit's reading thread moved to CPU 1 (`pin_reading_thread`): a machine with a core beyond the compute's."""
     runs: dict[str, list[dict]] = {s: [] for s in sources}
     for r in range(rounds):
         for source in sources:
             load = os.getloadavg()[0]
-            p = subprocess.run([sys.executable, __file__, "one", "--n", str(n), "--source", source, "--epochs",
-                                str(epochs)], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "one", "--n", str(n), "--source", source, "--epochs", str(epochs)]
+            env = dict(os.environ)
+            if spare_core:
+                cmd, env["SCALE_LOADER_CPU"] = ["taskset", "-c", "0", *cmd], "1"
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
                 {"error": p.stderr.strip().splitlines()[-1][:300]}
             row.update(round=r + 1, load_1min_before=load)
@@ -292,7 +318,8 @@ def ratio(n: int, rounds: int, epochs: int, out: Path, sources: list[str]) -> di
             ratios[source][name] = {
                 "of_medians": round(mem["median"] / got["median"], 3),
                 "per_round": [round(m / g, 3) for m, g in zip(mem["per_round"], got["per_round"], strict=False)]}
-    result = {"machine": machine(), "cells": n, "rounds": rounds, "epochs": epochs, "summary": summary,
+    result = {"machine": machine(), "cells": n, "rounds": rounds, "epochs": epochs, "spare_core": spare_core,
+              "summary": summary,
               "ratio_streamed_to_memory": ratios, "runs": runs, "uptime_after": open("/proc/loadavg").read().strip()}
     write(out, result)
     return result
@@ -456,6 +483,8 @@ def main() -> None:
     p.add_argument("what", choices=["make", "run", "one", "predict", "predict_one", "devices",
                                        "devices_one", "loader_one", "peer", "ratio"])
     p.add_argument("--rounds", type=int, default=3, help="ratio: interleaved rounds of memory / h5ad / zarr")
+    p.add_argument("--spare-core", action="store_true",
+                   help="ratio: compute on CPU 0, the reading thread on CPU 1 (a machine with a core to spare)")
     p.add_argument("--peer", nargs="+", default=["probgex", "scvi_loader", "scvi_train"])
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--draws", type=int, default=200)
@@ -477,7 +506,7 @@ def main() -> None:
     elif a.what == "ratio":
         if a.epochs < 2 or a.rounds < 1 or not a.n:
             p.error("ratio needs --n, --rounds >= 1 and --epochs >= 2 (an epoch's time is between the ends of the last two)")
-        ratio(a.n, a.rounds, a.epochs, a.out, a.sources)
+        ratio(a.n, a.rounds, a.epochs, a.out, a.sources, a.spare_core)
     elif a.what == "devices":
         devices(a.devices, a.epochs, a.out)
     elif a.what == "devices_one":
